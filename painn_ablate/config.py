@@ -1,0 +1,304 @@
+"""Typed configuration: one dataclass schema, named presets, dotlist overrides.
+
+`compose(["model=r2_full", "train.lr=3e-3", "seed=1"])` returns the resolved,
+validated config. A preset (`model=<name>`) is applied first, every other
+override on top of it, whatever their order on the command line. Bad input
+raises `ConfigError` whose message is one line naming the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key and fits on one line."""
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class StabilizerConfig:
+    """The stabilizers of the document's R2_full variant; defaults are all off.
+
+    Off means the exact original PaiNN: g=1, alphas=1 and `None` for every
+    saturation scale and clamp.
+    """
+
+    g: float = 1.0  # filter gain: W_ij = g * MLP_f(phi(r_ij)) * f_cut(r_ij)
+    s_msg: Optional[float] = None  # per-edge message saturation s*tanh(u/s); None: no saturation
+    s_mix: Optional[float] = None  # saturation of the mixing MLP outputs; None: no saturation
+    alpha_inter: float = 1.0  # residual scale of the interaction update
+    alpha_mix: float = 1.0  # residual scale of the mixing update
+    C_s: Optional[float] = None  # clip of the aggregated scalar message Delta q; None: no clip
+    C_v: Optional[float] = None  # per-feature norm clip of the aggregated Delta mu; None: no clip
+    C_q: Optional[float] = None  # clip of the state q after mixing; None: no clip
+    C_mu: Optional[float] = None  # per-feature norm clip of the state mu after mixing; None: no clip
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "original"  # the preset this config started from (set by `model=<name>`)
+    F: int = 64  # feature channels
+    L: int = 5  # number of interaction + mixing layers
+    n_rbf: int = 20  # radial basis functions sin(n pi r / r_cut) / r
+    r_cut: float = 10.0  # cosine cutoff radius
+    shared_filters: bool = False  # True: one filter MLP for all layers; False: one per layer
+    aggregation: str = "sum"  # sum: original PaiNN; mean: divide by the in-degree |N(i)|
+    backend: str = "native"  # native: torch index_add_; scatter: torch_scatter (optional extra)
+    stabilizers: StabilizerConfig = field(default_factory=StabilizerConfig)
+
+
+@dataclass
+class DataConfig:
+    system: str = "charged"  # charged: 5 charged particles (EGNN); gravity: softened gravity
+    dir: Optional[str] = None  # bring-your-own data: folder with train/val/test .npz
+    n_particles: Optional[int] = None  # None: 5 for charged, 100 for gravity
+    n_train: int = 3000
+    n_val: int = 2000
+    n_test: int = 2000
+    seed: int = 0  # data seed, independent of the training seed
+    graph: str = "auto"  # auto: full for charged, knn for gravity; full | knn | radius
+    k: int = 16  # neighbours per node for graph=knn
+    radius: float = 2.0  # neighbour radius for graph=radius
+    cache_dir: str = ".cache/painn-ablate"  # generated data sets, keyed by their parameters
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500  # optimiser steps (used when epochs is None)
+    epochs: Optional[int] = None  # if set, steps = epochs * ceil(n_train / batch_size)
+    lr: float = 1e-3
+    batch_size: int = 100  # graphs per batch
+    grad_clip: Optional[float] = None  # max global gradient norm; None: no clipping
+    weight_decay: float = 0.0
+    val_every: int = 100  # validate every k steps (and at the last step)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    checkpoint: bool = True  # keep the weights of the best validation step in the run dir
+
+
+@dataclass
+class MonitorConfig:
+    every: int = 10  # full per-layer statistics every k steps; NaN/Inf detection runs every step
+    on_nonfinite: str = "stop"  # stop: end the run; skip_step: drop the update; continue: keep going
+    quantile: float = 0.99  # high quantile of ||mu|| recorded beside mean and max
+    warn_ratio: float = 50.0  # early warning: last-to-first layer ||mu|| max ratio
+    warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
+    warn_window: int = 5  # early warning: statistics snapshots the growth is measured over
+    flush_every: int = 50  # steps between writes of the parquet records
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = True  # log to Weights & Biases (offline without an API key)
+    project: str = "painn-ablate"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # set by sweeps to the study name
+    tags: list[str] = field(default_factory=list)
+    progress: bool = True  # console progress bar
+
+
+@dataclass
+class Config:
+    seed: int = 0  # training seed: model init and batch order
+    name: Optional[str] = None  # run name; default: <preset>-seed<seed>-<time>
+    out: Optional[str] = None  # run directory; default: runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ----------------------------------------------------------------------------- presets
+
+# Only what differs from the schema defaults. `original` is the schema itself.
+PRESETS: dict[str, dict[str, Any]] = {
+    "original": {},
+    "r2_full": {
+        "model": {
+            "aggregation": "mean",
+            "stabilizers": {
+                "g": 0.5,
+                "s_msg": 5.0,
+                "s_mix": 5.0,
+                "alpha_inter": 0.5,
+                "alpha_mix": 0.5,
+                "C_s": 10.0,
+                "C_v": 10.0,
+                "C_q": 100.0,
+                "C_mu": 20.0,
+            },
+        },
+        "train": {"grad_clip": 1.0},
+    },
+}
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def all_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, e.g. `model.stabilizers.s_msg`."""
+    node = OmegaConf.structured(Config) if node is None else node
+    keys = []
+    for k in node:
+        path = f"{prefix}{k}"
+        child = node._get_node(k)
+        if isinstance(child, DictConfig):
+            keys += all_keys(child, path + ".")
+        else:
+            keys.append(path)
+    return keys
+
+
+def _did_you_mean(key: str) -> str:
+    match = difflib.get_close_matches(key, all_keys() + ["model"], n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if type(exc).__name__ == "ConfigKeyError" and key:
+        return f"unknown config key '{key}'{_did_you_mean(key)}"
+    if type(exc).__name__ == "ValidationError" and key:
+        return f"bad value for '{key}': {msg}"
+    return f"{key}: {msg}" if key else msg
+
+
+def split_overrides(overrides: list[str]) -> tuple[Optional[str], list[str]]:
+    """Separate `model=<preset>` from the dotted overrides."""
+    preset, rest = None, []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value = item.split("=", 1)
+        if key == "model":
+            preset = value
+        else:
+            rest.append(item)
+    return preset, rest
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), base: Optional[str | Path] = None) -> DictConfig:
+    """Resolve and validate a full config.
+
+    base: a saved `config.yaml` to start from (re-running a run); presets and
+    overrides then apply on top of it.
+    """
+    preset, dotlist = split_overrides(list(overrides))
+    cfg = OmegaConf.structured(Config)
+    try:
+        if base is not None:
+            path = Path(base)
+            if not path.is_file():
+                raise ConfigError(f"config file '{path}' does not exist")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if preset is not None:
+            if preset not in PRESETS:
+                match = difflib.get_close_matches(preset, PRESETS, n=1)
+                hint = f" (did you mean '{match[0]}'?)" if match else ""
+                raise ConfigError(f"unknown preset model={preset}{hint}; known: {', '.join(PRESETS)}")
+            # A preset replaces every stabilizer, so that model=original after a base is the original.
+            cfg.model.stabilizers = OmegaConf.structured(StabilizerConfig)
+            cfg.model.aggregation = ModelConfig.aggregation
+            cfg.train.grad_clip = None
+            cfg = OmegaConf.merge(cfg, PRESETS[preset], {"model": {"preset": preset}})
+        for item in dotlist:
+            key = item.split("=", 1)[0]
+            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and key not in all_keys():
+                raise ConfigError(f"unknown config key '{key}'{_did_you_mean(key)}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # yaml errors and the like from a base file
+        raise ConfigError(f"cannot read config: {str(exc).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"bad value for '{key}': {what}")
+
+
+def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that the types alone cannot express."""
+    st = cfg.model.stabilizers
+    for name in ("g", "alpha_inter", "alpha_mix"):
+        _check(st[name] > 0, f"model.stabilizers.{name}", f"must be > 0, got {st[name]}")
+    for name in ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"):
+        v = st[name]
+        _check(v is None or v > 0, f"model.stabilizers.{name}", f"must be > 0 or null (off), got {v}")
+    m = cfg.model
+    _check(m.L >= 1, "model.L", f"must be >= 1, got {m.L}")
+    _check(m.F >= 1, "model.F", f"must be >= 1, got {m.F}")
+    _check(m.n_rbf >= 1, "model.n_rbf", f"must be >= 1, got {m.n_rbf}")
+    _check(m.r_cut > 0, "model.r_cut", f"must be > 0, got {m.r_cut}")
+    _choice(cfg, "model.aggregation", ("sum", "mean"))
+    _choice(cfg, "model.backend", ("native", "scatter"))
+    _check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}")
+    d = cfg.data
+    _choice(cfg, "data.system", ("charged", "gravity"))
+    _choice(cfg, "data.graph", ("auto", "full", "knn", "radius"))
+    _check(d.n_particles is None or d.n_particles >= 2, "data.n_particles", f"must be >= 2, got {d.n_particles}")
+    for name in ("n_train", "n_val", "n_test", "k"):
+        _check(d[name] >= 1, f"data.{name}", f"must be >= 1, got {d[name]}")
+    _check(d.radius > 0, "data.radius", f"must be > 0, got {d.radius}")
+    t = cfg.train
+    _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    _check(t.epochs is None or t.epochs >= 1, "train.epochs", f"must be >= 1 or null, got {t.epochs}")
+    _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", f"must be > 0 or null (off), got {t.grad_clip}")
+    _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _check(t.val_every >= 1, "train.val_every", f"must be >= 1, got {t.val_every}")
+    _check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device",
+           f"{t.device!r} is not auto, cpu, cuda or cuda:N")
+    mo = cfg.monitor
+    _check(mo.every >= 1, "monitor.every", f"must be >= 1, got {mo.every}")
+    _choice(cfg, "monitor.on_nonfinite", ("stop", "skip_step", "continue"))
+    _check(0 < mo.quantile < 1, "monitor.quantile", f"must be in (0, 1), got {mo.quantile}")
+    _check(mo.warn_ratio > 1, "monitor.warn_ratio", f"must be > 1, got {mo.warn_ratio}")
+    _check(mo.warn_growth > 1, "monitor.warn_growth", f"must be > 1, got {mo.warn_growth}")
+    _check(mo.warn_window >= 2, "monitor.warn_window", f"must be >= 2, got {mo.warn_window}")
+    _check(mo.flush_every >= 1, "monitor.flush_every", f"must be >= 1, got {mo.flush_every}")
+    _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
+    """`{'model.stabilizers.g': 0.5, ...}`: the one flat naming used by W&B, Optuna and pandas."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(container, "")
+    return flat

@@ -1,0 +1,277 @@
+"""Forward hooks that watch PaiNN layer by layer: statistics, NaN/Inf origins, early warning.
+
+Two kinds of work, both from the same hooks:
+
+* every step, cheaply: a non-finite flag for each block's output (q, mu) and
+  for every tensor a stabilizer could hide an Inf in (inputs of tanh
+  saturations and clamps), kept on the device and read with one sync;
+* every `monitor.every` steps: per-layer statistics of q and ||mu||, of the
+  aggregated messages, of the mixing feedback terms, and how much each
+  stabilizer actually acted.
+
+`Monitor` is a context manager: hooks exist only inside `with`, so nothing
+carries over to the next run or trial, and the model's outputs are the same
+with and without it (hooks only read).
+
+Statistic names (the `stat` column, and W&B's `layer{l}/{block}/{stat}`):
+
+    q_mean q_std q_absmax                          state q after the block
+    mu_norm_mean mu_norm_max mu_norm_q             per-feature ||mu|| after the block (q: monitor.quantile)
+    nonfinite_q nonfinite_mu                       non-finite entries after the block
+    dq_absmax dmu_norm_max                         aggregated messages before C_s / C_v (interaction)
+    qmu_absmax mu_term_norm_max                    feedback terms dqmu*<mu_V,mu_W>, dmu*mu_W (mixing)
+    s_msg_frac s_mix_frac                          fraction of entries in tanh saturation |u| > 2s
+    C_s_frac C_v_frac C_q_frac C_mu_frac           fraction of entries / vectors the clamp cut
+    grad_norm grad_norm_clipped                    gradient norm of the block's parameters
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from painn_ablate.model import PaiNN, vector_norm
+
+log = logging.getLogger(__name__)
+
+BLOCKS = ("interaction", "mixing")
+# Which stabilizer statistic belongs to which block; 0 where the toggle is off.
+STABILIZER_STATS = {"interaction": ("s_msg", "C_s", "C_v"), "mixing": ("s_mix", "C_q", "C_mu")}
+
+
+@dataclass
+class NonFinite:
+    """Where a non-finite value first appeared; layer is 1-based, None outside the layers."""
+
+    step: int
+    phase: str  # forward | loss | backward
+    tensor: str  # q, mu, dq, dmu, message, mixing_mlp, filter, pos_dt, loss, grad:<parameter>
+    layer: Optional[int] = None
+    block: Optional[str] = None  # interaction | mixing | embed | head | filter
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "layer": self.layer, "block": self.block, "tensor": self.tensor,
+                "phase": self.phase}
+
+
+def _nonfinite(t: Tensor) -> Tensor:
+    return ~torch.isfinite(t).all()
+
+
+class Monitor:
+    """Per-layer statistics and non-finite detection for one PaiNN.
+
+    Usage:
+        with Monitor(model, cfg.monitor) as mon:
+            mon.begin_step(step, full=step % every == 0)
+            out = model(...)
+            origin = mon.forward_nonfinite(step)   # None when all finite
+            rows = mon.collect()                    # [(layer, block, stat, value)] on full steps
+    """
+
+    def __init__(self, model: PaiNN, cfg):
+        self.model = model
+        self.quantile = float(cfg.quantile)
+        self.handles: list = []
+        self.full = False
+        self._flags: list[tuple[tuple, Tensor]] = []  # ((layer, block, tensor), flag)
+        self._stats: list[tuple[int, str, str, Tensor]] = []
+
+    # -- hook management
+
+    def __enter__(self) -> "Monitor":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        m = self.model
+        hook = self._register
+        hook(m.filter_net, self._on_filter)
+        for l, layer in enumerate(m.layers, start=1):
+            inter, mix = layer.interaction, layer.mixing
+            hook(inter.s_msg, partial(self._on_saturation, l, "interaction", "message", "s_msg_frac"))
+            hook(inter.C_s, partial(self._on_clip, l, "interaction", "dq", "dq_absmax", "C_s_frac", False))
+            hook(inter.C_v, partial(self._on_clip, l, "interaction", "dmu", "dmu_norm_max", "C_v_frac", True))
+            hook(inter, partial(self._on_state, l, "interaction"))
+            hook(mix.s_mix, partial(self._on_saturation, l, "mixing", "mixing_mlp", "s_mix_frac"))
+            hook(mix.qmu_term, partial(self._on_term, l, "qmu_absmax", False))
+            hook(mix.mu_term, partial(self._on_term, l, "mu_term_norm_max", True))
+            hook(mix.C_q, partial(self._on_clip, l, "mixing", "q", None, "C_q_frac", False))
+            hook(mix.C_mu, partial(self._on_clip, l, "mixing", "mu", None, "C_mu_frac", True))
+            hook(mix, partial(self._on_state, l, "mixing"))
+        hook(m.head_pos, partial(self._on_head, "pos_dt"))
+        hook(m.head_vel, partial(self._on_head, "vel_next"))
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _register(self, module: nn.Module, fn) -> None:
+        self.handles.append(module.register_forward_hook(fn))
+
+    # -- per step
+
+    def begin_step(self, full: bool) -> None:
+        self.full = full
+        self._flags.clear()
+        self._stats.clear()
+
+    def forward_nonfinite(self, step: int) -> Optional[NonFinite]:
+        """The first non-finite tensor of the last forward pass in data-flow order (one sync)."""
+        if not self._flags:
+            return None
+        flags = torch.stack([f for _, f in self._flags])
+        if not bool(flags.any()):
+            return None
+        layer, block, tensor = self._flags[int(flags.nonzero()[0, 0])][0]
+        return NonFinite(step=step, phase="forward", tensor=tensor, layer=layer, block=block)
+
+    def collect(self) -> list[tuple[int, str, str, float]]:
+        """Statistics of the last forward pass (full steps only): [(layer, block, stat, value)]."""
+        if not self._stats:
+            return []
+        values = torch.stack([v.detach().float() for *_, v in self._stats]).tolist()
+        return [(l, b, s, v) for (l, b, s, _), v in zip(self._stats, values)]
+
+    # -- hooks: each reads, none writes
+
+    def _flag(self, layer, block, tensor, t: Tensor) -> None:
+        self._flags.append(((layer, block, tensor), _nonfinite(t)))
+
+    def _stat(self, layer: int, block: str, stat: str, value: Tensor) -> None:
+        self._stats.append((layer, block, stat, value))
+
+    def _on_filter(self, module, args, W: Tensor) -> None:
+        m = self.model
+        chunks = [W] if m.shared_filters else torch.split(W, 3 * m.F, dim=-1)
+        for l, chunk in enumerate(chunks, start=1):
+            self._flag(None if m.shared_filters else l, "interaction", "filter", chunk)
+
+    def _on_saturation(self, layer, block, tensor, stat, module, args, out) -> None:
+        if module.s is None:
+            if self.full:
+                self._stat(layer, block, stat, torch.zeros(()))
+            return
+        u = args[0]
+        self._flag(layer, block, tensor, u)
+        if self.full:
+            self._stat(layer, block, stat, (u.detach().abs() > 2 * module.s).float().mean())
+
+    def _on_clip(self, layer, block, tensor, size_stat, frac_stat, is_vector, module, args, out) -> None:
+        x = args[0].detach()
+        if module.C is not None:
+            self._flag(layer, block, tensor, x)
+        if not self.full:
+            return
+        size = vector_norm(x, dim=-2) if is_vector else x.abs()
+        if size_stat is not None:
+            self._stat(layer, block, size_stat, size.max())
+        cut = (size > module.C).float().mean() if module.C is not None else torch.zeros(())
+        self._stat(layer, block, frac_stat, cut)
+
+    def _on_term(self, layer, stat, is_vector, module, args, out) -> None:
+        if self.full:
+            x = out.detach()
+            self._stat(layer, "mixing", stat, (vector_norm(x, dim=-2) if is_vector else x.abs()).max())
+
+    def _on_state(self, layer, block, module, args, out) -> None:
+        q, mu = out
+        self._flag(layer, block, "q", q)
+        self._flag(layer, block, "mu", mu)
+        if not self.full:
+            return
+        q, mu = q.detach(), mu.detach()
+        norm = vector_norm(mu, dim=-2).flatten()  # (N * F,)
+        sample = norm if norm.numel() <= 1_000_000 else norm[:: norm.numel() // 1_000_000 + 1]
+        for stat, value in (
+            ("q_mean", q.mean()),
+            ("q_std", q.std()),
+            ("q_absmax", q.abs().max()),
+            ("mu_norm_mean", norm.mean()),
+            ("mu_norm_max", norm.max()),
+            ("mu_norm_q", torch.quantile(sample, self.quantile)),
+            ("nonfinite_q", (~torch.isfinite(q)).sum()),
+            ("nonfinite_mu", (~torch.isfinite(mu)).sum()),
+        ):
+            self._stat(layer, block, stat, value)
+
+    def _on_head(self, tensor, module, args, out) -> None:
+        self._flag(None, "head", tensor, out)
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def layer_grad_norms(model: PaiNN) -> list[tuple[int, str, Tensor]]:
+    """Gradient norm of each block's parameters: [(layer, block, norm)] (no sync)."""
+    out = []
+    for l, layer in enumerate(model.layers, start=1):
+        for block in BLOCKS:
+            grads = [p.grad for p in getattr(layer, block).parameters() if p.grad is not None]
+            if grads:
+                out.append((l, block, torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+    return out
+
+
+def backward_nonfinite(model: PaiNN, step: int) -> NonFinite:
+    """Locate a non-finite gradient: the parameter closest to the loss, as backward meets it first."""
+    named = [(n, p) for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if not named:
+        return NonFinite(step=step, phase="backward", tensor="grad")
+
+    def depth(name: str) -> tuple[int, int]:
+        parts = name.split(".")
+        if parts[0] == "layers":
+            return (int(parts[1]) + 1, 1 if parts[2] == "mixing" else 0)
+        return (model.L + 1, 0) if parts[0].startswith("head") else (0, 0)
+
+    name, _ = max(named, key=lambda np_: depth(np_[0]))
+    parts = name.split(".")
+    layer, block = (int(parts[1]) + 1, parts[2]) if parts[0] == "layers" else (None, parts[0])
+    return NonFinite(step=step, phase="backward", tensor=f"grad:{name}", layer=layer, block=block)
+
+
+# ----------------------------------------------------------------------------- early warning
+
+
+class EarlyWarning:
+    """Explosion-risk signal from the per-layer ||mu|| statistics.
+
+    risk = max(ratio / warn_ratio, growth / warn_growth), where
+      ratio  = max ||mu|| after the last layer's mixing / after the first layer's mixing
+      growth = last layer's max ||mu|| now / its value `warn_window` snapshots ago.
+    It fires when risk >= 1: the depth-wise amplification of the mixing feedback loop
+    (ratio) or its growth over training (growth) is past its threshold.
+    """
+
+    def __init__(self, cfg, n_layers: int):
+        self.warn_ratio = float(cfg.warn_ratio)
+        self.warn_growth = float(cfg.warn_growth)
+        self.last = n_layers
+        self.history: deque[float] = deque(maxlen=int(cfg.warn_window))
+
+    def update(self, rows: list[tuple[int, str, str, float]]) -> Optional[dict]:
+        """Feed one snapshot of statistics; returns the signal (with `fires`) or None."""
+        mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
+        if 1 not in mu or self.last not in mu:
+            return None
+        first, last = mu[1], mu[self.last]
+        ratio = last / max(first, 1e-12)
+        self.history.append(last)
+        growth = last / max(self.history[0], 1e-12) if len(self.history) == self.history.maxlen else 1.0
+        if not (math.isfinite(ratio) and math.isfinite(growth)):
+            risk = math.inf
+        else:
+            risk = max(ratio / self.warn_ratio, growth / self.warn_growth)
+        return {"risk": risk, "mu_ratio": ratio, "mu_growth": growth, "fires": risk >= 1.0}

@@ -1,0 +1,261 @@
+"""Where a run's records go: one `Recorder` fans each record out to its sinks.
+
+The training loop writes every record once, to the Recorder; the sinks (local
+parquet files, the console progress bar, Weights & Biases) each read the same
+records, so a metric has one name everywhere: `loss_pos` in the parquet file is
+`loss_pos` in W&B and in the DataFrame.
+
+Local files in the run directory, each a parquet *dataset* (a folder of parts)
+that `pandas.read_parquet(path)` reads whole without this package:
+
+    metrics.parquet      step, loss, loss_pos, loss_vel, lr, grad_norm, grad_norm_clipped, step_time, ...
+    layer_stats.parquet  step, layer, block, stat, value      (long format)
+    events.parquet       step, kind, layer, block, tensor, phase, value, detail
+
+Parts are written to a hidden temporary name and renamed, so a run killed at
+any moment leaves only complete parts behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+LAYER_STATS_SCHEMA = pa.schema([("step", pa.int64()), ("layer", pa.int64()), ("block", pa.string()),
+                                ("stat", pa.string()), ("value", pa.float64())])
+EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer", pa.int64()),
+                           ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
+                           ("value", pa.float64()), ("detail", pa.string())])
+EVENT_KINDS = ("nonfinite", "early_warning")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Sink:
+    """Receives a run's records; every method is optional."""
+
+    def start(self, run_dir: Path, cfg, flat_config: dict) -> None: ...
+
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+
+    def layer_stats(self, step: int, rows: list[tuple[int, str, str, float]]) -> None: ...
+
+    def event(self, event: dict) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def finish(self, summary: dict) -> None: ...
+
+
+class Recorder(Sink):
+    """The one writer: forwards each record to every sink; a failing optional sink is dropped."""
+
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = list(sinks)
+
+    def _each(self, method: str, *args) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, method)(*args)
+            except Exception as exc:  # a sink must never break a run; local parquet is never optional
+                if isinstance(sink, ParquetSink):
+                    raise
+                log.warning("%s failed in %s (%s); continuing without it", type(sink).__name__, method, exc)
+                self.sinks.remove(sink)
+
+    def start(self, run_dir, cfg, flat_config):
+        self._each("start", run_dir, cfg, flat_config)
+
+    def metrics(self, step, values):
+        self._each("metrics", step, values)
+
+    def layer_stats(self, step, rows):
+        self._each("layer_stats", step, rows)
+
+    def event(self, event):
+        self._each("event", event)
+
+    def flush(self):
+        self._each("flush")
+
+    def finish(self, summary):
+        self._each("finish", summary)
+
+
+class _PartWriter:
+    """Append-only parquet dataset: a folder of complete, atomically renamed parts."""
+
+    def __init__(self, folder: Path, schema: Optional[pa.Schema] = None):
+        self.folder = folder
+        self.schema = schema
+        self.rows: list[dict] = []
+        self.parts = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        if schema is not None:  # an empty but readable dataset from the first moment
+            self._write(pa.Table.from_pylist([], schema=schema))
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        if self.rows:
+            self._write(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def _write(self, table: pa.Table) -> None:
+        name = f"part-{self.parts:06d}.parquet"
+        tmp = self.folder / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.folder / name)
+        self.parts += 1
+
+
+class ParquetSink(Sink):
+    """metrics / layer_stats / events as parquet datasets in the run directory."""
+
+    def start(self, run_dir, cfg, flat_config):
+        self.metrics_w = _PartWriter(run_dir / "metrics.parquet")
+        self.stats_w = _PartWriter(run_dir / "layer_stats.parquet", LAYER_STATS_SCHEMA)
+        self.events_w = _PartWriter(run_dir / "events.parquet", EVENTS_SCHEMA)
+
+    def metrics(self, step, values):
+        self.metrics_w.add({"step": step, **{k: float(v) for k, v in values.items()}})
+
+    def layer_stats(self, step, rows):
+        for layer, block, stat, value in rows:
+            self.stats_w.add({"step": step, "layer": layer, "block": block, "stat": stat, "value": value})
+
+    def event(self, event):
+        self.events_w.add({name: event.get(name) for name in EVENTS_SCHEMA.names})
+
+    def flush(self):
+        for w in (self.metrics_w, self.stats_w, self.events_w):
+            w.flush()
+
+    def finish(self, summary):
+        self.flush()
+
+
+class ProgressSink(Sink):
+    """Console progress bar: loss, step rate and the max ||mu|| of each layer."""
+
+    def __init__(self, total: int, desc: str = ""):
+        self.total, self.desc = total, desc
+
+    def start(self, run_dir, cfg, flat_config):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, leave=False)
+        self.mu: dict[int, float] = {}
+        self.done = 0
+
+    def metrics(self, step, values):
+        self.bar.update(step + 1 - self.done)
+        self.done = step + 1
+        post = {"loss": f"{values.get('loss', float('nan')):.3g}"}
+        if self.mu:
+            post["|mu|max"] = "/".join(f"{v:.3g}" for _, v in sorted(self.mu.items()))
+        self.bar.set_postfix(post, refresh=False)
+
+    def layer_stats(self, step, rows):
+        self.mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
+
+    def finish(self, summary):
+        self.bar.close()
+
+
+def stat_key(layer: int, block: str, stat: str) -> str:
+    """The wide name of one per-layer statistic, alike in W&B and in DataFrames: layer5/mixing/mu_norm_max."""
+    return f"layer{layer}/{block}/{stat}"
+
+
+def wandb_mode() -> str:
+    """W&B's own convention: WANDB_MODE wins; otherwise online only with an API key."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class WandbSink(Sink):
+    """One W&B run per training run: flattened config, history, summary, events table, ||mu|| heat map.
+
+    The run's files live under `<run_dir>/wandb/`; offline runs sync later with `wandb sync`.
+    Any failure here is turned into a warning by the Recorder, and the run goes on.
+    """
+
+    def start(self, run_dir, cfg, flat_config):
+        import wandb
+
+        self.wandb = wandb
+        tags = [f"preset:{cfg.model.preset}", *cfg.tracking.tags]
+        self.run = wandb.init(
+            project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.tracking.group,
+            name=cfg.name, tags=tags, config=flat_config, dir=str(run_dir), mode=wandb_mode(),
+            reinit="create_new", settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+        self.events: list[dict] = []
+        self.mu_rows: list[tuple[int, int, float]] = []  # (step, layer, max ||mu|| after mixing)
+
+    def metrics(self, step, values):
+        self.run.log(dict(values), step=step)
+
+    def layer_stats(self, step, rows):
+        self.run.log({stat_key(l, b, s): v for l, b, s, v in rows}, step=step)
+        self.mu_rows += [(step, l, v) for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"]
+
+    def event(self, event):
+        self.events.append({name: event.get(name) for name in EVENTS_SCHEMA.names})
+        if event.get("kind") == "nonfinite" and len(self.events) == 1:
+            self.run.summary["first_event"] = self.events[0]
+
+    def finish(self, summary):
+        wandb = self.wandb
+        for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "early_warning",
+                    "stopped_early", "best_step", "wall_seconds", "ms_per_step", "run_dir"):
+            self.run.summary[key] = summary.get(key)
+        for split in ("val", "test"):
+            for metric, value in (summary.get(split) or {}).items():
+                self.run.summary[f"{split}_{metric}"] = value
+        if self.events:
+            columns = list(EVENTS_SCHEMA.names)
+            self.run.log({"events": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in self.events])})
+        if self.mu_rows:
+            self.run.log({"mu_norm_max_heatmap": wandb.Image(mu_heatmap(self.mu_rows, summary.get("name", "")))})
+        self.run.finish()
+
+
+def mu_heatmap(rows: list[tuple[int, int, float]], title: str):
+    """Layer x step heat map of log10 max ||mu|| after mixing, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = sorted({s for s, _, _ in rows})
+    layers = sorted({l for _, l, _ in rows})
+    grid = np.full((len(layers), len(steps)), np.nan)
+    col = {s: k for k, s in enumerate(steps)}
+    for s, l, v in rows:
+        grid[l - 1, col[s]] = np.log10(v) if v > 0 and np.isfinite(v) else np.nan
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.5 * len(layers)))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+                   extent=(steps[0], steps[-1] + 1, 0.5, len(layers) + 0.5))
+    ax.set_xlabel("step")
+    ax.set_ylabel("layer")
+    ax.set_title(f"log10 max ||mu|| after mixing {title}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig

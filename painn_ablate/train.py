@@ -1,0 +1,308 @@
+"""`run(cfg)`: train one PaiNN configuration and record what happened.
+
+A non-finite loss, activation or gradient is an *outcome*: it is located
+(step, layer, block, tensor, phase), recorded as an event and, under the
+default policy `monitor.on_nonfinite=stop`, ends the run with status
+"exploded". The run directory always holds what was recorded up to then:
+
+    config.yaml      the resolved config; `painn-ablate train --config config.yaml` re-runs it
+    summary.json     status, steps, first_nonfinite, val/test metrics, ... (rewritten at each validation)
+    checkpoint.pt    weights of the best validation step
+    *.parquet        metrics, per-layer statistics and events (see painn_ablate.tracking)
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import math
+import os
+import platform
+import secrets
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from painn_ablate import __version__
+from painn_ablate.config import flatten, to_yaml
+from painn_ablate.data import NBodySplit, load_dataset
+from painn_ablate.model import PaiNN
+from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
+from painn_ablate.tracking import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 500  # graphs per evaluation batch (no gradients, so larger than training batches)
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used (one line, names the path)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_name(cfg: DictConfig) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg.name or f"{cfg.model.preset}-seed{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
+    if (run_dir / "summary.json").exists():
+        raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
+    return run_dir
+
+
+def total_steps(cfg: DictConfig, n_train: int) -> int:
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs * math.ceil(n_train / cfg.train.batch_size)
+    return cfg.train.steps
+
+
+def finite_or_none(x: float) -> Optional[float]:
+    return x if math.isfinite(x) else None
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator):
+    """Endless shuffled mini-batches of sample indices, reshuffled every epoch."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[start:start + batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: PaiNN, split: NBodySplit) -> dict[str, Optional[float]]:
+    """Mean squared error of pos_dt (equal to that of the predicted position) and vel_next."""
+    model.eval()
+    sq_pos = sq_vel = 0.0
+    n_nodes = 0
+    for start in range(0, len(split), EVAL_BATCH):
+        b = split.batch(torch.arange(start, min(start + EVAL_BATCH, len(split)), device=split.pos.device))
+        pos_dt, vel_next = model(b.pos, b.vel, b.charge, b.edge_index)
+        sq_pos += float(((pos_dt - b.pos_dt) ** 2).sum())
+        sq_vel += float(((vel_next - b.vel_next) ** 2).sum())
+        n_nodes += b.pos.shape[0]
+    model.train()
+    return {"pos_mse": finite_or_none(sq_pos / (3 * n_nodes)), "vel_mse": finite_or_none(sq_vel / (3 * n_nodes))}
+
+
+def environment() -> dict:
+    return {"painn_ablate": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def layer_profile(rows: list[tuple[int, str, str, float]]) -> dict[str, dict[int, float]]:
+    """Per-layer max ||mu|| and max |q| after mixing, from one statistics snapshot."""
+    pick = lambda stat: {l: v for l, b, s, v in rows if b == "mixing" and s == stat}  # noqa: E731
+    return {"mu_norm_max": pick("mu_norm_max"), "q_absmax": pick("q_absmax")}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Trainer:
+    """One training run; `run()` below is the public entry point."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, splits: dict[str, NBodySplit], sinks: list[Sink],
+                 should_stop: Optional[Callable[[int, dict], Optional[str]]]):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = pick_device(cfg.train.device)
+        self.splits = {k: v.to(self.device) for k, v in splits.items()}
+        torch.manual_seed(cfg.seed)
+        self.model = PaiNN(cfg.model).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.steps = total_steps(cfg, len(self.splits["train"]))
+        self.recorder = Recorder([ParquetSink(), *sinks])
+        self.should_stop = should_stop
+        self.warning = EarlyWarning(cfg.monitor, cfg.model.L)
+        self.summary: dict = {
+            "status": "running", "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
+            "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
+            "nonfinite_events": 0, "early_warning": None, "stopped_early": None, "val": None, "test": None,
+            "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
+            "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device), "environment": environment(),
+        }
+        self.best_val = math.inf
+        self.best_state: Optional[dict] = None
+
+    # -- records
+
+    def write_summary(self) -> None:
+        write_json_atomic(self.run_dir / "summary.json", self.summary)
+
+    def record_nonfinite(self, origin: NonFinite, detail: str = "") -> None:
+        self.summary["nonfinite_events"] += 1
+        if self.summary["first_nonfinite"] is None:
+            self.summary["first_nonfinite"] = origin.as_dict()
+            log.warning("non-finite %s at step %d: layer %s, block %s, tensor %s", origin.phase, origin.step,
+                        origin.layer, origin.block, origin.tensor)
+        self.recorder.event({"kind": "nonfinite", **origin.as_dict(), "detail": detail})
+
+    def snapshot(self, step: int, rows: list) -> None:
+        """Record one set of per-layer statistics and feed the early warning."""
+        self.recorder.layer_stats(step, rows)
+        profile = {"step": step, **layer_profile(rows)}
+        self.summary["last_stats"] = profile
+        if all(math.isfinite(v) for *_, v in rows):
+            self.summary["last_finite_stats"] = profile
+        signal = self.warning.update(rows)
+        if signal and signal["fires"] and self.summary["early_warning"] is None:
+            self.summary["early_warning"] = {"step": step, **{k: signal[k] for k in ("risk", "mu_ratio", "mu_growth")}}
+            self.recorder.event({"step": step, "kind": "early_warning", "value": signal["risk"],
+                                 "detail": f"mu_ratio={signal['mu_ratio']:.3g} mu_growth={signal['mu_growth']:.3g}"})
+        return signal
+
+    @torch.no_grad()
+    def replay_statistics(self, mon: Monitor, batch, step: int) -> None:
+        """Statistics of the very forward pass that went non-finite (weights not yet updated)."""
+        mon.begin_step(full=True)
+        self.model(batch.pos, batch.vel, batch.charge, batch.edge_index)
+        self.snapshot(step, mon.collect())
+
+    def validate(self, step: int) -> None:
+        metrics = evaluate(self.model, self.splits["val"])
+        self.recorder.metrics(step, {f"val_{k}": (v if v is not None else math.nan) for k, v in metrics.items()})
+        score = sum(v for v in metrics.values() if v is not None) if None not in metrics.values() else math.inf
+        if score < self.best_val:
+            self.best_val = score
+            self.summary.update(val=metrics, best_step=step)
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            if self.cfg.train.checkpoint:
+                tmp = self.run_dir / ".checkpoint.pt.tmp"
+                torch.save({"step": step, "model": self.best_state}, tmp)
+                os.replace(tmp, self.run_dir / "checkpoint.pt")
+
+    # -- the loop
+
+    def fit(self) -> dict:
+        cfg, model = self.cfg, self.model
+        every, policy, clip = cfg.monitor.every, cfg.monitor.on_nonfinite, cfg.train.grad_clip
+        params = [p for p in model.parameters()]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        batches = batch_indices(len(self.splits["train"]), cfg.train.batch_size, gen)
+        train = self.splits["train"]
+        start = time.perf_counter()
+        step_times = []
+        self.recorder.start(self.run_dir, cfg, flatten(cfg))
+        self.write_summary()
+        try:
+            with Monitor(model, cfg.monitor) as mon:
+                for step in range(self.steps):
+                    t0 = time.perf_counter()
+                    batch = train.batch(batches.__next__().to(self.device))
+                    full = step % every == 0 or step == self.steps - 1
+                    mon.begin_step(full)
+                    pos_dt, vel_next = model(batch.pos, batch.vel, batch.charge, batch.edge_index)
+                    loss_pos = torch.mean((pos_dt - batch.pos_dt) ** 2)
+                    loss_vel = torch.mean((vel_next - batch.vel_next) ** 2)
+                    loss = loss_pos + loss_vel
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grads = [p.grad for p in params if p.grad is not None]
+                    if clip is None:
+                        grad_norm = torch.nn.utils.get_total_norm(grads)
+                    else:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    origin = mon.forward_nonfinite(step)  # one sync for the flags
+                    l_all, l_pos, l_vel, g = torch.stack([loss, loss_pos, loss_vel, grad_norm]).tolist()
+                    if origin is None and not math.isfinite(l_all):
+                        origin = NonFinite(step=step, phase="loss", tensor="loss", block="head")
+                    if origin is None and not math.isfinite(g):
+                        origin = backward_nonfinite(model, step)
+                    stats_rows = mon.collect() if full else []
+                    if full and origin is None:
+                        scale = 1.0 if clip is None else min(1.0, clip / (g + 1e-6))
+                        gn = layer_grad_norms(model)
+                        values = torch.stack([v for *_, v in gn]).tolist() if gn else []
+                        for (l, b, _), v in zip(gn, values):
+                            stats_rows += [(l, b, "grad_norm", v), (l, b, "grad_norm_clipped", v * scale)]
+                    if origin is not None:
+                        self.record_nonfinite(origin)
+                        if not full:
+                            self.replay_statistics(mon, batch, step)
+                        elif stats_rows:
+                            self.snapshot(step, stats_rows)
+                        stats_rows = []
+                    if origin is None or policy == "continue":
+                        self.opt.step()
+                    step_times.append(time.perf_counter() - t0)
+                    self.summary["steps_completed"] = step + 1
+                    self.summary["final_loss"] = finite_or_none(l_all)
+                    self.recorder.metrics(step, {
+                        "loss": l_all, "loss_pos": l_pos, "loss_vel": l_vel, "lr": self.opt.param_groups[0]["lr"],
+                        "grad_norm": g, "grad_norm_clipped": g if clip is None else min(g, clip),
+                        "step_time": step_times[-1]})
+                    signal = self.snapshot(step, stats_rows) if stats_rows else None
+                    if origin is not None and policy == "stop":
+                        break
+                    if (step + 1) % cfg.train.val_every == 0 or step == self.steps - 1:
+                        self.validate(step)
+                    if self.should_stop is not None and (signal is not None or (step + 1) % cfg.train.val_every == 0):
+                        reason = self.should_stop(step, {"signal": signal, "val": self.summary["val"]})
+                        if reason:
+                            self.summary["stopped_early"] = {"step": step, "reason": reason}
+                            break
+                    if (step + 1) % cfg.monitor.flush_every == 0:
+                        self.recorder.flush()
+                        self.summary["wall_seconds"] = time.perf_counter() - start
+                        self.write_summary()
+        finally:
+            self.summary["wall_seconds"] = time.perf_counter() - start
+            if step_times:
+                # median: the first steps include one-off allocation and thread start-up
+                self.summary["ms_per_step"] = 1000 * sorted(step_times)[len(step_times) // 2]
+            self.recorder.flush()
+
+        self.summary["status"] = "exploded" if self.summary["nonfinite_events"] else "stable"
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+            self.summary["test"] = evaluate(model, self.splits["test"])
+        self.summary["wall_seconds"] = time.perf_counter() - start
+        self.write_summary()
+        self.recorder.finish(self.summary)
+        return self.summary
+
+
+def build_sinks(cfg: DictConfig, steps: int) -> list[Sink]:
+    sinks: list[Sink] = []
+    if cfg.tracking.progress:
+        sinks.append(ProgressSink(steps, desc=cfg.name or cfg.model.preset))
+    if cfg.tracking.wandb:
+        sinks.append(WandbSink())
+    return sinks
+
+
+def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
+        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None) -> dict:
+    """Train the configuration `cfg` (from `painn_ablate.config.compose`) and return its summary.
+
+    sinks: extra record sinks; None builds them from `cfg.tracking` (progress bar, W&B).
+    should_stop(step, info) -> reason or None: asked at every statistics snapshot and validation;
+    a reason ends the run early (a sweep's pruner uses it).
+    """
+    splits = load_dataset(cfg.data)  # bad data fails here, before any run directory exists
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(cfg)
+    cfg.name = cfg.name or run_dir.name
+    cfg.out = str(run_dir)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    steps = total_steps(cfg, len(splits["train"]))
+    trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
+    return trainer.fit()
+

@@ -1,0 +1,178 @@
+"""PaiNN: symmetries for random toggle combinations, aggregation, and every bound a stabilizer promises."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from painn_ablate.config import compose
+from painn_ablate.model import NORM_EPS, Aggregate, ClipNorm, ClipValue, PaiNN, Saturation, vector_norm
+
+# float64 throughout: equivariance errors are then ~1e-12 relative; 1e-9 leaves room for the
+# accumulated rounding of 5 layers without hiding a real break (which shows as O(1) errors).
+ATOL = 1e-9
+
+TOGGLES = {
+    "model.aggregation": st.sampled_from(["sum", "mean"]),
+    "model.stabilizers.g": st.sampled_from([1.0, 0.5]),
+    "model.stabilizers.s_msg": st.sampled_from(["null", "0.5", "5"]),
+    "model.stabilizers.s_mix": st.sampled_from(["null", "0.5", "5"]),
+    "model.stabilizers.alpha_inter": st.sampled_from([1.0, 0.5]),
+    "model.stabilizers.alpha_mix": st.sampled_from([1.0, 0.5]),
+    "model.stabilizers.C_s": st.sampled_from(["null", "0.1", "10"]),
+    "model.stabilizers.C_v": st.sampled_from(["null", "0.1", "10"]),
+    "model.stabilizers.C_q": st.sampled_from(["null", "0.1", "100"]),
+    "model.stabilizers.C_mu": st.sampled_from(["null", "0.1", "20"]),
+    "model.shared_filters": st.booleans(),
+}
+toggle_sets = st.fixed_dictionaries(TOGGLES)
+
+
+def tiny_model(overrides=(), seed=0, F=8, L=3) -> PaiNN:
+    cfg = compose([f"model.F={F}", f"model.L={L}", "model.n_rbf=6", "model.r_cut=4.0", *overrides])
+    torch.manual_seed(seed)
+    return PaiNN(cfg.model).double()
+
+
+def random_system(n_graphs=3, n=5, seed=0, full=True):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(n_graphs * n, 3, generator=g, dtype=torch.float64) * 1.5
+    vel = torch.randn(n_graphs * n, 3, generator=g, dtype=torch.float64) * 0.5
+    charge = torch.randint(0, 2, (n_graphs * n,), generator=g).double() * 2 - 1
+    src, dst = [], []
+    for b in range(n_graphs):
+        for i in range(n):
+            for j in range(n):
+                # full graph; otherwise drop some edges so degrees differ between nodes
+                if i != j and (full or (i + 2 * j + b) % 3):
+                    src.append(b * n + j)
+                    dst.append(b * n + i)
+    return pos, vel, charge, torch.tensor([src, dst])
+
+
+def random_rotation(seed: int, reflect: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, R = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    Q = Q * torch.sign(torch.diagonal(R))
+    if torch.det(Q) < 0:
+        Q[:, 0] = -Q[:, 0]
+    return -Q if reflect else Q  # -Q: an improper rotation (det -1)
+
+
+def overrides_of(toggles: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in toggles.items()]
+
+
+@settings(max_examples=25, deadline=None)
+@given(toggles=toggle_sets, seed=st.integers(0, 10_000))
+def test_rotation_reflection_equivariance(toggles, seed):
+    model = tiny_model(overrides_of(toggles), seed=seed)
+    pos, vel, charge, edges = random_system(seed=seed, full=False)
+    for reflect in (False, True):
+        Rm = random_rotation(seed + 1, reflect)
+        out = model(pos, vel, charge, edges)
+        out_rot = model(pos @ Rm.T, vel @ Rm.T, charge, edges)
+        for a, b in zip(out, out_rot):
+            torch.testing.assert_close(a @ Rm.T, b, atol=ATOL, rtol=1e-7)
+
+
+@settings(max_examples=15, deadline=None)
+@given(toggles=toggle_sets, seed=st.integers(0, 10_000))
+def test_translation_invariance(toggles, seed):
+    model = tiny_model(overrides_of(toggles), seed=seed)
+    pos, vel, charge, edges = random_system(seed=seed)
+    shift = torch.randn(1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 10
+    for a, b in zip(model(pos, vel, charge, edges), model(pos + shift, vel, charge, edges)):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-7)
+
+
+@settings(max_examples=15, deadline=None)
+@given(toggles=toggle_sets, seed=st.integers(0, 10_000))
+def test_permutation_equivariance(toggles, seed):
+    model = tiny_model(overrides_of(toggles), seed=seed)
+    pos, vel, charge, edges = random_system(seed=seed, full=False)
+    n = pos.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    while torch.equal(perm, torch.arange(n)):  # make sure it is not the identity
+        perm = torch.randperm(n, generator=g)
+    inverse = torch.argsort(perm)  # new index of old node k is inverse[k]
+    out = model(pos, vel, charge, edges)
+    out_p = model(pos[perm], vel[perm], charge[perm], inverse[edges])
+    for a, b in zip(out, out_p):
+        torch.testing.assert_close(a[perm], b, atol=ATOL, rtol=1e-7)
+
+
+def test_sum_and_mean_aggregation_differ_by_the_degree():
+    pos, vel, charge, edges = random_system(full=False)
+    n = pos.shape[0]
+    msg = torch.randn(edges.shape[1], 3, 7, dtype=torch.float64)
+    degree = torch.bincount(edges[1], minlength=n).double()
+    assert degree.min() >= 1 and degree.unique().numel() > 1  # the test needs differing degrees
+    inv = 1.0 / degree
+    summed = Aggregate("sum")(msg, edges[1], n, inv)
+    mean = Aggregate("mean")(msg, edges[1], n, inv)
+    torch.testing.assert_close(summed, mean * degree[:, None, None], atol=1e-12, rtol=1e-12)
+    # and the sum is the plain per-receiver sum
+    torch.testing.assert_close(summed[3], msg[edges[1] == 3].sum(0))
+
+
+def test_saturation_and_clamps_hold_on_adversarial_inputs():
+    huge = torch.tensor([[-1e30, -7.0, 0.0, 3.0, 1e30]], dtype=torch.float64)
+    out = Saturation(5.0)(huge)
+    assert out.abs().max() <= 5.0 and torch.isfinite(out).all()
+    assert torch.equal(ClipValue(10.0)(huge).abs().max(), torch.tensor(10.0, dtype=torch.float64))
+    vec = torch.randn(4, 3, 6, dtype=torch.float64) * 1e20
+    vec[0, :, 0] = 0.0  # a zero vector stays zero and finite
+    clipped = ClipNorm(20.0)(vec)
+    norms = torch.linalg.vector_norm(clipped, dim=-2)  # the exact norm, no eps
+    assert norms.max() <= 20.0 * (1 + 1e-12)
+    assert torch.isfinite(clipped).all() and clipped[0, :, 0].abs().max() == 0
+    # direction is kept: clip_norm only rescales
+    cos = (clipped * vec).sum(-2) / (vector_norm(clipped, dim=-2) * vector_norm(vec, dim=-2))
+    torch.testing.assert_close(cos[1:], torch.ones_like(cos[1:]))
+
+
+def test_stabilizers_off_are_exact_identities():
+    x = torch.randn(5, 3, 4, dtype=torch.float64) * 1e6
+    for module in (Saturation(None), ClipValue(None), ClipNorm(None)):
+        assert module(x) is x
+
+
+@pytest.mark.parametrize("preset", ["original", "r2_full"])
+def test_state_bounds_hold_in_the_model(preset):
+    """With r2_full, q and ||mu|| stay within C_q and C_mu after every mixing block, even for huge inputs."""
+    model = tiny_model([f"model={preset}"], F=8, L=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(30.0)  # adversarial weights
+    pos, vel, charge, edges = random_system()
+    seen = []
+    hooks = [layer.mixing.register_forward_hook(lambda m, a, out: seen.append(out)) for layer in model.layers]
+    model(pos, vel * 100, charge, edges)
+    for h in hooks:
+        h.remove()
+    q_max = max(float(q.abs().max()) for q, _ in seen)
+    mu_max = max(float(torch.linalg.vector_norm(mu, dim=-2).max()) for _, mu in seen)
+    if preset == "r2_full":
+        assert q_max <= 100.0 and mu_max <= 20.0 * (1 + 1e-9)
+    else:
+        assert q_max > 100.0 or mu_max > 20.0  # without clamps, these weights break the bounds
+
+
+def test_zero_vector_norm_has_finite_gradient():
+    v = torch.zeros(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    vector_norm(v, dim=-2).sum().backward()
+    assert torch.isfinite(v.grad).all()
+    assert math.isclose(float(vector_norm(torch.zeros(3, dtype=torch.float64), dim=-1)), math.sqrt(NORM_EPS))
+
+
+def test_model_interface_shapes_and_gradients():
+    model = tiny_model()
+    pos, vel, charge, edges = random_system()
+    pos_dt, vel_next = model(pos, vel, charge, edges)
+    assert pos_dt.shape == pos.shape and vel_next.shape == vel.shape
+    (pos_dt.sum() + vel_next.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -108,6 +108,7 @@ class TrackingConfig:
 @dataclass
 class Config:
     seed: int = 0  # training seed: model init and batch order
+    ablate: str = "none"  # stabilizers to flip relative to the preset, '+'-separated (see ABLATIONS)
     name: Optional[str] = None  # run name; default: <preset>-seed<seed>-<time>
     out: Optional[str] = None  # run directory; default: runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
@@ -140,6 +141,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"grad_clip": 1.0},
     },
 }
+
+
+# Ablation designs. `ablate=<name>` flips the named stabilizers relative to the preset:
+# one that is on is switched off (to the original PaiNN's value) and one that is off is
+# switched on (to R2_full's value). On `model=r2_full` that is leave-one-out, on
+# `model=original` add-one-in. Names join with '+': `ablate=s_msg+s_mix`.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "g": ("model.stabilizers.g",),  # filter gain
+    "s_msg": ("model.stabilizers.s_msg",),  # per-edge message saturation
+    "s_mix": ("model.stabilizers.s_mix",),  # mixing-MLP saturation
+    "alpha": ("model.stabilizers.alpha_inter", "model.stabilizers.alpha_mix"),  # both residual scales
+    "alpha_inter": ("model.stabilizers.alpha_inter",),
+    "alpha_mix": ("model.stabilizers.alpha_mix",),
+    "clamps": tuple(f"model.stabilizers.{c}" for c in ("C_s", "C_v", "C_q", "C_mu")),  # all four clamps
+    "C_s": ("model.stabilizers.C_s",),  # clip of the aggregated scalar message
+    "C_v": ("model.stabilizers.C_v",),  # norm clip of the aggregated vector message
+    "C_q": ("model.stabilizers.C_q",),  # clip of q after mixing
+    "C_mu": ("model.stabilizers.C_mu",),  # norm clip of mu after mixing
+    "aggregation": ("model.aggregation",),  # sum <-> degree mean
+    "grad_clip": ("train.grad_clip",),  # gradient-norm clipping
+}
+
+
+def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
+    """The key -> value changes that `ablate=<names>` makes to `cfg` (see ABLATIONS)."""
+    off = OmegaConf.structured(Config)
+    on = OmegaConf.merge(off, PRESETS["r2_full"])
+    changes: dict[str, Any] = {}
+    for name in ablate.split("+"):
+        if name not in ABLATIONS:
+            match = difflib.get_close_matches(name, ABLATIONS, n=1)
+            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            raise ConfigError(f"bad value for 'ablate': unknown stabilizer '{name}'{hint}; known: {', '.join(ABLATIONS)}")
+        for key in ABLATIONS[name]:
+            original = OmegaConf.select(off, key)
+            changes[key] = OmegaConf.select(on, key) if OmegaConf.select(cfg, key) == original else original
+    return changes
 
 
 # ----------------------------------------------------------------------------- compose
@@ -212,8 +251,18 @@ def compose(overrides: list[str] | tuple[str, ...] = (), base: Optional[str | Pa
             cfg.model.aggregation = ModelConfig.aggregation
             cfg.train.grad_clip = None
             cfg = OmegaConf.merge(cfg, PRESETS[preset], {"model": {"preset": preset}})
+        # Applied only when given here: a saved config already holds its ablation's values.
+        ablate = next((item.split("=", 1)[1] for item in dotlist if item.startswith("ablate=")), None)
+        if ablate is not None:
+            cfg.ablate = ablate
+            for key, value in ablation_overrides(cfg, ablate).items():
+                OmegaConf.update(cfg, key, value, merge=False)
+        elif preset is not None:
+            cfg.ablate = "none"
         for item in dotlist:
             key = item.split("=", 1)[0]
+            if key == "ablate":
+                continue
             if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and key not in all_keys():
                 raise ConfigError(f"unknown config key '{key}'{_did_you_mean(key)}")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))

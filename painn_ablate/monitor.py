@@ -52,7 +52,7 @@ class NonFinite:
 
     step: int
     phase: str  # forward | loss | backward
-    tensor: str  # q, mu, dq, dmu, message, mixing_mlp, filter, pos_dt, loss, grad:<parameter>
+    tensor: str  # filter, x, message, dq, dmu, mu_VW, mixing_mlp, q, mu, pos_dt, vel_next, loss, grad:<param>
     layer: Optional[int] = None
     block: Optional[str] = None  # interaction | mixing | embed | head | filter
 
@@ -99,10 +99,12 @@ class Monitor:
         hook(m.filter_net, self._on_filter)
         for l, layer in enumerate(m.layers, start=1):
             inter, mix = layer.interaction, layer.mixing
+            hook(inter.inter_mlp, partial(self._on_output, l, "interaction", "x"))
             hook(inter.s_msg, partial(self._on_saturation, l, "interaction", "message", "s_msg_frac"))
             hook(inter.C_s, partial(self._on_clip, l, "interaction", "dq", "dq_absmax", "C_s_frac", False))
             hook(inter.C_v, partial(self._on_clip, l, "interaction", "dmu", "dmu_norm_max", "C_v_frac", True))
             hook(inter, partial(self._on_state, l, "interaction"))
+            hook(mix.mu_linear, partial(self._on_output, l, "mixing", "mu_VW"))
             hook(mix.s_mix, partial(self._on_saturation, l, "mixing", "mixing_mlp", "s_mix_frac"))
             hook(mix.qmu_term, partial(self._on_term, l, "qmu_absmax", False))
             hook(mix.mu_term, partial(self._on_term, l, "mu_term_norm_max", True))
@@ -206,6 +208,9 @@ class Monitor:
         ):
             self._stat(layer, block, stat, value)
 
+    def _on_output(self, layer, block, tensor, module, args, out) -> None:
+        self._flag(layer, block, tensor, out)
+
     def _on_head(self, tensor, module, args, out) -> None:
         self._flag(None, "head", tensor, out)
 
@@ -224,11 +229,14 @@ def layer_grad_norms(model: PaiNN) -> list[tuple[int, str, Tensor]]:
     return out
 
 
-def backward_nonfinite(model: PaiNN, step: int) -> NonFinite:
-    """Locate a non-finite gradient: the parameter closest to the loss, as backward meets it first."""
+def backward_nonfinite(model: PaiNN, step: int) -> Optional[NonFinite]:
+    """Locate a non-finite gradient: the parameter closest to the loss, as backward meets it first.
+
+    None when every gradient is finite (a total norm can overflow to inf on finite but huge gradients).
+    """
     named = [(n, p) for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     if not named:
-        return NonFinite(step=step, phase="backward", tensor="grad")
+        return None
 
     def depth(name: str) -> tuple[int, int]:
         parts = name.split(".")

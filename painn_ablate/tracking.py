@@ -157,7 +157,8 @@ class ProgressSink(Sink):
     def start(self, run_dir, cfg, flat_config):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, leave=False)
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, leave=False,
+                        disable=None)  # None: off when stderr is not a terminal
         self.mu: dict[int, float] = {}
         self.done = 0
 

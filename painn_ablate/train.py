@@ -174,9 +174,9 @@ class Trainer:
         self.model(batch.pos, batch.vel, batch.charge, batch.edge_index)
         self.snapshot(step, mon.collect())
 
-    def validate(self, step: int) -> None:
+    def validate(self, step: int) -> dict[str, float]:
+        """Evaluate on the validation split, keep the best weights; returns val_* metrics."""
         metrics = evaluate(self.model, self.splits["val"])
-        self.recorder.metrics(step, {f"val_{k}": (v if v is not None else math.nan) for k, v in metrics.items()})
         score = sum(v for v in metrics.values() if v is not None) if None not in metrics.values() else math.inf
         if score < self.best_val:
             self.best_val = score
@@ -186,6 +186,7 @@ class Trainer:
                 tmp = self.run_dir / ".checkpoint.pt.tmp"
                 torch.save({"step": step, "model": self.best_state}, tmp)
                 os.replace(tmp, self.run_dir / "checkpoint.pt")
+        return {f"val_{k}": (v if v is not None else math.nan) for k, v in metrics.items()}
 
     # -- the loop
 
@@ -243,15 +244,16 @@ class Trainer:
                     step_times.append(time.perf_counter() - t0)
                     self.summary["steps_completed"] = step + 1
                     self.summary["final_loss"] = finite_or_none(l_all)
-                    self.recorder.metrics(step, {
-                        "loss": l_all, "loss_pos": l_pos, "loss_vel": l_vel, "lr": self.opt.param_groups[0]["lr"],
-                        "grad_norm": g, "grad_norm_clipped": g if clip is None else min(g, clip),
-                        "step_time": step_times[-1]})
+                    metrics = {"loss": l_all, "loss_pos": l_pos, "loss_vel": l_vel,
+                               "lr": self.opt.param_groups[0]["lr"], "grad_norm": g,
+                               "grad_norm_clipped": g if clip is None else min(g, clip), "step_time": step_times[-1]}
+                    stop = origin is not None and policy == "stop"
+                    if not stop and ((step + 1) % cfg.train.val_every == 0 or step == self.steps - 1):
+                        metrics.update(self.validate(step))
+                    self.recorder.metrics(step, metrics)
                     signal = self.snapshot(step, stats_rows) if stats_rows else None
-                    if origin is not None and policy == "stop":
+                    if stop:
                         break
-                    if (step + 1) % cfg.train.val_every == 0 or step == self.steps - 1:
-                        self.validate(step)
                     if self.should_stop is not None and (signal is not None or (step + 1) % cfg.train.val_every == 0):
                         reason = self.should_stop(step, {"signal": signal, "val": self.summary["val"]})
                         if reason:

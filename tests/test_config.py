@@ -1,0 +1,87 @@
+"""Config: presets, overrides, ablation designs and one-line errors."""
+
+import pytest
+
+from painn_ablate.config import ABLATIONS, PRESETS, ConfigError, all_keys, compose, flatten
+
+R2 = {"g": 0.5, "s_msg": 5.0, "s_mix": 5.0, "alpha_inter": 0.5, "alpha_mix": 0.5,
+      "C_s": 10.0, "C_v": 10.0, "C_q": 100.0, "C_mu": 20.0}  # the document's R2_full values
+
+
+def test_original_is_every_stabilizer_off():
+    cfg = compose(["model=original"])
+    st = cfg.model.stabilizers
+    assert (st.g, st.alpha_inter, st.alpha_mix) == (1.0, 1.0, 1.0)
+    assert all(st[k] is None for k in ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"))
+    assert cfg.model.aggregation == "sum" and cfg.train.grad_clip is None
+    assert compose([]) == cfg  # the schema defaults are the original
+
+
+def test_r2_full_has_the_documents_values():
+    cfg = compose(["model=r2_full"])
+    assert dict(cfg.model.stabilizers) == R2
+    assert cfg.model.aggregation == "mean" and cfg.train.grad_clip == 1.0
+    assert cfg.model.preset == "r2_full"
+
+
+def test_preset_applies_first_whatever_the_order():
+    a = compose(["model.stabilizers.s_msg=3", "model=r2_full", "train.lr=3e-3", "seed=1"])
+    b = compose(["seed=1", "model=r2_full", "train.lr=3e-3", "model.stabilizers.s_msg=3"])
+    assert a == b and a.model.stabilizers.s_msg == 3.0 and a.train.lr == 3e-3 and a.seed == 1
+
+
+def test_single_toggle_on_top_of_preset():
+    cfg = compose(["model=r2_full", "model.stabilizers.C_mu=null", "model.aggregation=sum"])
+    assert cfg.model.stabilizers.C_mu is None and cfg.model.aggregation == "sum"
+    assert cfg.model.stabilizers.C_q == 100.0
+
+
+@pytest.mark.parametrize("name", [n for n in ABLATIONS if n != "none"])
+def test_ablation_is_leave_one_out_on_r2_full_and_add_one_in_on_original(name):
+    base_r2, base_orig = flatten(compose(["model=r2_full"])), flatten(compose(["model=original"]))
+    loo = flatten(compose(["model=r2_full", f"ablate={name}"]))
+    aoi = flatten(compose(["model=original", f"ablate={name}"]))
+    keys = set(ABLATIONS[name])
+    for key in base_r2:
+        if key == "ablate":
+            continue
+        if key in keys:
+            assert loo[key] == base_orig[key] and aoi[key] == base_r2[key], key
+        else:
+            assert loo[key] == base_r2[key] and aoi[key] == base_orig[key], key
+
+
+def test_saved_config_reruns_exactly(tmp_path):
+    cfg = compose(["model=r2_full", "ablate=s_msg+clamps", "train.lr=2e-3", "seed=3"])
+    path = tmp_path / "config.yaml"
+    from omegaconf import OmegaConf
+
+    path.write_text(OmegaConf.to_yaml(cfg))
+    assert compose([], base=path) == cfg  # the saved ablation is not applied twice
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.stabilizers.smsg=5"], "model.stabilizers.s_msg"),  # did-you-mean
+    (["train.lrr=1e-3"], "train.lr"),
+    (["model.L=abc"], "model.L"),
+    (["model.stabilizers.s_msg=0"], "model.stabilizers.s_msg"),
+    (["model.stabilizers.C_mu=-1"], "model.stabilizers.C_mu"),
+    (["model.L=0"], "model.L"),
+    (["model.aggregation=max"], "model.aggregation"),
+    (["model=r3_full"], "r2_full"),
+    (["ablate=s_mgs"], "s_msg"),
+    (["monitor.on_nonfinite=explode"], "monitor.on_nonfinite"),
+    (["train.grad_clip=0"], "train.grad_clip"),
+    (["seed"], "seed"),
+])
+def test_bad_input_is_one_line_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_every_schema_key_is_overridable():
+    keys = all_keys()
+    assert "model.stabilizers.C_mu" in keys and "train.grad_clip" in keys and "data.system" in keys
+    assert set(PRESETS) == {"original", "r2_full"}

@@ -8,7 +8,8 @@ records, so a metric has one name everywhere: `loss_pos` in the parquet file is
 Local files in the run directory, each a parquet *dataset* (a folder of parts)
 that `pandas.read_parquet(path)` reads whole without this package:
 
-    metrics.parquet      step, loss, loss_pos, loss_vel, lr, grad_norm, grad_norm_clipped, step_time, ...
+    metrics.parquet      step, loss, loss_pos, loss_vel, lr, grad_norm, grad_norm_clipped, step_time,
+                         val_pos_mse, val_vel_mse
     layer_stats.parquet  step, layer, block, stat, value      (long format)
     events.parquet       step, kind, layer, block, tensor, phase, value, detail
 
@@ -29,6 +30,9 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
+METRICS = ("loss", "loss_pos", "loss_vel", "lr", "grad_norm", "grad_norm_clipped", "step_time",
+           "val_pos_mse", "val_vel_mse")  # val_* only at validation steps (null elsewhere)
+METRICS_SCHEMA = pa.schema([("step", pa.int64())] + [(name, pa.float64()) for name in METRICS])
 LAYER_STATS_SCHEMA = pa.schema([("step", pa.int64()), ("layer", pa.int64()), ("block", pa.string()),
                                 ("stat", pa.string()), ("value", pa.float64())])
 EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer", pa.int64()),
@@ -97,14 +101,13 @@ class Recorder(Sink):
 class _PartWriter:
     """Append-only parquet dataset: a folder of complete, atomically renamed parts."""
 
-    def __init__(self, folder: Path, schema: Optional[pa.Schema] = None):
+    def __init__(self, folder: Path, schema: pa.Schema):
         self.folder = folder
         self.schema = schema
         self.rows: list[dict] = []
         self.parts = 0
         folder.mkdir(parents=True, exist_ok=True)
-        if schema is not None:  # an empty but readable dataset from the first moment
-            self._write(pa.Table.from_pylist([], schema=schema))
+        self._write(pa.Table.from_pylist([], schema=schema))  # empty but readable from the first moment
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
@@ -126,7 +129,7 @@ class ParquetSink(Sink):
     """metrics / layer_stats / events as parquet datasets in the run directory."""
 
     def start(self, run_dir, cfg, flat_config):
-        self.metrics_w = _PartWriter(run_dir / "metrics.parquet")
+        self.metrics_w = _PartWriter(run_dir / "metrics.parquet", METRICS_SCHEMA)
         self.stats_w = _PartWriter(run_dir / "layer_stats.parquet", LAYER_STATS_SCHEMA)
         self.events_w = _PartWriter(run_dir / "events.parquet", EVENTS_SCHEMA)
 

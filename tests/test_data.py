@@ -139,10 +139,17 @@ def test_displacement_over_the_target_window_follows_the_velocities(charged_spli
     p = data.CHARGED
     window = (p.target_step - p.input_step) * p.dt
     arrays = charged_splits["train"]
-    displacement = (arrays["pos_next"] - arrays["pos"]).ravel()
-    mean_velocity = 0.5 * (arrays["vel"] + arrays["vel_next"]).ravel()
-    slope = displacement @ mean_velocity / (mean_velocity @ mean_velocity)
-    assert slope == pytest.approx(window, rel=0.1)
+    displacement = arrays["pos_next"] - arrays["pos"]
+    mean_velocity = 0.5 * (arrays["vel"] + arrays["vel_next"])
+
+    def typical_error(duration):
+        miss = np.linalg.norm(displacement - mean_velocity * duration, axis=-1)
+        return np.median(miss / np.linalg.norm(displacement, axis=-1))
+
+    # Close passes bend some paths, but for most particles the trapezoid rule over the window holds.
+    assert typical_error(window) < 0.1
+    assert typical_error(window) < typical_error(0.5 * window) / 3
+    assert typical_error(window) < typical_error(2.0 * window) / 3
 
 
 def test_gravity_integrator_matches_the_particle_by_particle_loop():

@@ -1,0 +1,141 @@
+"""Training runs end to end on tiny models: records, determinism, explosions as outcomes, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from painn_ablate.config import compose
+from painn_ablate.train import run
+
+TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data.n_train=40", "data.n_val=20",
+        "data.n_test=20", "tracking.wandb=false", "tracking.progress=false"]
+# Original PaiNN at this learning rate reaches non-finite q in the mixing block at step 1 (checked on seeds 0, 1).
+EXPLODING = ["model=original", "train.lr=0.05", "train.steps=20"]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    def make(*overrides, out="run"):
+        return compose([*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / out}", *overrides])
+    return make
+
+
+def cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def test_stable_run_writes_every_record(tiny, tmp_path):
+    summary = run(tiny("model=r2_full", "train.steps=12", "train.val_every=4", "monitor.every=4"))
+    run_dir = tmp_path / "run"
+    assert summary["status"] == "stable" and summary["steps_completed"] == 12
+    assert summary["first_nonfinite"] is None and summary["nonfinite_events"] == 0
+    assert set(summary["val"]) == {"pos_mse", "vel_mse"} and summary["test"]["pos_mse"] > 0
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "config.yaml").exists()
+    stats = pd.read_parquet(run_dir / "layer_stats.parquet")
+    assert set(stats["step"]) == {0, 4, 8, 11}
+    assert set(stats["layer"]) == {1, 2, 3, 4, 5} and set(stats["block"]) == {"interaction", "mixing"}
+    assert {"mu_norm_max", "q_absmax", "C_mu_frac", "grad_norm", "grad_norm_clipped"} <= set(stats["stat"])
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    assert list(metrics["step"]) == list(range(12))
+    assert metrics["val_pos_mse"].notna().sum() == 3  # steps 3, 7, 11
+    assert pd.read_parquet(run_dir / "events.parquet").empty
+
+
+def test_same_seed_same_numbers_and_saved_config_reruns(tiny, tmp_path):
+    a = run(tiny("model=r2_full", "train.steps=6", "train.val_every=3", "seed=4", out="a"))
+    rerun_cfg = compose([f"out={tmp_path / 'b'}"], base=tmp_path / "a" / "config.yaml")
+    b = run(rerun_cfg)
+    c = run(tiny("model=r2_full", "train.steps=6", "train.val_every=3", "seed=5", out="c"))
+    assert (a["final_loss"], a["val"], a["test"]) == (b["final_loss"], b["val"], b["test"])
+    assert a["final_loss"] != c["final_loss"]
+
+
+def test_explosion_is_an_outcome_located_in_the_deep_layers(tiny, tmp_path):
+    summary = run(tiny(*EXPLODING))
+    assert summary["status"] == "exploded"
+    first = summary["first_nonfinite"]
+    assert first["phase"] == "forward" and first["layer"] >= 3 and first["block"] in ("interaction", "mixing")
+    assert summary["steps_completed"] == first["step"] + 1 < 20  # stop policy
+    events = pd.read_parquet(tmp_path / "run" / "events.parquet")
+    nonfinite = events[events["kind"] == "nonfinite"]
+    assert len(nonfinite) == 1 and int(nonfinite["layer"].iloc[0]) == first["layer"]
+    # the statistics of the failing step itself are recorded: ||mu|| grows with depth
+    stats = pd.read_parquet(tmp_path / "run" / "layer_stats.parquet")
+    at_event = stats[(stats.step == first["step"]) & (stats.block == "mixing") & (stats.stat == "mu_norm_max")]
+    mu = at_event.set_index("layer")["value"]
+    assert mu.loc[first["layer"] - 1] > mu.loc[1]
+
+
+def test_r2_full_survives_the_learning_rate_that_explodes_original(tiny):
+    summary = run(tiny("model=r2_full", "train.lr=0.05", "train.steps=20", "train.val_every=10"))
+    assert summary["status"] == "stable" and summary["nonfinite_events"] == 0
+
+
+@pytest.mark.parametrize("policy", ["skip_step", "continue"])
+def test_nonfinite_policies_keep_going(tiny, policy):
+    summary = run(tiny(*EXPLODING, "train.steps=6", f"monitor.on_nonfinite={policy}"))
+    assert summary["status"] == "exploded" and summary["steps_completed"] == 6
+    assert summary["nonfinite_events"] >= 1
+
+
+def test_cli_train_exits_zero_on_explosion_and_prints_a_summary(tmp_path):
+    res = cli("train", *TINY, *EXPLODING, f"data.cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'x'}")
+    assert res.returncode == 0, res.stderr
+    assert "exploded" in res.stdout and "First non-finite value" in res.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model.stabilizers.smsg=5"], "did you mean 'model.stabilizers.s_msg'"),
+    (["model.L=abc"], "model.L"),
+    (["model.stabilizers.s_msg=-1"], "model.stabilizers.s_msg"),
+    (["model.aggregation=max"], "model.aggregation"),
+    (["data.dir=/nonexistent/data"], "/nonexistent/data"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, args, needle):
+    res = cli("train", *TINY, f"data.cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'x'}", *args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_run_dir_is_refused(tiny, tmp_path):
+    run(tiny("train.steps=2"))
+    res = cli("train", *TINY, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}")
+    assert res.returncode == 2 and "already holds a run" in res.stderr
+
+
+def test_killed_run_leaves_readable_records(tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "model=r2_full",
+                             "train.steps=100000", "monitor.every=2", "monitor.flush_every=5",
+                             f"data.cache_dir={tmp_path / 'c'}", f"out={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            summary = out / "summary.json"
+            if summary.exists() and json.loads(summary.read_text())["steps_completed"] >= 15:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run did not get going")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["steps_completed"] >= 15
+    stats = pd.read_parquet(out / "layer_stats.parquet")
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert metrics["step"].max() >= 14 and stats["step"].max() >= 10
+    assert pd.read_parquet(out / "events.parquet").empty
+    assert not any(p.name.endswith(".tmp") and p.stat().st_size == 0 for p in Path(out).rglob("*"))

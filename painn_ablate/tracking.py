@@ -203,7 +203,8 @@ class WandbSink(Sink):
         import wandb
 
         self.wandb = wandb
-        tags = [f"preset:{cfg.model.preset}", *cfg.tracking.tags]
+        tags = [f"preset:{cfg.model.preset}", *([f"ablate:{cfg.ablate}"] if cfg.ablate != "none" else []),
+                *cfg.tracking.tags]
         self.run = wandb.init(
             project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.tracking.group,
             name=cfg.name, tags=tags, config=flat_config, dir=str(run_dir), mode=wandb_mode(),
@@ -236,7 +237,11 @@ class WandbSink(Sink):
             columns = list(EVENTS_SCHEMA.names)
             self.run.log({"events": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in self.events])})
         if self.mu_rows:
-            self.run.log({"mu_norm_max_heatmap": wandb.Image(mu_heatmap(self.mu_rows, summary.get("name", "")))})
+            import matplotlib.pyplot as plt
+
+            fig = mu_heatmap(self.mu_rows, summary.get("name", ""))
+            self.run.log({"mu_norm_max_heatmap": wandb.Image(fig)})
+            plt.close(fig)
         self.run.finish()
 
 

@@ -256,11 +256,14 @@ def backward_nonfinite(model: PaiNN, step: int) -> Optional[NonFinite]:
 class EarlyWarning:
     """Explosion-risk signal from the per-layer ||mu|| statistics.
 
-    risk = max(ratio / warn_ratio, growth / warn_growth), where
       ratio  = max ||mu|| after the last layer's mixing / after the first layer's mixing
-      growth = last layer's max ||mu|| now / its value `warn_window` snapshots ago.
-    It fires when risk >= 1: the depth-wise amplification of the mixing feedback loop
-    (ratio) or its growth over training (growth) is past its threshold.
+      growth = the last layer's max ||mu|| now / its minimum over the last `warn_window` snapshots
+      risk   = min(ratio / warn_ratio, growth / warn_growth); it fires when risk >= 1.
+
+    Both must hold: a depth-wise amplification (the mixing feedback loop, ratio) that is also
+    growing during training (growth). The original PaiNN has a large ratio already at
+    initialisation, so the ratio alone would flag every original run at step 0; growth alone
+    flags the normal early-training rise of ||mu||.
     """
 
     def __init__(self, cfg, n_layers: int):
@@ -277,9 +280,9 @@ class EarlyWarning:
         first, last = mu[1], mu[self.last]
         ratio = last / max(first, 1e-12)
         self.history.append(last)
-        growth = last / max(self.history[0], 1e-12) if len(self.history) == self.history.maxlen else 1.0
+        growth = last / max(min(self.history), 1e-12) if len(self.history) == self.history.maxlen else 1.0
         if not (math.isfinite(ratio) and math.isfinite(growth)):
             risk = math.inf
         else:
-            risk = max(ratio / self.warn_ratio, growth / self.warn_growth)
+            risk = min(ratio / self.warn_ratio, growth / self.warn_growth)
         return {"risk": risk, "mu_ratio": ratio, "mu_growth": growth, "fires": risk >= 1.0}

@@ -134,11 +134,17 @@ def test_clamp_fractions_are_zero_for_original_and_positive_where_a_clamp_acted(
     assert all(0.0 <= v <= 1.0 for v in [*clamps.values(), *saturations.values()])
 
 
-def test_early_warning_fires_on_depthwise_growth_and_not_on_flat_profiles():
-    cfg = compose([]).monitor
-    ew = EarlyWarning(cfg, n_layers=5)
-    flat = [(l, "mixing", "mu_norm_max", 8.0 + l) for l in range(1, 6)]
-    assert not ew.update(flat)["fires"]
-    steep = [(l, "mixing", "mu_norm_max", 8.0 * 10 ** (l - 1)) for l in range(1, 6)]
-    signal = ew.update(steep)
-    assert signal["fires"] and signal["mu_ratio"] == pytest.approx(1e4)
+def test_early_warning_needs_depthwise_amplification_that_grows():
+    cfg = compose(["monitor.warn_window=3"]).monitor
+    profile = lambda base, factor: [(l, "mixing", "mu_norm_max", base * factor ** (l - 1)) for l in range(1, 6)]  # noqa: E731
+    steep_but_steady = EarlyWarning(cfg, n_layers=5)
+    for _ in range(6):
+        signal = steep_but_steady.update(profile(8.0, 10.0))  # ratio 1e4, no growth over time
+    assert signal["mu_ratio"] == pytest.approx(1e4) and not signal["fires"]
+    flat_but_growing = EarlyWarning(cfg, n_layers=5)
+    for k in range(6):
+        signal = flat_but_growing.update(profile(8.0 * 10 ** k, 1.1))  # grows 10x per snapshot, ratio 1.46
+    assert signal["mu_growth"] > cfg.warn_growth and not signal["fires"]
+    exploding = EarlyWarning(cfg, n_layers=5)
+    fired = [exploding.update(profile(8.0, 2.0 * 1.5 ** k))["fires"] for k in range(6)]  # ratio and growth rise
+    assert fired[:2] == [False, False] and fired[-1]

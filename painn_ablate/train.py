@@ -21,6 +21,7 @@ import os
 import platform
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -110,6 +111,54 @@ def layer_profile(rows: list[tuple[int, str, str, float]]) -> dict[str, dict[int
     return {"mu_norm_max": pick("mu_norm_max"), "q_absmax": pick("q_absmax")}
 
 
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class StepResult:
+    loss: float
+    loss_pos: float
+    loss_vel: float
+    grad_norm: float  # total gradient norm before clipping
+    origin: Optional[NonFinite]  # where a non-finite value first appeared, None when all finite
+    stats: list[tuple[int, str, str, float]]  # per-layer statistics on full steps, [] otherwise
+
+
+def train_step(model: PaiNN, batch, mon: Optional[Monitor], step: int, full: bool,
+               clip: Optional[float]) -> StepResult:
+    """Forward, loss, backward, gradient clipping and the non-finite checks, with one host sync.
+
+    Leaves the optimizer step to the caller, which decides by the non-finite policy.
+    mon=None runs the bare step (the benchmark's "monitoring off").
+    """
+    if mon is not None:
+        mon.begin_step(full)
+    pos_dt, vel_next = model(batch.pos, batch.vel, batch.charge, batch.edge_index)
+    loss_pos = torch.mean((pos_dt - batch.pos_dt) ** 2)
+    loss_vel = torch.mean((vel_next - batch.vel_next) ** 2)
+    loss = loss_pos + loss_vel
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip is None:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    origin = mon.forward_nonfinite(step) if mon is not None else None
+    l_all, l_pos, l_vel, g = torch.stack([loss.detach(), loss_pos.detach(), loss_vel.detach(), grad_norm]).tolist()
+    if origin is None and not math.isfinite(l_all):
+        origin = NonFinite(step=step, phase="loss", tensor="loss", block="head")
+    if origin is None and not math.isfinite(g):
+        origin = backward_nonfinite(model, step)
+    stats = mon.collect() if (full and mon is not None) else []
+    if stats and origin is None:
+        scale = 1.0 if clip is None else min(1.0, clip / (g + 1e-6))
+        norms = layer_grad_norms(model)
+        values = torch.stack([v for *_, v in norms]).tolist() if norms else []
+        for (l, b, _), v in zip(norms, values):
+            stats += [(l, b, "grad_norm", v), (l, b, "grad_norm_clipped", v * scale)]
+    return StepResult(l_all, l_pos, l_vel, g, origin, stats)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -193,7 +242,6 @@ class Trainer:
     def fit(self) -> dict:
         cfg, model = self.cfg, self.model
         every, policy, clip = cfg.monitor.every, cfg.monitor.on_nonfinite, cfg.train.grad_clip
-        params = [p for p in model.parameters()]
         gen = torch.Generator().manual_seed(cfg.seed)
         batches = batch_indices(len(self.splits["train"]), cfg.train.batch_size, gen)
         train = self.splits["train"]
@@ -207,31 +255,9 @@ class Trainer:
                     t0 = time.perf_counter()
                     batch = train.batch(batches.__next__().to(self.device))
                     full = step % every == 0 or step == self.steps - 1
-                    mon.begin_step(full)
-                    pos_dt, vel_next = model(batch.pos, batch.vel, batch.charge, batch.edge_index)
-                    loss_pos = torch.mean((pos_dt - batch.pos_dt) ** 2)
-                    loss_vel = torch.mean((vel_next - batch.vel_next) ** 2)
-                    loss = loss_pos + loss_vel
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grads = [p.grad for p in params if p.grad is not None]
-                    if clip is None:
-                        grad_norm = torch.nn.utils.get_total_norm(grads)
-                    else:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                    origin = mon.forward_nonfinite(step)  # one sync for the flags
-                    l_all, l_pos, l_vel, g = torch.stack([loss, loss_pos, loss_vel, grad_norm]).tolist()
-                    if origin is None and not math.isfinite(l_all):
-                        origin = NonFinite(step=step, phase="loss", tensor="loss", block="head")
-                    if origin is None and not math.isfinite(g):
-                        origin = backward_nonfinite(model, step)
-                    stats_rows = mon.collect() if full else []
-                    if full and origin is None:
-                        scale = 1.0 if clip is None else min(1.0, clip / (g + 1e-6))
-                        gn = layer_grad_norms(model)
-                        values = torch.stack([v for *_, v in gn]).tolist() if gn else []
-                        for (l, b, _), v in zip(gn, values):
-                            stats_rows += [(l, b, "grad_norm", v), (l, b, "grad_norm_clipped", v * scale)]
+                    res = train_step(model, batch, mon, step, full, clip)
+                    origin, stats_rows, g = res.origin, res.stats, res.grad_norm
+                    l_all, l_pos, l_vel = res.loss, res.loss_pos, res.loss_vel
                     if origin is not None:
                         self.record_nonfinite(origin)
                         if not full:
@@ -241,6 +267,7 @@ class Trainer:
                         stats_rows = []
                     if origin is None or policy == "continue":
                         self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
                     step_times.append(time.perf_counter() - t0)
                     self.summary["steps_completed"] = step + 1
                     self.summary["final_loss"] = finite_or_none(l_all)

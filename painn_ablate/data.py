@@ -65,10 +65,14 @@ DEFAULT_N_PARTICLES = {"charged": 5, "gravity": 100}
 AUTO_GRAPH = {"charged": "full", "gravity": "knn"}
 CACHE_FORMAT_VERSION = 1  # bump when the generators change, so old caches are not reused
 
-# Pairwise float64 arrays of one integration chunk stay below this many bytes.
-CHUNK_BYTES = 64 * 2**20
+# Pairwise float64 temporaries of one integration chunk stay below this many bytes: on a CPU
+# small enough to stay in cache (gravity at n = 100: 32 samples a chunk), on a GPU large
+# enough to fill it (all 7000 samples in one chunk).
+CPU_CHUNK_BYTES = 8 * 2**20
+GPU_CHUNK_BYTES = 2 * 2**30
 
 Device = Union[str, torch.device, None]
+Frames = list[tuple[np.ndarray, np.ndarray]]  # (pos, vel) per saved step, float64 (S, n, 3) each
 
 
 class DataError(ValueError):
@@ -112,17 +116,19 @@ def _torch_device(device: Device) -> torch.device:
     return torch.device("cpu") if device is None else torch.device(device)
 
 
-def _chunk_size(n_samples: int, bytes_per_sample: int) -> int:
-    return max(1, min(n_samples, CHUNK_BYTES // max(1, bytes_per_sample)))
+def _chunk_size(n_samples: int, bytes_per_sample: int, device: torch.device) -> int:
+    budget = CPU_CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
+    return max(1, min(n_samples, budget // max(1, bytes_per_sample)))
 
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
     """One intra-op thread for the duration, then back to what it was.
 
-    The charged system's per-step matmuls are tiny: MKL threads them anyway, and on a busy
-    machine the spinning threads made generation 10-400x slower (measured on 2 cores). One
-    thread also makes the results independent of the core count.
+    The integrators run thousands of small steps: MKL and OpenMP thread them anyway, and on a
+    busy machine the spinning threads made generation up to ~300x slower (measured on 2 shared
+    cores), while one thread cost the charged set only ~1.2x on a quiet one. One thread also
+    makes the results independent of the core count.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -185,7 +191,7 @@ def coulomb_force(x: Tensor, pair_charge: Tensor, to_pairs: Tensor, to_particles
 
 
 def integrate_charged(pos: np.ndarray, vel: np.ndarray, charge: np.ndarray, save_steps: Sequence[int],
-                      protocol: ChargedProtocol = CHARGED, device: Device = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                      protocol: ChargedProtocol = CHARGED, device: Device = None) -> Frames:
     """Kick-drift integration; returns float64 (pos, vel) after each step count in `save_steps`."""
     n_samples, n, _ = pos.shape
     dev = _torch_device(device)
@@ -193,7 +199,7 @@ def integrate_charged(pos: np.ndarray, vel: np.ndarray, charge: np.ndarray, save
     to_pairs = torch.as_tensor(incidence, dtype=torch.float64, device=dev)  # (P, n)
     to_particles = to_pairs.T.contiguous()  # (n, P)
     saved = [(np.empty_like(pos), np.empty_like(vel)) for _ in save_steps]
-    chunk = _chunk_size(n_samples, 8 * len(first) * 3 * 4)  # about four (P, 3) temporaries per sample
+    chunk = _chunk_size(n_samples, 8 * len(first) * 3 * 4, dev)  # about four (P, 3) temporaries per sample
     with single_threaded():
         for lo in range(0, n_samples, chunk):
             hi = min(lo + chunk, n_samples)
@@ -206,10 +212,10 @@ def integrate_charged(pos: np.ndarray, vel: np.ndarray, charge: np.ndarray, save
             for step in range(1, max(save_steps) + 1):
                 v.add_(coulomb_force(x, pair_charge, to_pairs, to_particles, protocol.max_force), alpha=protocol.dt)
                 x.add_(v, alpha=protocol.dt)
-                for out, s in zip(saved, save_steps):
-                    if s == step:
-                        out[0][lo:hi] = x.view(n, 3, c).permute(2, 0, 1).cpu().numpy()
-                        out[1][lo:hi] = v.view(n, 3, c).permute(2, 0, 1).cpu().numpy()
+                for (pos_out, vel_out), save_step in zip(saved, save_steps):
+                    if save_step == step:
+                        pos_out[lo:hi] = x.view(n, 3, c).permute(2, 0, 1).cpu().numpy()
+                        vel_out[lo:hi] = v.view(n, 3, c).permute(2, 0, 1).cpu().numpy()
     return saved
 
 
@@ -241,28 +247,31 @@ def softened_gravity(x: Tensor, mass: Tensor, G: float, softening: float) -> Ten
 
 def integrate_gravity(pos: np.ndarray, vel: np.ndarray, mass: np.ndarray, save_steps: Sequence[int],
                       protocol: GravityProtocol = GRAVITY, device: Device = None,
-                      chunk_size: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                      chunk_size: Optional[int] = None) -> Frames:
     """Kick-drift-kick leapfrog; returns float64 (pos, vel) after each step count in `save_steps`."""
     n_samples, n, _ = pos.shape
     dev = _torch_device(device)
     saved = [(np.empty_like(pos), np.empty_like(vel)) for _ in save_steps]
-    chunk = chunk_size or _chunk_size(n_samples, 8 * n * n * 2)  # two (n, n) temporaries per sample
+    chunk = chunk_size or _chunk_size(n_samples, 8 * n * n * 2, dev)  # two (n, n) temporaries per sample
     half_dt = protocol.dt / 2
-    for lo in range(0, n_samples, chunk):
-        hi = min(lo + chunk, n_samples)
-        x = torch.as_tensor(pos[lo:hi], device=dev).clone()
-        v = torch.as_tensor(vel[lo:hi], device=dev).clone()
-        m = torch.as_tensor(mass[lo:hi], device=dev)
-        acc = softened_gravity(x, m, protocol.G, protocol.softening)
-        for step in range(1, max(save_steps) + 1):
-            v.add_(acc, alpha=half_dt)
-            x.add_(v, alpha=protocol.dt)
+    with single_threaded():
+        for lo in range(0, n_samples, chunk):
+            hi = min(lo + chunk, n_samples)
+            x = torch.as_tensor(pos[lo:hi], device=dev).clone()
+            v = torch.as_tensor(vel[lo:hi], device=dev).clone()
+            m = torch.as_tensor(mass[lo:hi], device=dev)
             acc = softened_gravity(x, m, protocol.G, protocol.softening)
-            v.add_(acc, alpha=half_dt)
-            for out, s in zip(saved, save_steps):
-                if s == step:
-                    out[0][lo:hi] = x.cpu().numpy()
-                    out[1][lo:hi] = v.cpu().numpy()
+            for step in range(1, max(save_steps) + 1):
+                v.add_(acc, alpha=half_dt)
+                x.add_(v, alpha=protocol.dt)
+                acc = softened_gravity(x, m, protocol.G, protocol.softening)
+                v.add_(acc, alpha=half_dt)
+                for (pos_out, vel_out), save_step in zip(saved, save_steps):
+                    if save_step == step:
+                        pos_out[lo:hi] = x.cpu().numpy()
+                        vel_out[lo:hi] = v.cpu().numpy()
+            if n_samples > chunk and (hi * 10) // n_samples > (lo * 10) // n_samples:
+                log.info("data: gravity integrated %d/%d samples", hi, n_samples)
     return saved
 
 
@@ -485,10 +494,15 @@ class FixedDegreeEdges:
 
     def gather(self, idx: Tensor, n: int) -> Tensor:
         """(2, B E) edges of samples idx, node indices offset by b n for the b-th sample."""
-        b = idx.numel()
-        offset = torch.arange(b, device=idx.device).mul_(n)[:, None]  # (B, 1) int64
-        pick = lambda e: e[idx] if e.shape[0] > 1 else e.expand(b, -1)  # noqa: E731
-        return torch.stack([pick(self.source) + offset, pick(self.receiver) + offset]).view(2, -1)
+        offset = torch.arange(idx.numel(), device=idx.device).mul_(n)[:, None]  # (B, 1) int64
+        source = _rows(self.source, idx) + offset
+        receiver = _rows(self.receiver, idx) + offset
+        return torch.stack([source, receiver]).view(2, -1)
+
+
+def _rows(per_sample: Tensor, idx: Tensor) -> Tensor:
+    """Rows idx of a (S, E) table, or its one shared row (1, E) repeated for every index."""
+    return per_sample[idx] if per_sample.shape[0] > 1 else per_sample.expand(idx.numel(), -1)
 
 
 @dataclass
@@ -505,6 +519,7 @@ class VariableEdges:
         return VariableEdges(self.edges.to(device), self.ptr.to(device))
 
     def gather(self, idx: Tensor, n: int) -> Tensor:
+        """(2, sum of counts) edges of samples idx, concatenated and offset by b n for the b-th."""
         start = self.ptr[idx]
         count = self.ptr[idx + 1] - start
         total = int(count.sum())  # one sync: the output size
@@ -520,20 +535,26 @@ Edges = Union[FixedDegreeEdges, VariableEdges]
 
 def build_edges(pos: np.ndarray, graph: str, k: int = 16, radius: float = 2.0) -> Edges:
     """Edges of every sample of pos (S, n, 3) for graph full | knn | radius."""
-    n_samples, n, _ = pos.shape
-    as_index = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int32)  # noqa: E731
+    n = pos.shape[1]
     if graph == "full":
         edges = full_graph_edges(n)
-        return FixedDegreeEdges(as_index(edges[0][None]), as_index(edges[1][None]))
+        return FixedDegreeEdges(_node_index(edges[0][None]), _node_index(edges[1][None]))
     if graph == "knn":
         k = min(k, n - 1)
         edges = np.stack([knn_edges(p, k) for p in pos.astype(np.float64)])  # (S, 2, n k)
-        return FixedDegreeEdges(as_index(edges[:, 0]), as_index(edges[0, 1][None]))
+        # Every sample has the same receivers (k per node, in node order): stored once.
+        return FixedDegreeEdges(_node_index(edges[:, 0]), _node_index(edges[0, 1][None]))
     if graph == "radius":
         per_sample = [radius_edges(p, radius) for p in pos.astype(np.float64)]
         ptr = np.concatenate([[0], np.cumsum([e.shape[1] for e in per_sample])])
-        return VariableEdges(as_index(np.concatenate(per_sample, axis=1)), torch.as_tensor(ptr, dtype=torch.int64))
+        return VariableEdges(_node_index(np.concatenate(per_sample, axis=1)), torch.as_tensor(ptr, dtype=torch.int64))
     raise ValueError(f"unknown graph {graph!r}; known: full, knn, radius")
+
+
+def _node_index(a: np.ndarray) -> Tensor:
+    # int32 halves the memory of per-sample edge tables (gravity knn: 7000 x 1600 per row);
+    # adding the int64 batch offsets promotes the batch's edge_index to long.
+    return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int32)
 
 
 def resolve_graph(graph: str, system: str) -> str:

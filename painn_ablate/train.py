@@ -324,7 +324,8 @@ def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
     should_stop(step, info) -> reason or None: asked at every statistics snapshot and validation;
     a reason ends the run early (a sweep's pruner uses it).
     """
-    splits = load_dataset(cfg.data)  # bad data fails here, before any run directory exists
+    # Bad data fails here, before any run directory exists; a cache miss integrates on the training device.
+    splits = load_dataset(cfg.data, device=pick_device(cfg.train.device))
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(cfg)

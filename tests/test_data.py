@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -248,9 +247,9 @@ def test_load_dataset_reads_a_data_dir(tmp_path, charged_splits):
 
 
 def _good_arrays(n_samples=10, n=5):
-    rng = np.random.default_rng(0)
-    vec = lambda: rng.standard_normal((n_samples, n, 3))  # noqa: E731
-    return {"pos": vec(), "vel": vec(), "charge": np.ones((n_samples, n)), "pos_next": vec(), "vel_next": vec()}
+    vectors = np.random.default_rng(0).standard_normal((4, n_samples, n, 3))
+    return {"pos": vectors[0], "vel": vectors[1], "charge": np.ones((n_samples, n)),
+            "pos_next": vectors[2], "vel_next": vectors[3]}
 
 
 def _with(key, value):

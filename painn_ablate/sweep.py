@@ -1,0 +1,1109 @@
+"""Sweeps: a W&B sweep file, run by Optuna. `painn-ablate sweep sweeps/stabilizers.yaml`.
+
+Sweep files
+-----------
+A sweep file is a W&B sweep configuration, so the same file also works with
+`wandb sweep FILE` + `wandb agent`:
+
+    method: grid                      # grid | random | bayes
+    metric: {name: val_pos_mse, goal: minimize}
+    command: [${env}, painn-ablate, train, ${args_no_hyphens}]   (as a block list in YAML)
+    parameters:
+      model: {values: [original, r2_full]}        # preset
+      ablate: {values: [none, g, s_msg]}           # ablation design, see below
+      seed: {values: [0, 1, 2]}
+      train.lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
+      train.steps: {value: 300}                    # a fixed setting for every trial
+
+Parameter names are config keys (`painn_ablate.config.all_keys`) or `model` (the preset).
+`ablate` names stabilizers to flip relative to the preset (`painn_ablate.config.ABLATIONS`):
+on `model=r2_full` that is leave-one-out, on `model=original` add-one-in.
+
+Supported forms of a parameter: `value`, `values` (optionally `distribution: categorical`),
+and the distributions `uniform`, `int_uniform`, `q_uniform`, `log_uniform_values`,
+`log_uniform` (W&B's old form: min/max are natural logs). W&B forms with no Optuna
+counterpart (normal, beta, ...) are refused, and so is `null`: `wandb agent` would pass it
+as the string `None`, which no config field accepts (switch a stabilizer off with `ablate`).
+
+Metrics (`metric.name`): val_pos_mse, val_vel_mse, test_pos_mse, test_vel_mse: the names of
+the run summary in W&B, of the trials' user attributes and of `trials_frame` columns.
+Default: val_pos_mse, minimize.
+
+W&B keys that only W&B acts on are accepted and left to it: `program`, `early_terminate`
+(use `--prune` here), `metric.target`/`impute`, `controller`, `description`. The file's
+`project`/`entity` become the trials' `tracking.project`/`tracking.entity`.
+
+Everything is checked before any trial runs (`load_sweep`): unknown top-level keys,
+parameter forms, distributions, and the config itself, by composing every grid point (or,
+for random/bayes, every categorical value and both ends of every range). A problem raises
+`SweepError`, one line naming the file and the parameter.
+
+Engine
+------
+- Storage: any Optuna RDB URL; default SQLite `<out>/study.db`. SQLite runs every
+  transaction as BEGIN IMMEDIATE (see `_serialize_sqlite`: without it Optuna's
+  WAITING -> RUNNING update is not atomic on SQLite), in WAL mode with a 60 s lock timeout,
+  so that a few local workers share it. `postgresql://` uses psycopg2 (the `postgres`
+  extra). Study name: `name:` in the file, else the file's stem. State lives in the
+  storage: re-running the same command resumes it. A study remembers its file and
+  overrides; resuming it with others is refused.
+- grid: the process that creates the study (creation is atomic in the storage) enqueues
+  every grid point once as a WAITING trial, then marks the study ready; every worker, on
+  any machine, only pops WAITING trials (WAITING -> RUNNING is an atomic update in the
+  storage) and never asks the sampler for a new one. So no point runs twice and none is
+  lost, with any number of workers. (Optuna's GridSampler hands out duplicates under
+  concurrency near the end of the grid, as its documentation says.)
+- random -> RandomSampler, bayes -> TPESampler (constant liar for parallel workers) with
+  the constraint "no NaN/Inf event": trials are asked until `n_trials` trials exist
+  (`--n-trials`, else the file's `run_cap`, else 20); concurrent workers may overshoot by
+  at most one trial each.
+- Heartbeat: each running trial records a heartbeat every `heartbeat` seconds (default
+  20); a trial whose heartbeat is older than 3 x that (a worker killed by SIGKILL, a
+  machine lost) is failed by whichever worker looks next and re-enqueued with the same
+  parameters (`RetryHeartbeatStaleTrialCallback`, up to 3 times). Workers with nothing
+  left to run wait while other trials are still running, so a resumed sweep re-runs a
+  killed trial as soon as its heartbeat is stale. Ctrl-C re-enqueues the current trial.
+- Workers: `workers=1` runs trials in this process; `workers=K` starts K spawned processes
+  with cpu_count/K torch threads each (`threads` to choose). Several machines join one study through a shared
+  PostgreSQL URL (`--storage postgresql://...`); each writes run directories under its
+  own `out`.
+
+Trials
+------
+A trial composes its config from: `tracking.progress=false` (the sweep shows its own
+progress), the file's fixed values, the trial's parameters, then the command-line
+overrides; `out` is `<out>/trials/<label>-t<number>` (unique per trial number, so a re-run
+never meets the partial directory of a killed attempt), `name` is the label (e.g.
+`loo-s_msg-seed1`, `aoi-g-seed0`, `r2_full-seed0`), `tracking.group` the study name. It
+runs `painn_ablate.train.run`, the code of `painn-ablate train`.
+
+User attributes of every trial: label, run_dir, status ('running', 'stable', 'exploded',
+'exploded (pruned)', 'error', 'interrupted'), first_nonfinite (dict or None), val_pos_mse,
+val_vel_mse, test_pos_mse, test_vel_mse, steps_completed, early_warning_step, pruned_step,
+wall_seconds, error (for 'error'), worker (host:pid) and attempt (the trial's number, set
+once its first heartbeat is recorded).
+
+Outcomes: stable -> COMPLETE with the metric's value. Exploded -> COMPLETE with the worst
+value (+inf when minimising, -inf when maximising): a result, never a failure; its Optuna
+constraint `nonfinite` is +1 (infeasible, for TPE and the dashboard), -1 for the others.
+With `prune=True` a trial whose monitoring early warning fires is stopped there -> PRUNED,
+status 'exploded (pruned)', pruned_step. A trial that raises ->
+FAIL with its error kept in `error`; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from painn_ablate.config import ConfigError, all_keys, compose
+
+log = logging.getLogger(__name__)
+
+
+class SweepError(ValueError):
+    """Unusable sweep file, storage or study; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- the file format
+
+# W&B's documented top-level keys (plus `controller`, for W&B's local controller).
+TOP_LEVEL_KEYS = ("program", "command", "method", "metric", "parameters", "name", "description",
+                  "project", "entity", "run_cap", "early_terminate", "controller")
+METHODS = ("grid", "random", "bayes")
+METRICS = {"val_pos_mse": ("val", "pos_mse"), "val_vel_mse": ("val", "vel_mse"),
+           "test_pos_mse": ("test", "pos_mse"), "test_vel_mse": ("test", "vel_mse")}
+DEFAULT_METRIC = "val_pos_mse"
+# Keys a parameter spec may hold, per form.
+DISTRIBUTION_KEYS = {
+    "constant": {"value"},
+    "categorical": {"values"},
+    "uniform": {"min", "max"},
+    "int_uniform": {"min", "max"},
+    "q_uniform": {"min", "max", "q"},
+    "log_uniform_values": {"min", "max"},
+    "log_uniform": {"min", "max"},
+}
+# W&B distributions that Optuna's samplers cannot represent.
+UNSUPPORTED_DISTRIBUTIONS = ("normal", "q_normal", "log_normal", "q_log_normal", "beta", "q_beta",
+                             "inv_log_uniform", "inv_log_uniform_values", "q_log_uniform",
+                             "q_log_uniform_values", "categorical_w_probabilities")
+MANAGED_KEYS = ("out", "name", "tracking.group")  # set by the sweep for each trial
+DEFAULT_N_TRIALS = 20
+DEFAULT_HEARTBEAT = 20  # seconds between heartbeats of a running trial
+GRACE_FACTOR = 3  # a trial is lost after GRACE_FACTOR heartbeats without news
+MAX_RETRY = 3  # re-runs of a trial whose worker was lost
+SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
+READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
+CONSTRAINT = "nonfinite"  # the trials' Optuna constraint: > 0 for a trial with a NaN/Inf event
+LABEL_ABBREV = {"r2_full": "loo", "original": "aoi"}  # ablate on r2_full: leave-one-out; on original: add-one-in
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of the sweep file, in Optuna's terms."""
+
+    name: str
+    kind: str  # a key of DISTRIBUTION_KEYS
+    values: tuple = ()  # constant: (value,); categorical: the choices
+    low: float = 0.0
+    high: float = 0.0
+    q: Optional[float] = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.kind == "constant"
+
+
+@dataclass
+class Sweep:
+    """A validated sweep file plus the command-line overrides applied to every trial."""
+
+    path: str
+    name: str  # the study name
+    method: str
+    metric: str
+    goal: str  # minimize | maximize
+    params: dict[str, Param]  # in file order, constants included
+    overrides: list[str] = field(default_factory=list)
+    run_cap: Optional[int] = None
+    raw: dict = field(default_factory=dict)  # the file as read
+
+    @property
+    def swept(self) -> dict[str, Param]:
+        return {k: p for k, p in self.params.items() if not p.fixed}
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.goal == "minimize" else "maximize"
+
+    @property
+    def worst(self) -> float:
+        """The value of an exploded trial: the worst there is."""
+        return math.inf if self.goal == "minimize" else -math.inf
+
+    def settings(self) -> dict:
+        """What a study must have been created with to be resumed by this sweep."""
+        return {"method": self.method, "metric": self.metric, "goal": self.goal,
+                "parameters": self.raw.get("parameters"), "overrides": list(self.overrides)}
+
+
+def _fail(path: str, what: str) -> SweepError:
+    return SweepError(f"{path}: {what}".splitlines()[0])
+
+
+def _hint(word: str, choices) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def parse_param(path: str, name: str, spec: Any) -> Param:
+    """One `parameters:` entry -> Param, or SweepError naming what is wrong with it."""
+    where = f"parameter '{name}'"
+    if not isinstance(spec, dict):
+        raise _fail(path, f"{where} must be a mapping such as {{values: [...]}} or {{value: ...}}")
+    if "parameters" in spec:
+        raise _fail(path, f"{where}: nested parameters are not supported; use dotted names such as 'model.L'")
+    dist = spec.get("distribution")
+    if dist is None:
+        if "value" in spec:
+            dist = "constant"
+        elif "values" in spec:
+            dist = "categorical"
+        elif "min" in spec and "max" in spec:
+            # W&B's rule: integer bounds mean int_uniform, otherwise uniform.
+            dist = "int_uniform" if isinstance(spec["min"], int) and isinstance(spec["max"], int) else "uniform"
+        else:
+            raise _fail(path, f"{where} needs 'value', 'values' or 'distribution' with 'min'/'max'")
+    if dist in UNSUPPORTED_DISTRIBUTIONS:
+        raise _fail(path, f"{where}: distribution '{dist}' has no Optuna counterpart; "
+                          f"use one of {', '.join(DISTRIBUTION_KEYS)}")
+    if dist not in DISTRIBUTION_KEYS:
+        raise _fail(path, f"{where}: unknown distribution '{dist}'{_hint(str(dist), DISTRIBUTION_KEYS)}; "
+                          f"known: {', '.join(DISTRIBUTION_KEYS)}")
+    allowed = DISTRIBUTION_KEYS[dist] | {"distribution"}
+    for key in spec:
+        if key not in allowed:
+            raise _fail(path, f"{where}: unknown key '{key}'{_hint(key, allowed)} for distribution '{dist}'")
+    missing = DISTRIBUTION_KEYS[dist] - set(spec)
+    if missing:
+        raise _fail(path, f"{where}: distribution '{dist}' needs {', '.join(sorted(missing))}")
+    if dist == "constant":
+        values = (spec["value"],)
+    elif dist == "categorical":
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise _fail(path, f"{where}: 'values' must be a non-empty list")
+        if len(set(map(json.dumps, values))) != len(values):
+            raise _fail(path, f"{where}: 'values' lists a value twice")
+        values = tuple(values)
+    else:
+        return _parse_range(path, where, name, dist, spec)
+    for v in values:
+        if v is None:
+            raise _fail(path, f"{where}: null is not passed through by wandb agent (it becomes 'None'); "
+                              "switch a stabilizer off with the 'ablate' parameter")
+        if not isinstance(v, (str, int, float, bool)):
+            raise _fail(path, f"{where}: value {v!r} is not a string, number or boolean")
+    return Param(name, dist, values=values)
+
+
+def _parse_range(path: str, where: str, name: str, dist: str, spec: dict) -> Param:
+    low, high, q = spec["min"], spec["max"], spec.get("q")
+    if not (_is_number(low) and _is_number(high)):
+        raise _fail(path, f"{where}: min and max must be numbers, got {low!r} and {high!r}")
+    if dist == "int_uniform" and not (isinstance(low, int) and isinstance(high, int)):
+        raise _fail(path, f"{where}: int_uniform needs integer min and max, got {low!r} and {high!r}")
+    if not low < high:
+        raise _fail(path, f"{where}: min must be < max, got min={low} max={high}")
+    if dist == "log_uniform_values" and low <= 0:
+        raise _fail(path, f"{where}: log_uniform_values needs min > 0, got {low}")
+    if dist == "q_uniform" and not (_is_number(q) and q > 0):
+        raise _fail(path, f"{where}: q must be a number > 0, got {q!r}")
+    if dist == "log_uniform":  # W&B's old form: bounds are natural logs of the values
+        dist, low, high = "log_uniform_values", math.exp(low), math.exp(high)
+    return Param(name, dist, low=low, high=high, q=q)
+
+
+def _check_top_level(path: str, raw: dict) -> None:
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise _fail(path, f"unknown sweep key '{key}'{_hint(str(key), TOP_LEVEL_KEYS)}; "
+                              f"known: {', '.join(TOP_LEVEL_KEYS)}")
+    method = raw.get("method")
+    if method not in METHODS:
+        raise _fail(path, f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
+        raise _fail(path, "'parameters' must be a non-empty mapping of config keys")
+    command = raw.get("command")
+    if command is not None:
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+            raise _fail(path, "'command' must be a list of strings")
+        if "train" not in command or "${args_no_hyphens}" not in command:
+            raise _fail(path, "'command' must run 'painn-ablate train ${args_no_hyphens}' "
+                              "(e.g. [${env}, painn-ablate, train, ${args_no_hyphens}])")
+    run_cap = raw.get("run_cap")
+    if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool) or run_cap < 1):
+        raise _fail(path, f"run_cap must be a positive integer, got {run_cap!r}")
+    if run_cap is not None and method == "grid":
+        raise _fail(path, "run_cap applies to random and bayes sweeps; a grid runs every combination")
+    for key in ("name", "program", "project", "entity", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise _fail(path, f"'{key}' must be a string")
+    if "name" in raw and not re.fullmatch(r"[A-Za-z0-9_.+-]+", raw["name"]):
+        raise _fail(path, f"name {raw['name']!r} may hold only letters, digits and _.+-")
+
+
+def _parse_metric(path: str, raw: dict) -> tuple[str, str]:
+    metric = raw.get("metric")
+    if metric is None:
+        if raw["method"] == "bayes":
+            raise _fail(path, "a bayes sweep needs 'metric: {name: ..., goal: minimize}'")
+        return DEFAULT_METRIC, "minimize"
+    if not isinstance(metric, dict) or "name" not in metric:
+        raise _fail(path, "'metric' must be a mapping with 'name' (and 'goal')")
+    for key in metric:
+        if key not in ("name", "goal", "target", "impute"):
+            raise _fail(path, f"unknown metric key '{key}'{_hint(str(key), ('name', 'goal', 'target', 'impute'))}")
+    name, goal = metric["name"], metric.get("goal", "minimize")
+    if name not in METRICS:
+        raise _fail(path, f"unknown metric '{name}'{_hint(str(name), METRICS)}; known: {', '.join(METRICS)}")
+    if goal not in ("minimize", "maximize"):
+        raise _fail(path, f"metric goal must be minimize or maximize, got {goal!r}")
+    return name, goal
+
+
+def _check_names(path: str, params: dict[str, Param], overrides: list[str]) -> None:
+    keys = set(all_keys())
+    for name in params:
+        if name in MANAGED_KEYS:
+            raise _fail(path, f"parameter '{name}' is set by the sweep for each trial; remove it")
+        if name != "model" and name not in keys:
+            raise _fail(path, f"parameter '{name}': unknown config key{_hint(name, [*keys, 'model'])}")
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in params and not params[key].fixed:
+            raise _fail(path, f"override '{item}' sets the swept parameter '{key}'; remove it or fix it in the file")
+        if key in MANAGED_KEYS:
+            raise _fail(path, f"override '{item}': '{key}' is set by the sweep for each trial")
+
+
+def read_sweep_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise _fail(str(path), f"not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise _fail(str(path), "a sweep file is a mapping with method, parameters, ...")
+    return raw
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read and validate a sweep file, composing its configs; SweepError on any problem."""
+    raw = read_sweep_file(path)
+    where = str(path)
+    _check_top_level(where, raw)
+    metric, goal = _parse_metric(where, raw)
+    params = {str(name): parse_param(where, str(name), spec) for name, spec in raw["parameters"].items()}
+    overrides = list(overrides)
+    _check_names(where, params, overrides)
+    sweep = Sweep(path=where, name=raw.get("name") or Path(path).stem, method=raw["method"], metric=metric,
+                  goal=goal, params=params, overrides=overrides, run_cap=raw.get("run_cap"), raw=raw)
+    if sweep.method == "grid":
+        for name, p in sweep.swept.items():
+            if p.kind != "categorical":
+                raise _fail(where, f"parameter '{name}': a grid needs 'values' or 'value', not a '{p.kind}' range")
+    for params_point in check_points(sweep):
+        try:
+            trial_config(sweep, params_point)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in params_point.items() if k in sweep.swept)
+            raise _fail(where, f"{exc} (at {shown or 'the fixed settings'})") from None
+    return sweep
+
+
+# ----------------------------------------------------------------------------- points, labels, configs
+
+
+def grid_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """Every combination of the swept values, in file order (the last parameter varies fastest)."""
+    points: list[dict[str, Any]] = [{}]
+    for name, p in sweep.swept.items():
+        points = [{**point, name: v} for point in points for v in p.values]
+    return points
+
+
+def representative(p: Param) -> Any:
+    return p.values[0] if p.values else p.low
+
+
+def check_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """The parameter points composed before any trial runs: the whole grid, or for random and
+    bayes each categorical value and both ends of each range, the others at a first value."""
+    if sweep.method == "grid":
+        return grid_points(sweep)
+    base = {name: representative(p) for name, p in sweep.swept.items()}
+    points = [base]
+    for name, p in sweep.swept.items():
+        ends = p.values[1:] if p.values else (p.high,)
+        points += [{**base, name: v} for v in ends]
+    return points
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as the text of a `key=value` override (what wandb agent passes too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trial_overrides(sweep: Sweep, params: dict[str, Any]) -> list[str]:
+    """Overrides in the order they win: sweep defaults, fixed values, trial parameters, command line.
+
+    The W&B project/entity of the file are the trials' too, as they are under `wandb agent`.
+    """
+    defaults = ["tracking.progress=false"]
+    defaults += [f"tracking.{key}={sweep.raw[key]}" for key in ("project", "entity") if key in sweep.raw]
+    fixed = [f"{name}={format_value(p.values[0])}" for name, p in sweep.params.items() if p.fixed]
+    swept = [f"{name}={format_value(params[name])}" for name in sweep.swept]
+    return [*defaults, *fixed, *swept, *sweep.overrides]
+
+
+def trial_config(sweep: Sweep, params: dict[str, Any], run_dir: Optional[Path] = None,
+                 label: Optional[str] = None):
+    """The full config of one trial (ConfigError if the parameters do not compose)."""
+    cfg = compose(trial_overrides(sweep, params))
+    cfg.name = label or trial_label(sweep, params)
+    cfg.out = str(run_dir) if run_dir is not None else None
+    cfg.tracking.group = sweep.name
+    cfg.tracking.tags = [*cfg.tracking.tags, f"sweep:{sweep.name}"]
+    return cfg
+
+
+def trial_label(sweep: Sweep, params: dict[str, Any]) -> str:
+    """A readable name from the categorical parameters: `loo-s_msg-seed1`, `original-L8-lr0.01-sum-seed0`."""
+    value = lambda name, default=None: params.get(name, sweep.params[name].values[0]  # noqa: E731
+                                                  if name in sweep.params and sweep.params[name].fixed else default)
+    preset, ablate = value("model"), value("ablate", "none")
+    parts = []
+    if ablate != "none":
+        parts.append(f"{LABEL_ABBREV.get(preset or 'original', preset)}-{ablate}")
+    elif preset is not None:
+        parts.append(str(preset))
+    for name, p in sweep.swept.items():
+        if name in ("model", "ablate", "seed") or p.kind != "categorical":
+            continue
+        v = params[name]
+        parts.append(str(v) if isinstance(v, str) else f"{name.rsplit('.', 1)[-1]}{format_value(v)}")
+    if "seed" in params:
+        parts.append(f"seed{params['seed']}")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts)) or "trial"
+
+
+def suggest(trial: optuna.Trial, sweep: Sweep) -> dict[str, Any]:
+    """The trial's parameters; enqueued (grid, re-run) trials return their fixed values."""
+    params = {}
+    for name, p in sweep.swept.items():
+        if p.kind == "categorical":
+            params[name] = trial.suggest_categorical(name, list(p.values))
+        elif p.kind == "int_uniform":
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high))
+        elif p.kind == "log_uniform_values":
+            params[name] = trial.suggest_float(name, p.low, p.high, log=True)
+        elif p.kind == "q_uniform":
+            params[name] = trial.suggest_float(name, p.low, p.high, step=p.q)
+        else:
+            params[name] = trial.suggest_float(name, p.low, p.high)
+    return params
+
+
+# ----------------------------------------------------------------------------- storage and study
+
+
+def sqlite_url(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _use_wal(url: str) -> None:
+    """SQLite's WAL journal lets readers go on while a worker writes; the setting stays in the file."""
+    path = url[len("sqlite:///"):]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna flags heartbeats, stale-trial handling and the constant liar as experimental."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+def shown_url(url: str) -> str:
+    """The URL for messages, with any password masked."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: it holds no password it could mask
+        return url
+
+
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads `postgresql://` as psycopg 3; the `postgres` extra installs psycopg2,
+    so a plain PostgreSQL URL names psycopg2 explicitly when only that driver is there."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            try:
+                import psycopg2  # noqa: F401
+
+                return f"postgresql+psycopg2://{rest}"
+            except ImportError:
+                pass
+    return url
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make every SQLite transaction take the write lock at its BEGIN.
+
+    pysqlite opens a transaction only before a write, and SQLite ignores `SELECT ... FOR
+    UPDATE`, so Optuna's read-then-update of a trial runs as two steps and two workers can
+    both move one WAITING trial to RUNNING (measured: 4 processes popping 40 trials ran 11 of
+    them twice). SQLAlchemy's recipe for pysqlite: take transaction control from the driver
+    and BEGIN IMMEDIATE, so that the busy timeout queues the workers instead.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_alone(dbapi_connection, record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the storage was set up predate the listeners
+
+
+def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage with heartbeats; a lost trial is re-enqueued with the same parameters."""
+    url = driver_url(url)
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        _use_wal(url)
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+    for attempt in range(attempts):
+        try:
+            with quiet_optuna():
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                    grace_period=GRACE_FACTOR * heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY))
+            break
+        except Exception as exc:  # bad URL, server down, missing driver: all one line for the user
+            # Processes that meet a new database at once race to create its tables; a second try
+            # finds them made.
+            racing = "already exists" in str(exc) or type(exc).__name__ == "IntegrityError"
+            if not racing or attempt == attempts - 1:
+                raise SweepError(f"cannot open storage {shown_url(url)}: {' '.join(str(exc).split())[:300]}") from None
+            time.sleep(0.5 + attempt)
+    if url.startswith("sqlite"):
+        _serialize_sqlite(storage.engine)
+    return storage
+
+
+def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+    if sweep.method == "bayes":
+        # TPE reads each trial's constraints (CONSTRAINT, set when the trial ends) by itself.
+        with quiet_optuna():
+            return optuna.samplers.TPESampler(constant_liar=True)
+    # grid: every trial is enqueued with all its parameters, so the sampler is never asked.
+    return optuna.samplers.RandomSampler()
+
+
+def _wait_until_ready(study: optuna.Study, sweep: Sweep) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while "ready" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise SweepError(f"study '{sweep.name}' exists but was never marked ready (its creator died while "
+                             "enqueueing?); delete it or use another name")
+        time.sleep(1.0)
+
+
+def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study (and enqueue the grid) or join it; refuse a study made by other settings."""
+    try:
+        study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=make_sampler(sweep),
+                                    direction=sweep.direction, load_if_exists=False)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=sweep.name, storage=storage, sampler=make_sampler(sweep))
+        _wait_until_ready(study, sweep)
+        _check_same_settings(study, sweep)
+        log.info("joined study %s (%d trials so far)", sweep.name, len(study.trials))
+        return study
+    study.set_user_attr("settings", sweep.settings())
+    study.set_user_attr("sweep_file", sweep.raw)
+    if sweep.method == "grid":
+        points = grid_points(sweep)
+        for i, params in enumerate(points):
+            study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": i})
+        study.set_user_attr("grid_size", len(points))
+        log.info("created study %s: %d grid points enqueued", sweep.name, len(points))
+    study.set_user_attr("ready", True)
+    return study
+
+
+def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
+    old, new = study.user_attrs.get("settings"), sweep.settings()
+    if old == json.loads(json.dumps(new)):
+        return
+    differs = [k for k in new if (old or {}).get(k) != json.loads(json.dumps(new[k]))]
+    raise SweepError(f"study '{sweep.name}' was started with other {', '.join(differs) or 'settings'} "
+                     f"(then: {json.dumps({k: (old or {}).get(k) for k in differs})[:200]}); resume it with the "
+                     "same file and overrides, or choose another --out/--storage or name")
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def stop_when_exploding(step: int, info: dict) -> Optional[str]:
+    """The pruner: stop a run once the monitoring early warning fires."""
+    signal_ = info.get("signal")
+    return "early_warning" if signal_ and signal_.get("fires") else None
+
+
+def result_attrs(summary: dict) -> dict[str, Any]:
+    """The trial's user attributes from a run summary; metric names as in METRICS."""
+    attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],
+                             "steps_completed": summary["steps_completed"],
+                             "wall_seconds": round(summary["wall_seconds"], 2),
+                             "early_warning_step": (summary.get("early_warning") or {}).get("step"),
+                             "pruned_step": None}
+    for metric, (split, key) in METRICS.items():
+        attrs[metric] = (summary.get(split) or {}).get(key)
+    stopped = summary.get("stopped_early")
+    if stopped and stopped.get("reason") == "early_warning" and summary["status"] == "stable":
+        attrs.update(status="exploded (pruned)", pruned_step=stopped["step"])
+    return attrs
+
+
+def objective_value(sweep: Sweep, attrs: dict) -> float:
+    value = attrs.get(sweep.metric)
+    if attrs["status"] != "stable" or value is None or not math.isfinite(value):
+        return sweep.worst
+    return float(value)
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every `interval` seconds while the trial runs."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: int):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def _beat(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # a missed beat is survivable; the grace period is several beats
+                log.warning("heartbeat of trial id %d failed: %s", self.trial_id, exc)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> "Heartbeat":
+        self.storage.record_heartbeat(self.trial_id)  # at once: a trial without one is never found stale
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Hold off SIGINT and SIGTERM (in the main thread, the only one that may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def requeue(study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+    """Give an interrupted trial back: FAIL it and enqueue its re-run, as a lost heartbeat would."""
+    try:
+        storage.set_trial_user_attr(trial_id, "status", "interrupted")
+        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            callback = storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, storage.get_trial(trial_id))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path, prune: bool,
+              storage: optuna.storages.RDBStorage) -> FrozenTrial:
+    """Train one trial and record its outcome in the storage (see the module docstring)."""
+    from painn_ablate.train import run  # torch and the model load only where trials run
+
+    trial_id = trial._trial_id  # Optuna has no public accessor; heartbeats are keyed by it
+    params = suggest(trial, sweep)
+    label = trial_label(sweep, params)
+    run_dir = out / "trials" / f"{label}-t{trial.number:04d}"
+    try:
+        with Heartbeat(storage, trial_id, storage.heartbeat_interval):
+            # `attempt` (this trial's own number, also on a re-run that copied the attributes of
+            # the lost one) says the first heartbeat is recorded; see fail_lost_trials.
+            for key, value in (("attempt", trial.number), ("label", label), ("run_dir", str(run_dir)),
+                               ("status", "running"), ("worker", f"{os.uname().nodename}:{os.getpid()}")):
+                trial.set_user_attr(key, value)
+            log.info("trial %d (%s) starts in %s", trial.number, label, run_dir)
+            summary = run(trial_config(sweep, params, run_dir, label),
+                          should_stop=stop_when_exploding if prune else None)
+    except KeyboardInterrupt:
+        with signals_ignored():  # a second Ctrl-C must not cut the trial's return short
+            requeue(study, storage, trial_id)
+        raise
+    except Exception as exc:  # a real error: FAIL with its message, and the sweep goes on
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("trial %d (%s) failed: %s", trial.number, label, error)
+        return _finish(study, storage, trial, {"status": "error", "error": error}, state=TrialState.FAIL)
+    attrs = result_attrs(summary)
+    if attrs["status"] == "exploded (pruned)":
+        return _finish(study, storage, trial, attrs, state=TrialState.PRUNED)
+    return _finish(study, storage, trial, attrs, value=objective_value(sweep, attrs))
+
+
+def _finish(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial, attrs: dict,
+            state: TrialState = TrialState.COMPLETE, value: Optional[float] = None) -> FrozenTrial:
+    try:
+        for key, v in attrs.items():
+            trial.set_user_attr(key, v)
+        if state != TrialState.FAIL:  # feasible (<= 0) means no NaN/Inf event
+            trial.set_constraint(CONSTRAINT, 1.0 if attrs["status"].startswith("exploded") else -1.0)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another worker declared this trial lost (its heartbeat was late) and enqueued a re-run.
+        log.warning("trial %d was declared lost while it ran; its re-run stands", trial.number)
+    return storage.get_trial(trial._trial_id)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@dataclass
+class WorkerSettings:
+    """What a worker process needs besides the sweep: plain data, so that it pickles."""
+
+    storage_url: str
+    out: str
+    n_trials: Optional[int]
+    prune: bool = False
+    heartbeat: int = DEFAULT_HEARTBEAT
+    threads: Optional[int] = None  # torch threads; None: torch's default
+    log_level: int = logging.WARNING
+
+
+def pop_waiting(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Optional[optuna.Trial]:
+    """Take one WAITING trial; the WAITING -> RUNNING update succeeds for exactly one worker."""
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def originals(trials: list[FrozenTrial]) -> int:
+    """Trials counted against n_trials: a re-run of a lost trial is the same trial again."""
+    return sum(1 for t in trials if "failed_trial" not in t.system_attrs)
+
+
+def next_trial(study: optuna.Study, storage, sweep: Sweep, n_trials: Optional[int]) -> Optional[optuna.Trial]:
+    if sweep.method == "grid":
+        return pop_waiting(study, storage)
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials) or originals(trials) < (n_trials or DEFAULT_N_TRIALS):
+        with quiet_optuna():
+            return study.ask()  # pops a WAITING re-run first, else samples a new trial
+    return None
+
+
+def fail_lost_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail (and re-enqueue) running trials whose worker stopped sending heartbeats."""
+    with quiet_optuna():
+        optuna.storages.fail_stale_trials(study)
+    # A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial
+    # that heartbeats can never find stale; `attempt` is set only after the first heartbeat.
+    grace = dt.timedelta(seconds=GRACE_FACTOR * storage.heartbeat_interval)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start
+        if t.user_attrs.get("attempt") != t.number and started and dt.datetime.now() - started > grace:
+            log.warning("trial %d never sent a heartbeat; re-enqueueing it", t.number)
+            requeue(study, storage, t._trial_id)
+
+
+def work(sweep: Sweep, settings: WorkerSettings, on_trial_end: Optional[Callable[[FrozenTrial], None]] = None) -> int:
+    """One worker: run trials of the study until none is left; returns how many it ran.
+
+    With nothing to take but trials still running elsewhere, it waits and checks their
+    heartbeats, so that it re-runs one whose worker died.
+    """
+    storage = open_storage(settings.storage_url, settings.heartbeat)
+    study = optuna.load_study(study_name=sweep.name, storage=storage, sampler=make_sampler(sweep))
+    out = Path(settings.out)
+    ran = 0
+    while True:
+        fail_lost_trials(study, storage)
+        trial = next_trial(study, storage, sweep, settings.n_trials)
+        if trial is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return ran
+            time.sleep(min(settings.heartbeat, 5))
+            continue
+        frozen = run_trial(study, trial, sweep, out, settings.prune, storage)
+        ran += 1
+        if on_trial_end is not None:
+            on_trial_end(frozen)
+
+
+def _interrupt_once(signum, frame):
+    # Ctrl-C reaches the workers and their parent, whose terminate() follows with SIGTERM:
+    # only the first signal may interrupt, so that the trial is given back whole.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
+    """Entry point of a spawned worker process."""
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    optuna.logging.set_verbosity(max(settings.log_level, logging.WARNING))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # terminate() gives the trial back like Ctrl-C
+        signal.signal(sig, _interrupt_once)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    try:
+        work(sweep, settings)
+    except KeyboardInterrupt:
+        pass
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+@dataclass
+class Progress:
+    """A sweep's state, read from the storage."""
+
+    total: Optional[int]  # grid size or n_trials
+    done: int = 0  # COMPLETE, PRUNED or failed with an error
+    running: int = 0
+    waiting: int = 0
+    exploded: int = 0  # status exploded or exploded (pruned)
+    errors: int = 0
+    lost: int = 0  # failed by a lost heartbeat (re-run, unless retries ran out)
+    best_value: Optional[float] = None
+    best_label: Optional[str] = None
+    finished: list[FrozenTrial] = field(default_factory=list)  # in order of completion
+
+
+def progress(study: optuna.Study, total: Optional[int]) -> Progress:
+    trials = study.get_trials(deepcopy=False)
+    p = Progress(total=total)
+    for t in trials:
+        status = str(t.user_attrs.get("status", ""))
+        if t.state == TrialState.RUNNING:
+            p.running += 1
+        elif t.state == TrialState.WAITING:
+            p.waiting += 1
+        elif t.state == TrialState.FAIL and "error" not in t.user_attrs:
+            p.lost += 1
+        else:
+            p.done += 1
+            p.errors += t.state == TrialState.FAIL
+            p.exploded += status.startswith("exploded")
+            p.finished.append(t)
+    p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)
+    best = best_trial(study, trials)
+    if best is not None:
+        p.best_value, p.best_label = best.value, best.user_attrs.get("label")
+    return p
+
+
+def best_trial(study: optuna.Study, trials: Optional[list[FrozenTrial]] = None) -> Optional[FrozenTrial]:
+    """The best COMPLETE trial with a finite value (an exploded trial is never best)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if not done:
+        return None
+    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    return pick(done, key=lambda t: t.value)
+
+
+def sweep_total(sweep: Sweep, study: optuna.Study, n_trials: Optional[int]) -> int:
+    if sweep.method == "grid":
+        return int(study.user_attrs.get("grid_size", len(grid_points(sweep))))
+    return n_trials or sweep.run_cap or DEFAULT_N_TRIALS
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def default_out(path: str | Path) -> Path:
+    return Path("sweeps_out") / Path(path).stem
+
+
+def warm_data_cache(sweep: Sweep) -> None:
+    """Generate each data set the trials need once, here, before workers race to make it."""
+    from painn_ablate.data import load_dataset
+
+    seen = set()
+    for point in check_points(sweep) if sweep.method != "grid" else grid_points(sweep):
+        data = trial_config(sweep, point).data
+        key = json.dumps(dict(data), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            load_dataset(data)
+
+
+def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[str] = None, workers: int = 1,
+              n_trials: Optional[int] = None, prune: bool = False, heartbeat: int = DEFAULT_HEARTBEAT,
+              threads: Optional[int] = None, on_progress: Optional[Callable[[Progress], None]] = None,
+              poll: float = 2.0) -> Progress:
+    """Run (or resume, or join) the sweep until no trial is left; returns the final progress.
+
+    threads: torch threads per worker; None: cpu_count / workers (torch's default for one worker).
+    on_progress(Progress) is called at the start, after each finished trial and, with
+    several workers, every `poll` seconds.
+    """
+    if workers < 1:
+        raise SweepError(f"--workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise SweepError(f"--threads must be >= 1, got {threads}")
+    if heartbeat < 1:
+        raise SweepError(f"--heartbeat must be >= 1 second, got {heartbeat}")
+    if n_trials is not None and (sweep.method == "grid" or n_trials < 1):
+        raise SweepError("--n-trials applies to random and bayes sweeps and must be >= 1; "
+                         "a grid runs every combination")
+    out = Path(out) if out is not None else default_out(sweep.path)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url or sqlite_url(out)
+    storage = open_storage(url, heartbeat)
+    warm_data_cache(sweep)  # bad data fails here, before the study exists
+    study = prepare_study(sweep, storage)
+    total = sweep_total(sweep, study, n_trials)
+    report = (lambda *_: on_progress(progress(study, total))) if on_progress else (lambda *_: None)
+    report()
+    settings = WorkerSettings(storage_url=url, out=str(out), n_trials=total if sweep.method != "grid" else None,
+                              prune=prune, heartbeat=heartbeat, log_level=logging.getLogger().getEffectiveLevel())
+    if workers == 1:
+        with torch_threads(threads):
+            work(sweep, settings, on_trial_end=report)
+    else:
+        settings.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        _run_processes(sweep, settings, workers, report, poll)
+    final = progress(study, total)
+    report()
+    return final
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run with n torch threads (None: leave them), and give the process its setting back."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_processes(sweep: Sweep, settings: WorkerSettings, workers: int, report: Callable, poll: float) -> None:
+    ctx = multiprocessing.get_context("spawn")  # fork after torch/SQLAlchemy setup is not safe
+    procs = [ctx.Process(target=_worker_process, args=(sweep, settings), name=f"sweep-worker-{i}")
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=poll / len(procs))
+            report()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()  # each worker gives its trial back (SIGTERM -> KeyboardInterrupt)
+        for p in procs:
+            p.join()
+        raise
+    crashed = [p.exitcode for p in procs if p.exitcode]
+    if crashed:
+        log.warning("%d worker(s) exited with codes %s; their trials re-run when resumed", len(crashed), crashed)
+
+
+# ----------------------------------------------------------------------------- reading a sweep back
+
+
+def resolve_storage(target: str) -> str:
+    """`status` accepts a sweep folder, its study.db, or any storage URL."""
+    if "://" in target:
+        return target
+    path = Path(target)
+    if path.is_dir():
+        path = path / "study.db"
+    if not path.is_file():
+        raise SweepError(f"no sweep at '{target}': expected a sweep folder, a study.db or a storage URL")
+    return f"sqlite:///{path.resolve()}"
+
+
+def open_studies(target: str, study_name: Optional[str] = None) -> list[optuna.Study]:
+    """The studies stored at `target` (all of them, or the named one)."""
+    url = driver_url(resolve_storage(target))
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=(
+            {"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else {}))
+        names = optuna.get_all_study_names(storage)
+    except Exception as exc:
+        raise SweepError(f"cannot open storage {shown_url(url)}: {' '.join(str(exc).split())[:300]}") from None
+    if study_name is not None:
+        if study_name not in names:
+            raise SweepError(f"no study '{study_name}' in {shown_url(url)}{_hint(study_name, names)}; "
+                             f"it holds: {', '.join(names)}")
+        names = [study_name]
+    if not names:
+        raise SweepError(f"{shown_url(url)} holds no study")
+    return [optuna.load_study(study_name=n, storage=storage) for n in names]
+
+
+def trial_status(t: FrozenTrial, retried: set[int]) -> str:
+    """The status shown for a trial: its user attribute, or what its state says."""
+    if t.state == TrialState.FAIL and "error" not in t.user_attrs:
+        why = "interrupted" if t.user_attrs.get("status") == "interrupted" else "lost"
+        return f"{why} (re-run)" if t.number in retried else why
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    return str(t.user_attrs.get("status", t.state.name.lower()))
+
+
+def trials_frame(study: optuna.Study):
+    """One row per trial: number, state, label, status, value, the metrics, first non-finite
+    step/layer/block/tensor, run_dir, error and every parameter under its config key."""
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        nonfinite = a.get("first_nonfinite") or {}
+        row = {"number": t.number, "state": t.state.name, "label": a.get("label"), "status": trial_status(t, retried),
+               "value": t.value, **{m: a.get(m) for m in METRICS}, "steps_completed": a.get("steps_completed"),
+               "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
+               "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),
+               "early_warning_step": a.get("early_warning_step"), "pruned_step": a.get("pruned_step"),
+               "wall_seconds": a.get("wall_seconds"), "retry_of": t.system_attrs.get("failed_trial"),
+               "run_dir": a.get("run_dir"), "error": a.get("error"), **t.params}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(study: optuna.Study) -> dict:
+    """Counts per state and per status, and the best trial, of one study."""
+    frame = trials_frame(study)
+    best = best_trial(study)
+    return {
+        "study": study.study_name, "n_trials": len(frame),
+        "states": frame["state"].value_counts().to_dict() if len(frame) else {},
+        "statuses": frame["status"].value_counts().to_dict() if len(frame) else {},
+        "grid_size": study.user_attrs.get("grid_size"),
+        "metric": (study.user_attrs.get("settings") or {}).get("metric"),
+        "best": None if best is None else {"number": best.number, "label": best.user_attrs.get("label"),
+                                           "value": best.value, "params": best.params},
+        "frame": frame,
+    }

@@ -1,0 +1,349 @@
+"""Sweeps end to end: sweep files, grid exactly once with several workers (SQLite and a real
+PostgreSQL server), a SIGKILLed worker's trial re-run on resume, exploded trials as results,
+pruning, errors, random/bayes budgets, and bad files refused before any trial runs.
+
+Every training run is tiny (a few steps of F=8, L=2 on 20 samples); the CLI runs in
+subprocesses as a user would run it.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from painn_ablate import sweep as sw
+from painn_ablate.config import ABLATIONS, compose, flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
+PG_URL = os.environ.get("PAINN_ABLATE_PG_URL", "postgresql://painn:painn@127.0.0.1:5432/painn")
+COMMAND = ["${env}", "painn-ablate", "train", "${args_no_hyphens}"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> list[str]:
+    """Overrides for a run of a few seconds; the data cache is shared by the whole session."""
+    cache = tmp_path_factory.mktemp("data-cache")
+    return ["train.steps=3", "train.val_every=3", "model.F=8", "model.L=2", "model.n_rbf=4",
+            "data.n_train=20", "data.n_val=10", "data.n_test=10", f"data.cache_dir={cache}",
+            "tracking.wandb=false", "train.checkpoint=false"]
+
+
+def write_sweep(folder: Path, parameters: dict, method: str = "grid", stem: str = "tiny", **top) -> Path:
+    path = folder / f"{stem}.yaml"
+    body = {"program": "painn-ablate", "command": COMMAND, "method": method,
+            "metric": {"name": "val_pos_mse", "goal": "minimize"}, "parameters": parameters, **top}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def load(out: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=sw.sqlite_url(out))
+
+
+def finished_params(study: optuna.Study) -> list[tuple]:
+    return sorted(tuple(sorted(t.params.items())) for t in study.trials if t.state == TrialState.COMPLETE)
+
+
+def as_tuples(points: list[dict]) -> list[tuple]:
+    return sorted(tuple(sorted(p.items())) for p in points)
+
+
+# ----------------------------------------------------------------------------- sweep files
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_files_load_and_state_their_budget_and_command(path):
+    text = path.read_text()
+    spec = sw.load_sweep(path)  # composes every grid point, or every end of every range
+    assert f"painn-ablate sweep sweeps/{path.name}" in text.splitlines()[0]
+    assert spec.params["train.steps"].fixed
+    assert spec.raw["command"] == COMMAND
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_files_are_valid_wandb_sweep_configs(path):
+    sweeps = pytest.importorskip("sweeps", reason="W&B's sweep engine (pip install sweeps) holds the schema")
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("run_cap", None)  # a W&B key newer than the schema of sweeps 0.2
+    assert sweeps.schema_violations_from_proposed_config(raw) == []
+
+
+def test_wandb_agent_arguments_compose_the_same_config(tiny):
+    """`wandb agent` passes `${args_no_hyphens}` as key=str(value); that must be our trial's config."""
+    for path in SHIPPED:
+        swept = {k for k, v in yaml.safe_load(path.read_text())["parameters"].items() if "value" not in v}
+        spec = sw.load_sweep(path, [o for o in tiny if o.split("=")[0] not in swept])
+        for params in sw.check_points(spec)[:6]:
+            wandb_args = [f"{name}={p.values[0] if p.fixed else params[name]}" for name, p in spec.params.items()]
+            ours = flatten(sw.trial_config(spec, params))
+            theirs = flatten(compose([*wandb_args, *spec.overrides]))
+            for key in ("seed", "ablate", "model.preset", "train.lr", "train.steps", "model.L", "train.grad_clip",
+                        "model.aggregation", *(k for k in ours if k.startswith("model.stabilizers."))):
+                assert ours[key] == theirs[key], (path.name, key)
+
+
+def test_stabilizers_design_covers_every_stabilizer_both_ways():
+    spec = sw.load_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+    points = sw.grid_points(spec)
+    assert len(points) == 2 * 8 * 3 and len({sw.trial_label(spec, p) for p in points}) == len(points)
+    assert set(spec.params["ablate"].values) <= set(ABLATIONS)
+    r2 = compose(["model=r2_full"])
+    for name in ("s_msg", "clamps", "grad_clip"):
+        loo = sw.trial_config(spec, {"model": "r2_full", "ablate": name, "seed": 0})
+        aoi = sw.trial_config(spec, {"model": "original", "ablate": name, "seed": 0})
+        for key in ABLATIONS[name]:
+            off, on = flatten(compose([]))[key], flatten(r2)[key]
+            assert flatten(loo)[key] == off and flatten(aoi)[key] == on, key
+    assert sw.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "loo-s_msg-seed1"
+    assert sw.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "aoi-g-seed0"
+
+
+BAD_FILES = {
+    "unknown config key": ({"train.lrr": {"values": [0.1]}}, {}, "train.lrr"),
+    "unknown ablation": ({"ablate": {"values": ["none", "s_msgg"]}}, {}, "s_msgg"),
+    "bad distribution": ({"train.lr": {"distribution": "log_uniform_values", "min": 0.1, "max": 0.01}},
+                         {"method": "random"}, "min must be < max"),
+    "unknown distribution": ({"train.lr": {"distribution": "gaussian", "min": 0.1, "max": 1}},
+                             {"method": "random"}, "gaussian"),
+    "unknown top-level key": ({"seed": {"values": [0]}}, {"early_terminatee": {}}, "early_terminatee"),
+    "bad value type": ({"model.L": {"values": [2, "deep"]}}, {}, "model.L"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
+def test_bad_sweep_file_is_refused_before_any_trial(tmp_path, case):
+    parameters, top, needle = BAD_FILES[case]
+    path = write_sweep(tmp_path, parameters, **top)
+    out = tmp_path / "out"
+    result = cli("sweep", path, "--out", out)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("painn-ablate: error:") and needle in lines[0], lines
+    assert not (out / "study.db").exists()
+
+
+def test_override_of_a_swept_parameter_is_refused(tmp_path):
+    path = write_sweep(tmp_path, {"seed": {"values": [0, 1]}})
+    with pytest.raises(sw.SweepError, match="swept parameter 'seed'"):
+        sw.load_sweep(path, ["seed=3"])
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
+    # lr=10 with the original PaiNN overflows within its first two steps, every seed.
+    path = write_sweep(tmp_path, {"model": {"value": "original"}, "train.lr": {"values": [0.001, 10.0]}})
+    final = sw.run_sweep(sw.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
+    assert (final.done, final.exploded, final.errors) == (2, 1, 0)
+    by_lr = {t.params["train.lr"]: t for t in load(tmp_path / "out").trials}
+    stable, exploded = by_lr[0.001], by_lr[10.0]
+    assert stable.state == exploded.state == TrialState.COMPLETE
+    assert stable.user_attrs["status"] == "stable" and math.isfinite(stable.value)
+    assert stable.value == stable.user_attrs["val_pos_mse"]
+    assert exploded.user_attrs["status"] == "exploded" and exploded.value == math.inf
+    assert exploded.constraints == {"nonfinite": 1.0} and stable.constraints == {"nonfinite": -1.0}
+    assert exploded.user_attrs["first_nonfinite"]["step"] <= 2
+    summary = json.loads((Path(exploded.user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "exploded" and summary["name"].startswith(exploded.user_attrs["label"] + "-t")
+
+    status = cli("status", tmp_path / "out")
+    assert status.returncode == 0, status.stderr
+    assert "exploded 1" in status.stdout and "stable 1" in status.stdout
+    first = exploded.user_attrs["first_nonfinite"]
+    assert f"step {first['step']} " in status.stdout and f"{first['block']}/{first['tensor']}" in status.stdout
+
+
+def test_pruner_stops_a_trial_at_the_early_warning(tmp_path, tiny):
+    # A warning that fires at the first snapshots with any growth of ||mu||: a stand-in for an explosion.
+    path = write_sweep(tmp_path, {"seed": {"values": [0]}, "train.lr": {"value": 0.1},
+                                  "monitor.every": {"value": 1}, "monitor.warn_window": {"value": 2},
+                                  "monitor.warn_ratio": {"value": 1.000001}, "monitor.warn_growth": {"value": 1.000001},
+                                  "train.steps": {"value": 30}})
+    sw.run_sweep(sw.load_sweep(path, [o for o in tiny if not o.startswith("train.steps")]),
+                 out=tmp_path / "out", prune=True, threads=1)
+    (trial,) = load(tmp_path / "out").trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "exploded (pruned)"
+    assert trial.user_attrs["pruned_step"] == trial.user_attrs["early_warning_step"] < 29
+    assert trial.user_attrs["steps_completed"] == trial.user_attrs["pruned_step"] + 1
+
+
+def test_trial_that_raises_fails_with_its_error_and_the_sweep_goes_on(tmp_path, tiny):
+    # A device that does not exist passes config validation and fails inside the run.
+    path = write_sweep(tmp_path, {"train.device": {"values": ["cuda:99", "cpu"]}})
+    final = sw.run_sweep(sw.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
+    assert final.errors == 1 and final.done == 2
+    by_device = {t.params["train.device"]: t for t in load(tmp_path / "out").trials}
+    failed = by_device["cuda:99"]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "error"
+    assert failed.user_attrs["error"] and "\n" not in failed.user_attrs["error"]
+    assert by_device["cpu"].state == TrialState.COMPLETE
+
+
+def test_random_and_bayes_run_their_budget_and_resume_without_rerunning(tmp_path, tiny):
+    lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
+    for method in ("random", "bayes"):
+        path = write_sweep(tmp_path, {"train.lr": lr, "model.aggregation": {"values": ["sum", "mean"]}},
+                           method=method, stem=method, run_cap=3)
+        spec = sw.load_sweep(path, tiny)
+        out = tmp_path / method
+        sw.run_sweep(spec, out=out, threads=1)
+        sw.run_sweep(spec, out=out, threads=1)  # resume: nothing left
+        trials = load(out, method).trials
+        assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        assert all(1e-4 <= t.params["train.lr"] <= 1e-2 for t in trials)
+        sw.run_sweep(spec, out=out, n_trials=4, threads=1)  # a larger budget adds exactly the difference
+        assert len(load(out, method).trials) == 4
+        assert all(t.constraints == {"nonfinite": -1.0} for t in load(out, method).trials)  # feasible
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny):
+    path = write_sweep(tmp_path, {"seed": {"values": [0]}})
+    sw.run_sweep(sw.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
+    with pytest.raises(sw.SweepError, match="other overrides"):
+        sw.run_sweep(sw.load_sweep(path, [*tiny, "train.lr=0.002"]), out=tmp_path / "out", threads=1)
+
+
+def test_two_local_workers_complete_a_grid_exactly_once_and_resume_runs_nothing(tmp_path, tiny):
+    path = write_sweep(tmp_path, {"model": {"values": ["original", "r2_full"]},
+                                  "ablate": {"values": ["none", "s_msg", "clamps"]}, "seed": {"values": [0]}})
+    out = tmp_path / "out"
+    first = cli("sweep", path, *tiny, "--workers", "2", "--out", out)
+    assert first.returncode == 0, first.stderr
+    study = load(out)
+    grid = sw.grid_points(sw.load_sweep(path, tiny))
+    assert len(study.trials) == len(grid) == 6  # no duplicates, none lost
+    assert finished_params(study) == as_tuples(grid), [(t.state, t.user_attrs) for t in study.trials]
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2, workers  # both processes took trials
+    dirs = sorted(p.name for p in (out / "trials").iterdir())
+    assert len(dirs) == 6 and all((out / "trials" / d / "summary.json").is_file() for d in dirs)
+
+    again = cli("sweep", path, *tiny, "--threads", "1", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert "6/6 trials already done" in again.stdout and len(load(out).trials) == 6
+
+
+def _wait_for_running(out: Path, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "study.db").exists():
+            try:
+                for t in load(out, name).get_trials(states=(TrialState.RUNNING,)):
+                    if t.user_attrs.get("attempt") == t.number and t.params.get("train.steps") == 400:
+                        return t
+            except Exception:  # the study is not created yet
+                pass
+        time.sleep(0.3)
+    raise AssertionError("the slow trial never started")
+
+
+def test_sigkilled_worker_trial_is_rerun_on_resume(tmp_path, tiny):
+    # The second grid point is slow enough to be killed mid-run; a 1 s heartbeat means 3 s grace.
+    path = write_sweep(tmp_path, {"train.steps": {"values": [3, 400]}})
+    out = tmp_path / "out"
+    flags = [*(o for o in tiny if not o.startswith("train.steps")), "--heartbeat", "1", "--threads", "1", "--out", out]
+    proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "sweep", str(path), *map(str, flags)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        killed = _wait_for_running(out, "tiny")
+        time.sleep(0.5)  # into training
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert load(out).trials[killed.number].state == TrialState.RUNNING, "the trial ended before the kill"
+    resumed = cli("sweep", path, *flags)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = load(out).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    fast, lost, rerun = trials
+    assert lost.number == killed.number and "error" not in lost.user_attrs
+    assert rerun.params == lost.params and rerun.system_attrs["failed_trial"] == lost.number
+    assert rerun.user_attrs["steps_completed"] == 400 and rerun.user_attrs["run_dir"] != lost.user_attrs["run_dir"]
+    assert fast.user_attrs["attempt"] == fast.number  # the finished trial was not run again
+    assert len(list((out / "trials").iterdir())) == 3
+    assert "1 interrupted and re-run" in resumed.stdout
+
+
+POP_SCRIPT = """
+import sys, optuna
+from painn_ablate import sweep as sw
+storage = sw.open_storage(sys.argv[1])
+study = optuna.load_study(study_name="pop", storage=storage)
+taken = []
+while (trial := sw.pop_waiting(study, storage)) is not None:
+    study.tell(trial, 0.0)
+    taken.append(trial.number)
+print(*taken)
+"""
+
+
+def test_waiting_trials_are_taken_once_by_competing_processes_on_sqlite(tmp_path):
+    # Without BEGIN IMMEDIATE, pysqlite lets two processes move one WAITING trial to RUNNING.
+    url = sw.sqlite_url(tmp_path)
+    study = optuna.create_study(study_name="pop", storage=sw.open_storage(url))
+    for i in range(60):
+        study.enqueue_trial({"i": i})
+    procs = [subprocess.Popen([sys.executable, "-c", POP_SCRIPT, url], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-300:] for _, err in outputs]
+    taken = sorted(int(n) for out, _ in outputs for n in out.split())
+    assert taken == list(range(60))
+    assert sum(1 for out, _ in outputs if out.split()) >= 2  # they did compete
+
+
+def _postgres_reachable() -> str:
+    try:
+        import psycopg2
+
+        psycopg2.connect(PG_URL, connect_timeout=3).close()
+        return ""
+    except Exception as exc:
+        return f"PostgreSQL at {PG_URL} unreachable ({' '.join(str(exc).split())[:120]}); run scripts/ci-services"
+
+
+def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
+    reason = _postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    path = write_sweep(tmp_path, {"model": {"values": ["original", "r2_full"]},
+                                  "ablate": {"values": ["none", "g", "alpha"]}, "seed": {"values": [0]}}, name=name)
+    commands = [[sys.executable, "-m", "painn_ablate.cli", "sweep", str(path), *tiny, "--storage", PG_URL,
+                 "--threads", "1", "--out", str(tmp_path / f"machine{i}")] for i in range(2)]
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    try:
+        results = [p.communicate(timeout=150) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [r[1][-500:] for r in results]
+        study = optuna.load_study(study_name=name, storage=sw.driver_url(PG_URL))
+        grid = sw.grid_points(sw.load_sweep(path, tiny))
+        assert len(study.trials) == len(grid) == 6
+        assert finished_params(study) == as_tuples(grid)
+        dirs = [d for i in range(2) if (tmp_path / f"machine{i}" / "trials").is_dir()
+                for d in (tmp_path / f"machine{i}" / "trials").iterdir()]
+        assert len(dirs) == 6
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        try:
+            optuna.delete_study(study_name=name, storage=sw.driver_url(PG_URL))
+        except KeyError:
+            pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -32,6 +33,11 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
         types.append(SweepError)
     except ImportError:
         pass
+    from painn_ablate.analysis import AnalysisError
+    from painn_ablate.report import ReportError
+    from painn_ablate.reproduce import ReproduceError
+
+    types += [AnalysisError, ReportError, ReproduceError]
     return tuple(types)
 
 
@@ -73,6 +79,214 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- sweep
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def where_nonfinite(f: dict) -> str:
+    """`step 12 layer 5 mixing/mu`, or `step 1 head/loss` where no layer is involved."""
+    layer = f.get("layer")
+    has_layer = layer is not None and not (isinstance(layer, float) and math.isnan(layer))
+    return f"step {int(f['step'])} " + (f"layer {int(layer)} " if has_layer else "") + f"{f['block']}/{f['tensor']}"
+
+
+def trial_line(t, metric: str) -> str:
+    """One finished trial: `#7 loo-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`."""
+    a = t.user_attrs
+    status = a.get("status", t.state.name.lower())
+    line = f"#{t.number} {a.get('label', '?')}  {status}"
+    if a.get("first_nonfinite"):
+        line += f" at {where_nonfinite(a['first_nonfinite'])}"
+    elif a.get("pruned_step") is not None:
+        line += f" at step {a['pruned_step']}"
+    if a.get(metric) is not None:
+        line += f"  {metric} {a[metric]:.4g}"
+    if a.get("error"):
+        line += f"  {a['error']}"
+    if a.get("wall_seconds") is not None:
+        line += f"  ({a['wall_seconds']:.0f} s)"
+    return line
+
+
+class SweepProgressPrinter:
+    """The live view of a sweep: a bar of trials done and a line per finished trial."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.bar = None
+        self.seen: set[int] = set()
+
+    def __call__(self, p) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.seen = {t.number for t in p.finished}
+            if self.seen:
+                print(f"resuming: {p.done}/{p.total} trials already done")
+            self.bar = tqdm(total=p.total, unit="trial", dynamic_ncols=True, desc="sweep")
+        for t in p.finished:
+            if t.number not in self.seen:
+                self.seen.add(t.number)
+                self.bar.write(trial_line(t, self.metric))
+        self.bar.n = min(p.done, p.total or p.done)
+        post = {"running": p.running, "exploded": p.exploded}
+        if p.errors:
+            post["errors"] = p.errors
+        if p.best_value is not None:
+            post["best"] = f"{p.best_value:.4g}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import optuna
+
+    from painn_ablate import sweep as sw
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    spec = sw.load_sweep(args.file, args.overrides)
+    out = args.out or str(sw.default_out(args.file))
+    if args.dry_run:
+        points = sw.grid_points(spec) if spec.method == "grid" else []
+        n = len(points) if points else (args.n_trials or spec.run_cap or sw.DEFAULT_N_TRIALS)
+        print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "
+              f"({spec.goal}), out {out}")
+        for params in points:
+            print(f"  {sw.trial_label(spec, params)}: " + " ".join(sw.trial_overrides(spec, params)))
+        return 0
+    if args.engine == "wandb":
+        return cmd_sweep_wandb(args, spec, Path(out))
+    printer = SweepProgressPrinter(spec.metric)
+    try:
+        p = sw.run_sweep(spec, out=out, storage_url=args.storage, workers=args.workers, n_trials=args.n_trials,
+                         prune=args.prune, heartbeat=sw.DEFAULT_HEARTBEAT if args.heartbeat is None else args.heartbeat,
+                         threads=args.threads, on_progress=printer)
+    finally:
+        printer.close()
+    url = args.storage or sw.sqlite_url(Path(out))
+    best = f"best {spec.metric} {p.best_value:.4g} ({p.best_label})" if p.best_value is not None else "no finite result"
+    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.exploded} exploded, {p.errors} errors, "
+          f"{p.lost} interrupted and re-run); {best}. Run directories in {out}/trials.")
+    if p.waiting or p.running:
+        print(f"{p.waiting} trial(s) waiting, {p.running} running elsewhere: run the same command to resume.")
+    print(f"Summary: painn-ablate status {args.storage or out}    Dashboard: optuna-dashboard {url}")
+    return 0
+
+
+def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
+    """`sweep --engine wandb`: W&B's own engine, through the server online or in this process offline."""
+    from types import SimpleNamespace
+
+    from painn_ablate import wandb_sweep as ws
+
+    for flag, given in (("--workers", args.workers != 1), ("--storage", args.storage), ("--prune", args.prune),
+                        ("--heartbeat", args.heartbeat is not None)):
+        if given:
+            raise InputError(f"{flag} applies to --engine optuna; --engine wandb runs one trial at a time per "
+                             "process (online, more agents join with `wandb agent <sweep>`)")
+    if ws.online():
+        path = ws.run_online(spec, out=out, n_trials=args.n_trials, threads=args.threads)
+        print(f"{spec.name}: W&B sweep {path}: this agent has nothing left to run. More agents: wandb agent {path}")
+        return 0
+
+    def on_start(state) -> None:
+        if state.trials:
+            print(f"resuming: {state.done}/{state.total} trials already done")
+
+    def on_trial(t) -> None:  # trial_line reads an Optuna trial's number, state.name and user_attrs
+        view = SimpleNamespace(number=t.number, state=SimpleNamespace(name=t.state),
+                               user_attrs={"label": t.label, **t.attrs})
+        print(trial_line(view, spec.metric), flush=True)
+
+    s = ws.run_offline(spec, out=out, n_trials=args.n_trials, threads=args.threads, on_start=on_start,
+                       on_trial=on_trial)
+    best = s.best
+    best = f"best {spec.metric} {best.attrs[spec.metric]:.4g} ({best.label})" if best else "no finite result"
+    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.exploded} exploded, {s.errors} errors); {best}. "
+          f"Run directories in {out}/trials, state in {out}/{ws.LEDGER}.")
+    print(f"W&B runs are offline; upload them: wandb sync {out}/trials/*/wandb/offline-run-*")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from painn_ablate import sweep as sw
+
+    for study in sw.open_studies(args.target, args.study):
+        s = sw.summarize(study)
+        frame = s["frame"]
+        grid = f"grid of {s['grid_size']} points, " if s["grid_size"] else ""
+        print(f"study {s['study']}: {grid}{s['n_trials']} trials; states "
+              + ", ".join(f"{k} {v}" for k, v in s["states"].items())
+              + "; statuses " + ", ".join(f"{k} {v}" for k, v in s["statuses"].items()))
+        if s["best"]:
+            b = s["best"]
+            print(f"best {s['metric'] or 'value'}: {b['value']:.4g} (#{b['number']} {b['label']}) "
+                  + " ".join(f"{k}={v}" for k, v in b["params"].items()))
+        if len(frame):
+            nonfinite = frame.apply(lambda r: "-" if pd.isna(r["first_nonfinite_step"]) else where_nonfinite(
+                {k: r[f"first_nonfinite_{k}"] for k in ("step", "layer", "block", "tensor")}), axis=1)
+            table = pd.DataFrame({"#": frame["number"], "label": frame["label"], "status": frame["status"],
+                                  "value": frame["value"].map(_fmt), "val_pos_mse": frame["val_pos_mse"].map(_fmt),
+                                  "test_pos_mse": frame["test_pos_mse"].map(_fmt), "first non-finite": nonfinite})
+            print(table.to_string(index=False))
+        print()
+    return 0
+
+
+# ----------------------------------------------------------------------------- reproduce, report
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from painn_ablate import reproduce as rp
+
+    def on_run(r: dict) -> None:
+        f = r["first_nonfinite"]
+        layer = f"layer {f['layer']}, " if f and f["layer"] is not None else ""
+        where = f" at step {f['step']} ({layer}{f['block']}, {f['tensor']})" if f else ""
+        print(f"{r['experiment']} seed {r['seed']}: {r['status']}{where}; {r['steps_completed']}/{r['steps_total']} "
+              f"steps, test pos MSE {_fmt(r['test_pos_mse'])} ({r['wall_seconds']:.0f} s)", flush=True)
+
+    result = rp.reproduce(args.out, quick=args.quick, overrides=args.overrides, on_run=on_run)
+    print()
+    print(rp.verdict_text(result), end="")
+    print(f"\nWritten: {args.out}/reproduce.json, {args.out}/verdict.md, {args.out}/plots/*.png "
+          f"({result['wall_seconds'] / 60:.1f} min). Registry: painn-ablate report {args.out}")
+    return 1 if args.strict and not result["verdict"]["passed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from painn_ablate import report as rep
+
+    paths = args.paths or [p for p in rep.DEFAULT_PATHS if os.path.exists(p)]
+    if not paths and not args.study:
+        raise InputError(f"no paths given and none of {', '.join(rep.DEFAULT_PATHS)} exists here")
+    command = " ".join(["painn-ablate report", *paths, *(f"--study {s}" for s in args.study or []),
+                        *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                        *([f"--plots {args.plots}"] if args.plots else [])])
+    out = rep.write_report(paths, tuple(args.study or ()), args.out, args.plots, command=command)
+    print(f"wrote {out}" + (f" and plots in {args.plots}" if args.plots else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -86,6 +300,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a saved config.yaml to start from (re-run a run)")
     p.add_argument("overrides", nargs="*", help="key=value overrides; model=<preset> selects a preset")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="run, resume or join a sweep file (Optuna, or W&B's engine with --engine wandb)",
+                       description="Run a W&B sweep file with Optuna: painn-ablate sweep sweeps/stabilizers.yaml "
+                                   "train.steps=20 --workers 2. Re-running the same command resumes.")
+    p.add_argument("file", help="sweep file (W&B sweep configuration)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. train.steps=20")
+    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (default 1)")
+    p.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://user:pw@host/db (default: SQLite in --out)")
+    p.add_argument("--out", help="output folder: study.db and trials/ (default sweeps_out/<file stem>)")
+    p.add_argument("--n-trials", type=int, help="trials of a random/bayes sweep (default: the file's run_cap, else 20)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: CPU cores / workers)")
+    p.add_argument("--prune", action="store_true", help="stop a trial when the early warning says it is exploding")
+    p.add_argument("--heartbeat", type=int,
+                   help="seconds between heartbeats of a running trial (default 20); a trial silent for 3 "
+                        "heartbeats is re-run")
+    p.add_argument("--dry-run", action="store_true", help="validate the file and list the trials; run nothing")
+    p.add_argument("--engine", choices=("optuna", "wandb"), default="optuna",
+                   help="optuna (default): Optuna's samplers and storage; wandb: W&B's own sweep engine, on the "
+                        "W&B server when online, else offline in this process (state in <out>/wandb_sweep.jsonl)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="summarise a sweep: counts, best trial, a table of trials",
+                       description="Summarise a sweep: painn-ablate status sweeps_out/stabilizers")
+    p.add_argument("target", help="sweep output folder, its study.db, or an Optuna storage URL")
+    p.add_argument("--study", help="only this study (default: every study in the storage)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reproduce", help="re-run the canonical original vs r2_full comparison and judge it",
+                       description="Re-run the document's two findings (original explodes in layers 4-5; r2_full "
+                                   "has no NaN/Inf) on embedded defaults, 3 seeds each (~15 min on 2 cores; "
+                                   "--quick: a smoke version), and write reproduce.json, verdict.md and plots.")
+    p.add_argument("--quick", action="store_true", help="a small smoke version (40 steps per run)")
+    p.add_argument("--out", default="reproduce_out", help="output folder (default reproduce_out); re-running "
+                                                          "reuses its finished runs")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the verdict is NOT REPRODUCED")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. train.lr=3e-3")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="regenerate runs.md from run directories, reproductions and sweeps",
+                       description="Regenerate runs.md: painn-ablate report reproduce_out sweeps_out --plots plots")
+    p.add_argument("paths", nargs="*", help="run directories or folders holding them, reproduce outputs, sweep "
+                                            "folders (default: reproduce_out and sweeps_out where present)")
+    p.add_argument("--study", action="append", help="an Optuna storage URL to include (repeatable)")
+    p.add_argument("--out", default="runs.md", help="the Markdown file to write (default runs.md)")
+    p.add_argument("--plots", help="also write each section's figures as PNG into this folder and link them")
+    p.set_defaults(func=cmd_report)
 
     try:
         from painn_ablate import sweep_cli

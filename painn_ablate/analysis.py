@@ -1,0 +1,892 @@
+"""Runs, sweeps and W&B projects as pandas DataFrames, and the plots the notebooks share.
+
+Loaders take a single run directory, a folder searched recursively for run directories
+(any folder holding `summary.json`: `runs/`, `reproduce_out/`, a sweep's `sweeps_out/<name>/`),
+or a list of such paths:
+
+    load_runs(path)          one row per run: flattened config + flattened summary
+    load_metrics(path)       metrics.parquet of every run (long in step)
+    load_layer_stats(path)   layer_stats.parquet of every run: step, layer, block, stat, value
+    load_events(path)        events.parquet of every run
+    load_study(storage)      one row per Optuna trial: params, user attributes, run config
+    load_wandb(project)      one row per W&B run, the same columns as load_runs
+
+Column names are the ones used everywhere else: config keys as `config.flatten` spells
+them (`model.stabilizers.s_msg`), metrics as in W&B and the trials' user attributes
+(`val_pos_mse`, `test_pos_mse`), nested summary fields joined with dots
+(`first_nonfinite.step`, `first_nonfinite.layer`, `last_finite_stats.mu_norm_max.5`), and a
+per-layer statistic in wide form as `tracking.stat_key` names it (`layer5/mixing/mu_norm_max`).
+The long tables carry `run_dir`, `name`, `experiment` and `seed` to join on.
+
+`experiment` names what a run tests: its preset, with an ablation written as what it
+does: `r2_full - s_msg` (leave-one-out: R2_full without the message saturation),
+`original + alpha` (add-one-in: the original with residual scaling only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from painn_ablate.config import ABLATIONS, flatten
+from painn_ablate.tracking import stat_key
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+Paths = Union[PathLike, Sequence[PathLike]]
+
+SUMMARY_FILE = "summary.json"
+ID_COLUMNS = ("run_dir", "name", "experiment", "seed")  # carried by every long table
+METRIC_SPLITS = ("val", "test")  # summary["val"]["pos_mse"] -> column val_pos_mse, as in W&B and Optuna
+SPLIT_METRICS = ("pos_mse", "vel_mse")  # their columns exist even before the first validation
+# Nested summary fields that are None until something happens: their columns exist either way.
+NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"),
+                 "early_warning": ("step", "risk", "mu_ratio", "mu_growth"),
+                 "stopped_early": ("step", "reason")}
+# Config keys that name or place a run but do not change what it computes.
+BOOKKEEPING_KEYS = ("name", "out", "data.cache_dir", "train.checkpoint")
+BOOKKEEPING_PREFIXES = ("tracking.",)
+# The stabilizer settings an importance analysis looks at (the R2_full toggles).
+STABILIZER_KEYS = ("model.aggregation", "model.stabilizers.g", "model.stabilizers.s_msg",
+                   "model.stabilizers.s_mix", "model.stabilizers.alpha_inter", "model.stabilizers.alpha_mix",
+                   "model.stabilizers.C_s", "model.stabilizers.C_v", "model.stabilizers.C_q",
+                   "model.stabilizers.C_mu", "train.grad_clip")
+# Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
+EGNN_PAPER_MSE = 0.0071
+LINEAR_PAPER_MSE = 0.0819
+
+
+class AnalysisError(ValueError):
+    """Nothing to analyse at the given path or storage; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- naming
+
+
+def experiment_name(preset: Any, ablate: Any) -> str:
+    """`r2_full`, `r2_full - s_msg` (leave-one-out), `original + alpha` (add-one-in)."""
+    preset = str(preset)
+    if ablate in (None, "", "none") or (isinstance(ablate, float) and math.isnan(ablate)):
+        return preset
+    sign = "-" if preset == "r2_full" else "+"
+    return f"{preset} {sign} {ablate}"
+
+
+def is_exploded(status: Any) -> bool:
+    """'exploded' and a sweep's 'exploded (pruned)' both count as an explosion."""
+    return isinstance(status, str) and status.startswith("exploded")
+
+
+def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:
+    """Inverse of `tracking.stat_key`: 'layer5/mixing/mu_norm_max' -> (5, 'mixing', 'mu_norm_max')."""
+    m = re.fullmatch(r"layer(\d+)/([^/]+)/([^/]+)", key)
+    return (int(m.group(1)), m.group(2), m.group(3)) if m else None
+
+
+def flatten_summary(summary: dict) -> dict[str, Any]:
+    """A run summary as flat columns: val/test metrics as `val_pos_mse`, the rest dotted."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    for key, value in summary.items():
+        if key in NESTED_FIELDS and not value:
+            flat.update({f"{key}.{field}": None for field in NESTED_FIELDS[key]})
+        elif key in METRIC_SPLITS:
+            for metric, v in {**dict.fromkeys(SPLIT_METRICS), **(value or {})}.items():
+                flat[f"{key}_{metric}"] = v
+        else:
+            walk(value, f"{key}.")
+    return flat
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def find_run_dirs(paths: Paths) -> list[Path]:
+    """Every run directory at or below `paths` (a folder holding summary.json), sorted, no repeats."""
+    found: list[Path] = []
+    for p in [paths] if isinstance(paths, (str, Path)) else list(paths):
+        p = Path(p).expanduser()
+        if not p.exists():
+            raise AnalysisError(f"no such file or folder: {p}")
+        if (p / SUMMARY_FILE).is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(s.parent for s in p.rglob(SUMMARY_FILE) if not _hidden(s.relative_to(p)))
+    seen, unique = set(), []
+    for d in found:
+        key = d.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") or part == "wandb" for part in rel.parts[:-1])
+
+
+def _require(dirs: list[Path], paths: Paths) -> list[Path]:
+    if not dirs:
+        raise AnalysisError(f"no run directories (folders with {SUMMARY_FILE}) under {paths}")
+    return dirs
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """One run as a flat row: config columns, summary columns, `run_dir`, `experiment`, `exploded`."""
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    row: dict[str, Any] = {}
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        from omegaconf import OmegaConf
+
+        row.update(flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)))
+    row.update(flatten_summary(summary))
+    row["run_dir"] = str(run_dir)
+    row["preset"] = row.get("model.preset", summary.get("preset"))
+    row["ablate"] = row.get("ablate", "none")
+    row["experiment"] = experiment_name(row["preset"], row["ablate"])
+    row["exploded"] = is_exploded(row.get("status"))
+    return row
+
+
+def load_runs(paths: Paths) -> pd.DataFrame:
+    """One row per run under `paths` (see the module docstring); killed runs load as 'running'."""
+    dirs = _require(find_run_dirs(paths), paths)
+    frame = pd.DataFrame([read_run(d) for d in dirs])
+    # presets first (original, r2_full), then the designs, each by seed
+    order = frame.assign(_design=frame["ablate"] != "none", _seed=pd.to_numeric(frame.get("seed"), errors="coerce"))
+    frame = frame.loc[order.sort_values(["_design", "preset", "ablate", "_seed", "run_dir"], kind="stable").index]
+    frame = frame.reset_index(drop=True)
+    first = ["run_dir", "name", "experiment", "preset", "ablate", "seed", "status", "exploded", "steps_completed",
+             "steps_total", "first_nonfinite.step", "first_nonfinite.layer", "val_pos_mse", "test_pos_mse"]
+    first = [c for c in first if c in frame.columns]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def _read_table(run_dir: Path, name: str, filters=None) -> pd.DataFrame:
+    path = run_dir / name
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.read_parquet(path, filters=filters)
+
+
+def _load_long(paths: Paths, table: str, filters=None) -> pd.DataFrame:
+    dirs = _require(find_run_dirs(paths), paths)
+    parts = []
+    for d in dirs:
+        frame = _read_table(d, table, filters)
+        if frame.empty:
+            continue
+        ids = read_run(d)
+        for k, col in enumerate(ID_COLUMNS):
+            frame.insert(k, col, ids.get(col))
+        parts.append(frame)
+    if not parts:
+        return pd.DataFrame(columns=list(ID_COLUMNS))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.sort_values([*ID_COLUMNS[:1], "step"], kind="stable", ignore_index=True)
+
+
+def load_metrics(paths: Paths) -> pd.DataFrame:
+    """metrics.parquet of every run: step, loss, ..., val_pos_mse (at validation steps)."""
+    return _load_long(paths, "metrics.parquet")
+
+
+def load_layer_stats(paths: Paths, stats: Optional[Iterable[str]] = None,
+                     block: Optional[str] = None) -> pd.DataFrame:
+    """layer_stats.parquet of every run, long: step, layer, block, stat, value.
+
+    stats / block: read only these statistics (names in painn_ablate.monitor) or this block.
+    """
+    filters = []
+    if stats is not None:
+        filters.append(("stat", "in", list(stats)))
+    if block is not None:
+        filters.append(("block", "==", block))
+    return _load_long(paths, "layer_stats.parquet", filters or None)
+
+
+def load_events(paths: Paths) -> pd.DataFrame:
+    """events.parquet of every run: step, kind (nonfinite | early_warning), layer, block, tensor, ..."""
+    return _load_long(paths, "events.parquet")
+
+
+def wide_layer_stats(stats: pd.DataFrame) -> pd.DataFrame:
+    """Long statistics -> one row per (run, step), one column per `stat_key` (as in W&B)."""
+    keyed = stats.assign(key=[stat_key(l, b, s) for l, b, s in zip(stats["layer"], stats["block"], stats["stat"])])
+    index = [c for c in ID_COLUMNS if c in stats.columns] + ["step"]
+    wide = keyed.pivot_table(index=index, columns="key", values="value", aggfunc="last", dropna=False)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def long_layer_stats(wide: pd.DataFrame) -> pd.DataFrame:
+    """Columns named `layer{l}/{block}/{stat}` (W&B history, `wide_layer_stats`) -> long format."""
+    keys = [c for c in wide.columns if parse_stat_key(str(c))]
+    index = [c for c in wide.columns if c not in keys]
+    long = wide.melt(id_vars=index, value_vars=keys, var_name="key", value_name="value").dropna(subset=["value"])
+    parsed = [parse_stat_key(k) for k in long["key"]]
+    long = long.assign(layer=[p[0] for p in parsed], block=[p[1] for p in parsed], stat=[p[2] for p in parsed])
+    cols = index + ["layer", "block", "stat", "value"]
+    return long[cols].sort_values(index + ["layer", "block", "stat"], kind="stable", ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- Optuna
+
+
+def storage_url(storage: PathLike) -> str:
+    """A storage URL from a URL, a study.db file or a sweep folder holding study.db."""
+    text = str(storage)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser()
+    if path.is_dir():
+        path = path / "study.db"
+    if not path.is_file():
+        raise AnalysisError(f"no Optuna storage at '{storage}': expected a URL, a study.db or a sweep folder")
+    return f"sqlite:///{path.resolve()}"
+
+
+def study_names(storage: PathLike) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(storage_url(storage), include_best_trial=False)]
+
+
+def resolve_trial_dir(run_dir: Optional[str], url: str) -> Optional[Path]:
+    """A trial's run_dir attribute (relative to where the sweep ran), found from here."""
+    if not run_dir:
+        return None
+    path = Path(run_dir)
+    if (path / SUMMARY_FILE).is_file():
+        return path
+    if url.startswith("sqlite:///"):
+        beside = Path(url[len("sqlite:///"):]).parent / "trials" / path.name
+        if (beside / SUMMARY_FILE).is_file():
+            return beside
+    return None
+
+
+def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = True) -> pd.DataFrame:
+    """One row per trial of an Optuna study.
+
+    Columns: study, number, state, value, duration_s, the parameters under their config keys,
+    the user attributes (status, label, run_dir, val_pos_mse, first_nonfinite.step, ...), and
+    `exploded`/`experiment`. configs=True adds every flattened config key of the trial's run
+    directory when it can be found (so `model.stabilizers.*` is there even when the sweep varied
+    only `ablate`), and `run_dir` then points at it.
+    """
+    import optuna
+
+    url = storage_url(storage)
+    names = study_names(url)
+    if name is None:
+        if len(names) != 1:
+            raise AnalysisError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}); pass name=")
+        name = names[0]
+    elif name not in names:
+        raise AnalysisError(f"no study '{name}' in {url}; it holds: {', '.join(names) or 'nothing'}")
+    study = optuna.load_study(study_name=name, storage=url)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"study": name, "number": t.number, "state": t.state.name, "value": t.value,
+                               "duration_s": t.duration.total_seconds() if t.duration else None}
+        run_dir = resolve_trial_dir(t.user_attrs.get("run_dir"), url) if configs else None
+        if run_dir is not None:
+            row.update({k: v for k, v in read_run(run_dir).items() if k not in ("status", "exploded")})
+        row.update(t.params)
+        row.update(flatten_summary(t.user_attrs))
+        if run_dir is not None:
+            row["run_dir"] = str(run_dir)
+        row["preset"] = row.get("model.preset", row.get("model", row.get("preset")))
+        row["ablate"] = row.get("ablate", "none")
+        row["experiment"] = experiment_name(row["preset"], row["ablate"])
+        row["exploded"] = is_exploded(row.get("status"))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    first = ["study", "number", "state", "value", "label", "experiment", "status", "exploded", "seed"]
+    first = [c for c in first if c in frame.columns]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+# ----------------------------------------------------------------------------- W&B
+
+
+def wandb_row(config: dict, summary: dict, **meta: Any) -> dict[str, Any]:
+    """One W&B run as a load_runs-style row: config keys as logged (flat), summary flattened.
+
+    Media (the events table, the heat map) and W&B's private `_` keys are left out.
+    """
+    row: dict[str, Any] = {}
+    for k, v in config.items():
+        row[k] = v.get("value") if isinstance(v, dict) and set(v) <= {"value", "desc"} else v
+    clean = {k: v for k, v in summary.items()
+             if not k.startswith("_") and not (isinstance(v, dict) and "_type" in v)}
+    for k, v in flatten_summary(clean).items():
+        row.setdefault(k, v)
+    for split in METRIC_SPLITS:  # W&B has val_* only once a validation ran
+        for metric in SPLIT_METRICS:
+            row.setdefault(f"{split}_{metric}", None)
+    row.update(meta)
+    row["preset"] = row.get("model.preset")
+    row["ablate"] = row.get("ablate", "none")
+    row["experiment"] = experiment_name(row["preset"], row["ablate"])
+    row["exploded"] = is_exploded(row.get("status"))
+    return row
+
+
+def load_wandb(project: str, filters: Optional[dict] = None, api=None) -> pd.DataFrame:
+    """One row per run of a W&B project ('entity/project'), columns as in load_runs.
+
+    filters: a W&B API filter, e.g. {"group": "stabilizers"} or {"tags": "preset:original"}.
+    Needs network access and an API key (`wandb login`).
+    """
+    import wandb
+
+    api = api or wandb.Api()
+    rows = [wandb_row(dict(r.config), dict(r.summary._json_dict), wandb_id=r.id, name=r.name, group=r.group,
+                      tags=list(r.tags), wandb_state=r.state, url=r.url)
+            for r in api.runs(project, filters=filters or {})]
+    return pd.DataFrame(rows)
+
+
+def load_wandb_layer_stats(run_path: str, api=None) -> pd.DataFrame:
+    """The per-layer statistics of one W&B run ('entity/project/run_id') in load_layer_stats' long format."""
+    import wandb
+
+    api = api or wandb.Api()
+    run = api.run(run_path)
+    rows = [{k: v for k, v in r.items() if k == "_step" or parse_stat_key(k)} for r in run.scan_history()]
+    wide = pd.DataFrame([r for r in rows if len(r) > 1]).rename(columns={"_step": "step"})
+    if wide.empty:
+        return pd.DataFrame(columns=["step", "layer", "block", "stat", "value"])
+    wide.insert(0, "name", run.name)
+    return long_layer_stats(wide)
+
+
+# ----------------------------------------------------------------------------- derived tables
+
+
+def layer_profiles(stats: pd.DataFrame, run_dir: str, stat_names: Sequence[str], before_step: Optional[int] = None,
+                   block: str = "mixing") -> tuple[Optional[int], dict[str, dict[int, float]]]:
+    """Per-layer values of each statistic at the last snapshot (before `before_step`) where all of
+    them are finite in every layer: (step, {stat: {layer: value}}); (None, {}) when there is none."""
+    rows = stats[(stats["run_dir"] == run_dir) & (stats["block"] == block) & (stats["stat"].isin(list(stat_names)))]
+    if before_step is not None:
+        rows = rows[rows["step"] < before_step]
+    for step in sorted(rows["step"].unique(), reverse=True):
+        snap = rows[rows["step"] == step]
+        if set(snap["stat"]) == set(stat_names) and np.isfinite(snap["value"]).all():
+            return int(step), {s: {int(l): float(v) for l, v in zip(g["layer"], g["value"])}
+                               for s, g in snap.groupby("stat")}
+    return None, {}
+
+
+def layer_profile(stats: pd.DataFrame, run_dir: str, stat: str, before_step: Optional[int] = None,
+                  block: str = "mixing") -> tuple[Optional[int], dict[int, float]]:
+    """Per-layer values of `stat` at the last snapshot (before `before_step`) where all layers are finite."""
+    step, profiles = layer_profiles(stats, run_dir, [stat], before_step, block)
+    return step, profiles.get(stat, {})
+
+
+def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -> pd.DataFrame:
+    """Per group, the run whose deepest layer reached the largest finite max ||mu|| (after mixing)."""
+    deepest = stats[(stats["block"] == "mixing") & (stats["stat"] == "mu_norm_max")
+                    & (stats["layer"] == stats["layer"].max()) & np.isfinite(stats["value"])]
+    peak = deepest.groupby("run_dir")["value"].max()
+    ranked = runs.assign(_peak=runs["run_dir"].map(peak).fillna(-1.0)).sort_values("_peak", ascending=False,
+                                                                                     kind="stable")
+    order = list(dict.fromkeys(runs[by]))
+    picked = ranked.groupby(by, sort=False).head(1).set_index(by).loc[order].reset_index()
+    return picked.drop(columns="_peak")[runs.columns]
+
+
+def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd.DataFrame:
+    """Per experiment: runs, explosions, steps to the first NaN/Inf, val/test MSE (mean, std over seeds).
+
+    MSE statistics are over the runs that finished stable; steps to NaN over the exploded ones.
+    """
+    by = list(by)
+    out = []
+    for key, g in runs.groupby(by, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        stable = g[g["status"] == "stable"]
+        exploded = g[g["exploded"]]
+        nan_steps = _numbers(exploded, "first_nonfinite.step")
+        layers = _numbers(exploded, "first_nonfinite.layer")
+        row = dict(zip(by, key))
+        row.update({
+            "preset": g["preset"].iloc[0], "ablate": g["ablate"].iloc[0], "runs": len(g),
+            "exploded": int(g["exploded"].sum()), "explosion_rate": float(g["exploded"].mean()),
+            "unfinished": int((~g["status"].isin(["stable"]) & ~g["exploded"]).sum()),
+            "nan_step_mean": nan_steps.mean() if len(nan_steps) else np.nan,
+            "nan_step_std": nan_steps.std(ddof=0) if len(nan_steps) else np.nan,
+            "nan_layers": ",".join(str(int(x)) for x in sorted(layers)) if len(layers) else "",
+        })
+        for m in ("val_pos_mse", "test_pos_mse", "test_vel_mse"):
+            values = _numbers(stable, m)
+            row[f"{m}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{m}_std"] = values.std(ddof=0) if len(values) else np.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame.columns:
+        return pd.Series(dtype=float)
+    return pd.to_numeric(frame[column], errors="coerce").dropna()
+
+
+def necessity_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """For each stabilizer with runs: is it necessary, is it sufficient (for stability, at this budget)?
+
+    necessary: R2_full without it (leave-one-out) explodes more often than R2_full.
+    sufficient: the original with only it (add-one-in) never explodes while the original does.
+    A cell is empty where the runs to decide it are missing.
+    """
+    table = outcome_table(runs, by=("preset", "ablate")).set_index(["preset", "ablate"])
+
+    def rate(preset: str, ablate: str) -> float:
+        return table["explosion_rate"].get((preset, ablate), np.nan)
+
+    full, original = rate("r2_full", "none"), rate("original", "none")
+    rows = []
+    for name in ABLATIONS:
+        if name == "none":
+            continue
+        loo, aoi = rate("r2_full", name), rate("original", name)
+        if math.isnan(loo) and math.isnan(aoi):
+            continue
+        loo_mse = table["test_pos_mse_mean"].get(("r2_full", name), np.nan)
+        full_mse = table["test_pos_mse_mean"].get(("r2_full", "none"), np.nan)
+        rows.append({
+            "stabilizer": name,
+            "explosion_rate_without": loo, "explosion_rate_r2_full": full,
+            "necessary": None if math.isnan(loo) or math.isnan(full) else bool(loo > full),
+            "explosion_rate_alone": aoi, "explosion_rate_original": original,
+            "sufficient": None if math.isnan(aoi) or math.isnan(original) else bool(aoi == 0 and original > 0),
+            "test_pos_mse_without": loo_mse, "test_pos_mse_change": loo_mse - full_mse,
+        })
+    return pd.DataFrame(rows)
+
+
+def varying_keys(frame: pd.DataFrame, candidates: Optional[Iterable[str]] = None) -> list[str]:
+    """Config columns whose value differs between rows (None counts as a value)."""
+    if candidates is None:
+        candidates = [*STABILIZER_KEYS, *(c for c in frame.columns if c.startswith(("model.", "train."))),
+                      "seed", "data.seed"]
+    keys = []
+    for c in dict.fromkeys(candidates):
+        if c in frame.columns and c not in BOOKKEEPING_KEYS and c != "model.preset":
+            if frame[c].map(lambda v: json.dumps(_plain(v))).nunique() > 1:
+                keys.append(c)
+    return keys
+
+
+def _plain(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def importance_evaluator(name: Optional[str] = None, seed: int = 0):
+    """Optuna's fANOVA (its default; needs scikit-learn), else PED-ANOVA (no extra dependency)."""
+    import optuna
+
+    if name is None:
+        try:
+            import sklearn  # noqa: F401
+            name = "fanova"
+        except ImportError:
+            log.warning("scikit-learn is not installed: parameter importances by PED-ANOVA instead of fANOVA")
+            name = "ped_anova"
+    if name == "fanova":
+        return optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    if name == "ped_anova":
+        return optuna.importance.PedAnovaImportanceEvaluator()
+    raise AnalysisError(f"unknown importance evaluator '{name}'; known: fanova, ped_anova")
+
+
+def param_importances(frame: pd.DataFrame, target: Union[str, Callable[[pd.Series], float]],
+                      params: Optional[Sequence[str]] = None, seed: int = 0,
+                      evaluator: Optional[str] = None) -> pd.Series:
+    """Optuna fANOVA importances of config values for `target`, over the rows of `frame`.
+
+    frame: rows of load_study (configs=True) or load_runs. target: a column (rows where it is
+    not finite are dropped, e.g. exploded runs for an MSE) or a function of a row, e.g.
+    `lambda r: float(r.exploded)` for stability. params: default the varying stabilizer and
+    other model/train keys plus `seed` (a noise reference: a stabilizer below the seed's
+    importance does not matter here). A value that is None (a stabilizer off) makes the
+    parameter categorical. evaluator: fanova (Optuna's default) or ped_anova; None picks fanova
+    when scikit-learn is installed. Returns importances, largest first, with the evaluator's name
+    in `.attrs["evaluator"]`; all NaN when the target does not vary.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    values = frame.apply(target, axis=1) if callable(target) else pd.to_numeric(frame[target], errors="coerce")
+    keep = np.isfinite(values.astype(float))
+    rows, values = frame[keep], values[keep].astype(float)
+    params = list(params) if params is not None else varying_keys(rows)
+    params = [p for p in params if p in rows.columns and rows[p].map(lambda v: json.dumps(_plain(v))).nunique() > 1]
+    if len(rows) < 2 or not params:
+        raise AnalysisError(f"importances need >= 2 rows with a finite target and a varying parameter "
+                            f"(got {len(rows)} rows, parameters {params})")
+    if values.nunique() < 2:
+        series = pd.Series(np.nan, index=params, name="importance")
+        series.attrs["evaluator"] = "none (the target does not vary)"
+        return series
+    dists = {}
+    for p in params:
+        col = [_plain(v) for v in rows[p]]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in col)
+        if numeric and len(set(col)) > 2:
+            dists[p] = FloatDistribution(float(min(col)), float(max(col)))
+        else:
+            dists[p] = CategoricalDistribution(sorted(set(col), key=lambda v: (v is not None, str(v))))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
+    try:
+        study = optuna.create_study(direction="minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for (_, row), value in zip(rows.iterrows(), values):
+        point = {p: (float(_plain(row[p])) if isinstance(dists[p], FloatDistribution) else _plain(row[p]))
+                 for p in params}
+        study.add_trial(optuna.trial.create_trial(params=point, distributions=dists, value=float(value)))
+    chosen = importance_evaluator(evaluator, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        result = optuna.importance.get_param_importances(study, evaluator=chosen, params=params)
+    series = pd.Series(result, name="importance", dtype=float).sort_values(ascending=False)
+    series.attrs["evaluator"] = type(chosen).__name__
+    return series
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _tidy_log(ax, x: bool = False) -> None:
+    """Log axes spanning more than a decade without the crowded minor-tick labels (call after plotting)."""
+    from matplotlib.ticker import NullFormatter
+
+    axes = [(ax.yaxis, ax.get_ylim())] + ([(ax.xaxis, ax.get_xlim())] if x else [])
+    for axis, (lo, hi) in axes:
+        if lo > 0 and hi / lo > 10:
+            axis.set_minor_formatter(NullFormatter())
+
+
+def _log10(values: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.where(values > 0, values, np.nan))
+    out[np.isinf(values)] = np.inf
+    return out
+
+
+def layer_step_grid(stats: pd.DataFrame, run_dir: str, stat: str, block: str = "mixing"):
+    """(steps, layers, grid[layer, step]) of one statistic of one run; NaN where missing."""
+    rows = stats[(stats["run_dir"] == run_dir) & (stats["stat"] == stat) & (stats["block"] == block)]
+    grid = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="last", dropna=False)
+    return np.asarray(grid.columns), np.asarray(grid.index), grid.to_numpy(dtype=float)
+
+
+def plot_heatmaps(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = ("mu_norm_max", "q_absmax"),
+                  block: str = "mixing", title: str = "", shared_scale: bool = True):
+    """Layer x step heat maps of log10 of each statistic (columns) for each run (rows).
+
+    shared_scale: one colour scale per statistic for all runs, so runs compare at a glance;
+    False: each panel scaled to itself. Cyan cells: non-finite (Inf/NaN) values; a red x
+    marks the first non-finite event.
+    """
+    plt = _pyplot()
+    import matplotlib
+
+    runs = runs.reset_index(drop=True)
+    fig, axes = plt.subplots(len(runs), len(stats_names), figsize=(5.5 * len(stats_names), 1.2 + 1.7 * len(runs)),
+                             squeeze=False)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="cyan", over="cyan")
+    limits = {}
+    for stat in stats_names:
+        logs = _log10(stats.loc[stats["run_dir"].isin(runs["run_dir"]) & (stats["stat"] == stat)
+                                & (stats["block"] == block), "value"].to_numpy(dtype=float))
+        finite = logs[np.isfinite(logs)]
+        limits[stat] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for r, run in runs.iterrows():
+        for c, stat in enumerate(stats_names):
+            ax = axes[r, c]
+            steps, layers, grid = layer_step_grid(stats, run["run_dir"], stat, block)
+            if grid.size == 0:
+                ax.set_axis_off()
+                continue
+            logs = _log10(grid)
+            finite = logs[np.isfinite(logs)]
+            if shared_scale:
+                vmin, vmax = limits[stat]
+            else:
+                vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            shown = np.where(np.isfinite(logs), logs, np.nan)
+            shown = np.ma.masked_invalid(shown)
+            edges = np.append(steps, steps[-1] + max(1, (steps[-1] - steps[0]) / max(1, len(steps) - 1)))
+            mesh = ax.pcolormesh(edges, np.arange(len(layers) + 1) + 0.5, shown, cmap=cmap, vmin=vmin,
+                                 vmax=max(vmax, vmin + 1e-6), shading="flat")
+            fig.colorbar(mesh, ax=ax, label=f"log10 {stat}")
+            step, layer = run.get("first_nonfinite.step"), run.get("first_nonfinite.layer")
+            if _number(step):
+                ax.plot([step], [layer if _number(layer) else len(layers)], "x", color="red", ms=10, mew=2)
+            ax.set_yticks(range(1, len(layers) + 1), [str(int(l)) for l in layers])
+            ax.set_ylabel("layer")
+            ax.set_xlabel("step")
+            ax.set_title(f"{run['experiment']} seed {run['seed']}: {stat} ({block})", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not (isinstance(x, float) and math.isnan(x))
+
+
+def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = ("mu_norm_max", "q_absmax"),
+                      block: str = "mixing", groups: Optional[Sequence[str]] = None):
+    """Per-layer statistic vs step, one panel per (statistic, experiment), every seed drawn.
+
+    Colour is the layer (dark: layer 1, light: last); a dashed line marks each run's first
+    non-finite step. The y axis is logarithmic: a feedback loop shows as straight growth.
+    """
+    plt = _pyplot()
+    import matplotlib
+
+    groups = list(groups) if groups is not None else list(dict.fromkeys(runs["experiment"]))
+    fig, axes = plt.subplots(len(stats_names), len(groups), figsize=(4.2 * len(groups), 0.4 + 3.2 * len(stats_names)),
+                             squeeze=False, sharey="row")
+    fig.suptitle("colour: layer; line style: seed (first solid, then dashed, dotted, dash-dot); "
+                 "red dashed: first NaN/Inf", fontsize=9)
+    n_layers = int(stats["layer"].max()) if len(stats) else 1
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n_layers))
+    styles = ["-", "--", ":", "-."]
+    for c, group in enumerate(groups):
+        members = runs[runs["experiment"] == group].reset_index(drop=True)
+        for r, stat in enumerate(stats_names):
+            ax = axes[r, c]
+            for k, run in members.iterrows():
+                rows = stats[(stats["run_dir"] == run["run_dir"]) & (stats["stat"] == stat) & (stats["block"] == block)]
+                for layer, g in rows.groupby("layer"):
+                    v = g["value"].to_numpy(dtype=float)
+                    ax.plot(g["step"], np.where(np.isfinite(v) & (v > 0), v, np.nan), styles[k % len(styles)],
+                            color=colors[int(layer) - 1], lw=1.2,
+                            label=f"layer {layer}" if k == 0 else None)
+                if _number(run.get("first_nonfinite.step")):
+                    ax.axvline(run["first_nonfinite.step"], color="red", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            _tidy_log(ax)
+            ax.set_title(f"{group}: {stat}", fontsize=9)
+            ax.set_xlabel("step")
+            if c == 0:
+                ax.set_ylabel(f"{stat} ({block})")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feedback(stats: pd.DataFrame, runs: pd.DataFrame):
+    """The mixing feedback loop, per run (columns).
+
+    Top: max ||mu|| entering each layer's mixing vs the term it feeds into q,
+    max |dqmu * <mu_V, mu_W>| (`qmu_absmax`), log-log over all snapshots: the term grows
+    like ||mu||^2 (grey slope-2 line). Bottom: `mu_term_norm_max` (max ||dmu * mu_W||, the
+    term that feeds back into mu) vs step, per layer.
+    """
+    plt = _pyplot()
+    import matplotlib
+
+    runs = runs.reset_index(drop=True)
+    fig, axes = plt.subplots(2, len(runs), figsize=(4.5 * len(runs), 7), squeeze=False)
+    n_layers = int(stats["layer"].max()) if len(stats) else 1
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n_layers))
+    for c, run in runs.iterrows():
+        mine = stats[stats["run_dir"] == run["run_dir"]]
+        mu_in = mine[(mine["block"] == "interaction") & (mine["stat"] == "mu_norm_max")]
+        qmu = mine[(mine["block"] == "mixing") & (mine["stat"] == "qmu_absmax")]
+        term = mine[(mine["block"] == "mixing") & (mine["stat"] == "mu_term_norm_max")]
+        pairs = mu_in.merge(qmu, on=["step", "layer"], suffixes=("_mu", "_qmu"))
+        ax = axes[0, c]
+        for layer, g in pairs.groupby("layer"):
+            ok = np.isfinite(g["value_mu"]) & np.isfinite(g["value_qmu"]) & (g["value_qmu"] > 0)
+            ax.scatter(g["value_mu"][ok], g["value_qmu"][ok], s=8, color=colors[int(layer) - 1], label=f"layer {layer}")
+        ok = pairs[np.isfinite(pairs["value_mu"]) & np.isfinite(pairs["value_qmu"]) & (pairs["value_qmu"] > 0)]
+        if len(ok):
+            x = np.geomspace(ok["value_mu"].min(), ok["value_mu"].max(), 20)
+            anchor = np.median(ok["value_qmu"] / ok["value_mu"] ** 2)
+            ax.plot(x, anchor * x ** 2, color="grey", lw=1, label="~ ||mu||^2")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _tidy_log(ax, x=True)
+        ax.set_xlabel("max ||mu|| into mixing")
+        ax.set_ylabel("max |dqmu <mu_V, mu_W>|")
+        ax.set_title(f"{run['experiment']} seed {run['seed']}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[1, c]
+        for layer, g in term.groupby("layer"):
+            v = g["value"].to_numpy(dtype=float)
+            ax.plot(g["step"], np.where(np.isfinite(v) & (v > 0), v, np.nan), color=colors[int(layer) - 1],
+                    label=f"layer {layer}")
+        if _number(run.get("first_nonfinite.step")):
+            ax.axvline(run["first_nonfinite.step"], color="red", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        _tidy_log(ax)
+        ax.set_xlabel("step")
+        ax.set_ylabel("max ||dmu * mu_W||")
+    fig.tight_layout()
+    return fig
+
+
+def plot_outcomes(table: pd.DataFrame, baselines: Optional[dict[str, float]] = None, label: str = "experiment"):
+    """Per experiment: explosion rate, steps to the first NaN/Inf, test position MSE (error bars: seeds)."""
+    plt = _pyplot()
+    names = table[label].astype(str).tolist()
+    y = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 1.2 + 0.45 * len(names)), sharey=True)
+    axes[0].barh(y, table["explosion_rate"], color="tab:red")
+    for k, (n, e) in enumerate(zip(table["runs"], table["exploded"])):
+        axes[0].text(0.02, k, f"{e}/{n}", va="center", fontsize=8)
+    axes[0].set_xlim(0, 1)
+    axes[0].set_xlabel("explosion rate (runs with NaN/Inf)")
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    axes[1].barh(y, table["nan_step_mean"], xerr=table["nan_step_std"], color="tab:orange")
+    axes[1].set_xlabel("steps to first NaN/Inf (exploded runs)")
+    axes[2].barh(y, table["test_pos_mse_mean"], xerr=table["test_pos_mse_std"], color="tab:blue")
+    axes[2].set_xlabel("test position MSE (stable runs)")
+    axes[2].set_xscale("log")
+    for k, (name, value) in enumerate((baselines or {}).items()):
+        if value is not None and math.isfinite(value):
+            axes[2].axvline(value, color=f"C{k + 2}", ls="--", lw=1, label=f"{name} {value:.3g}")
+    if baselines:
+        axes[2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation(metrics: pd.DataFrame, runs: pd.DataFrame, baselines: Optional[dict[str, float]] = None):
+    """Validation position MSE vs step, one colour per experiment, one line per seed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    val = metrics.dropna(subset=["val_pos_mse"]) if "val_pos_mse" in metrics else metrics.iloc[0:0]
+    for k, group in enumerate(dict.fromkeys(runs["experiment"])):
+        for j, run_dir in enumerate(runs.loc[runs["experiment"] == group, "run_dir"]):
+            g = val[val["run_dir"] == run_dir]
+            ax.plot(g["step"], g["val_pos_mse"], color=f"C{k}", lw=1, label=group if j == 0 else None)
+    for k, (name, value) in enumerate((baselines or {}).items()):
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color="grey", ls=[":", "--", "-."][k % 3], lw=1, label=f"{name} {value:.3g}")
+    ax.set_yscale("log")
+    _tidy_log(ax)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation position MSE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_importances(importances: dict[str, pd.Series]):
+    """Horizontal bars of parameter importances, one panel per target."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(importances), figsize=(5 * len(importances), 0.8 + 0.4 * max(
+        (len(s) for s in importances.values()), default=1)), squeeze=False)
+    for ax, (target, series) in zip(axes[0], importances.items()):
+        s = series.fillna(0).sort_values()
+        ax.barh(s.index, s.values, color="tab:purple")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"importance for {target}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: PathLike) -> Path:
+    """Write a figure as PNG and release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- re-running a run
+
+
+def format_override(value: Any) -> str:
+    """A config value as the text of a `key=value` override."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def results_view(flat: dict[str, Any]) -> dict[str, Any]:
+    """The config keys that change what a run computes (not its name, place or logging)."""
+    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and not k.startswith(BOOKKEEPING_PREFIXES)}
+
+
+def rerun_overrides(run_dir: PathLike) -> Optional[list[str]]:
+    """The shortest `painn-ablate train` overrides that compose to the run's saved config.
+
+    `model=<preset> [ablate=<names>] seed=<k>` and every other key that differs from the
+    preset; None when these do not compose to the same config (then re-run from the file).
+    """
+    from omegaconf import OmegaConf
+
+    from painn_ablate.config import ConfigError, compose
+
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        return None
+    saved = results_view(flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)))
+    preset, ablate = saved.get("model.preset", "original"), saved.get("ablate", "none")
+    head = [f"model={preset}", *([f"ablate={ablate}"] if ablate != "none" else []), f"seed={saved.get('seed', 0)}"]
+    try:
+        base = results_view(flatten(compose(head)))
+        diffs = [f"{k}={format_override(v)}" for k, v in saved.items()
+                 if k not in ("seed", "ablate", "model.preset") and base.get(k) != v]
+        overrides = head + diffs
+        if results_view(flatten(compose(overrides))) != saved:
+            return None
+    except ConfigError:
+        return None
+    return overrides
+
+
+def rerun_command(run_dir: PathLike, out: Optional[str] = None) -> str:
+    """The command that re-runs a run into a new directory (default `runs/<name>-rerun`)."""
+    run_dir = Path(run_dir)
+    out = out or f"runs/{run_dir.name}-rerun"
+    overrides = rerun_overrides(run_dir)
+    if overrides is None:
+        return f"painn-ablate train --config {run_dir / 'config.yaml'} out={out}"
+    return " ".join(["painn-ablate train", *overrides, f"out={out}"])

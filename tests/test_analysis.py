@@ -1,0 +1,283 @@
+"""The pandas loaders, derived tables, re-run commands and the analysis notebooks, on tiny real runs."""
+
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from nbclient import NotebookClient
+from omegaconf import OmegaConf
+
+from painn_ablate import analysis
+from painn_ablate.config import compose, flatten
+from painn_ablate.train import run
+
+TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data.n_train=40", "data.n_val=20",
+        "data.n_test=20", "tracking.wandb=false", "tracking.progress=false"]
+# As in test_train: at this learning rate the original reaches non-finite q at step 1 (seeds 0, 1); r2_full does not.
+FAST = ["train.lr=0.05", "train.steps=10", "train.val_every=5", "monitor.every=2"]
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
+
+
+class Killed(Exception):
+    """Stands in for SIGINT: ends a run mid-way through the same code path as Ctrl-C."""
+
+
+def same(a, b) -> bool:
+    """Equal, or both missing (pandas turns None into NaN in numeric columns)."""
+    return (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b
+
+
+def tiny(root: Path, *overrides: str) -> list[str]:
+    return [*TINY, f"data.cache_dir={root / 'cache'}", *overrides]
+
+
+def sweep_file(path: Path) -> Path:
+    path.write_text("method: grid\nmetric: {name: val_pos_mse, goal: minimize}\nparameters:\n"
+                    "  model: {value: original}\n  ablate: {values: [none, alpha, clamps]}\n  seed: {value: 0}\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """runs/: original x2 (explode), r2_full x2 (stable), one killed run; sweep/: a 3-trial Optuna grid."""
+    from painn_ablate import sweep as sw
+
+    root = tmp_path_factory.mktemp("tiny")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster, and the CPU is shared
+    try:
+        for preset in ("original", "r2_full"):
+            for seed in (0, 1):
+                out = root / "runs" / f"{preset}-s{seed}"
+                run(compose(tiny(root, f"model={preset}", f"seed={seed}", *FAST, f"out={out}")))
+
+        def interrupt(step, info):
+            if step >= 5:
+                raise Killed
+
+        with pytest.raises(Killed):
+            run(compose(tiny(root, "model=r2_full", "train.steps=1000", "train.val_every=2", "monitor.flush_every=2",
+                             f"out={root / 'runs' / 'killed'}")), should_stop=interrupt)
+        spec = sw.load_sweep(sweep_file(root / "tiny.yaml"), tiny(root, "train.lr=0.05", "train.steps=8",
+                                                                  "train.val_every=4", "monitor.every=2"))
+        sw.run_sweep(spec, out=root / "sweep")
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def test_load_runs_one_row_per_run_with_config_and_summary_columns(tiny_root):
+    runs = analysis.load_runs(tiny_root / "runs")
+    assert len(runs) == 5 and runs["run_dir"].is_unique
+    for _, row in runs.iterrows():
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        config = flatten(OmegaConf.load(Path(row["run_dir"]) / "config.yaml"))
+        assert row["status"] == summary["status"] and row["steps_completed"] == summary["steps_completed"]
+        assert same(row["model.stabilizers.s_msg"], config["model.stabilizers.s_msg"])  # off: None -> NaN
+        assert row["train.lr"] == config["train.lr"] and row["seed"] == config["seed"]
+        first = summary["first_nonfinite"] or {}
+        assert same(row["first_nonfinite.step"], first.get("step"))
+        assert same(row["first_nonfinite.layer"], first.get("layer"))
+        assert same(row["val_pos_mse"], (summary["val"] or {}).get("pos_mse"))
+        assert same(row["test_pos_mse"], (summary["test"] or {}).get("pos_mse"))
+    exploded = runs[runs["experiment"] == "original"]
+    assert exploded["exploded"].all() and (exploded["status"] == "exploded").all()
+    assert (runs.loc[runs["experiment"] == "r2_full", "status"] == "stable").sum() == 2
+    # a single run directory, and a sweep folder, load the same way
+    assert analysis.load_runs(tiny_root / "runs" / "original-s0")["name"].tolist() == ["original-s0"]
+    trials = analysis.load_runs(tiny_root / "sweep")
+    assert sorted(trials["experiment"]) == ["original", "original + alpha", "original + clamps"]
+
+
+def test_a_killed_run_loads_as_running_with_its_records(tiny_root):
+    runs = analysis.load_runs(tiny_root / "runs" / "killed")
+    assert runs["status"].tolist() == ["running"] and runs["steps_completed"].iloc[0] >= 2
+    assert pd.isna(runs["test_pos_mse"].iloc[0])
+    stats = analysis.load_layer_stats(tiny_root / "runs" / "killed")
+    assert len(stats) and stats["step"].max() <= 6
+
+
+def test_long_tables_carry_run_ids_and_hold_every_parquet_row(tiny_root):
+    dirs = analysis.find_run_dirs(tiny_root / "runs")
+    stats = analysis.load_layer_stats(tiny_root / "runs")
+    assert len(stats) == sum(len(pd.read_parquet(d / "layer_stats.parquet")) for d in dirs)
+    assert list(stats.columns[:4]) == list(analysis.ID_COLUMNS)
+    assert set(stats["experiment"]) == {"original", "r2_full"}
+    mu = analysis.load_layer_stats(tiny_root / "runs", stats=["mu_norm_max"], block="mixing")
+    assert set(mu["stat"]) == {"mu_norm_max"} and set(mu["block"]) == {"mixing"}
+    assert len(mu) == ((stats["stat"] == "mu_norm_max") & (stats["block"] == "mixing")).sum()
+    # wide columns are tracking.stat_key names, and going back to long loses nothing
+    wide = analysis.wide_layer_stats(mu)
+    assert "layer5/mixing/mu_norm_max" in wide.columns
+    back = analysis.long_layer_stats(wide)
+    key = ["run_dir", "step", "layer", "block", "stat"]
+    expect = mu.dropna(subset=["value"]).sort_values(key, ignore_index=True)
+    pd.testing.assert_series_equal(back.sort_values(key, ignore_index=True)["value"], expect["value"])
+    metrics = analysis.load_metrics(tiny_root / "runs")
+    assert len(metrics) == sum(len(pd.read_parquet(d / "metrics.parquet")) for d in dirs)
+
+
+def test_events_locate_the_first_nonfinite_value_of_each_exploded_run(tiny_root):
+    runs = analysis.load_runs(tiny_root / "runs").set_index("run_dir")
+    events = analysis.load_events(tiny_root / "runs")
+    nonfinite = events[events["kind"] == "nonfinite"]
+    assert set(nonfinite["run_dir"]) == set(runs.index[runs["exploded"]])
+    for run_dir, g in nonfinite.groupby("run_dir"):
+        assert g["step"].iloc[0] == runs.loc[run_dir, "first_nonfinite.step"]
+        assert g["layer"].iloc[0] == runs.loc[run_dir, "first_nonfinite.layer"]
+
+
+def test_load_study_joins_trials_with_their_run_configs(tiny_root):
+    trials = analysis.load_study(tiny_root / "sweep")
+    assert len(trials) == 3 and set(trials["state"]) == {"COMPLETE"}
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tiny_root / 'sweep' / 'study.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for _, row in trials.iterrows():
+        attrs = by_number[row["number"]].user_attrs
+        assert row["status"] == attrs["status"] and row["label"] == attrs["label"]
+        assert same(row["val_pos_mse"], attrs["val_pos_mse"])
+        assert same(row["first_nonfinite.step"], (attrs["first_nonfinite"] or {}).get("step"))
+        config = flatten(OmegaConf.load(Path(row["run_dir"]) / "config.yaml"))
+        assert same(row["model.stabilizers.C_q"], config["model.stabilizers.C_q"])
+        assert row["model.stabilizers.alpha_mix"] == config["model.stabilizers.alpha_mix"]
+        assert row["ablate"] == by_number[row["number"]].params["ablate"]
+    alpha = trials.set_index("experiment").loc["original + alpha"]
+    assert alpha["model.stabilizers.alpha_inter"] == 0.5 and pd.isna(alpha["model.stabilizers.C_q"])
+    with pytest.raises(analysis.AnalysisError, match="no study 'nope'"):
+        analysis.load_study(tiny_root / "sweep", "nope")
+
+
+def test_wandb_rows_use_the_same_names_as_run_rows(tiny_root):
+    run_dir = tiny_root / "runs" / "original-s0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = flatten(OmegaConf.load(run_dir / "config.yaml"))
+    # What WandbSink leaves in a W&B run: the flat config (the API wraps values as {"value": ...}),
+    # the run-summary keys it sets, val_*/test_* metrics, W&B's private keys and the media it logs.
+    wandb_config = {k: {"value": v} for k, v in config.items()}
+    wandb_summary = {k: summary[k] for k in ("status", "steps_completed", "first_nonfinite", "nonfinite_events",
+                                             "early_warning", "best_step", "wall_seconds", "run_dir")}
+    wandb_summary.update({f"val_{k}": v for k, v in (summary["val"] or {}).items()})
+    wandb_summary.update({"_runtime": 3.2, "_step": 9, "mu_norm_max_heatmap": {"_type": "image-file", "path": "x.png"}})
+    row = analysis.wandb_row(wandb_config, wandb_summary, name="original-s0")
+    local = analysis.load_runs(run_dir).iloc[0]
+    for col in ("status", "first_nonfinite.step", "first_nonfinite.layer", "first_nonfinite.tensor",
+                "model.stabilizers.s_msg", "train.lr", "experiment", "exploded", "val_pos_mse"):
+        assert same(row[col], local[col]), col
+    assert not any(k.startswith("_") or k.startswith("mu_norm_max_heatmap") for k in row)
+
+
+# ----------------------------------------------------------------------------- derived tables
+
+
+def test_outcome_table_counts_explosions_and_averages_stable_seeds(tiny_root):
+    runs = analysis.load_runs(tiny_root / "runs")
+    runs = runs[runs["status"] != "running"]
+    table = analysis.outcome_table(runs).set_index("experiment")
+    original = runs[runs["experiment"] == "original"]
+    assert table.loc["original", "exploded"] == 2 and table.loc["original", "explosion_rate"] == 1.0
+    assert table.loc["original", "nan_step_mean"] == original["first_nonfinite.step"].astype(float).mean()
+    stable = runs[runs["experiment"] == "r2_full"]["test_pos_mse"].astype(float)
+    assert table.loc["r2_full", "test_pos_mse_mean"] == pytest.approx(stable.mean())
+    assert table.loc["r2_full", "test_pos_mse_std"] == pytest.approx(stable.std(ddof=0))
+    assert math.isnan(table.loc["original", "test_pos_mse_mean"])
+
+
+def test_necessity_and_sufficiency_follow_their_definitions():
+    rows = [("r2_full", "none", "stable"), ("r2_full", "none", "stable"),
+            ("r2_full", "s_msg", "exploded"), ("r2_full", "s_msg", "stable"),
+            ("r2_full", "g", "stable"), ("r2_full", "g", "stable"),
+            ("original", "none", "exploded"), ("original", "none", "exploded"),
+            ("original", "alpha", "stable"), ("original", "alpha", "stable"),
+            ("original", "g", "exploded (pruned)"), ("original", "g", "stable")]
+    frame = pd.DataFrame([{"preset": p, "ablate": a, "status": s, "exploded": analysis.is_exploded(s),
+                           "experiment": analysis.experiment_name(p, a),
+                           "test_pos_mse": 0.01 if s == "stable" else None} for p, a, s in rows])
+    table = analysis.necessity_table(frame).set_index("stabilizer")
+    assert table.loc["s_msg", "necessary"] is True and table.loc["g", "necessary"] is False
+    assert table.loc["alpha", "sufficient"] is True and table.loc["g", "sufficient"] is False
+    assert table.loc["s_msg", "sufficient"] is None and table.loc["alpha", "necessary"] is None
+    assert table.loc["s_msg", "explosion_rate_without"] == 0.5
+
+
+@pytest.mark.parametrize("evaluator", [None, "ped_anova"])  # None: fANOVA when scikit-learn is installed
+def test_importance_ranks_the_parameter_that_decides_the_target_first(evaluator):
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(40):
+        s_msg = None if rng.random() < 0.5 else 5.0
+        rows.append({"model.stabilizers.s_msg": s_msg, "model.stabilizers.g": float(rng.uniform(0.3, 1.0)),
+                     "seed": int(rng.integers(0, 3)), "exploded": s_msg is None})
+    frame = pd.DataFrame(rows)
+    imp = analysis.param_importances(frame, lambda r: float(r["exploded"]), evaluator=evaluator)
+    assert imp.index[0] == "model.stabilizers.s_msg" and imp.iloc[0] > 0.5, imp
+    assert set(imp.index) == {"model.stabilizers.s_msg", "model.stabilizers.g", "seed"}
+    flat = analysis.param_importances(frame.assign(exploded=False), lambda r: float(r["exploded"]))
+    assert flat.isna().all()
+    with pytest.raises(analysis.AnalysisError):
+        analysis.param_importances(frame.head(1), lambda r: float(r["exploded"]))
+
+
+def test_rerun_command_composes_to_the_saved_config(tiny_root):
+    for run_dir in analysis.find_run_dirs([tiny_root / "runs", tiny_root / "sweep"]):
+        overrides = analysis.rerun_overrides(run_dir)
+        assert overrides is not None and overrides[0].startswith("model=")
+        saved = flatten(OmegaConf.load(run_dir / "config.yaml"))
+        rebuilt = flatten(compose(overrides))
+        assert analysis.results_view(rebuilt) == analysis.results_view(saved)
+        command = analysis.rerun_command(run_dir)
+        assert command.startswith("painn-ablate train model=") and command.endswith(f"out=runs/{run_dir.name}-rerun")
+    alpha = next(d for d in analysis.find_run_dirs(tiny_root / "sweep") if "alpha" in d.name)
+    assert "ablate=alpha" in analysis.rerun_overrides(alpha)
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    # "python3" resolves to this interpreter: jupyter_client replaces a kernelspec's "python" by sys.executable.
+    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return book
+
+
+def outputs(book, kind: str) -> list:
+    found = []
+    for cell in book.cells:
+        for out in cell.get("outputs", []):
+            if kind == "image" and "image/png" in out.get("data", {}):
+                found.append(out)
+            elif kind == "text":
+                found.append(out.get("text") or out.get("data", {}).get("text/plain", ""))
+    return found
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        book = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") and c.get("execution_count") is None
+                   for c in book.cells if c.cell_type == "code"), path.name
+
+
+@pytest.mark.parametrize("name, env, needles", [
+    ("explosion", {"PAINN_ABLATE_RUNS": "runs"}, ["exploded original runs: 2 of 2", "qmu_absmax"]),
+    ("ablation", {"PAINN_ABLATE_RUNS": "sweep"}, ["3 runs;", "original + clamps", "alpha"]),
+    ("importance", {"PAINN_ABLATE_STUDY": "sweep"}, ["3 trials", "model.stabilizers.C_q"]),
+])
+def test_notebook_executes_on_tiny_runs(tiny_root, monkeypatch, name, env, needles):
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(tiny_root / value))
+    book = execute(name)
+    assert len(outputs(book, "image")) >= 1
+    text = "\n".join(outputs(book, "text"))
+    for needle in needles:
+        assert needle in text, needle

@@ -205,11 +205,18 @@ class WandbSink(Sink):
         self.wandb = wandb
         tags = [f"preset:{cfg.model.preset}", *([f"ablate:{cfg.ablate}"] if cfg.ablate != "none" else []),
                 *cfg.tracking.tags]
-        self.run = wandb.init(
-            project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.tracking.group,
-            name=cfg.name, tags=tags, config=flat_config, dir=str(run_dir), mode=wandb_mode(),
-            reinit="create_new", settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
-        )
+        if wandb.run is not None and wandb.run.sweep_id:
+            # Under `wandb.agent` the trial's run is the one the agent's function started (it holds the
+            # sweep's parameters, locked): log into it; a second run would be outside the sweep.
+            self.run = wandb.run
+            self.run.config.update(flat_config, allow_val_change=True)
+            self.run.name, self.run.tags = cfg.name, tuple(tags)
+        else:
+            self.run = wandb.init(
+                project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.tracking.group,
+                name=cfg.name, tags=tags, config=flat_config, dir=str(run_dir), mode=wandb_mode(),
+                reinit="create_new", settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            )
         self.events: list[dict] = []
         self.mu_rows: list[tuple[int, int, float]] = []  # (step, layer, max ||mu|| after mixing)
 

@@ -19,6 +19,11 @@ velocity lifted into F channels by a bias-free per-channel linear map
 (mu^(0)_i = v_i w^T, equivariant), and the scalar input is [charge, |v|].
 Outputs come from bias-free linear vector heads on the final mu, so both
 predictions are rotation-equivariant and translation-invariant.
+
+Performance (benchmarks/bench.py): gathers are index_select (its backward is index_add_, not
+the slower index_put_ of x[j]); the gain g scales the (E,) cutoff, not the (E, L*3F) filters;
+residual scales ride in torch.add(alpha=); Saturation and ClipNorm run hand-written backwards
+in eager mode and plain ops under torch.compile (`model.compile`), whose fusion does better.
 """
 
 from __future__ import annotations
@@ -36,6 +41,22 @@ NORM_EPS = 1e-8
 # ----------------------------------------------------------------------------- stabilizer pieces
 
 
+class _SaturationFn(torch.autograd.Function):
+    """s * tanh(u / s) with its derivative 1 - tanh^2 in one backward op instead of three."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, s: float) -> Tensor:
+        t = torch.tanh_(u / s)
+        ctx.save_for_backward(t)
+        return t * s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (t,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, t), None
+
+
 class Saturation(nn.Module):
     """sat_s(u) = s * tanh(u / s), elementwise; identity when s is None."""
 
@@ -46,7 +67,9 @@ class Saturation(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         if self.s is None:
             return u
-        return self.s * torch.tanh(u / self.s)
+        if torch.compiler.is_compiling():  # inductor fuses the plain ops (and caches graphs without Functions)
+            return self.s * torch.tanh(u / self.s)
+        return _SaturationFn.apply(u, self.s)
 
     def extra_repr(self) -> str:
         return f"s={self.s}"
@@ -73,6 +96,28 @@ def vector_norm(v: Tensor, dim: int = -2, keepdim: bool = False) -> Tensor:
     return torch.sqrt(torch.sum(v * v, dim=dim, keepdim=keepdim) + NORM_EPS)
 
 
+class _ClipNormFn(torch.autograd.Function):
+    """v * min(1, C / ||v||) over dim -2, with a hand-written backward (half the ops of autograd's).
+
+    Where the norm is clipped, d(C v / ||v||)/dv = (C / ||v||) (I - v v^T / ||v||^2); elsewhere identity.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, C: float) -> Tensor:
+        norm = vector_norm(v, dim=-2, keepdim=True)  # (N, 1, F)
+        scale = torch.clamp(C / norm, max=1.0)
+        ctx.save_for_backward(v, norm, scale)
+        return v * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        v, norm, scale = ctx.saved_tensors
+        # Only clipped vectors get the radial term; (scale < 1) is where clamp's gradient is zero.
+        radial = torch.where(scale < 1.0, scale / (norm * norm), 0.0) * torch.sum(v * grad, dim=-2, keepdim=True)
+        return torch.addcmul(grad * scale, v, radial, value=-1.0), None
+
+
 class ClipNorm(nn.Module):
     """clip_norm(v, C): rescale each feature's 3D vector to norm <= C; identity when C is None.
 
@@ -86,8 +131,9 @@ class ClipNorm(nn.Module):
     def forward(self, v: Tensor) -> Tensor:
         if self.C is None:
             return v
-        norm = vector_norm(v, dim=-2, keepdim=True)  # (N, 1, F)
-        return v * torch.clamp(self.C / norm, max=1.0)
+        if torch.compiler.is_compiling():
+            return v * torch.clamp(self.C / vector_norm(v, dim=-2, keepdim=True), max=1.0)
+        return _ClipNormFn.apply(v, self.C)
 
     def extra_repr(self) -> str:
         return f"C={self.C}"
@@ -96,8 +142,8 @@ class ClipNorm(nn.Module):
 class Aggregate(nn.Module):
     """Sum (original PaiNN) or in-degree mean of edge messages onto receivers.
 
-    backend "native" uses torch's index_add_; "scatter" uses torch_scatter
-    (optional dependency; on a 2-core CPU index_add_ measured ~2x faster).
+    backend "native" uses torch's index_add_; "scatter" uses torch_scatter (optional dependency;
+    on a 2-core CPU the whole training step is as fast with either, benchmarks/bench.py section 3).
     """
 
     def __init__(self, mode: str, backend: str = "native"):
@@ -170,15 +216,14 @@ class Interaction(nn.Module):
         # q: (N, F), mu: (N, 3, F), W_ij: (E, 3F), dir_ij: (E, 3)
         j, i = edge_index[0], edge_index[1]
         x = self.inter_mlp(q)  # (N, 3F)
-        x_ij = self.s_msg(W_ij * x[j])  # (E, 3F)
+        x_ij = self.s_msg(W_ij * x.index_select(0, j))  # (E, 3F)
         x_q, x_R, x_mu = torch.split(x_ij, self.F, dim=-1)
-        dmu_ij = x_R[:, None, :] * dir_ij[:, :, None] + x_mu[:, None, :] * mu[j]  # (E, 3, F)
+        mu_j = mu.index_select(0, j)  # (E, 3, F); index_select's backward is index_add_, x[j]'s a slower index_put_
+        dmu_ij = torch.addcmul(x_R[:, None, :] * dir_ij[:, :, None], x_mu[:, None, :], mu_j)  # (E, 3, F)
         n = q.shape[0]
         dq = self.C_s(self.aggregate(x_q, i, n, inv_degree))  # (N, F)
         dmu = self.C_v(self.aggregate(dmu_ij, i, n, inv_degree))  # (N, 3, F)
-        if self.alpha_inter != 1.0:
-            dq, dmu = self.alpha_inter * dq, self.alpha_inter * dmu
-        return q + dq, mu + dmu
+        return torch.add(q, dq, alpha=self.alpha_inter), torch.add(mu, dmu, alpha=self.alpha_inter)
 
 
 class Mixing(nn.Module):
@@ -211,9 +256,7 @@ class Mixing(nn.Module):
         a_qq, a_mu, a_qmu = torch.split(a, self.F, dim=-1)
         dq = a_qq + self.qmu_term(a_qmu * torch.sum(mu_V * mu_W, dim=-2))  # (N, F)
         dmu = self.mu_term(a_mu[:, None, :] * mu_W)  # (N, 3, F)
-        if self.alpha_mix != 1.0:
-            dq, dmu = self.alpha_mix * dq, self.alpha_mix * dmu
-        return self.C_q(q + dq), self.C_mu(mu + dmu)
+        return self.C_q(torch.add(q, dq, alpha=self.alpha_mix)), self.C_mu(torch.add(mu, dmu, alpha=self.alpha_mix))
 
 
 class Layer(nn.Module):
@@ -254,23 +297,38 @@ class PaiNN(nn.Module):
         )
         self.head_pos = nn.Linear(F, 1, bias=False)
         self.head_vel = nn.Linear(F, 1, bias=False)
+        # True: the training forward (train mode, grad enabled) runs through torch.compile,
+        # which fuses the elementwise chains and traces the monitor's forward hooks into the graph: one
+        # graph per monitoring variant, compiled at first use (~1-2 min on 2 cores, ~5 s from inductor's
+        # disk cache in later runs); evaluation and no-grad replays stay eager. False: eager everywhere.
+        self.compile = bool(getattr(cfg, "compile", False))
+        # dynamic=None: full and kNN batches keep one shape (one graph); radius graphs, whose edge count
+        # varies, get one shape-generic graph at the second shape instead of a recompile per batch.
+        self._compiled_forward = torch.compile(self._forward, dynamic=None) if self.compile else None
 
     def filters(self, r_ij: Tensor) -> list[Tensor]:
         """W_ij = g * MLP_f(phi(r_ij)) * f_cut(r_ij), one (E, 3F) tensor per layer."""
-        W = self.filter_net(radial_basis(r_ij, self.n_rbf, self.r_cut)) * cosine_cutoff(r_ij, self.r_cut)[:, None]
+        f_cut = cosine_cutoff(r_ij, self.r_cut)
         if self.g != 1.0:
-            W = self.g * W
+            f_cut = self.g * f_cut  # (E,): the gain costs E multiplies, not E * L * 3F
+        W = self.filter_net(radial_basis(r_ij, self.n_rbf, self.r_cut)) * f_cut[:, None]
         if self.shared_filters:
             return [W] * self.L
         return list(torch.split(W, 3 * self.F, dim=-1))
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        if self._compiled_forward is not None and self.training and torch.is_grad_enabled():
+            return self._compiled_forward(pos, vel, charge, edge_index)
+        return self._forward(pos, vel, charge, edge_index)
+
+    def _forward(self, pos: Tensor, vel: Tensor, charge: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         n = pos.shape[0]
         j, i = edge_index[0], edge_index[1]
-        r_vec = pos[j] - pos[i]  # r_ij = r_j - r_i, (E, 3)
+        r_vec = pos.index_select(0, j) - pos.index_select(0, i)  # r_ij = r_j - r_i, (E, 3)
         r_ij = vector_norm(r_vec, dim=-1)  # (E,)
         dir_ij = r_vec / r_ij[:, None]
-        degree = torch.bincount(i, minlength=n).clamp(min=1).to(pos.dtype)
+        # The in-degree as a sum of ones: bincount's output size depends on the data (a torch.compile break).
+        degree = pos.new_zeros(n).index_add_(0, i, pos.new_ones(i.shape[0])).clamp_(min=1.0)
         inv_degree = 1.0 / degree  # (N,), used only by mean aggregation
 
         speed = vector_norm(vel, dim=-1)

@@ -219,7 +219,7 @@ class Interaction(nn.Module):
         x_ij = self.s_msg(W_ij * x.index_select(0, j))  # (E, 3F)
         x_q, x_R, x_mu = torch.split(x_ij, self.F, dim=-1)
         mu_j = mu.index_select(0, j)  # (E, 3, F); index_select's backward is index_add_, x[j]'s a slower index_put_
-        dmu_ij = torch.addcmul(x_R[:, None, :] * dir_ij[:, :, None], x_mu[:, None, :], mu_j)  # (E, 3, F)
+        dmu_ij = x_R[:, None, :] * dir_ij[:, :, None] + x_mu[:, None, :] * mu_j  # (E, 3, F)
         n = q.shape[0]
         dq = self.C_s(self.aggregate(x_q, i, n, inv_degree))  # (N, F)
         dmu = self.C_v(self.aggregate(dmu_ij, i, n, inv_degree))  # (N, 3, F)

@@ -201,7 +201,7 @@ def section_schnetpack(args) -> None:
     if not BENCH_PYTHON.exists():
         print("  skipped: no .bench-venv (create it with: bash benchmarks/schnetpack_env.sh)")
         return
-    rows = []
+    rows, same_process = [], []
     threads = torch.get_num_threads()
     for F in (64, 128):
         batches = charged_batches()
@@ -217,19 +217,28 @@ def section_schnetpack(args) -> None:
             before = interleaved(ours, args.rounds, args.steps)
             proc = subprocess.run([str(BENCH_PYTHON), str(ROOT / "benchmarks" / "bench_schnetpack.py"), str(path),
                                    "--F", str(F), "--L", "5", "--n-rbf", "20", "--threads", str(threads),
-                                   "--rounds", str(args.rounds), "--reps", str(args.steps), "--keep-freed-memory"],
+                                   "--rounds", str(args.rounds), "--reps", str(args.steps), "--keep-freed-memory",
+                                   "--painn-ablate", "original", "--painn-ablate", "r2_full"],
                                   capture_output=True, text=True, timeout=1800)
             after = interleaved(ours, args.rounds, args.steps, warmup=1)
         if proc.returncode != 0:
             print(f"  F={F}: schnetpack run failed: {proc.stderr.strip().splitlines()[-1:]}")
             continue
-        sp = statistics.median(json.loads(proc.stdout.strip().splitlines()[-1])[f"{CLOCK_NAME}_ms"])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        sp = statistics.median(result[f"{CLOCK_NAME}_ms"])
+        for preset, times in result["painn_ablate"].items():
+            t = statistics.median(times[f"{CLOCK_NAME}_ms"])
+            same_process.append([F, f"painn-ablate {preset}", f"{t:.1f}", f"{statistics.median(result[f'{CLOCK_NAME}_ms']):.1f}",
+                                 f"{t / sp:.2f}"])
         for key in ours:
             t = (before[key] + after[key]) / 2
             rows.append([F, f"painn-ablate {key}", f"{t:.1f}", f"{before[key]:.1f} / {after[key]:.1f}",
                          f"{t / sp:.2f}"])
         rows.append([F, "schnetpack PaiNN", f"{sp:.1f}", "", "1.00"])
     table(["F", "model", "ms/step", "(before / after)", "x schnetpack"], rows)
+    print("  the same, model + loss + Adam only (no gradient norm, monitor or sync), interleaved with schnetpack's"
+          " in its process:")
+    table(["F", "model", "ms/step", "schnetpack ms", "x schnetpack"], same_process)
 
 
 AGGREGATION_SCRIPT = r"""

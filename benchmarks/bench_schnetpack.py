@@ -8,7 +8,9 @@ BesselRBF(n_rbf, r_cut) -- the same sin(n pi r / r_cut) / r basis as ours -- and
 CosineCutoff(r_cut)), two bias-free linear vector heads on the final mu for pos_dt and
 vel_next, the same MSE loss, and one fused Adam step (painn-ablate's make_optimizer). r_ij
 is computed from the positions inside the step, as painn-ablate does. Prints one JSON line:
-per-round process-CPU and wall ms per step.
+per-round process-CPU and wall ms per step. With --painn-ablate PRESET, painn-ablate's model
+runs the same model + loss + Adam step interleaved in this process: a ratio free of the drift
+between processes (the Trainer's step adds the gradient norm, the monitor and one sync).
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ class SchnetpackPaiNN(torch.nn.Module):
         return self.head_pos(mu).squeeze(-1), self.head_vel(mu).squeeze(-1)
 
 
+def make_step(model: torch.nn.Module, forward, w: dict):
+    """forward -> (pos_dt, vel_next), MSE loss, backward and a fused Adam step (painn-ablate's optimizer)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def step():
+        pos_dt, vel_next = forward()
+        loss = torch.mean((pos_dt - w["pos_dt"]) ** 2) + torch.mean((vel_next - w["vel_next"]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("workload")
@@ -71,6 +87,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--keep-freed-memory", action="store_true", help="the allocator setting painn-ablate's Trainer uses")
+    ap.add_argument("--painn-ablate", action="append", default=[], metavar="PRESET",
+                    help="also time painn-ablate's model (this preset; model + loss + Adam, no monitor or clip),"
+                         " interleaved with schnetpack's in this process")
     args = ap.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
@@ -81,26 +100,32 @@ def main() -> None:
     idx_j, idx_i = w["edge_index"][0], w["edge_index"][1]
     torch.manual_seed(0)
     model = SchnetpackPaiNN(args.F, args.L, args.n_rbf, args.r_cut)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # the optimizer painn-ablate's Trainer uses
+    steps = {"schnetpack": make_step(model, lambda: model(Z, w["pos"], idx_i, idx_j), w)}
+    for preset in args.painn_ablate:
+        from painn_ablate.config import compose
+        from painn_ablate.model import PaiNN
 
-    def step():
-        pos_dt, vel_next = model(Z, w["pos"], idx_i, idx_j)
-        loss = torch.mean((pos_dt - w["pos_dt"]) ** 2) + torch.mean((vel_next - w["vel_next"]) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        cfg = compose([f"model={preset}", f"model.F={args.F}", f"model.L={args.L}", f"model.n_rbf={args.n_rbf}",
+                       f"model.r_cut={args.r_cut}"])
+        torch.manual_seed(0)
+        ours = PaiNN(cfg.model)
+        steps[preset] = make_step(ours, lambda m=ours: m(w["pos"], w["vel"], w["charge"], w["edge_index"]), w)
 
-    for _ in range(args.warmup):
-        step()
-    cpu, wall = [], []  # cpu: process CPU time, like bench.py --clock cpu
-    for _ in range(args.rounds):
-        c0, w0 = time.process_time(), time.perf_counter()
-        for _ in range(args.reps):
+    for step in steps.values():
+        for _ in range(args.warmup):
             step()
-        cpu.append((time.process_time() - c0) / args.reps * 1e3)
-        wall.append((time.perf_counter() - w0) / args.reps * 1e3)
-    print(json.dumps({"cpu_ms": cpu, "wall_ms": wall, "threads": torch.get_num_threads(),
-                      "schnetpack": spk.__version__, "torch": torch.__version__,
+    cpu = {name: [] for name in steps}  # process CPU time, like bench.py --clock cpu
+    wall = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(args.reps):
+                step()
+            cpu[name].append((time.process_time() - c0) / args.reps * 1e3)
+            wall[name].append((time.perf_counter() - w0) / args.reps * 1e3)
+    print(json.dumps({"cpu_ms": cpu.pop("schnetpack"), "wall_ms": wall.pop("schnetpack"),
+                      "painn_ablate": {k: {"cpu_ms": cpu[k], "wall_ms": wall[k]} for k in cpu},
+                      "threads": torch.get_num_threads(), "schnetpack": spk.__version__, "torch": torch.__version__,
                       "n_params": sum(p.numel() for p in model.parameters())}))
 
 

@@ -8,7 +8,6 @@ and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -346,13 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs.md", help="the Markdown file to write (default runs.md)")
     p.add_argument("--plots", help="also write each section's figures as PNG into this folder and link them")
     p.set_defaults(func=cmd_report)
-
-    try:
-        from painn_ablate import sweep_cli
-
-        sweep_cli.add_commands(sub)
-    except ImportError:
-        pass
     return parser
 
 

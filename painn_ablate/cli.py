@@ -290,7 +290,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="painn-ablate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="painn-ablate",
+                                     description="Ablation experiments on the training stabilizers of PaiNN.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -226,10 +226,9 @@ def section_schnetpack(args) -> None:
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         sp = statistics.median(result[f"{CLOCK_NAME}_ms"])
-        for preset, times in result["painn_ablate"].items():
+        for name, times in result["painn_ablate"].items():
             t = statistics.median(times[f"{CLOCK_NAME}_ms"])
-            same_process.append([F, f"painn-ablate {preset}", f"{t:.1f}", f"{statistics.median(result[f'{CLOCK_NAME}_ms']):.1f}",
-                                 f"{t / sp:.2f}"])
+            same_process.append([F, f"painn-ablate {name}", f"{t:.1f}", f"{sp:.1f}", f"{t / sp:.2f}"])
         for key in ours:
             t = (before[key] + after[key]) / 2
             rows.append([F, f"painn-ablate {key}", f"{t:.1f}", f"{before[key]:.1f} / {after[key]:.1f}",

@@ -21,23 +21,15 @@ class InputError(Exception):
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from painn_ablate.analysis import AnalysisError
     from painn_ablate.config import ConfigError
     from painn_ablate.data import DataError
-    from painn_ablate.train import RunDirError
-
-    types = [InputError, ConfigError, DataError, RunDirError]
-    try:
-        from painn_ablate.sweep import SweepError
-
-        types.append(SweepError)
-    except ImportError:
-        pass
-    from painn_ablate.analysis import AnalysisError
     from painn_ablate.report import ReportError
     from painn_ablate.reproduce import ReproduceError
+    from painn_ablate.sweep import SweepError
+    from painn_ablate.train import RunDirError
 
-    types += [AnalysisError, ReportError, ReproduceError]
-    return tuple(types)
+    return (InputError, ConfigError, DataError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
 
 
 # ----------------------------------------------------------------------------- train

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.config import ABLATIONS, flatten
+from painn_ablate.outcome import Status, is_blow_up
 from painn_ablate.tracking import stat_key
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,13 @@ def experiment_name(preset: Any, ablate: Any) -> str:
 
 
 def is_exploded(status: Any) -> bool:
-    """'exploded' and a sweep's 'exploded (pruned)' both count as an explosion."""
-    return isinstance(status, str) and status.startswith("exploded")
+    """A NaN/Inf outcome (painn_ablate.outcome.Status.EXPLODED)."""
+    return status == Status.EXPLODED
+
+
+def is_diverged(status: Any) -> bool:
+    """A finite blow-up (painn_ablate.outcome.Status.DIVERGED)."""
+    return status == Status.DIVERGED
 
 
 def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:
@@ -162,6 +168,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     row["ablate"] = row.get("ablate", "none")
     row["experiment"] = experiment_name(row["preset"], row["ablate"])
     row["exploded"] = is_exploded(row.get("status"))
+    row["diverged"] = is_diverged(row.get("status"))
+    row["blew_up"] = is_blow_up(row.get("status"))
     return row
 
 
@@ -318,6 +326,8 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
         row["ablate"] = row.get("ablate", "none")
         row["experiment"] = experiment_name(row["preset"], row["ablate"])
         row["exploded"] = is_exploded(row.get("status"))
+    row["diverged"] = is_diverged(row.get("status"))
+    row["blew_up"] = is_blow_up(row.get("status"))
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -350,6 +360,8 @@ def wandb_row(config: dict, summary: dict, **meta: Any) -> dict[str, Any]:
     row["ablate"] = row.get("ablate", "none")
     row["experiment"] = experiment_name(row["preset"], row["ablate"])
     row["exploded"] = is_exploded(row.get("status"))
+    row["diverged"] = is_diverged(row.get("status"))
+    row["blew_up"] = is_blow_up(row.get("status"))
     return row
 
 

@@ -44,6 +44,10 @@ def describe(summary: dict) -> str:
         f = s["first_nonfinite"]
         lines.append(f"First non-finite value at step {f['step']}: {f['phase']} pass, layer {f['layer']}, "
                      f"block {f['block']}, tensor {f['tensor']} ({s['nonfinite_events']} event(s)).")
+    if s.get("first_divergence"):
+        d, div = s["first_divergence"], s.get("divergence") or {}
+        lines.append(f"First divergence at {where_diverged(d)}; {div.get('episodes')} episode(s)"
+                     + (", recovered." if div.get("recovered") and s["status"] == "diverged" else "."))
     stats = s.get("last_finite_stats")
     if stats and stats["mu_norm_max"]:
         mu = ", ".join(f"L{l} {v:.3g}" for l, v in sorted(stats["mu_norm_max"].items(), key=lambda kv: int(kv[0])))
@@ -86,6 +90,14 @@ def where_nonfinite(f: dict) -> str:
     return f"step {int(f['step'])} " + (f"layer {int(layer)} " if has_layer else "") + f"{f['block']}/{f['tensor']}"
 
 
+def where_diverged(f: dict) -> str:
+    """`step 2 layer 5 mixing/q_absmax 1.1e+04 (q)`: where a finite blow-up started, and which criterion."""
+    value = f.get("value")
+    shown = f" {float(value):.3g}" if value is not None else ""
+    layer = f" layer {f['layer']}" if f.get("layer") is not None else ""
+    return f"step {f['step']}{layer} {f.get('block')}/{f.get('stat')}{shown} ({f.get('criterion')})"
+
+
 def trial_line(t, metric: str) -> str:
     """One finished trial: `#7 loo-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`."""
     a = t.user_attrs
@@ -93,6 +105,8 @@ def trial_line(t, metric: str) -> str:
     line = f"#{t.number} {a.get('label', '?')}  {status}"
     if a.get("first_nonfinite"):
         line += f" at {where_nonfinite(a['first_nonfinite'])}"
+    elif a.get("first_divergence"):
+        line += f" at {where_diverged(a['first_divergence'])}"
     elif a.get("pruned_step") is not None:
         line += f" at step {a['pruned_step']}"
     if a.get(metric) is not None:
@@ -125,7 +139,7 @@ class SweepProgressPrinter:
                 self.seen.add(t.number)
                 self.bar.write(trial_line(t, self.metric))
         self.bar.n = min(p.done, p.total or p.done)
-        post = {"running": p.running, "exploded": p.exploded}
+        post = {"running": p.running, "diverged": p.diverged, "exploded": p.exploded}
         if p.errors:
             post["errors"] = p.errors
         if p.best_value is not None:
@@ -167,7 +181,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         printer.close()
     url = args.storage or sw.sqlite_url(Path(out))
     best = f"best {spec.metric} {p.best_value:.4g} ({p.best_label})" if p.best_value is not None else "no finite result"
-    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.exploded} exploded, {p.errors} errors, "
+    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.diverged} diverged, {p.exploded} exploded, "
+          f"{p.errors} errors, "
           f"{p.lost} interrupted and re-run); {best}. Run directories in {out}/trials.")
     if p.waiting or p.running:
         print(f"{p.waiting} trial(s) waiting, {p.running} running elsewhere: run the same command to resume.")
@@ -204,7 +219,8 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
                        on_trial=on_trial)
     best = s.best
     best = f"best {spec.metric} {best.attrs[spec.metric]:.4g} ({best.label})" if best else "no finite result"
-    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.exploded} exploded, {s.errors} errors); {best}. "
+    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.diverged} diverged, {s.exploded} exploded, "
+          f"{s.errors} errors); {best}. "
           f"Run directories in {out}/trials, state in {out}/{ws.LEDGER}.")
     print(f"W&B runs are offline; upload them: wandb sync {out}/trials/*/wandb/offline-run-*")
     return 0

@@ -41,6 +41,12 @@ class StabilizerConfig:
     C_v: Optional[float] = None  # per-feature norm clip of the aggregated Delta mu; None: no clip
     C_q: Optional[float] = None  # clip of the state q after mixing; None: no clip
     C_mu: Optional[float] = None  # per-feature norm clip of the state mu after mixing; None: no clip
+    # Mechanism toggles: not in R2_full; they isolate the feedback loop the specification blames.
+    coupling: str = "on"  # on: q += dqmu * <mu_V, mu_W> (PaiNN); off: the coupling term is dropped
+    s_coupling: Optional[float] = None  # saturation of the coupling term alone; None: no saturation
+    s_gating: Optional[float] = None  # norm saturation of the self-gating term dmu * mu_W alone; None: none
+    mu0: str = "velocity"  # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
+    mu0_scale: float = 1.0  # multiplies the lift's default init (U(-1, 1)); 1: the default
 
 
 @dataclass
@@ -96,6 +102,13 @@ class MonitorConfig:
     warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
     warn_window: int = 5  # early warning: statistics snapshots the growth is measured over
     flush_every: int = 50  # steps between writes of the parquet records
+    # Blow-up criteria: a finite run that crosses one is "diverged" (painn_ablate.outcome; README: defaults).
+    diverge_loss_factor: float = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
+    diverge_val_factor: float = 10.0  # val pos MSE > this x the zero-displacement val pos MSE
+    diverge_mu: float = 1000.0  # max ||mu|| after any block
+    diverge_q: float = 10000.0  # max |q| after any block
+    diverge_mu_ratio: float = 100.0  # max ||mu|| after the last mixing / after the first mixing
+    on_diverged: str = "continue"  # continue: keep training (a run may recover); stop: end the run
 
 
 @dataclass
@@ -146,6 +159,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The value `ablate=<name>` switches a mechanism toggle to (R2_full leaves them at PaiNN's values).
+MECHANISMS_ON: dict[str, Any] = {"model": {"stabilizers": {"coupling": "off", "s_coupling": 5.0, "s_gating": 5.0,
+                                                          "mu0": "zero"}}}
+
 # Ablation designs. `ablate=<name>` flips the named stabilizers relative to the preset:
 # one that is on is switched off (to the original PaiNN's value) and one that is off is
 # switched on (to R2_full's value). On `model=r2_full` that is leave-one-out, on
@@ -165,13 +182,19 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "C_mu": ("model.stabilizers.C_mu",),  # norm clip of mu after mixing
     "aggregation": ("model.aggregation",),  # sum <-> degree mean
     "grad_clip": ("train.grad_clip",),  # gradient-norm clipping
+    # mechanism toggles (MECHANISMS_ON): flipped between PaiNN's setting and the isolating one
+    "coupling": ("model.stabilizers.coupling",),  # drop the coupling term dqmu * <mu_V, mu_W>
+    "s_coupling": ("model.stabilizers.s_coupling",),  # saturate the coupling term alone, s = 5
+    "s_gating": ("model.stabilizers.s_gating",),  # norm-saturate the self-gating term dmu * mu_W alone, s = 5
+    "mu0": ("model.stabilizers.mu0",),  # start from mu^(0) = 0 instead of the lifted velocity
 }
+MECHANISM_TOGGLES = ("coupling", "s_coupling", "s_gating", "mu0")
 
 
 def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
     """The key -> value changes that `ablate=<names>` makes to `cfg` (see ABLATIONS)."""
     off = OmegaConf.structured(Config)
-    on = OmegaConf.merge(off, PRESETS["r2_full"])
+    on = OmegaConf.merge(off, PRESETS["r2_full"], MECHANISMS_ON)
     changes: dict[str, Any] = {}
     for name in ablate.split("+"):
         if name not in ABLATIONS:
@@ -295,9 +318,11 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range checks that the types alone cannot express."""
     st = cfg.model.stabilizers
-    for name in ("g", "alpha_inter", "alpha_mix"):
+    for name in ("g", "alpha_inter", "alpha_mix", "mu0_scale"):
         _check(st[name] > 0, f"model.stabilizers.{name}", f"must be > 0, got {st[name]}")
-    for name in ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"):
+    _choice(cfg, "model.stabilizers.coupling", ("on", "off"))
+    _choice(cfg, "model.stabilizers.mu0", ("velocity", "zero"))
+    for name in ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu", "s_coupling", "s_gating"):
         v = st[name]
         _check(v is None or v > 0, f"model.stabilizers.{name}", f"must be > 0 or null (off), got {v}")
     m = cfg.model
@@ -333,6 +358,10 @@ def validate(cfg: DictConfig) -> None:
     _check(mo.warn_growth > 1, "monitor.warn_growth", f"must be > 1, got {mo.warn_growth}")
     _check(mo.warn_window >= 2, "monitor.warn_window", f"must be >= 2, got {mo.warn_window}")
     _check(mo.flush_every >= 1, "monitor.flush_every", f"must be >= 1, got {mo.flush_every}")
+    for name in ("diverge_loss_factor", "diverge_val_factor", "diverge_mu", "diverge_q", "diverge_mu_ratio"):
+        _check(mo[name] > 1 if "factor" in name or "ratio" in name else mo[name] > 0, f"monitor.{name}",
+               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'}, got {mo[name]}")
+    _choice(cfg, "monitor.on_diverged", ("continue", "stop"))
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
 

@@ -14,6 +14,14 @@ no-op when off, so the `original` preset is exactly PaiNN:
     alpha_mix    mixing residual scale       Mixing.alpha_mix
     C_q, C_mu    state clamps after mixing   Mixing.C_q, Mixing.C_mu
 
+and the mechanism toggles, which isolate the feedback loop the specification blames:
+
+    coupling     drop dqmu * <mu_V, mu_W>    Mixing.coupling
+    s_coupling   saturate that term alone    Mixing.s_coupling
+    s_gating     norm-saturate dmu * mu_W    Mixing.s_gating
+    mu0          mu^(0): lifted v, or zero   PaiNN.mu0
+    mu0_scale    init scale of the lift      PaiNN.vel_lift
+
 Deviation from the document, for the N-body task: mu^(0) is not zero but the
 velocity lifted into F channels by a bias-free per-channel linear map
 (mu^(0)_i = v_i w^T, equivariant), and the scalar input is [charge, |v|].
@@ -139,6 +147,27 @@ class ClipNorm(nn.Module):
         return f"C={self.C}"
 
 
+class NormSaturation(nn.Module):
+    """v * s tanh(||v|| / s) / ||v|| per feature over dim -2: bounds each 3D vector's norm by s.
+
+    The vector counterpart of Saturation: isotropic (equivariant) where an elementwise tanh on
+    the components would not be. Identity when s is None. v: (N, 3, F).
+    """
+
+    def __init__(self, s: Optional[float]):
+        super().__init__()
+        self.s = s
+
+    def forward(self, v: Tensor) -> Tensor:
+        if self.s is None:
+            return v
+        norm = vector_norm(v, dim=-2, keepdim=True)  # (N, 1, F)
+        return v * (self.s * torch.tanh(norm / self.s) / norm)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}"
+
+
 class Aggregate(nn.Module):
     """Sum (original PaiNN) or in-degree mean of edge messages onto receivers.
 
@@ -201,7 +230,8 @@ class Interaction(nn.Module):
         q += alpha_inter dq,   mu += alpha_inter dmu                  (eq. 5)
     """
 
-    def __init__(self, F: int, aggregation: str, backend: str, s_msg, C_s, C_v, alpha_inter: float):
+    def __init__(self, F: int, *, aggregation: str, backend: str, s_msg: Optional[float], C_s: Optional[float],
+                 C_v: Optional[float], alpha_inter: float):
         super().__init__()
         self.F = F
         self.inter_mlp = mlp(F, 3 * F, F)
@@ -231,18 +261,26 @@ class Mixing(nn.Module):
 
         [mu_V, mu_W] = U mu  (bias-free: a vector bias breaks equivariance)
         [dq, dmu, dqmu] = sat_{s_mix}( MLP([q; ||mu_V||]) )
-        q  += alpha_mix (dq + dqmu * <mu_V, mu_W>)    <- quadratic in ||mu||: the feedback loop
-        mu += alpha_mix (dmu * mu_W)                  <- amplifies ||mu||
+        q  += alpha_mix (dq + coupling)               coupling = dqmu * <mu_V, mu_W>: quadratic in ||mu||
+        mu += alpha_mix gating                        gating = dmu * mu_W: amplifies ||mu||
         q, mu = C_q-clip(q), C_mu-clip_norm(mu)
+
+    The mechanism toggles act on the two feedback terms alone: `coupling=False` drops the first,
+    `s_coupling` saturates it (elementwise), `s_gating` bounds the second's norm per feature.
     """
 
-    def __init__(self, F: int, s_mix, C_q, C_mu, alpha_mix: float):
+    def __init__(self, F: int, *, s_mix: Optional[float], C_q: Optional[float], C_mu: Optional[float],
+                 alpha_mix: float, coupling: bool = True, s_coupling: Optional[float] = None,
+                 s_gating: Optional[float] = None):
         super().__init__()
         self.F = F
         self.mu_linear = nn.Linear(F, 2 * F, bias=False)
         self.intra_mlp = mlp(2 * F, 3 * F, F)
         self.s_mix = Saturation(s_mix)
-        # Taps (identity) that name the two feedback terms, so monitor hooks can see them.
+        self.coupling = coupling
+        self.s_coupling = Saturation(s_coupling)
+        self.s_gating = NormSaturation(s_gating)
+        # Taps (identity) that name the two feedback terms as they enter the residual, for monitor hooks.
         self.qmu_term = nn.Identity()
         self.mu_term = nn.Identity()
         self.C_q = ClipValue(C_q)
@@ -254,8 +292,11 @@ class Mixing(nn.Module):
         s_V = vector_norm(mu_V, dim=-2)  # (N, F)
         a = self.s_mix(self.intra_mlp(torch.cat([q, s_V], dim=-1)))  # (N, 3F)
         a_qq, a_mu, a_qmu = torch.split(a, self.F, dim=-1)
-        dq = a_qq + self.qmu_term(a_qmu * torch.sum(mu_V * mu_W, dim=-2))  # (N, F)
-        dmu = self.mu_term(a_mu[:, None, :] * mu_W)  # (N, 3, F)
+        if self.coupling:
+            dq = a_qq + self.qmu_term(self.s_coupling(a_qmu * torch.sum(mu_V * mu_W, dim=-2)))  # (N, F)
+        else:
+            dq = a_qq
+        dmu = self.mu_term(self.s_gating(a_mu[:, None, :] * mu_W))  # (N, 3, F)
         return self.C_q(torch.add(q, dq, alpha=self.alpha_mix)), self.C_mu(torch.add(mu, dmu, alpha=self.alpha_mix))
 
 
@@ -287,14 +328,21 @@ class PaiNN(nn.Module):
         self.g = float(st.g)  # filter gain (stabilized eq. 1); 1.0 is the original
         self.embed = nn.Linear(2, F)  # [charge, |v|] -> q^(0)
         self.vel_lift = nn.Linear(1, F, bias=False)  # v -> mu^(0) = v w^T
+        if float(st.mu0_scale) != 1.0:
+            with torch.no_grad():
+                self.vel_lift.weight.mul_(float(st.mu0_scale))
+        self.mu0 = str(st.mu0)  # velocity: mu^(0) = v w^T; zero: mu^(0) = 0, velocity only as |v| in q^(0)
         self.filter_net = nn.Linear(self.n_rbf, (1 if self.shared_filters else L) * 3 * F)
         self.layers = nn.ModuleList(
             Layer(
-                Interaction(F, cfg.aggregation, cfg.backend, st.s_msg, st.C_s, st.C_v, float(st.alpha_inter)),
-                Mixing(F, st.s_mix, st.C_q, st.C_mu, float(st.alpha_mix)),
+                Interaction(F, aggregation=cfg.aggregation, backend=cfg.backend, s_msg=st.s_msg, C_s=st.C_s,
+                            C_v=st.C_v, alpha_inter=float(st.alpha_inter)),
+                Mixing(F, s_mix=st.s_mix, C_q=st.C_q, C_mu=st.C_mu, alpha_mix=float(st.alpha_mix),
+                       coupling=st.coupling == "on", s_coupling=st.s_coupling, s_gating=st.s_gating),
             )
             for _ in range(L)
         )
+        self.input_state = nn.Identity()  # tap: (q^(0), mu^(0)) for monitor hooks
         self.head_pos = nn.Linear(F, 1, bias=False)
         self.head_vel = nn.Linear(F, 1, bias=False)
         # True: the training forward (train mode, grad enabled) runs through torch.compile,
@@ -334,6 +382,9 @@ class PaiNN(nn.Module):
         speed = vector_norm(vel, dim=-1)
         q = self.embed(torch.stack([charge.to(pos.dtype), speed], dim=-1))  # (N, F)
         mu = self.vel_lift(vel[:, :, None])  # (N, 3, F)
+        if self.mu0 == "zero":
+            mu = torch.zeros_like(mu)
+        q, mu = self.input_state((q, mu))
         for layer, W_ij in zip(self.layers, self.filters(r_ij)):
             q, mu = layer.interaction(q, mu, W_ij, dir_ij, edge_index, inv_degree)
             q, mu = layer.mixing(q, mu)

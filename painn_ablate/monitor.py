@@ -18,9 +18,11 @@ Statistic names (the `stat` column, and W&B's `layer{l}/{block}/{stat}`):
     q_mean q_std q_absmax                          state q after the block
     mu_norm_mean mu_norm_max mu_norm_q             per-feature ||mu|| after the block (q: monitor.quantile)
     nonfinite_q nonfinite_mu                       non-finite entries after the block
+    (layer 0, block input: q and ||mu|| of the initial state q^(0), mu^(0))
     dq_absmax dmu_norm_max                         aggregated messages before C_s / C_v (interaction)
     qmu_absmax mu_term_norm_max                    feedback terms dqmu*<mu_V,mu_W>, dmu*mu_W (mixing)
-    s_msg_frac s_mix_frac                          fraction of entries in tanh saturation |u| > 2s
+    s_msg_frac s_mix_frac s_coupling_frac          fraction of entries in tanh saturation |u| > 2s
+    s_gating_frac                                  fraction of gating vectors in norm saturation ||v|| > 2s
     C_s_frac C_v_frac C_q_frac C_mu_frac           fraction of entries / vectors the clamp cut
     grad_norm grad_norm_clipped                    gradient norm of the block's parameters
 """
@@ -42,8 +44,6 @@ from painn_ablate.model import PaiNN, vector_norm
 log = logging.getLogger(__name__)
 
 BLOCKS = ("interaction", "mixing")
-# Which stabilizer statistic belongs to which block; 0 where the toggle is off.
-STABILIZER_STATS = {"interaction": ("s_msg", "C_s", "C_v"), "mixing": ("s_mix", "C_q", "C_mu")}
 
 
 @dataclass
@@ -126,6 +126,7 @@ class Monitor:
         m = self.model
         hook = self._register
         hook(m.filter_net, self._on_filter)
+        hook(m.input_state, partial(self._on_state, 0, "input"))
         for l, layer in enumerate(m.layers, start=1):
             inter, mix = layer.interaction, layer.mixing
             hook(inter.inter_mlp, partial(self._on_output, l, "interaction", "x"))
@@ -135,6 +136,8 @@ class Monitor:
             hook(inter, partial(self._on_state, l, "interaction"))
             hook(mix.mu_linear, partial(self._on_output, l, "mixing", "mu_VW"))
             hook(mix.s_mix, partial(self._on_saturation, l, "mixing", "mixing_mlp", "s_mix_frac"))
+            hook(mix.s_coupling, partial(self._on_saturation, l, "mixing", "coupling", "s_coupling_frac"))
+            hook(mix.s_gating, partial(self._on_norm_saturation, l, "gating", "s_gating_frac"))
             hook(mix.qmu_term, partial(self._on_term, l, "qmu_absmax", False))
             hook(mix.mu_term, partial(self._on_term, l, "mu_term_norm_max", True))
             hook(mix.C_q, partial(self._on_clip, l, "mixing", "q", None, "C_q_frac", False))
@@ -158,16 +161,34 @@ class Monitor:
         self._flags.clear()
         self._stats.clear()
 
+    def read_flags(self) -> list[tuple[tuple, float, float]]:
+        """[((layer, block, tensor), min, max)] of the last forward pass in data-flow order (one sync)."""
+        if not self._flags:
+            return []
+        extrema = torch.stack([x for _, pair in self._flags for x in pair]).float().tolist()
+        return [(where, extrema[2 * k], extrema[2 * k + 1]) for k, (where, _) in enumerate(self._flags)]
+
+    @staticmethod
+    def first_nonfinite(flags: list[tuple[tuple, float, float]], step: int) -> Optional[NonFinite]:
+        """The first non-finite tensor among `read_flags()`, None when all are finite."""
+        for (layer, block, tensor), lo, hi in flags:
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                return NonFinite(step=step, phase="forward", tensor=tensor, layer=layer, block=block)
+        return None
+
+    @staticmethod
+    def state_absmax(flags: list[tuple[tuple, float, float]]) -> dict[tuple[int, str], tuple[float, float]]:
+        """(layer, block) -> (max |q|, max |mu component|) after each block, from `read_flags()`."""
+        out: dict[tuple[int, str], list[float]] = {}
+        for (layer, block, tensor), lo, hi in flags:
+            if tensor in ("q", "mu") and layer is not None:
+                pair = out.setdefault((layer, block), [0.0, 0.0])
+                pair[tensor == "mu"] = max(abs(lo), abs(hi))
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
     def forward_nonfinite(self, step: int) -> Optional[NonFinite]:
         """The first non-finite tensor of the last forward pass in data-flow order (one sync)."""
-        if not self._flags:
-            return None
-        extrema = torch.stack([x for _, pair in self._flags for x in pair]).view(-1, 2)
-        flags = ~torch.isfinite(extrema).all(dim=1)
-        if not bool(flags.any()):
-            return None
-        layer, block, tensor = self._flags[int(flags.nonzero()[0, 0])][0]
-        return NonFinite(step=step, phase="forward", tensor=tensor, layer=layer, block=block)
+        return self.first_nonfinite(self.read_flags(), step)
 
     def collect(self) -> list[tuple[int, str, str, float]]:
         """Statistics of the last forward pass (full steps only): [(layer, block, stat, value)]."""
@@ -199,6 +220,16 @@ class Monitor:
         self._flag(layer, block, tensor, u)
         if self.full:
             self._stat(layer, block, stat, (u.detach().abs() > 2 * module.s).float().mean())
+
+    def _on_norm_saturation(self, layer, tensor, stat, module, args, out) -> None:
+        if module.s is None:
+            if self.full:
+                self._stat(layer, "mixing", stat, torch.zeros(()))
+            return
+        v = args[0]
+        self._flag(layer, "mixing", tensor, v)
+        if self.full:
+            self._stat(layer, "mixing", stat, (vector_norm(v.detach(), dim=-2) > 2 * module.s).float().mean())
 
     def _on_clip(self, layer, block, tensor, size_stat, frac_stat, is_vector, module, args, out) -> None:
         x = args[0].detach()

@@ -77,17 +77,19 @@ never meets the partial directory of a killed attempt), `name` is the label (e.g
 `loo-s_msg-seed1`, `aoi-g-seed0`, `r2_full-seed0`), `tracking.group` the study name. It
 runs `painn_ablate.train.run`, the code of `painn-ablate train`.
 
-User attributes of every trial: label, run_dir, status ('running', 'stable', 'exploded',
-'exploded (pruned)', 'error', 'interrupted'), first_nonfinite (dict or None), val_pos_mse,
+User attributes of every trial: label, run_dir, status (painn_ablate.outcome.Status: 'running',
+'stable', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
+first_divergence (dicts or None), episodes, recovered, val_pos_mse,
 val_vel_mse, test_pos_mse, test_vel_mse, steps_completed, early_warning_step, pruned_step,
 wall_seconds, error (for 'error'), worker (host:pid) and attempt (the trial's number, set
 once its first heartbeat is recorded).
 
-Outcomes: stable -> COMPLETE with the metric's value. Exploded -> COMPLETE with the worst
-value (+inf when minimising, -inf when maximising): a result, never a failure; its Optuna
-constraint `nonfinite` is +1 (infeasible, for TPE and the dashboard), -1 for the others.
-With `prune=True` a trial whose monitoring early warning fires is stopped there -> PRUNED,
-status 'exploded (pruned)', pruned_step. A trial that raises ->
+Outcomes: stable -> COMPLETE with the metric's value. Diverged -> COMPLETE with the metric's
+value where it is finite (else the worst), exploded -> COMPLETE with the worst value (+inf when
+minimising, -inf when maximising): results, never failures; a blow-up's Optuna constraint
+`blow_up` is +1 (infeasible, for TPE and the dashboard; never the best trial), -1 for a stable
+trial. With `prune=True` a trial whose monitoring early warning fires is stopped there -> PRUNED,
+status 'pruned', pruned_step (a censored run, counted as neither outcome). A trial that raises ->
 FAIL with its error kept in `error`; the sweep goes on.
 """
 
@@ -116,6 +118,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.config import ConfigError, all_keys, compose
+from painn_ablate.outcome import Status, is_blow_up
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +157,7 @@ GRACE_FACTOR = 3  # a trial is lost after GRACE_FACTOR heartbeats without news
 MAX_RETRY = 3  # re-runs of a trial whose worker was lost
 SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
 READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
-CONSTRAINT = "nonfinite"  # the trials' Optuna constraint: > 0 for a trial with a NaN/Inf event
+CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a diverged or exploded trial
 LABEL_ABBREV = {"r2_full": "loo", "original": "aoi"}  # ablate on r2_full: leave-one-out; on original: add-one-in
 
 
@@ -647,7 +650,10 @@ def stop_when_exploding(step: int, info: dict) -> Optional[str]:
 
 def result_attrs(summary: dict) -> dict[str, Any]:
     """The trial's user attributes from a run summary; metric names as in METRICS."""
+    divergence = summary.get("divergence") or {}
     attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],
+                             "first_divergence": summary.get("first_divergence"),
+                             "episodes": divergence.get("episodes"), "recovered": divergence.get("recovered"),
                              "steps_completed": summary["steps_completed"],
                              "wall_seconds": round(summary["wall_seconds"], 2),
                              "early_warning_step": (summary.get("early_warning") or {}).get("step"),
@@ -655,14 +661,14 @@ def result_attrs(summary: dict) -> dict[str, Any]:
     for metric, (split, key) in METRICS.items():
         attrs[metric] = (summary.get(split) or {}).get(key)
     stopped = summary.get("stopped_early")
-    if stopped and stopped.get("reason") == "early_warning" and summary["status"] == "stable":
-        attrs.update(status="exploded (pruned)", pruned_step=stopped["step"])
+    if stopped and stopped.get("reason") == "early_warning" and summary["status"] == Status.STABLE:
+        attrs.update(status=Status.PRUNED.value, pruned_step=stopped["step"])
     return attrs
 
 
 def objective_value(sweep: Sweep, attrs: dict) -> float:
     value = attrs.get(sweep.metric)
-    if attrs["status"] != "stable" or value is None or not math.isfinite(value):
+    if attrs["status"] not in (Status.STABLE, Status.DIVERGED) or value is None or not math.isfinite(value):
         return sweep.worst
     return float(value)
 
@@ -747,7 +753,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path,
         log.error("trial %d (%s) failed: %s", trial.number, label, error)
         return _finish(study, storage, trial, {"status": "error", "error": error}, state=TrialState.FAIL)
     attrs = result_attrs(summary)
-    if attrs["status"] == "exploded (pruned)":
+    if attrs["status"] == Status.PRUNED:
         return _finish(study, storage, trial, attrs, state=TrialState.PRUNED)
     return _finish(study, storage, trial, attrs, value=objective_value(sweep, attrs))
 
@@ -758,7 +764,7 @@ def _finish(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: op
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
         if state != TrialState.FAIL:  # feasible (<= 0) means no NaN/Inf event
-            trial.set_constraint(CONSTRAINT, 1.0 if attrs["status"].startswith("exploded") else -1.0)
+            trial.set_constraint(CONSTRAINT, 1.0 if is_blow_up(attrs["status"]) else -1.0)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker declared this trial lost (its heartbeat was late) and enqueued a re-run.
@@ -881,7 +887,8 @@ class Progress:
     done: int = 0  # COMPLETE, PRUNED or failed with an error
     running: int = 0
     waiting: int = 0
-    exploded: int = 0  # status exploded or exploded (pruned)
+    diverged: int = 0
+    exploded: int = 0
     errors: int = 0
     lost: int = 0  # failed by a lost heartbeat (re-run, unless retries ran out)
     best_value: Optional[float] = None
@@ -903,7 +910,8 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
         else:
             p.done += 1
             p.errors += t.state == TrialState.FAIL
-            p.exploded += status.startswith("exploded")
+            p.diverged += status == Status.DIVERGED
+            p.exploded += status == Status.EXPLODED
             p.finished.append(t)
     p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)
     best = best_trial(study, trials)
@@ -915,7 +923,8 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
 def best_trial(study: optuna.Study, trials: Optional[list[FrozenTrial]] = None) -> Optional[FrozenTrial]:
     """The best COMPLETE trial with a finite value (an exploded trial is never best)."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+            and not is_blow_up(t.user_attrs.get("status"))]
     if not done:
         return None
     pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
@@ -1082,10 +1091,13 @@ def trials_frame(study: optuna.Study):
     for t in trials:
         a = t.user_attrs
         nonfinite = a.get("first_nonfinite") or {}
+        divergence = a.get("first_divergence") or {}
         row = {"number": t.number, "state": t.state.name, "label": a.get("label"), "status": trial_status(t, retried),
                "value": t.value, **{m: a.get(m) for m in METRICS}, "steps_completed": a.get("steps_completed"),
                "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
                "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),
+               **{f"first_divergence_{k}": divergence.get(k) for k in ("step", "layer", "block", "stat", "criterion")},
+               "episodes": a.get("episodes"), "recovered": a.get("recovered"),
                "early_warning_step": a.get("early_warning_step"), "pruned_step": a.get("pruned_step"),
                "wall_seconds": a.get("wall_seconds"), "retry_of": t.system_attrs.get("failed_trial"),
                "run_dir": a.get("run_dir"), "error": a.get("error"), **t.params}

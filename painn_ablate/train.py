@@ -1,9 +1,13 @@
 """`run(cfg)`: train one PaiNN configuration and record what happened.
 
-A non-finite loss, activation or gradient is an *outcome*: it is located
-(step, layer, block, tensor, phase), recorded as an event and, under the
-default policy `monitor.on_nonfinite=stop`, ends the run with status
-"exploded". The run directory always holds what was recorded up to then:
+A blow-up is an *outcome* (painn_ablate.outcome): a non-finite loss, activation or
+gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it ends
+there); a finite blow-up by the criteria `monitor.diverge_*` makes it "diverged" (by
+default, `monitor.on_diverged=continue`, it trains on and may recover). Each is located
+to step, layer, block and statistic from the statistics of the very forward pass where it
+fired (replayed when that step was not a statistics step), and recorded as an event and in
+the summary (`first_nonfinite`, `first_divergence`, `divergence`). The run directory always
+holds what was recorded up to then:
 
     config.yaml      the resolved config; `painn-ablate train --config config.yaml` re-runs it
     summary.json     status, steps, first_nonfinite, val/test metrics, ... (rewritten at each validation)
@@ -34,6 +38,7 @@ from painn_ablate.config import flatten, to_yaml
 from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
+from painn_ablate.outcome import Criteria, DivergenceTracker, Origin, Status, crossed, locate
 from painn_ablate.tracking import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -145,6 +150,7 @@ class StepResult:
     grad_norm: float  # total gradient norm before clipping
     origin: Optional[NonFinite]  # where a non-finite value first appeared, None when all finite
     stats: list[tuple[int, str, str, float]]  # per-layer statistics on full steps, [] otherwise
+    absmax: dict  # (layer, block) -> (max |q|, max |mu component|) after the block, every step
 
 
 def train_step(model: PaiNN, batch, mon: Optional[Monitor], step: int, full: bool,
@@ -166,7 +172,8 @@ def train_step(model: PaiNN, batch, mon: Optional[Monitor], step: int, full: boo
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     else:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    origin = mon.forward_nonfinite(step) if mon is not None else None
+    flags = mon.read_flags() if mon is not None else []
+    origin = Monitor.first_nonfinite(flags, step)
     l_all, l_pos, l_vel, g = torch.stack([loss.detach(), loss_pos.detach(), loss_vel.detach(), grad_norm]).tolist()
     if origin is None and not math.isfinite(l_all):
         origin = NonFinite(step=step, phase="loss", tensor="loss", block="head")
@@ -179,7 +186,7 @@ def train_step(model: PaiNN, batch, mon: Optional[Monitor], step: int, full: boo
         values = torch.stack([v for *_, v in norms]).tolist() if norms else []
         for (l, b, _), v in zip(norms, values):
             stats += [(l, b, "grad_norm", v), (l, b, "grad_norm_clipped", v * scale)]
-    return StepResult(l_all, l_pos, l_vel, g, origin, stats)
+    return StepResult(l_all, l_pos, l_vel, g, origin, stats, Monitor.state_absmax(flags))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -204,15 +211,20 @@ class Trainer:
         self.should_stop = should_stop
         self.warning = EarlyWarning(cfg.monitor, cfg.model.L)
         self.summary: dict = {
-            "status": "running", "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
+            "status": Status.RUNNING.value, "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
             "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
-            "nonfinite_events": 0, "early_warning": None, "stopped_early": None, "val": None, "test": None,
+            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "early_warning": None, "stopped_early": None, "val": None, "test": None,
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device), "environment": environment(),
         }
         self.best_val = math.inf
         self.best_state: Optional[dict] = None
+        self.tracker = DivergenceTracker(Criteria.from_config(cfg.monitor), cfg.model.L)
+        val = self.splits["val"]
+        self.tracker.val_baseline = float(((val.pos_next - val.pos) ** 2).mean())  # zero-displacement MSE
+        self.val_bad = False  # the last validation crossed the val criterion
+        self.step_bad = False  # the last training step crossed a per-step criterion
 
     # -- records
 
@@ -242,11 +254,41 @@ class Trainer:
         return signal
 
     @torch.no_grad()
-    def replay_statistics(self, mon: Monitor, batch, step: int) -> None:
-        """Statistics of the very forward pass that went non-finite (weights not yet updated)."""
+    def replay_statistics(self, mon: Monitor, batch) -> list:
+        """Statistics of the forward pass just run (weights not yet updated), for locating a blow-up."""
         mon.begin_step(full=True)
         self.model(batch.pos, batch.vel, batch.charge, batch.edge_index)
-        self.snapshot(step, mon.collect())
+        return mon.collect()
+
+    def record_divergence(self, origin: Origin) -> None:
+        if self.summary["first_divergence"] is None:
+            self.summary["first_divergence"] = origin.as_dict()
+            log.warning("diverged at step %d (%s): layer %s, block %s, %s = %.3g", origin.step, origin.criterion,
+                        origin.layer, origin.block, origin.stat, origin.value if origin.value is not None else math.nan)
+        self.recorder.event({"step": origin.step, "kind": "divergence", "layer": origin.layer, "block": origin.block,
+                             "tensor": origin.stat, "phase": "validation" if origin.criterion == "val" else "forward",
+                             "value": origin.value, "detail": f"criterion={origin.criterion}"})
+
+    def watch_divergence(self, step: int, res: StepResult, rows: list, replay: Callable[[], list]) -> list:
+        """Check this step against the blow-up criteria; returns the statistics to record for it.
+
+        A new episode is located on this forward pass's statistics (`rows`, or replayed).
+        """
+        tr = self.tracker
+        criterion = tr.check_step(res.loss, res.absmax)
+        if criterion is None and rows:
+            criterion = crossed(rows, tr.crit, tr.n_layers)
+        self.step_bad = criterion is not None
+        if criterion is None:
+            if not self.val_bad:
+                tr.leave()
+            return rows
+        if not tr.in_episode:
+            rows = rows or replay()
+            origin = tr.confirm(step, criterion, rows)
+            if origin is not None and tr.enter(origin):
+                self.record_divergence(origin)
+        return rows
 
     def validate(self, step: int) -> dict[str, float]:
         """Evaluate on the validation split, keep the best weights; returns val_* metrics."""
@@ -261,6 +303,17 @@ class Trainer:
                 torch.save({"step": step, "model": self.best_state}, tmp)
                 os.replace(tmp, self.run_dir / "checkpoint.pt")
         return {f"val_{k}": (v if v is not None else math.nan) for k, v in metrics.items()}
+
+    def watch_validation(self, step: int, val_pos_mse: float, batch, mon: Monitor) -> bool:
+        """Check a validation against the val criterion; True when it is crossed."""
+        self.val_bad = self.tracker.check_val(val_pos_mse if math.isfinite(val_pos_mse) else None)
+        if self.val_bad and not self.tracker.in_episode:
+            origin = self.tracker.confirm(step, "val", self.replay_statistics(mon, batch))
+            if self.tracker.enter(origin):
+                self.record_divergence(origin)
+        elif not self.val_bad and not self.step_bad:
+            self.tracker.leave()
+        return self.val_bad
 
     # -- the loop
 
@@ -283,13 +336,23 @@ class Trainer:
                     res = train_step(model, batch, mon, step, full, clip)
                     origin, stats_rows, g = res.origin, res.stats, res.grad_norm
                     l_all, l_pos, l_vel = res.loss, res.loss_pos, res.loss_vel
+                    replay = lambda: self.replay_statistics(mon, batch)  # noqa: E731
+                    if step == 0:
+                        zero = float((batch.pos_dt ** 2).mean() + (batch.vel_next ** 2).mean())
+                        self.tracker.set_reference(l_all, zero)
                     if origin is not None:
+                        stats_rows = stats_rows or replay()
+                        if origin.layer is None and origin.block in ("head", None):
+                            # The loss or a head overflowed with the layers finite: the origin is the first
+                            # layer whose statistics in this forward pass overflowed or crossed a bound.
+                            where = locate(stats_rows, self.tracker.crit)
+                            if where is not None:
+                                origin.layer, origin.block = where[0], where[1]
                         self.record_nonfinite(origin)
-                        if not full:
-                            self.replay_statistics(mon, batch, step)
-                        elif stats_rows:
-                            self.snapshot(step, stats_rows)
-                        stats_rows = []
+                    else:
+                        stats_rows = self.watch_divergence(step, res, stats_rows, replay)
+                    self.tracker.observe_stats(stats_rows)
+                    diverged_stop = self.tracker.in_episode and cfg.monitor.on_diverged == "stop"
                     if origin is None or policy == "continue":
                         self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
@@ -300,11 +363,16 @@ class Trainer:
                                "lr": self.opt.param_groups[0]["lr"], "grad_norm": g,
                                "grad_norm_clipped": g if clip is None else min(g, clip), "step_time": step_times[-1]}
                     stop = origin is not None and policy == "stop"
-                    if not stop and ((step + 1) % cfg.train.val_every == 0 or step == self.steps - 1):
+                    if not stop and not diverged_stop and ((step + 1) % cfg.train.val_every == 0
+                                                           or step == self.steps - 1):
                         metrics.update(self.validate(step))
+                        if self.watch_validation(step, metrics["val_pos_mse"], batch, mon):
+                            diverged_stop = cfg.monitor.on_diverged == "stop"
                     self.recorder.metrics(step, metrics)
                     signal = self.snapshot(step, stats_rows) if stats_rows else None
-                    if stop:
+                    if diverged_stop and not stop:
+                        self.summary["stopped_early"] = {"step": step, "reason": "diverged"}
+                    if stop or diverged_stop:
                         break
                     if self.should_stop is not None and (signal is not None or (step + 1) % cfg.train.val_every == 0):
                         reason = self.should_stop(step, {"signal": signal, "val": self.summary["val"]})
@@ -322,7 +390,13 @@ class Trainer:
                 self.summary["ms_per_step"] = 1000 * sorted(step_times)[len(step_times) // 2]
             self.recorder.flush()
 
-        self.summary["status"] = "exploded" if self.summary["nonfinite_events"] else "stable"
+        if self.summary["nonfinite_events"]:
+            self.summary["status"] = Status.EXPLODED.value
+        elif self.tracker.diverged:
+            self.summary["status"] = Status.DIVERGED.value
+        else:
+            self.summary["status"] = Status.STABLE.value
+        self.summary["divergence"] = self.tracker.summary()
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
             self.summary["test"] = evaluate(model, self.splits["test"])

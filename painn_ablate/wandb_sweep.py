@@ -70,6 +70,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from painn_ablate import sweep as sw
 from painn_ablate.config import compose
+from painn_ablate.outcome import Status
 from painn_ablate.sweep import Sweep, SweepError
 from painn_ablate.tracking import wandb_mode
 
@@ -227,7 +228,7 @@ def all_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
 def as_sweep_run(sweep: Sweep, trial: Trial):
     """A ledger trial as W&B's engine sees a run: state, config, and the metric where it counts."""
     sweeps = _sweeps_engine()
-    value = trial.attrs.get(sweep.metric) if trial.status == "stable" else None
+    value = trial.attrs.get(sweep.metric) if trial.status == Status.STABLE else None
     summary = {sweep.metric: value} if value is not None and math.isfinite(value) else {}
     # By its alias: sweeps' pydantic-1 style config does not let pydantic 2 fill it by field name.
     return sweeps.SweepRun(name=trial.label, state=trial.state, summaryMetrics=summary,
@@ -320,7 +321,11 @@ class OfflineSweep:
 
     @property
     def exploded(self) -> int:
-        return sum(t.status == "exploded" for t in self.trials)
+        return sum(t.status == Status.EXPLODED for t in self.trials)
+
+    @property
+    def diverged(self) -> int:
+        return sum(t.status == Status.DIVERGED for t in self.trials)
 
     @property
     def errors(self) -> int:
@@ -329,7 +334,7 @@ class OfflineSweep:
     @property
     def best(self) -> Optional[Trial]:
         """The best stable trial by the metric (an exploded trial is never best)."""
-        scored = [t for t in self.trials if t.status == "stable" and t.attrs.get(self.metric) is not None
+        scored = [t for t in self.trials if t.status == Status.STABLE and t.attrs.get(self.metric) is not None
                   and math.isfinite(t.attrs[self.metric])]
         pick = min if self.goal == "minimize" else max
         return pick(scored, key=lambda t: t.attrs[self.metric]) if scored else None

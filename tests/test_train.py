@@ -42,7 +42,7 @@ def test_stable_run_writes_every_record(tiny, tmp_path):
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "config.yaml").exists()
     stats = pd.read_parquet(run_dir / "layer_stats.parquet")
     assert set(stats["step"]) == {0, 4, 8, 11}
-    assert set(stats["layer"]) == {1, 2, 3, 4, 5} and set(stats["block"]) == {"interaction", "mixing"}
+    assert set(stats["layer"]) == {0, 1, 2, 3, 4, 5} and set(stats["block"]) == {"input", "interaction", "mixing"}
     assert {"mu_norm_max", "q_absmax", "C_mu_frac", "grad_norm", "grad_norm_clipped"} <= set(stats["stat"])
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
     assert list(metrics["step"]) == list(range(12))

@@ -92,6 +92,11 @@ def is_diverged(status: Any) -> bool:
     return status == Status.DIVERGED
 
 
+def outcome_columns(status: Any) -> dict[str, bool]:
+    """The boolean outcome columns of a run or trial row: exploded, diverged, blew_up (either)."""
+    return {"exploded": is_exploded(status), "diverged": is_diverged(status), "blew_up": is_blow_up(status)}
+
+
 def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:
     """Inverse of `tracking.stat_key`: 'layer5/mixing/mu_norm_max' -> (5, 'mixing', 'mu_norm_max')."""
     m = re.fullmatch(r"layer(\d+)/([^/]+)/([^/]+)", key)
@@ -167,9 +172,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     row["preset"] = row.get("model.preset", summary.get("preset"))
     row["ablate"] = row.get("ablate", "none")
     row["experiment"] = experiment_name(row["preset"], row["ablate"])
-    row["exploded"] = is_exploded(row.get("status"))
-    row["diverged"] = is_diverged(row.get("status"))
-    row["blew_up"] = is_blow_up(row.get("status"))
+    row.update(outcome_columns(row.get("status")))
     return row
 
 
@@ -325,9 +328,7 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
         row["preset"] = row.get("model.preset", row.get("model", row.get("preset")))
         row["ablate"] = row.get("ablate", "none")
         row["experiment"] = experiment_name(row["preset"], row["ablate"])
-        row["exploded"] = is_exploded(row.get("status"))
-    row["diverged"] = is_diverged(row.get("status"))
-    row["blew_up"] = is_blow_up(row.get("status"))
+        row.update(outcome_columns(row.get("status")))
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -359,9 +360,7 @@ def wandb_row(config: dict, summary: dict, **meta: Any) -> dict[str, Any]:
     row["preset"] = row.get("model.preset")
     row["ablate"] = row.get("ablate", "none")
     row["experiment"] = experiment_name(row["preset"], row["ablate"])
-    row["exploded"] = is_exploded(row.get("status"))
-    row["diverged"] = is_diverged(row.get("status"))
-    row["blew_up"] = is_blow_up(row.get("status"))
+    row.update(outcome_columns(row.get("status")))
     return row
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -294,6 +295,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _depths(text: str) -> list[int]:
+    try:
+        depths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--depths: expected comma-separated integers like 2,3,5, got {text!r}") from None
+    if not depths or min(depths) < 1:
+        raise InputError(f"--depths: every depth must be >= 1, got {text!r}")
+    return depths
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from painn_ablate.config import compose
+    from painn_ablate.probe import depth_table, layer_table, run_probe
+
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.steps < 0:
+        raise InputError(f"--steps must be >= 0, got {args.steps}")
+    cfg = compose(args.overrides)
+    depths = _depths(args.depths) if args.depths else None
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _writable_folder(out)
+    result = run_probe(cfg, args.seeds, args.steps, depths)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(f"probe: {cfg.model.preset}" + (f" ablate={cfg.ablate}" if cfg.ablate != "none" else "")
+              + f", {args.seeds} seeds, at initialisation" + (f" and {args.steps} steps" if args.steps else "")
+              + f" ({result.seconds:.1f} s)")
+        print(layer_table(result).to_string())
+        print(depth_table(result).to_string(index=False))
+        if args.steps:
+            print(f"after {args.steps} steps:")
+            print(depth_table(result, step=args.steps).to_string(index=False))
+    if out is not None:
+        result.stats.to_parquet(out / "probe.parquet", index=False)
+        result.seeds.to_parquet(out / "probe_seeds.parquet", index=False)
+        print(f"wrote {out / 'probe.parquet'} and {out / 'probe_seeds.parquet'}")
+    return 0
+
+
+def _writable_folder(path: Path) -> None:
+    """Create `path` (and parents) or fail with one line, before any work is done."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -345,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when the verdict is NOT REPRODUCED")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. train.lr=3e-3")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("probe", help="signal propagation at initialisation over many seeds (forward only)",
+                       description="Probe PaiNN at initialisation: painn-ablate probe model=original --seeds 100 "
+                                   "--depths 2,3,4,5,6,7,8 --out probe_out")
+    p.add_argument("overrides", nargs="*", help="key=value overrides; model=<preset>, ablate=<names>")
+    p.add_argument("--seeds", type=int, default=100, help="model seeds 0..N-1 (default 100)")
+    p.add_argument("--steps", type=int, default=0, help="also train K steps per seed and record each (default 0)")
+    p.add_argument("--depths", help="comma-separated depths L to probe instead of model.L, e.g. 2,3,4,5,6,7,8")
+    p.add_argument("--out", help="folder for probe.parquet and probe_seeds.parquet")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("report", help="regenerate runs.md from run directories, reproductions and sweeps",
                        description="Regenerate runs.md: painn-ablate report reproduce_out sweeps_out --plots plots")

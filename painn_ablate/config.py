@@ -42,7 +42,7 @@ class StabilizerConfig:
     C_q: Optional[float] = None  # clip of the state q after mixing; None: no clip
     C_mu: Optional[float] = None  # per-feature norm clip of the state mu after mixing; None: no clip
     # Mechanism toggles: not in R2_full; they isolate the feedback loop the specification blames.
-    coupling: str = "on"  # on: q += dqmu * <mu_V, mu_W> (PaiNN); off: the coupling term is dropped
+    coupling: bool = True  # True: q += dqmu * <mu_V, mu_W> (PaiNN); False: the coupling term is dropped
     s_coupling: Optional[float] = None  # saturation of the coupling term alone; None: no saturation
     s_gating: Optional[float] = None  # norm saturation of the self-gating term dmu * mu_W alone; None: none
     mu0: str = "velocity"  # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
@@ -160,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # The value `ablate=<name>` switches a mechanism toggle to (R2_full leaves them at PaiNN's values).
-MECHANISMS_ON: dict[str, Any] = {"model": {"stabilizers": {"coupling": "off", "s_coupling": 5.0, "s_gating": 5.0,
+MECHANISMS_ON: dict[str, Any] = {"model": {"stabilizers": {"coupling": False, "s_coupling": 5.0, "s_gating": 5.0,
                                                           "mu0": "zero"}}}
 
 # Ablation designs. `ablate=<name>` flips the named stabilizers relative to the preset:
@@ -320,7 +320,6 @@ def validate(cfg: DictConfig) -> None:
     st = cfg.model.stabilizers
     for name in ("g", "alpha_inter", "alpha_mix", "mu0_scale"):
         _check(st[name] > 0, f"model.stabilizers.{name}", f"must be > 0, got {st[name]}")
-    _choice(cfg, "model.stabilizers.coupling", ("on", "off"))
     _choice(cfg, "model.stabilizers.mu0", ("velocity", "zero"))
     for name in ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu", "s_coupling", "s_gating"):
         v = st[name]

@@ -36,14 +36,33 @@ in eager mode and plain ops under torch.compile (`model.compile`), whose fusion 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 # Inside the sqrt of every norm: torch.norm's gradient is NaN at 0, and mu can be 0.
 NORM_EPS = 1e-8
+
+_plain_ops = False  # True inside plain_ops(): the stabilizers use plain torch ops, not their custom backwards
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """Run Saturation and ClipNorm as plain ops (the same values), so that forward-mode AD
+    (torch.func.jvp, which the hand-written backwards do not support) works through the model."""
+    global _plain_ops
+    before, _plain_ops = _plain_ops, True
+    try:
+        yield
+    finally:
+        _plain_ops = before
+
+
+def _use_plain_ops() -> bool:
+    return _plain_ops or torch.compiler.is_compiling()
 
 
 # ----------------------------------------------------------------------------- stabilizer pieces
@@ -75,7 +94,7 @@ class Saturation(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         if self.s is None:
             return u
-        if torch.compiler.is_compiling():  # inductor fuses the plain ops (and caches graphs without Functions)
+        if _use_plain_ops():  # inductor fuses the plain ops (and caches graphs without Functions)
             return self.s * torch.tanh(u / self.s)
         return _SaturationFn.apply(u, self.s)
 
@@ -139,7 +158,7 @@ class ClipNorm(nn.Module):
     def forward(self, v: Tensor) -> Tensor:
         if self.C is None:
             return v
-        if torch.compiler.is_compiling():
+        if _use_plain_ops():
             return v * torch.clamp(self.C / vector_norm(v, dim=-2, keepdim=True), max=1.0)
         return _ClipNormFn.apply(v, self.C)
 
@@ -338,7 +357,7 @@ class PaiNN(nn.Module):
                 Interaction(F, aggregation=cfg.aggregation, backend=cfg.backend, s_msg=st.s_msg, C_s=st.C_s,
                             C_v=st.C_v, alpha_inter=float(st.alpha_inter)),
                 Mixing(F, s_mix=st.s_mix, C_q=st.C_q, C_mu=st.C_mu, alpha_mix=float(st.alpha_mix),
-                       coupling=st.coupling == "on", s_coupling=st.s_coupling, s_gating=st.s_gating),
+                       coupling=bool(st.coupling), s_coupling=st.s_coupling, s_gating=st.s_gating),
             )
             for _ in range(L)
         )

@@ -1,0 +1,179 @@
+"""`painn-ablate probe`: signal propagation through PaiNN at initialisation, over many seeds.
+
+For each model seed (and each depth with `depths`): build the model as training would
+(`torch.manual_seed(seed)`), take the first training batch of that seed's batch order (the
+batch training step 0 sees: probe seed s pairs with training seed s), run the forward pass
+and record per layer and block
+
+    mu_norm_max q_absmax qmu_absmax mu_term_norm_max ...   the monitor's statistics (painn_ablate.monitor)
+    norm_gain   ||(q, mu) out|| / ||(q, mu) in||, Frobenius norms over the batch
+    jvp_gain    ||J v|| for a random unit tangent v of the block's input (q, mu): the block's
+                input-output gain along one direction, by forward-mode AD (torch.func.jvp)
+    update_gain ||J v - v||: the same for the block's update alone (a residual block's J is
+                I + the update's Jacobian, so jvp_gain sits near 1 while the update may grow)
+
+and per seed whether the forward pass is non-finite or crosses a blow-up criterion
+(painn_ablate.outcome). With `steps=K` the seed also trains K steps at the configured lr and
+the forward statistics of every step are recorded (`step` column; step 0 is initialisation).
+
+Output: a long DataFrame `L, seed, step, layer, block, stat, value` (`probe.parquet`) and a
+per-seed one `L, seed, step, nonfinite, blew_up, criterion, origin_layer, origin_block`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from painn_ablate.data import load_dataset
+from painn_ablate.model import PaiNN, plain_ops
+from painn_ablate.monitor import Monitor
+from painn_ablate.outcome import Criteria, crossed, locate
+from painn_ablate.train import batch_indices, make_optimizer, pick_device, train_step
+
+GAIN_STATS = ("norm_gain", "jvp_gain", "update_gain")
+SUMMARY_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", *GAIN_STATS)
+
+
+@dataclass
+class ProbeResult:
+    stats: pd.DataFrame  # L, seed, step, layer, block, stat, value
+    seeds: pd.DataFrame  # L, seed, step, nonfinite, blew_up, criterion, origin_layer, origin_block
+    seconds: float
+
+
+def _frob(q: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((q.double() ** 2).sum() + (mu.double() ** 2).sum())
+
+
+class _BlockInputs:
+    """Forward hooks that keep each block's inputs and outputs of one forward pass."""
+
+    def __init__(self, model: PaiNN):
+        self.seen: list[tuple[int, str, torch.nn.Module, tuple, tuple]] = []
+        self.handles = []
+        for l, layer in enumerate(model.layers, start=1):
+            for block in ("interaction", "mixing"):
+                module = getattr(layer, block)
+                self.handles.append(module.register_forward_hook(
+                    lambda m, args, out, l=l, block=block: self.seen.append((l, block, m, args, out))))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def block_gains(seen, generator: torch.Generator) -> list[tuple[int, str, str, float]]:
+    """norm_gain and jvp_gain of each block from its recorded inputs and outputs."""
+    rows = []
+    for layer, block, module, args, out in seen:
+        q, mu, *rest = args
+        rows.append((layer, block, "norm_gain", float(_frob(*out) / _frob(q, mu))))
+        tq = torch.randn(q.shape, generator=generator, dtype=q.dtype)
+        tmu = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        scale = _frob(tq, tmu).to(q.dtype)
+        tq, tmu = tq / scale, tmu / scale
+        with plain_ops(), torch.no_grad():
+            _, (dq, dmu) = torch.func.jvp(lambda a, b: module(a, b, *rest), (q, mu), (tq, tmu))
+        rows.append((layer, block, "jvp_gain", float(_frob(dq, dmu))))
+        rows.append((layer, block, "update_gain", float(_frob(dq - tq, dmu - tmu))))
+    return rows
+
+
+def _forward_rows(model: PaiNN, mon: Monitor, batch, generator: torch.Generator) -> tuple[list, bool]:
+    """One forward pass: the monitor's statistics plus the block gains, and whether it was non-finite."""
+    inputs = _BlockInputs(model)
+    try:
+        with torch.no_grad():
+            mon.begin_step(full=True)
+            model(batch.pos, batch.vel, batch.charge, batch.edge_index)
+            flags = mon.read_flags()
+            rows = mon.collect()
+    finally:
+        inputs.close()  # before the gains: their forward passes must not be recorded again
+    rows += block_gains(inputs.seen, generator)
+    mon.begin_step(full=False)  # drop what the monitor's hooks saw of the gains' passes
+    return rows, Monitor.first_nonfinite(flags, 0) is not None
+
+
+def probe_config(cfg: DictConfig, seeds: int, steps: int = 0) -> tuple[list[dict], list[dict]]:
+    """Probe one configuration over `seeds` model seeds; returns (stat rows, seed rows)."""
+    device = pick_device(cfg.train.device)
+    train = load_dataset(cfg.data, device=device)["train"].to(device)
+    crit = Criteria.from_config(cfg.monitor)
+    L = int(cfg.model.L)
+    stat_rows, seed_rows = [], []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = PaiNN(cfg.model).to(device)
+        gen = torch.Generator().manual_seed(seed)
+        order = batch_indices(len(train), cfg.train.batch_size, gen)
+        probe_gen = torch.Generator().manual_seed(10_000 + seed)  # the tangents: apart from the batch order
+        opt = make_optimizer(model, cfg) if steps else None
+        with Monitor(model, cfg.monitor) as mon:
+            for step in range(steps + 1):
+                batch = train.batch(next(order).to(device))
+                rows, nonfinite = _forward_rows(model, mon, batch, probe_gen)
+                criterion = "nonfinite" if nonfinite else crossed(rows, crit, L)
+                where = locate(rows, crit) if criterion else None
+                stat_rows += [{"L": L, "seed": seed, "step": step, "layer": l, "block": b, "stat": s, "value": v}
+                              for l, b, s, v in rows]
+                seed_rows.append({"L": L, "seed": seed, "step": step, "nonfinite": nonfinite,
+                                  "blew_up": criterion is not None, "criterion": criterion,
+                                  "origin_layer": where[0] if where else None,
+                                  "origin_block": where[1] if where else None})
+                if step == steps or nonfinite:
+                    break
+                train_step(model, batch, mon, step, False, cfg.train.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return stat_rows, seed_rows
+
+
+def run_probe(cfg: DictConfig, seeds: int, steps: int = 0, depths: Optional[Sequence[int]] = None) -> ProbeResult:
+    start = time.perf_counter()
+    stat_rows, seed_rows = [], []
+    for L in depths or [int(cfg.model.L)]:
+        c = OmegaConf.merge(cfg, {"model": {"L": int(L)}})
+        s, r = probe_config(c, seeds, steps)
+        stat_rows += s
+        seed_rows += r
+    stats = pd.DataFrame(stat_rows, columns=["L", "seed", "step", "layer", "block", "stat", "value"])
+    per_seed = pd.DataFrame(seed_rows, columns=["L", "seed", "step", "nonfinite", "blew_up", "criterion",
+                                                "origin_layer", "origin_block"])
+    return ProbeResult(stats, per_seed, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def layer_table(result: ProbeResult, step: int = 0) -> pd.DataFrame:
+    """Per depth, layer and block: median and 90th percentile of each summary stat over seeds."""
+    s = result.stats[(result.stats["step"] == step) & result.stats["stat"].isin(SUMMARY_STATS)
+                     & (result.stats["layer"] >= 1)]
+    g = s.groupby(["L", "layer", "block", "stat"])["value"]
+    out = pd.DataFrame({"median": g.median(), "p90": g.quantile(0.9)}).reset_index()
+    return out.pivot_table(index=["L", "layer", "block"], columns="stat", values=["median", "p90"])
+
+
+def depth_table(result: ProbeResult, step: int = 0) -> pd.DataFrame:
+    """Per depth: seeds, fraction non-finite, fraction blown up, median last/first-layer max ||mu|| ratio."""
+    seeds = result.seeds[result.seeds["step"] == step]
+    mu = result.stats[(result.stats["step"] == step) & (result.stats["block"] == "mixing")
+                      & (result.stats["stat"] == "mu_norm_max")]
+    rows = []
+    for L, g in seeds.groupby("L"):
+        m = mu[mu["L"] == L].pivot_table(index="seed", columns="layer", values="value")
+        ratio = (m[L] / m[1]).replace([np.inf, -np.inf], np.nan) if L in m and 1 in m else pd.Series(dtype=float)
+        ratio = ratio.where(np.isfinite(m[L]) if L in m else True, np.inf)
+        rows.append({"L": L, "seeds": len(g), "nonfinite": float(g["nonfinite"].mean()),
+                     "blew_up": float(g["blew_up"].mean()),
+                     "median_mu_ratio": float(ratio.median()) if len(ratio) else math.nan})
+    return pd.DataFrame(rows)

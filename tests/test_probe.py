@@ -1,0 +1,63 @@
+"""`painn-ablate probe`: forward statistics and block gains at initialisation, paired with training."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from painn_ablate.config import compose
+from painn_ablate.probe import depth_table, layer_table, run_probe
+from painn_ablate.train import run
+from test_train import TINY
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    def make(*overrides):
+        return compose([*TINY, f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    return make
+
+
+def test_probe_records_statistics_and_gains_per_seed_layer_and_block(tiny):
+    result = run_probe(tiny("model=r2_full"), seeds=3, depths=[2, 3])
+    s = result.stats
+    assert set(s["L"]) == {2, 3} and set(s["seed"]) == {0, 1, 2} and set(s["step"]) == {0}
+    gains = s[s["stat"].isin(["norm_gain", "jvp_gain", "update_gain"])]
+    assert len(gains) == 3 * (2 + 3) * 2 * 3  # seeds x layers x blocks x gains
+    assert np.isfinite(gains["value"]).all() and (gains["value"] > 0).all()
+    table = depth_table(result)
+    assert list(table["L"]) == [2, 3] and (table["nonfinite"] == 0).all() and (table["seeds"] == 3).all()
+    assert set(layer_table(result).index.get_level_values("layer")) == {1, 2, 3}
+
+
+def test_probe_seed_is_training_seeds_first_forward_pass(tiny, tmp_path):
+    """Probe seed s sees the model and batch that training seed s sees at step 0."""
+    result = run_probe(tiny("model=original"), seeds=2)
+    run(tiny("model=original", "seed=1", "train.steps=1", f"out={tmp_path / 'r'}"))
+    trained = pd.read_parquet(tmp_path / "r" / "layer_stats.parquet")
+    trained = trained[(trained.step == 0) & (trained.stat == "mu_norm_max")].set_index(["layer", "block"])["value"]
+    probed = result.stats[(result.stats.seed == 1) & (result.stats.stat == "mu_norm_max")]
+    probed = probed.set_index(["layer", "block"])["value"]
+    pd.testing.assert_series_equal(probed.sort_index(), trained.sort_index(), check_names=False, rtol=1e-5)
+
+
+def test_probe_training_steps_and_the_cli(tmp_path):
+    out = tmp_path / "p"
+    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "probe", *TINY, "model=original",
+                          f"data.cache_dir={tmp_path / 'c'}", "--seeds", "2", "--steps", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "nonfinite" in res.stdout and "median_mu_ratio" in res.stdout
+    seeds = pd.read_parquet(out / "probe_seeds.parquet")
+    assert set(seeds["step"]) <= {0, 1, 2} and {"blew_up", "origin_layer"} <= set(seeds.columns)
+    assert set(pd.read_parquet(out / "probe.parquet").columns) == {"L", "seed", "step", "layer", "block", "stat",
+                                                                   "value"}
+
+
+@pytest.mark.parametrize("args, needle", [(["--depths", "2,x"], "--depths"), (["--seeds", "0"], "--seeds")])
+def test_probe_bad_options_are_one_line(tmp_path, args, needle):
+    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "probe", *TINY, *args], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.config import ABLATIONS, flatten
-from painn_ablate.outcome import Status, is_blow_up
+from painn_ablate.outcome import OUTCOMES, Status, is_blow_up
 from painn_ablate.tracking import stat_key
 
 log = logging.getLogger(__name__)
@@ -439,15 +439,18 @@ def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd
     out = []
     for key, g in runs.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        stable = g[g["status"] == "stable"]
+        stable = g[g["status"] == Status.STABLE]
         exploded = g[g["exploded"]]
+        blew_up = g["status"].map(is_blow_up)
         nan_steps = _numbers(exploded, "first_nonfinite.step")
         layers = _numbers(exploded, "first_nonfinite.layer")
         row = dict(zip(by, key))
         row.update({
             "preset": g["preset"].iloc[0], "ablate": g["ablate"].iloc[0], "runs": len(g),
             "exploded": int(g["exploded"].sum()), "explosion_rate": float(g["exploded"].mean()),
-            "unfinished": int((~g["status"].isin(["stable"]) & ~g["exploded"]).sum()),
+            "diverged": int((g["status"] == Status.DIVERGED).sum()),
+            "blew_up": int(blew_up.sum()), "blow_up_rate": float(blew_up.mean()),
+            "unfinished": int((~g["status"].isin(list(OUTCOMES))).sum()),
             "nan_step_mean": nan_steps.mean() if len(nan_steps) else np.nan,
             "nan_step_std": nan_steps.std(ddof=0) if len(nan_steps) else np.nan,
             "nan_layers": ",".join(str(int(x)) for x in sorted(layers)) if len(layers) else "",
@@ -469,14 +472,16 @@ def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
 def necessity_table(runs: pd.DataFrame) -> pd.DataFrame:
     """For each stabilizer with runs: is it necessary, is it sufficient (for stability, at this budget)?
 
-    necessary: R2_full without it (leave-one-out) explodes more often than R2_full.
-    sufficient: the original with only it (add-one-in) never explodes while the original does.
+    necessary: R2_full without it (leave-one-out) blows up (diverges or explodes) more often than R2_full.
+    sufficient: the original with only it (add-one-in) never blows up while the original does.
+    A first look at point rates; the experiments' verdicts, with intervals and paired tests, are
+    painn_ablate.experiments.
     A cell is empty where the runs to decide it are missing.
     """
     table = outcome_table(runs, by=("preset", "ablate")).set_index(["preset", "ablate"])
 
     def rate(preset: str, ablate: str) -> float:
-        return table["explosion_rate"].get((preset, ablate), np.nan)
+        return table["blow_up_rate"].get((preset, ablate), np.nan)
 
     full, original = rate("r2_full", "none"), rate("original", "none")
     rows = []
@@ -490,9 +495,9 @@ def necessity_table(runs: pd.DataFrame) -> pd.DataFrame:
         full_mse = table["test_pos_mse_mean"].get(("r2_full", "none"), np.nan)
         rows.append({
             "stabilizer": name,
-            "explosion_rate_without": loo, "explosion_rate_r2_full": full,
+            "blow_up_rate_without": loo, "blow_up_rate_r2_full": full,
             "necessary": None if math.isnan(loo) or math.isnan(full) else bool(loo > full),
-            "explosion_rate_alone": aoi, "explosion_rate_original": original,
+            "blow_up_rate_alone": aoi, "blow_up_rate_original": original,
             "sufficient": None if math.isnan(aoi) or math.isnan(original) else bool(aoi == 0 and original > 0),
             "test_pos_mse_without": loo_mse, "test_pos_mse_change": loo_mse - full_mse,
         })

@@ -278,12 +278,40 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if args.strict and not result["verdict"]["passed"] else 0
 
 
+DEFAULT_RESULTS = "results"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from painn_ablate.experiments import export
+
+    for src in args.sources:
+        if not os.path.exists(src):
+            raise InputError(f"no such sweep or probe folder: {src}")
+    _writable_folder(Path(args.out))
+    for path in export(args.sources, args.out):
+        print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     from painn_ablate import report as rep
 
+    if args.results or (not args.paths and not args.study and os.path.isdir(DEFAULT_RESULTS)):
+        from painn_ablate.findings import write_findings
+
+        results = args.results or DEFAULT_RESULTS
+        if not os.path.isdir(results):
+            raise InputError(f"no results folder '{results}'")
+        plots = args.plots or "plots"
+        command = " ".join(["painn-ablate report", *([f"--results {results}"] if args.results else []),
+                            *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                            *([f"--plots {args.plots}"] if args.plots else [])])
+        out = write_findings(results, args.out, plots, command=command)
+        print(f"wrote {out} and plots in {plots}, from the trial tables in {results}")
+        return 0
     paths = args.paths or [p for p in rep.DEFAULT_PATHS if os.path.exists(p)]
     if not paths and not args.study:
         raise InputError(f"no paths given and none of {', '.join(rep.DEFAULT_PATHS)} exists here")
@@ -417,7 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", action="append", help="an Optuna storage URL to include (repeatable)")
     p.add_argument("--out", default="runs.md", help="the Markdown file to write (default runs.md)")
     p.add_argument("--plots", help="also write each section's figures as PNG into this folder and link them")
+    p.add_argument("--results", help="write runs.md from the trial tables in this folder (default: results/ "
+                                     "when no paths are given and it exists)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="turn sweep folders and probe folders into compact trial tables",
+                       description="Write one trial-level parquet table per sweep (and probe.parquet for probe "
+                                   "folders) into results/: painn-ablate export sweeps_out/map_original --out results")
+    p.add_argument("sources", nargs="+", help="sweep folders (study.db) and `painn-ablate probe --out` folders")
+    p.add_argument("--out", default=DEFAULT_RESULTS, help="folder for the tables (default results)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

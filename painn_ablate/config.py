@@ -77,7 +77,9 @@ class DataConfig:
     graph: str = "auto"  # auto: full for charged, knn for gravity; full | knn | radius
     k: int = 16  # neighbours per node for graph=knn
     radius: float = 2.0  # neighbour radius for graph=radius
-    cache_dir: str = ".cache/painn-ablate"  # generated data sets, keyed by their parameters
+    # Generated data sets, keyed by their parameters. None: $PAINN_ABLATE_CACHE, else
+    # $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate (one cache whatever the working directory).
+    cache_dir: Optional[str] = None
 
 
 @dataclass

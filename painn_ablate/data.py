@@ -31,7 +31,8 @@ stack (matmul summation order may differ across BLAS builds, and the dynamics ar
 
 Files: one `.npz` per split with float32 arrays `pos`, `vel` (S, n, 3) at the input frame,
 `charge` (S, n), `pos_next`, `vel_next` (S, n, 3) at the target frame. Generated sets are
-cached in `{cache_dir}/{system}-{hash of the generation parameters}/`; `data.dir` points at
+cached in `{cache_dir}/{system}-{hash of the generation parameters}/` (`data.cache_dir`; by default
+$PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate); `data.dir` points at
 a folder of the same three files instead.
 
 Graphs are built once per split on the input positions. Edge convention everywhere:
@@ -412,9 +413,21 @@ def generation_params(system: str, n_particles: int, sizes: dict[str, int], seed
             "seed": int(seed), "protocol": dataclasses.asdict(protocol), "format": CACHE_FORMAT_VERSION}
 
 
-def cache_folder(cache_dir: Union[str, Path], params: dict[str, Any]) -> Path:
+CACHE_ENV = "PAINN_ABLATE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "painn-ablate"
+
+
+def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir).expanduser() / f"{params['system']}-{digest}"
+    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    return root / f"{params['system']}-{digest}"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

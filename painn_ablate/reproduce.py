@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import analysis
 from painn_ablate.config import compose, flatten
+from painn_ablate.outcome import OUTCOMES
 from painn_ablate.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = "reproduce_out"
 # Overrides that would change what is being compared: the comparison sets them per run.
 RESERVED_KEYS = ("model", "ablate", "seed", "out", "name")
-FINISHED = ("stable", "exploded")
+FINISHED = OUTCOMES  # a run that ended with an outcome (stable, diverged, exploded) is reused
 
 
 class ReproduceError(ValueError):

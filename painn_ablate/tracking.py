@@ -12,6 +12,8 @@ that `pandas.read_parquet(path)` reads whole without this package:
                          val_pos_mse, val_vel_mse
     layer_stats.parquet  step, layer, block, stat, value      (long format)
     events.parquet       step, kind, layer, block, tensor, phase, value, detail
+                         (kind: nonfinite | divergence | early_warning; for a divergence, tensor is the
+                         statistic that crossed and detail the criterion)
 
 Parts are written to a hidden temporary name and renamed, so a run killed at
 any moment leaves only complete parts behind.
@@ -38,7 +40,7 @@ LAYER_STATS_SCHEMA = pa.schema([("step", pa.int64()), ("layer", pa.int64()), ("b
 EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer", pa.int64()),
                            ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
                            ("value", pa.float64()), ("detail", pa.string())])
-EVENT_KINDS = ("nonfinite", "early_warning")
+EVENT_KINDS = ("nonfinite", "divergence", "early_warning")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -229,14 +231,16 @@ class WandbSink(Sink):
 
     def event(self, event):
         self.events.append({name: event.get(name) for name in EVENTS_SCHEMA.names})
-        if event.get("kind") == "nonfinite" and len(self.events) == 1:
+        if event.get("kind") in ("nonfinite", "divergence") and len(self.events) == 1:
             self.run.summary["first_event"] = self.events[0]
 
     def finish(self, summary):
         wandb = self.wandb
-        for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "early_warning",
-                    "stopped_early", "best_step", "wall_seconds", "ms_per_step", "run_dir"):
+        for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "first_divergence",
+                    "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",
+                    "run_dir"):
             self.run.summary[key] = summary.get(key)
+        self.run.tags = (*self.run.tags, f"outcome:{summary.get('status')}")  # filter runs by outcome in the UI
         for split in ("val", "test"):
             for metric, value in (summary.get(split) or {}).items():
                 self.run.summary[f"{split}_{metric}"] = value

@@ -213,7 +213,8 @@ class Trainer:
         self.summary: dict = {
             "status": Status.RUNNING.value, "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
             "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
-            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "early_warning": None, "stopped_early": None, "val": None, "test": None,
+            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "early_warning": None,
+            "stopped_early": None, "val": None, "test": None,
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device), "environment": environment(),

@@ -2,10 +2,11 @@
 
 import pytest
 
-from painn_ablate.config import ABLATIONS, PRESETS, ConfigError, all_keys, compose, flatten
+from painn_ablate.config import ABLATIONS, MECHANISM_TOGGLES, PRESETS, ConfigError, all_keys, compose, flatten
 
 R2 = {"g": 0.5, "s_msg": 5.0, "s_mix": 5.0, "alpha_inter": 0.5, "alpha_mix": 0.5,
       "C_s": 10.0, "C_v": 10.0, "C_q": 100.0, "C_mu": 20.0}  # the document's R2_full values
+PAINN_MECHANISMS = {"coupling": True, "s_coupling": None, "s_gating": None, "mu0": "velocity", "mu0_scale": 1.0}
 
 
 def test_original_is_every_stabilizer_off():
@@ -19,7 +20,7 @@ def test_original_is_every_stabilizer_off():
 
 def test_r2_full_has_the_documents_values():
     cfg = compose(["model=r2_full"])
-    assert dict(cfg.model.stabilizers) == R2
+    assert dict(cfg.model.stabilizers) == {**R2, **PAINN_MECHANISMS}  # R2_full keeps PaiNN's mechanisms
     assert cfg.model.aggregation == "mean" and cfg.train.grad_clip == 1.0
     assert cfg.model.preset == "r2_full"
 
@@ -36,7 +37,7 @@ def test_single_toggle_on_top_of_preset():
     assert cfg.model.stabilizers.C_q == 100.0
 
 
-@pytest.mark.parametrize("name", [n for n in ABLATIONS if n != "none"])
+@pytest.mark.parametrize("name", [n for n in ABLATIONS if n != "none" and n not in MECHANISM_TOGGLES])
 def test_ablation_is_leave_one_out_on_r2_full_and_add_one_in_on_original(name):
     base_r2, base_orig = flatten(compose(["model=r2_full"])), flatten(compose(["model=original"]))
     loo = flatten(compose(["model=r2_full", f"ablate={name}"]))
@@ -49,6 +50,17 @@ def test_ablation_is_leave_one_out_on_r2_full_and_add_one_in_on_original(name):
             assert loo[key] == base_orig[key] and aoi[key] == base_r2[key], key
         else:
             assert loo[key] == base_r2[key] and aoi[key] == base_orig[key], key
+
+
+@pytest.mark.parametrize("name", MECHANISM_TOGGLES)
+def test_a_mechanism_toggle_flips_the_same_way_on_both_presets(name):
+    """R2_full keeps PaiNN's mixing terms, so ablate=<toggle> switches the toggle on for either preset."""
+    key = ABLATIONS[name][0]
+    on_r2 = flatten(compose(["model=r2_full", f"ablate={name}"]))
+    on_orig = flatten(compose(["model=original", f"ablate={name}"]))
+    assert on_r2[key] == on_orig[key] != flatten(compose(["model=original"]))[key]
+    rest = {k: v for k, v in on_orig.items() if k not in (key, "ablate")}
+    assert rest == {k: v for k, v in flatten(compose(["model=original"])).items() if k not in (key, "ablate")}
 
 
 def test_saved_config_reruns_exactly(tmp_path):

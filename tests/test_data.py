@@ -423,3 +423,18 @@ def test_split_moves_to_a_device_and_keeps_float32():
     assert split.pos.dtype == torch.float32 and len(split) == 4
     batch = split.batch(torch.tensor([1, 2]))
     assert batch.pos.device.type == "cpu"
+
+
+def test_generated_sets_are_cached_in_the_users_cache_folder(monkeypatch, tmp_path):
+    from painn_ablate.data import cache_folder, default_cache_dir
+
+    monkeypatch.delenv("PAINN_ABLATE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "painn-ablate"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "painn-ablate"
+    monkeypatch.setenv("PAINN_ABLATE_CACHE", str(tmp_path / "mine"))
+    params = {"system": "charged", "n": 5}
+    assert cache_folder(None, params).parent == tmp_path / "mine"
+    assert cache_folder(tmp_path / "explicit", params).parent == tmp_path / "explicit"  # data.cache_dir wins

@@ -26,13 +26,16 @@ TOGGLES = {
     "model.stabilizers.C_q": st.sampled_from(["null", "0.1", "100"]),
     "model.stabilizers.C_mu": st.sampled_from(["null", "0.1", "20"]),
     "model.shared_filters": st.booleans(),
+}
+MECHANISMS = {
     "model.stabilizers.coupling": st.booleans(),
     "model.stabilizers.s_coupling": st.sampled_from(["null", "0.5", "5"]),
     "model.stabilizers.s_gating": st.sampled_from(["null", "0.5", "5"]),
     "model.stabilizers.mu0": st.sampled_from(["velocity", "zero"]),
     "model.stabilizers.mu0_scale": st.sampled_from([1.0, 0.1]),
 }
-toggle_sets = st.fixed_dictionaries(TOGGLES)
+stabilizer_sets = st.fixed_dictionaries(TOGGLES)  # the stabilizers alone (the reference transcription's scope)
+toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS})
 
 
 def tiny_model(overrides=(), seed=0, F=8, L=3) -> PaiNN:

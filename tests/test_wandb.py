@@ -42,7 +42,7 @@ def test_offline_run_holds_config_layer_keys_and_status(offline):
                        "monitor.every=4", "name=loo-s_msg-seed0", "tracking.group=stabilizers"))
     record = inspect(offline / "run")
     assert record["name"] == "loo-s_msg-seed0" and record["state"] == "finished"
-    assert set(record["tags"]) >= {"preset:r2_full", "ablate:s_msg"}
+    assert set(record["tags"]) >= {"preset:r2_full", "ablate:s_msg", "outcome:stable"}
     config = record["config"]
     assert config["model.stabilizers.s_msg"] is None and config["model.stabilizers.C_mu"] == 20.0
     assert config["ablate"] == "s_msg"

@@ -1,0 +1,443 @@
+"""The experiments' evidence: compact trial tables, rates with intervals, paired tests, the design's rules.
+
+Raw records (studies, run folders) stay out of git; `export` turns them into one small
+trial-level table per experiment (`results/<study>.parquet`, and `results/probe.parquet`
+for the initialisation probes), which is committed. Everything in runs.md is computed from
+those tables by the functions below (`painn-ablate report`), so it regenerates from a fresh
+clone. The design and its pass/fail rules are in sweeps/DESIGN.md, written before the results;
+`judge` applies them mechanically.
+
+Statistics (one definition each):
+    wilson(k, n)          Wilson 95% score interval of a proportion
+    mcnemar_exact(a, b)   exact McNemar test of two paired boolean outcomes (by seed)
+    mean_interval(x)      mean, sample sd (ddof = 1) and t 95% interval of the mean
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from painn_ablate import analysis
+from painn_ablate.outcome import Status
+
+PathLike = Union[str, Path]
+Z95 = 1.959963984540054
+PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
+ACTION_STATS = ("s_msg_frac", "s_mix_frac", "C_s_frac", "C_v_frac", "C_q_frac", "C_mu_frac", "s_coupling_frac",
+                "s_gating_frac")  # how often each stabilizer acted, averaged over a trial's snapshots
+PROBE_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "jvp_gain", "update_gain")
+CELL = ("preset", "ablate", "L", "lr")  # one experimental condition; seeds vary within it
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials (nan, nan for n = 0)."""
+    if n == 0:
+        return math.nan, math.nan
+    if k == 0:
+        return 0.0, _wilson_hi(0, n, z)
+    if k == n:
+        return 1.0 - _wilson_hi(0, n, z), 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _wilson_hi(k: int, n: int, z: float) -> float:
+    p = k / n
+    return (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
+def mcnemar_exact(a: pd.Series, b: pd.Series) -> tuple[int, int, float]:
+    """Paired outcomes a, b (booleans indexed by seed; only seeds in both count).
+
+    Returns (a only, b only, two-sided exact p): the binomial test of the discordant pairs.
+    """
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").astype(bool)
+    only_a = int((both["a"] & ~both["b"]).sum())
+    only_b = int((~both["a"] & both["b"]).sum())
+    if only_a + only_b == 0:
+        return only_a, only_b, 1.0
+    return only_a, only_b, float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def mean_interval(values: Iterable[float]) -> dict[str, float]:
+    """n, mean, sample sd and the t 95% interval of the mean of the finite values."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "sd": math.nan, "lo": math.nan, "hi": math.nan}
+    mean = float(x.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": math.nan, "lo": math.nan, "hi": math.nan}
+    sd = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _blow_up_origin(row: pd.Series) -> dict:
+    """Step and origin of a trial's first blow-up: the earlier of first_divergence and first_nonfinite."""
+    div_step = row.get("first_divergence.step")
+    nan_step = row.get("first_nonfinite.step")
+    has_div = div_step is not None and not pd.isna(div_step)
+    has_nan = nan_step is not None and not pd.isna(nan_step)
+    if has_div and (not has_nan or div_step <= nan_step):
+        return {"blowup_step": int(div_step), "origin_layer": row.get("first_divergence.layer"),
+                "origin_block": row.get("first_divergence.block"), "origin_stat": row.get("first_divergence.stat"),
+                "origin_criterion": row.get("first_divergence.criterion")}
+    if has_nan:
+        return {"blowup_step": int(nan_step), "origin_layer": row.get("first_nonfinite.layer"),
+                "origin_block": row.get("first_nonfinite.block"), "origin_stat": row.get("first_nonfinite.tensor"),
+                "origin_criterion": "nonfinite"}
+    return {"blowup_step": None, "origin_layer": None, "origin_block": None, "origin_stat": None,
+            "origin_criterion": None}
+
+
+def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
+    """Per-layer max ||mu|| and |q| after mixing: at the blow-up (its replayed pass) and at the last
+    statistics snapshot before it (or, for a stable trial, at its last snapshot); plus stabilizer action."""
+    path = Path(run_dir) / "layer_stats.parquet"
+    out: dict = {}
+    if not path.exists():
+        return out
+    stats = pd.read_parquet(path)
+    if stats.empty:
+        return out
+    mix = stats[(stats["block"] == "mixing") & stats["stat"].isin(PROFILE_STATS)]
+    steps = sorted(mix["step"].unique())
+    at = blowup_step if blowup_step is not None else (steps[-1] if steps else None)
+    before = [s for s in steps if blowup_step is not None and s < blowup_step]
+    for when, step in (("at", at), ("before", before[-1] if before else None)):
+        snap = mix[mix["step"] == step] if step is not None else mix.iloc[0:0]
+        for stat in PROFILE_STATS:
+            values = snap[snap["stat"] == stat].set_index("layer")["value"]
+            for layer in range(1, n_layers + 1):
+                out[f"{when}_{stat}_L{layer}"] = float(values.get(layer, math.nan))
+        out[f"{when}_step"] = step
+    acts = stats[stats["stat"].isin(ACTION_STATS) & np.isfinite(stats["value"])]
+    for stat, value in acts.groupby("stat")["value"].mean().items():
+        out[f"act_{stat}"] = float(value)
+    return out
+
+
+def trial_table(sweep: PathLike) -> pd.DataFrame:
+    """One row per finished trial of a sweep folder (or storage URL): parameters, outcome, origin,
+    metrics, the per-layer profile before the blow-up and how often each stabilizer acted."""
+    frame = analysis.load_study(sweep)
+    frame = frame[frame["state"].isin(["COMPLETE", "PRUNED"])].reset_index(drop=True)
+    rows = []
+    for _, r in frame.iterrows():
+        L = int(r["model.L"])
+        row = {"study": r["study"], "number": int(r["number"]), "label": r["label"], "preset": r["preset"],
+               "ablate": r.get("ablate", "none"), "L": L, "lr": float(r["train.lr"]), "seed": int(r["seed"]),
+               "F": int(r["model.F"]), "steps": int(r["train.steps"]), "status": r["status"],
+               **analysis.outcome_columns(r["status"]), **_blow_up_origin(r),
+               "steps_completed": int(r["steps_completed"]), "val_pos_mse": r.get("val_pos_mse"),
+               "test_pos_mse": r.get("test_pos_mse"), "wall_seconds": r.get("wall_seconds"),
+               "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
+               "recovered": r.get("divergence.recovered")}
+        row.update(_profiles(r["run_dir"], row["blowup_step"], L) if isinstance(r.get("run_dir"), str) else {})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for col in ("origin_layer", "blowup_step", "before_step", "at_step", "episodes"):
+        if col in table:
+            table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
+    return table
+
+
+def probe_table(folders: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The probes of several `painn-ablate probe --out` folders as two tables with a `variant` column
+    (the folder name), statistics limited to PROBE_STATS to keep them small."""
+    stats, seeds = [], []
+    for folder in folders:
+        folder = Path(folder)
+        s = pd.read_parquet(folder / "probe.parquet")
+        stats.append(s[s["stat"].isin(PROBE_STATS)].assign(variant=folder.name))
+        seeds.append(pd.read_parquet(folder / "probe_seeds.parquet").assign(variant=folder.name))
+    return pd.concat(stats, ignore_index=True), pd.concat(seeds, ignore_index=True)
+
+
+def export(sources: Sequence[PathLike], out: PathLike) -> list[Path]:
+    """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, probes = [], []
+    for src in sources:
+        src = Path(src)
+        if (src / "probe.parquet").exists():
+            probes.append(src)
+            continue
+        table = trial_table(src)
+        path = out / f"{table['study'].iloc[0]}.parquet"
+        table.to_parquet(path, index=False)
+        written.append(path)
+    if probes:
+        stats, seeds = probe_table(probes)
+        for name, table in (("probe.parquet", stats), ("probe_seeds.parquet", seeds)):
+            table.to_parquet(out / name, index=False)
+            written.append(out / name)
+    return written
+
+
+def load_results(folder: PathLike) -> tuple[pd.DataFrame, Optional[pd.DataFrame], Optional[pd.DataFrame]]:
+    """(all trials, probe stats, probe seeds) from a results folder."""
+    folder = Path(folder)
+    trials = [pd.read_parquet(p) for p in sorted(folder.glob("*.parquet")) if not p.name.startswith("probe")]
+    probe = folder / "probe.parquet"
+    return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(),
+            pd.read_parquet(probe) if probe.exists() else None,
+            pd.read_parquet(folder / "probe_seeds.parquet") if probe.exists() else None)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _histogram(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return ""
+    counts = values.value_counts().sort_index()
+    return ", ".join(f"{_label(k)}: {v}" for k, v in counts.items())
+
+
+def _label(value) -> str:
+    """5 for a layer stored as 5.0 (a column with missing values is float), else the value as text."""
+    if isinstance(value, (int, float, np.number)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
+    """Per condition: n, blow-ups (diverged + exploded) with the Wilson interval, initialisation
+    events, median step of the first blow-up, origin layers and blocks, test MSE of the stable runs."""
+    rows = []
+    for key, g in trials.groupby(list(by), sort=True, dropna=False):
+        n, k = len(g), int(g["blew_up"].sum())
+        lo, hi = wilson(k, n)
+        blown = g[g["blew_up"]]
+        mse = mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"])
+        rows.append({**dict(zip(by, key)), "n": n, "blew_up": k, "rate": k / n if n else math.nan,
+                     "rate_lo": lo, "rate_hi": hi, "diverged": int(g["diverged"].sum()),
+                     "exploded": int(g["exploded"].sum()), "init_events": int((blown["blowup_step"] == 0).sum()),
+                     "median_step": float(blown["blowup_step"].median()) if k else math.nan,
+                     "origin_layers": _histogram(blown["origin_layer"]),
+                     "origin_blocks": _histogram(blown["origin_block"]),
+                     "stable": int((g["status"] == Status.STABLE).sum()),
+                     **{f"test_mse_{s}": v for s, v in mse.items() if s != "n"}})
+    return pd.DataFrame(rows)
+
+
+def outcomes_by_seed(trials: pd.DataFrame, **cell) -> pd.Series:
+    """blew_up indexed by seed for one condition (preset=..., ablate=..., L=..., lr=...)."""
+    g = trials
+    for key, value in cell.items():
+        g = g[np.isclose(g[key], value)] if isinstance(value, float) else g[g[key] == value]
+    return g.set_index("seed")["blew_up"].sort_index()
+
+
+def probe_depth_table(seeds: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    """Per probe variant and depth: seeds, fraction blown up at initialisation (Wilson), non-finite,
+    and the median last/first-layer max ||mu|| ratio after mixing."""
+    s0 = seeds[seeds["step"] == 0]
+    mu = stats[(stats["step"] == 0) & (stats["block"] == "mixing") & (stats["stat"] == "mu_norm_max")]
+    rows = []
+    for (variant, L), g in s0.groupby(["variant", "L"]):
+        m = mu[(mu["variant"] == variant) & (mu["L"] == L)].pivot_table(index="seed", columns="layer",
+                                                                         values="value", aggfunc="first")
+        ratio = (m[L] / m[1]) if (L in m and 1 in m) else pd.Series(dtype=float)
+        ratio = ratio.reindex(g["seed"]).fillna(np.inf)  # a non-finite pass has no finite ratio: it counts as inf
+        k, n = int(g["blew_up"].sum()), len(g)
+        lo, hi = wilson(k, n)
+        rows.append({"variant": variant, "L": int(L), "seeds": n, "blew_up": k, "rate": k / n, "rate_lo": lo,
+                     "rate_hi": hi, "nonfinite": float(g["nonfinite"].mean()),
+                     "median_mu_ratio": float(ratio.median())})
+    return pd.DataFrame(rows)
+
+
+def probe_gain_table(stats: pd.DataFrame, variant: str, L: int) -> pd.DataFrame:
+    """Median over seeds of each block's gains and feedback terms at initialisation, per layer."""
+    s = stats[(stats["variant"] == variant) & (stats["L"] == L) & (stats["step"] == 0) & (stats["layer"] >= 1)]
+    return s.pivot_table(index=["layer", "block"], columns="stat", values="value", aggfunc="median")
+
+
+# ----------------------------------------------------------------------------- the design's rules
+
+
+@dataclass
+class Rule:
+    name: str
+    claim: str
+    verdict: str  # PASS | MISS | NOT TESTED | SUPPORTED | PARTLY SUPPORTED | NOT SUPPORTED
+    evidence: str
+
+
+def _cell(trials: pd.DataFrame, preset: str, ablate: str, L: int, lr: float) -> pd.DataFrame:
+    return trials[(trials["preset"] == preset) & (trials["ablate"] == ablate) & (trials["L"] == L)
+                  & np.isclose(trials["lr"], lr)]
+
+
+def _rate(g: pd.DataFrame) -> str:
+    k, n = int(g["blew_up"].sum()), len(g)
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} (Wilson 95% {lo:.2f}-{hi:.2f})" if n else "no trials"
+
+
+def sufficiency(trials: pd.DataFrame, ablate: str, L: int = 5, lr: float = 1e-3) -> dict:
+    """Add-one-in `ablate` on the original against the original and R2_full at one cell (paired by seed)."""
+    variant = _cell(trials, "original", ablate, L, lr)
+    original, full = _cell(trials, "original", "none", L, lr), _cell(trials, "r2_full", "none", L, lr)
+    out = {"n": len(variant), "blew_up": int(variant["blew_up"].sum()), "rate": _rate(variant)}
+    if variant.empty or original.empty or full.empty:
+        return {**out, "sufficient": None, "p": math.nan, "why": "missing trials"}
+    lo, hi = wilson(int(full["blew_up"].sum()), len(full))
+    rate = variant["blew_up"].mean()
+    only_orig, only_var, p = mcnemar_exact(original.set_index("seed")["blew_up"], variant.set_index("seed")["blew_up"])
+    inside = lo <= rate <= hi
+    return {**out, "sufficient": bool(inside and p < 0.05), "p": p, "discordant": (only_orig, only_var),
+            "inside_r2_full": inside}
+
+
+def judge(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> list[Rule]:
+    """The rules of sweeps/DESIGN.md, applied to the trial tables."""
+    rules = []
+    original, full = _cell(trials, "original", "none", L, lr), _cell(trials, "r2_full", "none", L, lr)
+    if original.empty:
+        rules.append(Rule("M1", f"the original blows up at L={L}, lr={lr:g} (Wilson lower bound >= 0.5)",
+                          "NOT TESTED", "no trials"))
+    else:
+        lo, _ = wilson(int(original["blew_up"].sum()), len(original))
+        rules.append(Rule("M1", f"the original blows up at L={L}, lr={lr:g} (Wilson lower bound >= 0.5)",
+                          "PASS" if lo >= 0.5 else "MISS", _rate(original)))
+    if original.empty or full.empty:
+        rules.append(Rule("M2", f"R2_full is stable there (0/10, paired McNemar p < 0.05)", "NOT TESTED",
+                          f"original {_rate(original)}, r2_full {_rate(full)}"))
+    else:
+        _, hi = wilson(int(full["blew_up"].sum()), len(full))
+        a, b, p = mcnemar_exact(original.set_index("seed")["blew_up"], full.set_index("seed")["blew_up"])
+        rules.append(Rule("M2", "R2_full is stable there (Wilson upper bound <= 0.31, paired McNemar p < 0.05)",
+                          "PASS" if hi <= 0.31 and p < 0.05 else "MISS",
+                          f"r2_full {_rate(full)}; original {_rate(original)}; seeds blowing up only in the "
+                          f"original {a}, only in r2_full {b}, exact McNemar p = {p:.3g}"))
+    deep = trials[(trials["preset"] == "original") & (trials["ablate"] == "none") & (trials["L"] == L)
+                  & trials["blew_up"]]
+    if deep.empty:
+        rules.append(Rule("M3", f"the original's blow-ups at L={L} start in layer 4 or 5", "NOT TESTED",
+                          "no blow-ups"))
+    else:
+        share = float(deep["origin_layer"].isin([4, 5]).mean())
+        rules.append(Rule("M3", f"the original's blow-ups at L={L} start in layer 4 or 5 (at least half)",
+                          "PASS" if share >= 0.5 else "MISS",
+                          f"{int(deep['origin_layer'].isin([4, 5]).sum())}/{len(deep)} in layers 4-5; origin "
+                          f"layers {_histogram(deep['origin_layer'])}"))
+    tested = set(trials.loc[trials["preset"] == "original", "ablate"])
+    for name in ("g", "alpha", "aggregation"):
+        if name not in tested:
+            rules.append(Rule(f"S1 {name}", f"{name} alone is sufficient", "NOT TESTED",
+                              "cut for compute (sweeps/DESIGN.md, amendment 1)"))
+        else:
+            s = sufficiency(trials, name, L, lr)
+            rules.append(Rule(f"S1 {name}", f"{name} alone is sufficient", "PASS" if s["sufficient"] else "MISS",
+                              f"{s['rate']}, McNemar p = {s['p']:.3g}"))
+    rules.append(feedback_rule(trials, L, lr))
+    return rules
+
+
+FEEDBACK_TOGGLES = ("coupling", "s_coupling", "s_gating")
+
+
+def feedback_rule(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> Rule:
+    claim = "the mixing block's feedback loop causes the blow-ups (rule F1)"
+    results = {name: sufficiency(trials, name, L, lr) for name in FEEDBACK_TOGGLES}
+    if all(r["sufficient"] is None for r in results.values()):
+        return Rule("F1", claim, "NOT TESTED", "no mechanism trials")
+    blown = trials[(trials["preset"] == "original") & (trials["ablate"] == "none") & (trials["L"] == L)
+                   & np.isclose(trials["lr"], lr) & trials["blew_up"]]
+    in_mixing = float((blown["origin_block"] == "mixing").mean()) if len(blown) else math.nan
+    any_sufficient = any(r["sufficient"] for r in results.values())
+    mixing_origin = bool(in_mixing >= 0.5) if not math.isnan(in_mixing) else False
+    verdict = ("SUPPORTED" if any_sufficient and mixing_origin else
+               "NOT SUPPORTED" if not any_sufficient else "PARTLY SUPPORTED")
+    parts = [f"{name}: {r['rate']}, McNemar p = {r['p']:.3g} ({'sufficient' if r['sufficient'] else 'not sufficient'})"
+             for name, r in results.items() if r["sufficient"] is not None]
+    parts.append(f"original blow-ups originating in a mixing block: {in_mixing:.0%} of {len(blown)}")
+    return Rule("F1", claim, verdict, "; ".join(parts))
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_map(cells: pd.DataFrame):
+    """Blow-up rate per depth x learning rate, one panel per preset, each cell labelled k/n."""
+    plt = analysis._pyplot()
+    base = cells[cells["ablate"] == "none"]
+    presets = list(dict.fromkeys(base["preset"]))
+    fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
+    for ax, preset in zip(axes[0], presets):
+        c = base[base["preset"] == preset]
+        grid = c.pivot_table(index="L", columns="lr", values="rate")
+        image = ax.imshow(grid.values, vmin=0, vmax=1, cmap="Reds", origin="lower", aspect="auto")
+        for (i, L), (j, lr) in ((a, b) for a in enumerate(grid.index) for b in enumerate(grid.columns)):
+            r = c[(c["L"] == L) & np.isclose(c["lr"], lr)]
+            if len(r):
+                r = r.iloc[0]
+                ax.text(j, i, f"{r['blew_up']}/{r['n']}\n[{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]", ha="center",
+                        va="center", fontsize=7)
+        ax.set_xticks(range(len(grid.columns)), [f"{x:g}" for x in grid.columns])
+        ax.set_yticks(range(len(grid.index)), grid.index)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("depth L")
+        ax.set_title(f"{preset}: blow-up rate (Wilson 95%)", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    return fig
+
+
+def plot_probe_depths(depths: pd.DataFrame):
+    """Fraction of seeds blown up in the first forward pass, per depth, with Wilson intervals."""
+    plt = analysis._pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for variant, g in depths[depths["variant"].isin(["original", "r2_full"])].groupby("variant"):
+        yerr = [(g["rate"] - g["rate_lo"]).clip(lower=0), (g["rate_hi"] - g["rate"]).clip(lower=0)]
+        ax.errorbar(g["L"], g["rate"], yerr=yerr, marker="o",
+                    capsize=3, label=variant)
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("blown up at initialisation")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_profiles(trials: pd.DataFrame, L: int = 5):
+    """Median per-layer max ||mu|| and |q| (after mixing) of the original at depth L: at initialisation-
+    time blow-ups, the snapshot before later blow-ups, and the last snapshot of stable runs."""
+    plt = analysis._pyplot()
+    g = trials[(trials["preset"] == "original") & (trials["ablate"] == "none") & (trials["L"] == L)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    groups = {"blew up, snapshot before": g[g["blew_up"] & g["before_step"].notna()],
+              "blew up, the blow-up pass": g[g["blew_up"]], "stable, last snapshot": g[~g["blew_up"]]}
+    for ax, stat in zip(axes, PROFILE_STATS):
+        for name, sub in groups.items():
+            when = "before" if "before" in name else "at"
+            cols = [f"{when}_{stat}_L{l}" for l in range(1, L + 1)]
+            if sub.empty or not set(cols) <= set(sub.columns):
+                continue
+            ax.plot(range(1, L + 1), sub[cols].median(), marker="o", label=f"{name} (n={len(sub)})")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"median {stat}")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

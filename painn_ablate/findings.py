@@ -1,0 +1,231 @@
+"""runs.md from the committed trial tables (results/): the verdicts, the map, the probe, the mechanism.
+
+`painn-ablate report` (no paths, a results/ folder present) calls `write_findings`. Every
+number is computed here from results/*.parquet through painn_ablate.experiments; the design
+and its rules are sweeps/DESIGN.md. Raw run directories are not needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from painn_ablate import experiments as ex
+from painn_ablate.report import ReportError, _cell, environment_here, markdown_table
+
+DEFAULT_RESULTS = "results"
+DESIGN = "sweeps/DESIGN.md"
+REGIME = {"L": 5, "lr": 1e-3}  # the cell sweeps/DESIGN.md names for the reproduction and the mechanism
+
+
+def _rate(r: pd.Series) -> str:
+    return f"{r['blew_up']}/{r['n']} [{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]"
+
+
+def _mse(r: pd.Series) -> str:
+    if r["stable"] == 0 or math.isnan(r["test_mse_mean"]):
+        return "-"
+    if r["stable"] == 1:
+        return f"{r['test_mse_mean']:.4g} (n=1)"
+    return f"{r['test_mse_mean']:.4g} ± {r['test_mse_sd']:.2g} [{r['test_mse_lo']:.4g}, {r['test_mse_hi']:.4g}] (n={r['stable']})"
+
+
+def _fig(fig, folder: Path, name: str, base: Path) -> str:
+    from painn_ablate.analysis import save_figure
+
+    path = save_figure(fig, folder / f"{name}.png")
+    return f"![{name}]({os.path.relpath(path, base)})"
+
+
+def compute_lines(trials: pd.DataFrame) -> list[str]:
+    rows = []
+    for study, g in trials.groupby("study", sort=False):
+        rows.append([study, str(len(g)), f"{g['wall_seconds'].sum() / 60:.0f} min",
+                     f"{g['ms_per_step'].median():.0f} ms" if g["ms_per_step"].notna().any() else "-",
+                     str(int(g["steps_completed"].sum()))])
+    return markdown_table(["study", "trials", "training time (sum over trials)", "median step", "steps run"], rows)
+
+
+def map_lines(trials: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    base = cells[cells["ablate"] == "none"]
+    header = ["preset", "L", "lr", "blow-ups k/n [Wilson 95%]", "diverged", "exploded", "at step 0",
+              "median step", "origin layers", "origin blocks", "test pos MSE of stable runs: mean ± sd [95% CI]"]
+    rows = [[r["preset"], str(r["L"]), f"{r['lr']:g}", _rate(r), str(r["diverged"]), str(r["exploded"]),
+             str(r["init_events"]), _cell(r["median_step"], ".0f"), r["origin_layers"] or "-",
+             r["origin_blocks"] or "-", _mse(r)] for _, r in base.iterrows()]
+    return markdown_table(header, rows)
+
+
+def probe_lines(depths: pd.DataFrame) -> list[str]:
+    header = ["variant", "L", "seeds", "blown up at init k/n [Wilson 95%]", "non-finite", "median L/1 max ||mu||"]
+    rows = [[r["variant"], str(r["L"]), str(r["seeds"]), _rate(r.rename({"seeds": "n"})),
+             f"{r['nonfinite']:.2f}", _cell(r["median_mu_ratio"], ".3g")] for _, r in depths.iterrows()]
+    return markdown_table(header, rows)
+
+
+def gain_lines(stats: pd.DataFrame, variant: str, L: int) -> list[str]:
+    table = ex.probe_gain_table(stats, variant, L)
+    if table.empty:
+        return []
+    cols = [c for c in ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "update_gain")
+            if c in table.columns]
+    rows = [[str(layer), block, *(_cell(r.get(c), ".3g") for c in cols)] for (layer, block), r in table.iterrows()]
+    return markdown_table(["layer", "block", *cols], rows)
+
+
+def reproduction_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
+    orig = ex._cell(trials, "original", "none", L, lr)
+    full = ex._cell(trials, "r2_full", "none", L, lr)
+    if orig.empty or full.empty:
+        return ["Not run: one of the two presets has no trials at this regime.", ""]
+    a, b, p = ex.mcnemar_exact(orig.set_index("seed")["blew_up"], full.set_index("seed")["blew_up"])
+    k_o, k_f = int(orig["blew_up"].sum()), int(full["blew_up"].sum())
+    lo_o, hi_o = ex.wilson(k_o, len(orig))
+    lo_f, hi_f = ex.wilson(k_f, len(full))
+    mse = ex.mean_interval(full.loc[full["status"] == "stable", "test_pos_mse"])
+    blown = orig[orig["blew_up"]]
+    lines = [f"- Blow-ups: original {k_o}/{len(orig)} [{lo_o:.2f}, {hi_o:.2f}], r2_full {k_f}/{len(full)} "
+             f"[{lo_f:.2f}, {hi_f:.2f}] (Wilson 95%); paired by seed, {a} seeds blew up only in the original and "
+             f"{b} only in r2_full: exact McNemar p = {p:.3g}.",
+             f"- Where the original's blow-ups start: layers {ex._histogram(blown['origin_layer']) or '-'}; "
+             f"blocks {ex._histogram(blown['origin_block']) or '-'}; statistics "
+             f"{ex._histogram(blown['origin_stat']) or '-'}; criteria {ex._histogram(blown['origin_criterion']) or '-'}; "
+             f"{int((blown['blowup_step'] == 0).sum())} of {len(blown)} at step 0 (initialisation), median step "
+             f"{_cell(float(blown['blowup_step'].median()) if len(blown) else math.nan, '.0f')}.",
+             f"- r2_full test pos MSE: mean {mse['mean']:.4g}, sample sd {mse['sd']:.2g}, 95% CI "
+             f"[{mse['lo']:.4g}, {mse['hi']:.4g}] (t interval, n = {mse['n']} stable runs).", ""]
+    profile_rows = []
+    for name, g, when in (("original, blew up (snapshot before)", blown[blown["before_step"].notna()], "before"),
+                          ("original, blew up (the blow-up pass)", blown, "at"),
+                          ("original, stable (last snapshot)", orig[~orig["blew_up"]], "at"),
+                          ("r2_full (last snapshot)", full, "at")):
+        for stat in ex.PROFILE_STATS:
+            cols = [f"{when}_{stat}_L{l}" for l in range(1, L + 1)]
+            if g.empty or not set(cols) <= set(g.columns):
+                continue
+            med = g[cols].median()
+            profile_rows.append([name, stat, str(len(g)), *(_cell(float(v), ".3g") for v in med)])
+    lines += ["Per-layer profile after each mixing block (median over the runs in the group):", ""]
+    lines += markdown_table(["group", "statistic", "n", *(f"L{l}" for l in range(1, L + 1))], profile_rows)
+    return lines + [""]
+
+
+def mechanism_lines(trials: pd.DataFrame, depths: Optional[pd.DataFrame], L: int, lr: float) -> list[str]:
+    variants = [a for a in dict.fromkeys(trials.loc[trials["preset"] == "original", "ablate"]) if a != "none"]
+    if not variants:
+        return ["Not run this session.", ""]
+    cells = ex.cell_table(trials[(trials["L"] == L) & np.isclose(trials["lr"], lr)])
+    rows = []
+    for name in ["none", *variants]:
+        c = cells[(cells["preset"] == "original") & (cells["ablate"] == name)]
+        if c.empty:
+            continue
+        r = c.iloc[0]
+        s = ex.sufficiency(trials, name, L, lr) if name != "none" else None
+        init = None
+        if depths is not None:
+            d = depths[(depths["variant"] == ("original" if name == "none" else f"original-{name}"))
+                       & (depths["L"] == L)]
+            init = d.iloc[0] if len(d) else None
+        rows.append([f"original + {name}" if name != "none" else "original", _rate(r),
+                     "-" if s is None else f"{s['discordant'][0]} / {s['discordant'][1]}, p = {s['p']:.3g}",
+                     "-" if s is None else ("yes" if s["sufficient"] else "no"), str(r["init_events"]),
+                     _cell(r["median_step"], ".0f"), r["origin_layers"] or "-", r["origin_blocks"] or "-",
+                     "-" if init is None else f"{init['blew_up']}/{init['seeds']}",
+                     "-" if init is None else _cell(init["median_mu_ratio"], ".3g"), _mse(r)])
+    header = ["variant", "blow-ups k/n [Wilson 95%]", "paired vs original: only original / only variant, McNemar",
+              "sufficient", "at step 0", "median step", "origin layers", "origin blocks",
+              "probe: blown up at init", "probe: median L/1 ratio", "test pos MSE (stable)"]
+    return markdown_table(header, rows) + [""]
+
+
+def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "runs.md",
+                   plots: Optional[str | Path] = "plots", command: str = "painn-ablate report") -> str:
+    trials, probe_stats, probe_seeds = ex.load_results(results)
+    if trials.empty and probe_seeds is None:
+        raise ReportError(f"no trial tables (*.parquet) in {results}; make them with painn-ablate export")
+    base = Path(out).resolve().parent
+    figures = Path(plots) if plots is not None else None
+    L, lr = REGIME["L"], REGIME["lr"]
+    cells = ex.cell_table(trials) if not trials.empty else pd.DataFrame()
+    depths = ex.probe_depth_table(probe_seeds, probe_stats) if probe_seeds is not None else None
+    lines = ["# runs.md: what the experiments say", "",
+             f"Generated by `{command}` on {dt.date.today().isoformat()} from the trial tables in `{results}/` "
+             f"({len(trials)} trials; one row per trial: parameters, outcome, origin of the first blow-up, metrics, "
+             "the per-layer profile before the blow-up). Do not edit by hand. List the trials with "
+             f"`python -c \"import pandas as pd, glob; print(pd.concat(map(pd.read_parquet, glob.glob('{results}/map_*.parquet'))))\"`.",
+             "", f"The design and the pass/fail rules were written before the results: [{DESIGN}]({DESIGN}). "
+             "Outcomes: *exploded* = a NaN/Inf; *diverged* = finite but past a blow-up criterion "
+             "(loss > 100x its start, val pos MSE > 10x the zero-displacement MSE, max ||mu|| > 1e3, "
+             "max |q| > 1e4, or last/first-layer max ||mu|| > 100); a *blow-up* is either. Every trial ends at "
+             "its first blow-up. Intervals: Wilson 95% for rates, t 95% for mean MSEs (sample sd, ddof = 1); "
+             "n is given with each. Seeds 0-9 are paired across all cells and variants (same initialisation, "
+             "same batch order, same data).", ""]
+    if not trials.empty:
+        lines += ["## Verdicts", ""]
+        rules = ex.judge(trials, L, lr)
+        lines += markdown_table(["rule", "claim", "verdict", "evidence"],
+                                [[r.name, r.claim, f"**{r.verdict}**", r.evidence] for r in rules]) + [""]
+        lines += ["## 1. Explosion map", "",
+                  "Commands: `painn-ablate sweep sweeps/map_original.yaml --workers 2`, "
+                  "`painn-ablate sweep sweeps/map_r2_full.yaml --workers 2`, then "
+                  "`painn-ablate export <sweep folders> --out results`.", ""]
+        lines += map_lines(trials, cells) + [""]
+        if figures is not None:
+            lines += [_fig(ex.plot_map(cells), figures, "map", base), ""]
+    if depths is not None:
+        lines += ["### At initialisation: `painn-ablate probe --seeds 100`", "",
+                  "The fraction of seeds whose first forward pass (before any update; the batch of training step "
+                  "0, so probe seed s is training seed s) crosses a blow-up criterion or is non-finite. Command: "
+                  "`painn-ablate probe model=original --depths 2,3,4,5,6,7,8 --seeds 100 --out probe/original` "
+                  "(and `model=r2_full`, and `model=original ablate=<toggle>` at L = 5).", ""]
+        lines += probe_lines(depths) + [""]
+        if figures is not None:
+            lines += [_fig(ex.plot_probe_depths(depths), figures, "probe_depths", base), ""]
+        lines += [f"Per-layer medians over 100 seeds of the original at L = {L} at initialisation: the feedback "
+                  "terms (qmu_absmax = max |dqmu * <mu_V, mu_W>|, mu_term_norm_max = max ||dmu * mu_W||) and each "
+                  "block's gains (norm_gain = ||out|| / ||in||; update_gain = ||J v - v|| for a random unit v, "
+                  "the residual update's gain):", ""]
+        lines += gain_lines(probe_stats, "original", L) + [""]
+    if not trials.empty:
+        lines += [f"## 2. Reproduction at L = {L}, lr = {lr:g}", "",
+                  f"Regime rule (sweeps/DESIGN.md): the specification's setting, L = {L}, lr = {lr:g}, the cell of "
+                  "the map the rules M1-M3 judge; 10 paired seeds per preset, 1000 steps.", ""]
+        lines += reproduction_lines(trials, L, lr)
+        if figures is not None:
+            lines += [_fig(ex.plot_profiles(trials, L), figures, "profiles", base), ""]
+        lines += [f"## 4. The mechanism (add-one-in on the original at L = {L}, lr = {lr:g})", "",
+                  "Command: `painn-ablate sweep sweeps/mechanism.yaml --workers 2`. *Sufficient*: the variant's "
+                  "blow-up rate lies inside R2_full's Wilson interval and the paired McNemar test against the "
+                  "original gives p < 0.05.", ""]
+        lines += mechanism_lines(trials, depths, L, lr)
+        f1 = ex.feedback_rule(trials, L, lr)
+        lines += [f"**Does the data support the specification's feedback-loop explanation? {f1.verdict}.** "
+                  f"{f1.evidence}.", ""]
+        lines += ["## Compute", ""] + compute_lines(trials) + [""]
+    lines += ["## Not done", "",
+              "- Section 3 of issue 12 (leave-one-out on r2_full and add-one-in for every stabilizer at this "
+              "regime) and rule S1 (g, alpha, aggregation sufficient): not run, for compute "
+              "(sweeps/DESIGN.md, amendment 1).",
+              "- Section 5 (accuracy against EGNN with a learning-rate schedule to convergence): not run.",
+              "- The per-sample error distribution of stable runs is not recorded by the trials; the test MSE above "
+              "is a mean over samples.", ""]
+    env = environment_here()
+    lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return "\n".join(lines)
+
+
+def write_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "runs.md",
+                   plots: Optional[str | Path] = "plots", command: str = "painn-ablate report") -> Path:
+    text = build_findings(results, out, plots, command)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out

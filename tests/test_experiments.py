@@ -1,0 +1,131 @@
+"""The evidence layer: intervals, paired tests, trial tables from a real sweep, the rules, runs.md."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from painn_ablate import experiments as ex
+from painn_ablate.findings import build_findings
+from test_train import TINY
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
+
+
+def test_wilson_interval_matches_the_formula_at_known_points():
+    assert ex.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert ex.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert ex.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert all(math.isnan(x) for x in ex.wilson(0, 0))
+
+
+def test_exact_mcnemar_counts_only_discordant_seeds():
+    a = pd.Series([True] * 8 + [False, True], index=range(10))
+    b = pd.Series([False] * 8 + [False, True], index=range(10))
+    assert ex.mcnemar_exact(a, b) == (8, 0, pytest.approx(2 * 0.5 ** 8))
+    assert ex.mcnemar_exact(a, a)[2] == 1.0
+    # seeds present on one side only are not paired
+    assert ex.mcnemar_exact(a, b.drop(index=range(4)))[:2] == (4, 0)
+
+
+def test_mean_interval_uses_the_sample_sd_and_t():
+    r = ex.mean_interval([1.0, 2.0, 3.0, None, float("nan")])
+    assert r["n"] == 3 and r["sd"] == pytest.approx(1.0)
+    assert r["hi"] - r["mean"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+
+
+def synthetic(preset, ablate, blew, L=5, lr=1e-3, layer=5, block="mixing"):
+    return [{"study": "s", "preset": preset, "ablate": ablate, "L": L, "lr": lr, "seed": s, "blew_up": b,
+             "diverged": b, "exploded": False, "status": "diverged" if b else "stable",
+             "blowup_step": 0 if b else None, "origin_layer": layer if b else None,
+             "origin_block": block if b else None, "origin_stat": "q_absmax" if b else None,
+             "origin_criterion": "q" if b else None, "test_pos_mse": None if b else 0.01 + 0.001 * s,
+             "wall_seconds": 10.0, "ms_per_step": 5.0, "steps_completed": 10, "before_step": None}
+            for s, b in enumerate(blew)]
+
+
+def test_rules_follow_the_design():
+    rows = (synthetic("original", "none", [True] * 9 + [False]) + synthetic("r2_full", "none", [False] * 10)
+            + synthetic("original", "coupling", [False] * 10) + synthetic("original", "s_gating", [True] * 10))
+    trials = pd.DataFrame(rows)
+    rules = {r.name: r for r in ex.judge(trials)}
+    assert rules["M1"].verdict == "PASS" and rules["M2"].verdict == "PASS" and rules["M3"].verdict == "PASS"
+    assert rules["S1 g"].verdict == "NOT TESTED"
+    assert rules["F1"].verdict == "SUPPORTED" and "coupling: 0/10" in rules["F1"].evidence
+    assert ex.sufficiency(trials, "coupling")["sufficient"] is True
+    assert ex.sufficiency(trials, "s_gating")["sufficient"] is False
+    # a miss is a miss: the original blowing up in 2 of 10 fails M1
+    weak = pd.DataFrame(synthetic("original", "none", [True] * 2 + [False] * 8) + synthetic("r2_full", "none",
+                                                                                           [False] * 10))
+    assert {r.name: r.verdict for r in ex.judge(weak)}["M1"] == "MISS"
+
+
+def test_cell_table_counts_and_intervals():
+    cells = ex.cell_table(pd.DataFrame(synthetic("original", "none", [True] * 3 + [False] * 7)))
+    c = cells.iloc[0]
+    assert (c["n"], c["blew_up"], c["init_events"], c["stable"]) == (10, 3, 3, 7)
+    assert (c["rate_lo"], c["rate_hi"]) == pytest.approx(ex.wilson(3, 10))
+    assert c["origin_layers"] == "5: 3" and c["test_mse_mean"] == pytest.approx(np.mean([0.01 + 0.001 * s
+                                                                                        for s in range(3, 10)]))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A real 4-trial sweep (original and r2_full x 2 seeds, L = 5) and a probe, exported to results/."""
+    root = tmp_path_factory.mktemp("exp")
+    (root / "map.yaml").write_text(
+        "name: map_tiny\nmethod: grid\nmetric: {name: val_pos_mse, goal: minimize}\nparameters:\n"
+        "  model: {values: [original, r2_full]}\n  seed: {values: [0, 1]}\n  train.lr: {value: 0.001}\n"
+        "  monitor.on_diverged: {value: stop}\n")
+    common = [*TINY, f"data.cache_dir={root / 'cache'}"]
+    env = {"OMP_NUM_THREADS": "1"}
+    for args in (["sweep", str(root / "map.yaml"), *common, "train.steps=6", "train.val_every=3",
+                  "--out", str(root / "map")],
+                 ["probe", *common, "model=original", "--seeds", "3", "--depths", "2,5", "--out",
+                  str(root / "probe" / "original")],
+                 ["export", str(root / "map"), str(root / "probe" / "original"), "--out", str(root / "results")]):
+        res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
+                             timeout=600, env={**__import__("os").environ, **env})
+        assert res.returncode == 0, res.stderr
+    return root / "results"
+
+
+def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(results):
+    trials, stats, seeds = ex.load_results(results)
+    assert len(trials) == 4 and set(trials["preset"]) == {"original", "r2_full"}
+    assert set(trials["seed"]) == {0, 1} and (trials["L"] == 5).all()
+    assert {"status", "blew_up", "blowup_step", "origin_layer", "origin_block", "test_pos_mse",
+            "at_mu_norm_max_L5", "before_q_absmax_L1"} <= set(trials.columns)
+    blown = trials[trials["blew_up"]]
+    assert blown["origin_layer"].notna().all()  # every blow-up has a layer
+    assert (trials.loc[~trials["blew_up"], "status"] == "stable").all()
+    assert set(seeds["L"]) == {2, 5} and set(stats["variant"]) == {"original"}
+    assert sum(p.stat().st_size for p in results.glob("*.parquet")) < 2_000_000
+
+
+def test_findings_report_and_cli(results, tmp_path):
+    text = build_findings(results, tmp_path / "runs.md", tmp_path / "plots")
+    for needle in ("## Verdicts", "| M1 |", "Wilson", "## 1. Explosion map", "### At initialisation",
+                   "## 2. Reproduction at L = 5", "## Compute", "## Not done"):
+        assert needle in text, needle
+    assert (tmp_path / "plots" / "map.png").stat().st_size > 0
+    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "report", "--results", str(results),
+                          "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and (tmp_path / "r.md").read_text().startswith("# runs.md")
+
+
+def test_findings_notebook_executes_on_a_tiny_results_folder(results, monkeypatch):
+    monkeypatch.setenv("PAINN_ABLATE_RESULTS", str(results))
+    book = nbformat.read(NOTEBOOKS / "findings.ipynb", as_version=4)
+    NotebookClient(book, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    images = [o for c in book.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2

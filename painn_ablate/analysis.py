@@ -158,9 +158,38 @@ def _require(dirs: list[Path], paths: Paths) -> list[Path]:
     return dirs
 
 
+class UnreadableRun(AnalysisError):
+    """A run folder whose summary.json is truncated, corrupt or not a painn-ablate summary."""
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableRun(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})") from None
+    missing = [k for k in ("status", "steps_completed") if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise UnreadableRun(f"{path}: not a painn-ablate run summary (no {', '.join(missing)})")
+    return summary
+
+
+def readable_run_dirs(dirs: list[Path]) -> list[Path]:
+    """The run folders whose summary reads; each other one is skipped with one warning naming it."""
+    kept = []
+    for d in dirs:
+        try:
+            read_summary(d)
+        except UnreadableRun as exc:
+            log.warning("skipping %s", exc)
+            continue
+        kept.append(d)
+    return kept
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: config columns, summary columns, `run_dir`, `experiment`, `exploded`."""
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = read_summary(run_dir)
     row: dict[str, Any] = {}
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
@@ -178,7 +207,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 def load_runs(paths: Paths) -> pd.DataFrame:
     """One row per run under `paths` (see the module docstring); killed runs load as 'running'."""
-    dirs = _require(find_run_dirs(paths), paths)
+    dirs = _require(readable_run_dirs(find_run_dirs(paths)), paths)
     frame = pd.DataFrame([read_run(d) for d in dirs])
     # presets first (original, r2_full), then the designs, each by seed
     order = frame.assign(_design=frame["ablate"] != "none", _seed=pd.to_numeric(frame.get("seed"), errors="coerce"))
@@ -198,7 +227,7 @@ def _read_table(run_dir: Path, name: str, filters=None) -> pd.DataFrame:
 
 
 def _load_long(paths: Paths, table: str, filters=None) -> pd.DataFrame:
-    dirs = _require(find_run_dirs(paths), paths)
+    dirs = _require(readable_run_dirs(find_run_dirs(paths)), paths)
     parts = []
     for d in dirs:
         frame = _read_table(d, table, filters)

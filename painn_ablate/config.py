@@ -9,6 +9,7 @@ raises `ConfigError` whose message is one line naming the offending key.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -317,8 +318,16 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 
 
+def _finite_numbers(cfg: DictConfig) -> None:
+    """A number in the schema must be finite: inf or nan is bad input, never a run that 'explodes'."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"bad value for '{key}': must be a finite number, got {value}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Range checks that the types alone cannot express."""
+    _finite_numbers(cfg)
     st = cfg.model.stabilizers
     for name in ("g", "alpha_inter", "alpha_mix", "mu0_scale"):
         _check(st[name] > 0, f"model.stabilizers.{name}", f"must be > 0, got {st[name]}")

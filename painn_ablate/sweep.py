@@ -117,7 +117,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.config import ConfigError, all_keys, compose
+from painn_ablate.config import ConfigError, all_keys, compose, flatten
 from painn_ablate.outcome import Status, is_blow_up
 
 log = logging.getLogger(__name__)
@@ -354,12 +354,29 @@ def _check_names(path: str, params: dict[str, Param], overrides: list[str]) -> N
             raise _fail(path, f"override '{item}': '{key}' is set by the sweep for each trial")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice, on lines {seen[key] + 1} and {key_node.start_mark.line + 1}",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_sweep_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as exc:
+        raise _fail(str(path), exc.problem) from None
     except yaml.YAMLError as exc:
         raise _fail(str(path), f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
@@ -382,12 +399,20 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         for name, p in sweep.swept.items():
             if p.kind != "categorical":
                 raise _fail(where, f"parameter '{name}': a grid needs 'values' or 'value', not a '{p.kind}' range")
+    composed: dict[str, str] = {}  # a grid point's config (less its name) -> the point, to find duplicates
     for params_point in check_points(sweep):
+        shown = ", ".join(f"{k}={v}" for k, v in params_point.items() if k in sweep.swept)
         try:
-            trial_config(sweep, params_point)
+            cfg = trial_config(sweep, params_point)
         except ConfigError as exc:
-            shown = ", ".join(f"{k}={v}" for k, v in params_point.items() if k in sweep.swept)
             raise _fail(where, f"{exc} (at {shown or 'the fixed settings'})") from None
+        if sweep.method == "grid":
+            key = json.dumps({k: v for k, v in flatten(cfg).items() if k not in ("name", "ablate")}, sort_keys=True,
+                             default=str)
+            if key in composed:
+                raise _fail(where, f"grid points {composed[key]} and {shown} compose to the same config; "
+                                   "remove one of them")
+            composed[key] = shown
     return sweep
 
 

@@ -1,0 +1,60 @@
+"""Bad input refused up front, one corrupt record never sinks a report (issue 15: items 1, 3, 4)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from test_train import TINY
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_exit_2(res, needle):
+    lines = res.stderr.strip().splitlines()
+    return res.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("override, key", [("train.lr=inf", "train.lr"), ("model.stabilizers.g=inf", "model.stabilizers.g"),
+                                           ("train.weight_decay=inf", "train.weight_decay"),
+                                           ("model.r_cut=.inf", "model.r_cut"), ("train.lr=nan", "train.lr")])
+def test_non_finite_config_values_are_bad_input_not_an_explosion(tmp_path, override, key):
+    res = cli("train", *TINY, f"data.cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'x'}", override)
+    assert one_line_exit_2(res, key) and "finite" in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_sweep_values_must_be_finite(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("method: grid\nparameters:\n  train.lr: {values: [0.001, .inf]}\n")
+    assert one_line_exit_2(cli("sweep", str(f), "--dry-run"), "train.lr")
+
+
+def test_duplicate_keys_in_a_sweep_file_are_refused_with_both_lines(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("method: grid\nparameters:\n  seed: {values: [0]}\n  seed: {values: [1]}\n")
+    res = cli("sweep", str(f), "--dry-run")
+    assert one_line_exit_2(res, "'seed' is given twice, on lines 3 and 4")
+
+
+def test_grid_points_composing_to_the_same_config_are_refused(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("method: grid\nparameters:\n  model: {value: r2_full}\n  ablate: {values: [s_msg, s_msg+s_msg]}\n")
+    assert one_line_exit_2(cli("sweep", str(f), "--dry-run"), "compose to the same config")
+
+
+@pytest.mark.parametrize("corrupt", ["{}", '{"status": "sta', "not json at all"])
+def test_one_corrupt_run_folder_is_skipped_with_a_warning_and_the_rest_reported(tmp_path, corrupt):
+    for name in ("a", "b"):
+        res = cli("train", *TINY, "train.steps=2", f"data.cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'runs' / name}")
+        assert res.returncode == 0, res.stderr
+    (tmp_path / "runs" / "a" / "summary.json").write_text(corrupt)
+    res = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md"))
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "skipping" in line]
+    assert len(warnings) == 1 and str(tmp_path / "runs" / "a") in warnings[0]
+    text = (tmp_path / "r.md").read_text()
+    assert "out=runs/b-rerun" in text and "out=runs/a-rerun" not in text  # b is reported, a is not

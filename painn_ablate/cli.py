@@ -227,6 +227,17 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
     return 0
 
 
+def _first_divergence_cell(row) -> str:
+    """A trials_frame row's first divergence as `where_diverged` prints it, '-' when there is none."""
+    import pandas as pd
+
+    if pd.isna(row["first_divergence_step"]):
+        return "-"
+    f = {k: row[f"first_divergence_{k}"] for k in ("step", "layer", "block", "stat", "criterion")}
+    f = {k: None if pd.isna(v) else int(v) if k in ("step", "layer") else v for k, v in f.items()}
+    return where_diverged(f)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -246,9 +257,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if len(frame):
             nonfinite = frame.apply(lambda r: "-" if pd.isna(r["first_nonfinite_step"]) else where_nonfinite(
                 {k: r[f"first_nonfinite_{k}"] for k in ("step", "layer", "block", "tensor")}), axis=1)
+            diverged = frame.apply(_first_divergence_cell, axis=1)
             table = pd.DataFrame({"#": frame["number"], "label": frame["label"], "status": frame["status"],
                                   "value": frame["value"].map(_fmt), "val_pos_mse": frame["val_pos_mse"].map(_fmt),
-                                  "test_pos_mse": frame["test_pos_mse"].map(_fmt), "first non-finite": nonfinite})
+                                  "test_pos_mse": frame["test_pos_mse"].map(_fmt), "first divergence": diverged,
+                                  "first non-finite": nonfinite})
             print(table.to_string(index=False))
         print()
     return 0

@@ -1073,7 +1073,20 @@ def resolve_storage(target: str) -> str:
         path = path / "study.db"
     if not path.is_file():
         raise SweepError(f"no sweep at '{target}': expected a sweep folder, a study.db or a storage URL")
+    _check_study_file(path)
     return f"sqlite:///{path.resolve()}"
+
+
+def _check_study_file(path: Path) -> None:
+    """Refuse a file that is not an Optuna SQLite storage, read-only: opening it through Optuna would
+    create the schema in it (a reading command must never write)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise SweepError(f"{path} is not an SQLite database ({exc})") from None
+    if "studies" not in tables:
+        raise SweepError(f"{path} holds no Optuna study (empty or another database); nothing to read")
 
 
 def open_studies(target: str, study_name: Optional[str] = None) -> list[optuna.Study]:

@@ -58,3 +58,13 @@ def test_one_corrupt_run_folder_is_skipped_with_a_warning_and_the_rest_reported(
     assert len(warnings) == 1 and str(tmp_path / "runs" / "a") in warnings[0]
     text = (tmp_path / "r.md").read_text()
     assert "out=runs/b-rerun" in text and "out=runs/a-rerun" not in text  # b is reported, a is not
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all"])
+def test_status_never_writes_to_what_it_reads(tmp_path, content):
+    db = tmp_path / "sweep" / "study.db"
+    db.parent.mkdir()
+    db.write_bytes(content)
+    res = cli("status", str(db.parent))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert db.read_bytes() == content  # before: Optuna wrote its 114 KB schema into the 0-byte file

@@ -68,3 +68,15 @@ def test_status_never_writes_to_what_it_reads(tmp_path, content):
     res = cli("status", str(db.parent))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert db.read_bytes() == content  # before: Optuna wrote its 114 KB schema into the 0-byte file
+
+
+@pytest.mark.parametrize("given, seen", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(given, seen):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    res = subprocess.run([sys.executable, "-c", "import os, painn_ablate.cli; print(os.environ['OMP_WAIT_POLICY'])"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.stdout.strip() == seen

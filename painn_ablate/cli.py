@@ -38,6 +38,12 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return (InputError, ConfigError, DataError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
 
 
+def unwritable_reason(path: Path):
+    from painn_ablate.tracking import unwritable_reason as reason
+
+    return reason(path)
+
+
 # ----------------------------------------------------------------------------- train
 
 
@@ -168,6 +174,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     spec = sw.load_sweep(args.file, args.overrides)
     out = args.out or str(sw.default_out(args.file))
+    if not args.storage:
+        reason = unwritable_reason(Path(out))
+        if reason:
+            raise InputError(f"--out {out} cannot be written: {reason}")
     if args.dry_run:
         points = sw.grid_points(spec) if spec.method == "grid" else []
         n = len(points) if points else (args.n_trials or spec.run_cap or sw.DEFAULT_N_TRIALS)
@@ -384,14 +394,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _writable_folder(path: Path) -> None:
-    """Create `path` (and parents) or fail with one line, before any work is done."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    """Fail with one line, before any work is done, when `path` cannot be created and written."""
+    reason = unwritable_reason(path)
+    if reason:
+        raise InputError(f"cannot write to {path}: {reason}")
+    path.mkdir(parents=True, exist_ok=True)
 
 
 # ----------------------------------------------------------------------------- main

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,6 +42,23 @@ EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer"
                            ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
                            ("value", pa.float64()), ("detail", pa.string())])
 EVENT_KINDS = ("nonfinite", "divergence", "early_warning")
+
+
+def unwritable_reason(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be created and written, or None. Creates nothing that stays: it tries a
+    temporary folder in the nearest existing ancestor (a read-only mount, /proc, a path under a
+    regular file all fail there), before any data loads or any partial result exists."""
+    folder = Path(folder).expanduser().absolute()
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=ancestor))
+    except OSError as exc:
+        return f"cannot write in {ancestor} ({exc.strerror or exc})"
+    return None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -39,7 +39,8 @@ from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
 from painn_ablate.outcome import Criteria, DivergenceTracker, Origin, Status, crossed, locate
-from painn_ablate.tracking import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, write_json_atomic
+from painn_ablate.tracking import (ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason,
+                                   write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
     if (run_dir / "summary.json").exists():
         raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
+    reason = unwritable_reason(run_dir)
+    if reason:
+        raise RunDirError(f"out={run_dir} cannot be written: {reason}")
     return run_dir
 
 
@@ -424,9 +428,10 @@ def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
     should_stop(step, info) -> reason or None: asked at every statistics snapshot and validation;
     a reason ends the run early (a sweep's pruner uses it).
     """
-    # Bad data fails here, before any run directory exists; a cache miss integrates on the training device.
-    splits = load_dataset(cfg.data, device=pick_device(cfg.train.device))
+    # Bad output and bad data fail here, before any run directory exists (the output first: loading
+    # or generating data can take minutes); a cache miss integrates on the training device.
     run_dir = resolve_run_dir(cfg)
+    splits = load_dataset(cfg.data, device=pick_device(cfg.train.device))
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(cfg)
     cfg.name = cfg.name or run_dir.name

@@ -1,6 +1,7 @@
 """Bad input refused up front, one corrupt record never sinks a report (issue 15: items 1, 3, 4)."""
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -80,3 +81,15 @@ def test_the_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(given, see
     res = subprocess.run([sys.executable, "-c", "import os, painn_ablate.cli; print(os.environ['OMP_WAIT_POLICY'])"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert res.stdout.strip() == seen
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_output_is_refused_before_any_work(tmp_path, where):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "run" if where == "under_a_file" else Path("/proc/painn-ablate-test/run")
+    res = cli("train", *TINY, f"data.cache_dir={tmp_path / 'c'}", f"out={out}")
+    assert one_line_exit_2(res, "cannot be written")
+    assert not (tmp_path / "c").exists()  # refused before the data was generated
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("method: grid\nparameters:\n  seed: {values: [0]}\n")
+    assert one_line_exit_2(cli("sweep", str(sweep), "--out", str(out), "--dry-run"), "cannot be written")

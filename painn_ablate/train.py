@@ -362,7 +362,6 @@ class Trainer:
                         self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
                     step_times.append(time.perf_counter() - t0)
-                    self.summary["steps_completed"] = step + 1
                     self.summary["final_loss"] = finite_or_none(l_all)
                     metrics = {"loss": l_all, "loss_pos": l_pos, "loss_vel": l_vel,
                                "lr": self.opt.param_groups[0]["lr"], "grad_norm": g,
@@ -374,6 +373,7 @@ class Trainer:
                         if self.watch_validation(step, metrics["val_pos_mse"], batch, mon):
                             diverged_stop = cfg.monitor.on_diverged == "stop"
                     self.recorder.metrics(step, metrics)
+                    self.summary["steps_completed"] = step + 1  # = rows of metrics.parquet, also when interrupted
                     signal = self.snapshot(step, stats_rows) if stats_rows else None
                     if diverged_stop and not stop:
                         self.summary["stopped_early"] = {"step": step, "reason": "diverged"}
@@ -388,12 +388,19 @@ class Trainer:
                         self.recorder.flush()
                         self.summary["wall_seconds"] = time.perf_counter() - start
                         self.write_summary()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into this): finalize, then pass it on
+            self.summary["status"] = Status.INTERRUPTED.value
+            raise
         finally:
             self.summary["wall_seconds"] = time.perf_counter() - start
             if step_times:
                 # median: the first steps include one-off allocation and thread start-up
                 self.summary["ms_per_step"] = 1000 * sorted(step_times)[len(step_times) // 2]
             self.recorder.flush()
+            if self.summary["status"] == Status.INTERRUPTED:
+                self.summary["divergence"] = self.tracker.summary()
+                self.write_summary()
+                self.recorder.finish(self.summary)
 
         if self.summary["nonfinite_events"]:
             self.summary["status"] = Status.EXPLODED.value

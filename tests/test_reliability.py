@@ -93,3 +93,30 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, where):
     sweep = tmp_path / "s.yaml"
     sweep.write_text("method: grid\nparameters:\n  seed: {values: [0]}\n")
     assert one_line_exit_2(cli("sweep", str(sweep), "--out", str(out), "--dry-run"), "cannot be written")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_is_finalized_with_consistent_counts(tmp_path, sig):
+    import json
+    import os
+    import signal
+    import time
+
+    import pandas as pd
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "model=r2_full",
+                             "train.steps=100000", "monitor.flush_every=7", f"data.cache_dir={tmp_path / 'c'}",
+                             f"out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        summary = out / "summary.json"
+        if summary.exists() and json.loads(summary.read_text())["steps_completed"] >= 10:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["steps_completed"] == len(pd.read_parquet(out / "metrics.parquet")) >= 10

@@ -639,6 +639,16 @@ class NBodySplit:
 # ----------------------------------------------------------------------------- entry point
 
 
+def check_dir(folder: Union[str, Path]) -> None:
+    """The cheap part of `read_dir`, for a sweep's dry run: the folder holds the three split files."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.dir {folder}: no such folder")
+    for name in SPLITS:
+        if not (folder / f"{name}.npz").is_file():
+            raise _fail(folder / f"{name}.npz", "does not exist")
+
+
 def read_dir(folder: Union[str, Path]) -> dict[str, dict[str, np.ndarray]]:
     """Bring-your-own data: train.npz, val.npz and test.npz from one folder, validated."""
     folder = Path(folder).expanduser()

@@ -399,12 +399,16 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         for name, p in sweep.swept.items():
             if p.kind != "categorical":
                 raise _fail(where, f"parameter '{name}': a grid needs 'values' or 'value', not a '{p.kind}' range")
+    from painn_ablate.data import DataError, check_dir  # torch loads only where data or trials are touched
+
     composed: dict[str, str] = {}  # a grid point's config (less its name) -> the point, to find duplicates
     for params_point in check_points(sweep):
         shown = ", ".join(f"{k}={v}" for k, v in params_point.items() if k in sweep.swept)
         try:
             cfg = trial_config(sweep, params_point)
-        except ConfigError as exc:
+            if cfg.data.dir:
+                check_dir(cfg.data.dir)  # before any study exists: a dry run and a real run fail alike
+        except (ConfigError, DataError) as exc:
             raise _fail(where, f"{exc} (at {shown or 'the fixed settings'})") from None
         if sweep.method == "grid":
             key = json.dumps({k: v for k, v in flatten(cfg).items() if k not in ("name", "ablate")}, sort_keys=True,

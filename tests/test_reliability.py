@@ -120,3 +120,12 @@ def test_an_interrupted_run_is_finalized_with_consistent_counts(tmp_path, sig):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert summary["steps_completed"] == len(pd.read_parquet(out / "metrics.parquet")) >= 10
+
+
+def test_a_bad_data_dir_fails_the_dry_run_and_leaves_no_study(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("method: grid\nparameters:\n  seed: {values: [0]}\n")
+    for extra in (["--dry-run"], []):
+        res = cli("sweep", str(sweep), f"data.dir={tmp_path / 'missing'}", "--out", str(tmp_path / "out"), *extra)
+        assert one_line_exit_2(res, "data.dir")
+    assert not (tmp_path / "out").exists()  # before: an empty study.db was left behind

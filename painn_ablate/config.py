@@ -75,7 +75,7 @@ class DataConfig:
     n_val: int = 2000
     n_test: int = 2000
     seed: int = 0  # data seed, independent of the training seed
-    graph: str = "auto"  # auto: full for charged, knn for gravity; full | knn | radius
+    graph: str = "auto"  # auto: full for charged (knn above 64 particles), knn for gravity; full | knn | radius
     k: int = 16  # neighbours per node for graph=knn
     radius: float = 2.0  # neighbour radius for graph=radius
     # Generated data sets, keyed by their parameters. None: $PAINN_ABLATE_CACHE, else

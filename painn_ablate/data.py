@@ -64,6 +64,9 @@ ARRAY_KEYS = ("pos", "vel", "charge", "pos_next", "vel_next")
 SYSTEMS = ("charged", "gravity")
 DEFAULT_N_PARTICLES = {"charged": 5, "gravity": 100}
 AUTO_GRAPH = {"charged": "full", "gravity": "knn"}
+# graph=auto never builds a full graph above this many particles a system: its n (n - 1) edges grow
+# quadratically (1000 particles: 15 s a step and 5.8 GB for 4 samples, against 2.7 s and 0.6 GB with knn).
+AUTO_FULL_MAX = 64
 CACHE_FORMAT_VERSION = 1  # bump when the generators change, so old caches are not reused
 
 # Pairwise float64 temporaries of one integration chunk stay below this many bytes: on a CPU
@@ -570,8 +573,15 @@ def _node_index(a: np.ndarray) -> Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int32)
 
 
-def resolve_graph(graph: str, system: str) -> str:
-    return AUTO_GRAPH[system] if graph == "auto" else graph
+def resolve_graph(graph: str, system: str, n_particles: Optional[int] = None) -> str:
+    """graph=auto: the system's graph (full for charged, knn for gravity), but knn above AUTO_FULL_MAX particles."""
+    if graph != "auto":
+        return graph
+    if AUTO_GRAPH[system] == "full" and n_particles is not None and n_particles > AUTO_FULL_MAX:
+        log.warning("data: %d particles a system; graph=auto uses knn (data.k neighbours) instead of the full "
+                    "graph above %d particles (set data.graph=full to insist)", n_particles, AUTO_FULL_MAX)
+        return "knn"
+    return AUTO_GRAPH[system]
 
 
 # ----------------------------------------------------------------------------- batches
@@ -667,7 +677,7 @@ def load_dataset(cfg: Any, device: Device = None) -> dict[str, NBodySplit]:
         arrays = read_dir(cfg.dir)
     else:
         arrays = load_or_generate(cfg, device)
-    graph = resolve_graph(cfg.graph, cfg.system)
+    graph = resolve_graph(cfg.graph, cfg.system, arrays["train"]["pos"].shape[1])
     start = time.perf_counter()
     splits = {name: NBodySplit.from_arrays(arrays[name], graph, cfg.k, cfg.radius) for name in SPLITS}
     log.info("data: %s graphs built in %.1f s", graph, time.perf_counter() - start)

@@ -438,3 +438,17 @@ def test_generated_sets_are_cached_in_the_users_cache_folder(monkeypatch, tmp_pa
     params = {"system": "charged", "n": 5}
     assert cache_folder(None, params).parent == tmp_path / "mine"
     assert cache_folder(tmp_path / "explicit", params).parent == tmp_path / "explicit"  # data.cache_dir wins
+
+
+def test_auto_graph_is_a_neighbour_graph_for_large_systems(tmp_path):
+    for name in data.SPLITS:
+        data.write_split(tmp_path / "byo" / f"{name}.npz", _good_arrays(n_samples=2, n=data.AUTO_FULL_MAX + 1))
+    splits = data.load_dataset(data_cfg(tmp_path, dir=str(tmp_path / "byo")))
+    batch = splits["train"].batch(torch.arange(1))
+    per_node = batch.edge_index.shape[1] / batch.pos.shape[0]
+    assert per_node == data_cfg(tmp_path).k  # knn, not the full graph's n - 1 = 64 edges per node
+    small = tmp_path / "small"
+    for name in data.SPLITS:
+        data.write_split(small / f"{name}.npz", _good_arrays(n_samples=2, n=5))
+    batch = data.load_dataset(data_cfg(tmp_path, dir=str(small)))["train"].batch(torch.arange(1))
+    assert batch.edge_index.shape[1] == 5 * 4  # charged systems of 5 keep the full graph

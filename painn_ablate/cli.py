@@ -165,6 +165,19 @@ class SweepProgressPrinter:
             self.bar.close()
 
 
+def resume_command(args: argparse.Namespace, out: str) -> str:
+    """The command that resumes this sweep: the same file, overrides and storage."""
+    import shlex
+
+    words = ["painn-ablate", "sweep", args.file, *args.overrides]
+    words += ["--storage", args.storage] if args.storage else ["--out", out]
+    for flag, value, default in (("--workers", args.workers, 1), ("--threads", args.threads, None),
+                                 ("--heartbeat", args.heartbeat, None), ("--n-trials", args.n_trials, None)):
+        if value != default:
+            words += [flag, str(value)]
+    return shlex.join(words + (["--prune"] if args.prune else []))
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -194,6 +207,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         p = sw.run_sweep(spec, out=out, storage_url=args.storage, workers=args.workers, n_trials=args.n_trials,
                          prune=args.prune, heartbeat=sw.DEFAULT_HEARTBEAT if args.heartbeat is None else args.heartbeat,
                          threads=args.threads, on_progress=printer)
+    except KeyboardInterrupt:
+        printer.close()
+        print(f"painn-ablate: sweep interrupted; running trials were given back. Resume with: {resume_command(args, out)}",
+              file=sys.stderr)
+        return 130
     finally:
         printer.close()
     url = args.storage or sw.sqlite_url(Path(out))

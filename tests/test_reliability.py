@@ -14,6 +14,13 @@ def cli(*args, timeout=300):
                           timeout=timeout)
 
 
+def default_sigint():
+    """In the child: SIGINT's default disposition (a shell's background job starts with it ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_line_exit_2(res, needle):
     lines = res.stderr.strip().splitlines()
     return res.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
@@ -107,7 +114,8 @@ def test_an_interrupted_run_is_finalized_with_consistent_counts(tmp_path, sig):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "model=r2_full",
                              "train.steps=100000", "monitor.flush_every=7", f"data.cache_dir={tmp_path / 'c'}",
-                             f"out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             f"out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline:
         summary = out / "summary.json"
@@ -129,3 +137,26 @@ def test_a_bad_data_dir_fails_the_dry_run_and_leaves_no_study(tmp_path):
         res = cli("sweep", str(sweep), f"data.dir={tmp_path / 'missing'}", "--out", str(tmp_path / "out"), *extra)
         assert one_line_exit_2(res, "data.dir")
     assert not (tmp_path / "out").exists()  # before: an empty study.db was left behind
+
+
+def test_an_interrupted_sweep_gives_its_trial_back_and_prints_the_resume_command(tmp_path):
+    import os
+    import signal
+    import time
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("method: grid\nparameters:\n  seed: {values: [0, 1]}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "sweep", str(sweep), *TINY, "train.steps=100000",
+                             f"data.cache_dir={tmp_path / 'c'}", "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("trials/*/metrics.parquet")):
+        time.sleep(0.2)
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert f"Resume with: painn-ablate sweep {sweep}" in err and f"--out {out}" in err
+    status = cli("status", str(out))
+    assert "interrupted" in status.stdout

@@ -193,6 +193,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if reason:
             raise InputError(f"--out {out} cannot be written: {reason}")
     if args.dry_run:
+        from painn_ablate.wandb_sweep import schema_check
+
+        violations, notes = schema_check(spec.raw)
+        if violations:
+            raise InputError(f"{args.file}: W&B's sweep schema rejects it: {violations[0]}")
+        for note in notes:
+            print(f"{args.file}: note: {note}")
         points = sw.grid_points(spec) if spec.method == "grid" else []
         n = len(points) if points else (args.n_trials or spec.run_cap or sw.DEFAULT_N_TRIALS)
         print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "

@@ -243,12 +243,17 @@ def _one_line(exc: OmegaConfBaseException) -> str:
 
 
 def split_overrides(overrides: list[str]) -> tuple[Optional[str], list[str]]:
-    """Separate `model=<preset>` from the dotted overrides."""
+    """Separate `model=<preset>` from the dotted overrides.
+
+    `key=None` means null: W&B's agent formats a file's `null` with Python's str.
+    """
     preset, rest = None, []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, value = item.split("=", 1)
+        if value == "None":
+            item = f"{key}=null"
         if key == "model":
             preset = value
         else:

@@ -454,3 +454,35 @@ def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int]
         wandb.agent(h["sweep_id"], function=lambda: agent_trial(sweep, out), entity=h.get("entity"),
                     project=h.get("project"), count=config.get("run_cap"))
     return path
+
+
+# ----------------------------------------------------------------------------- W&B's schema
+
+# Keys W&B's server documents and accepts that the open-source `sweeps` package's JSON schema rejects.
+SERVER_ONLY_KEYS = {"run_cap": "the most runs a sweep makes"}
+
+
+def schema_check(raw: dict) -> tuple[list[str], list[str]]:
+    """A sweep file against W&B's sweep schema (the `sweeps` package's): (violations, notes).
+
+    Keys only W&B's server accepts (SERVER_ONLY_KEYS) are left out of the schema check and named
+    in the notes instead of failing it.
+    """
+    _sweeps_engine()  # imported quietly, with its error message when missing
+    from sweeps.config.cfg import schema_violations_from_proposed_config
+
+    notes = [f"'{key}' is accepted by W&B's server ({what}) but not by the open-source sweeps schema"
+             for key, what in SERVER_ONLY_KEYS.items() if key in raw]
+    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS}
+    try:
+        violations = schema_violations_from_proposed_config(copy.deepcopy(checked))
+    except ValueError as exc:
+        violations = [str(exc)]
+    return [" ".join(v.split()) for v in violations], notes
+
+
+def agent_arguments(sweep: Sweep, params: dict[str, Any]) -> list[str]:
+    """The `key=value` words W&B's agent passes for ${args_no_hyphens}: the file's fixed values and the
+    run's parameters, each value formatted by Python's str (None, True, [1, 2] as such)."""
+    fixed = {name: p.values[0] for name, p in sweep.params.items() if p.fixed}
+    return [f"{name}={value}" for name, value in {**fixed, **params}.items()]

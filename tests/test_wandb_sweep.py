@@ -212,3 +212,33 @@ def test_online_sweep_config_fixes_the_overrides_and_the_budget():
     assert "run_cap" not in grid and sweeps.schema_violations_from_proposed_config(grid) == []
     bayes = ws.wandb_sweep_config(sw.load_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
     assert bayes["run_cap"] == 5 and bayes["name"] == "tune_r2"
+
+
+SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys):
+    from painn_ablate import sweep as sw
+    from painn_ablate.cli import main
+    from painn_ablate.config import compose, flatten
+
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: 'run_cap' is accepted by W&B's server" in out) == ("run_cap" in path.read_text())
+    spec = sw.load_sweep(path)
+    assert ws.schema_check(spec.raw)[0] == []
+    bookkeeping = ("name", "out", "tracking.progress", "tracking.group", "tracking.tags")
+    for params in sw.check_points(spec)[:12]:
+        agent = flatten(compose(ws.agent_arguments(spec, params)))  # what `painn-ablate train ${args_no_hyphens}` gets
+        optuna_trial = flatten(sw.trial_config(spec, params))
+        assert {k: v for k, v in agent.items() if k not in bookkeeping} == \
+            {k: v for k, v in optuna_trial.items() if k not in bookkeeping}
+
+
+def test_python_str_formatting_of_the_agent_is_accepted():
+    from painn_ablate.config import compose
+
+    cfg = compose(["model.stabilizers.s_msg=None", "model.shared_filters=True", "tracking.tags=['a', 'b']"])
+    assert cfg.model.stabilizers.s_msg is None and cfg.model.shared_filters is True
+    assert list(cfg.tracking.tags) == ["a", "b"]

@@ -30,7 +30,8 @@ are the same on every machine; the integration is reproducible on one machine an
 stack (matmul summation order may differ across BLAS builds, and the dynamics are chaotic).
 
 Files: one `.npz` per split with float32 arrays `pos`, `vel` (S, n, 3) at the input frame,
-`charge` (S, n), `pos_next`, `vel_next` (S, n, 3) at the target frame. Generated sets are
+`charge` (S, n), `pos_next`, `vel_next` (S, n, 3) at the target frame; every value finite, with
+|charge| <= 1e3 and every other |value| <= 1e9 (MAX_ABS_CHARGE, MAX_ABS_VALUE). Generated sets are
 cached in `{cache_dir}/{system}-{hash of the generation parameters}/` (`data.cache_dir`; by default
 $PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate); `data.dir` points at
 a folder of the same three files instead.
@@ -67,6 +68,10 @@ AUTO_GRAPH = {"charged": "full", "gravity": "knn"}
 # graph=auto never builds a full graph above this many particles a system: its n (n - 1) edges grow
 # quadratically (1000 particles: 15 s a step and 5.8 GB for 4 samples, against 2.7 s and 0.6 GB with knn).
 AUTO_FULL_MAX = 64
+# Bounds of the file format: beyond them float32 arithmetic overflows (squares past 3.4e38 summed
+# over particles), and a blow-up would be the data's, not the model's.
+MAX_ABS_VALUE = 1e9  # pos, vel, pos_next, vel_next
+MAX_ABS_CHARGE = 1e3  # charges (charged) or masses (gravity); the generators use +-1 and 1
 CACHE_FORMAT_VERSION = 1  # bump when the generators change, so old caches are not reused
 
 # Pairwise float64 temporaries of one integration chunk stay below this many bytes: on a CPU
@@ -372,6 +377,11 @@ def check_split_arrays(path: Union[str, Path], arrays: dict[str, Any]) -> dict[s
         bad = int(value.size - np.isfinite(value).sum())
         if bad:
             raise _fail(path, f"key '{key}' has {bad} non-finite values (NaN or Inf)")
+        limit = MAX_ABS_CHARGE if key == "charge" else MAX_ABS_VALUE
+        if value.size and float(np.abs(value).max()) > limit:
+            worst = float(value.flat[int(np.abs(value).argmax())])
+            raise _fail(path, f"key '{key}' holds {worst:.3g}, beyond the format's bound |value| <= {limit:g} "
+                              "(bad input, not a model blow-up)")
     return {key: value.astype(np.float32, copy=False) for key, value in checked.items()}
 
 

@@ -160,3 +160,22 @@ def test_an_interrupted_sweep_gives_its_trial_back_and_prints_the_resume_command
     assert f"Resume with: painn-ablate sweep {sweep}" in err and f"--out {out}" in err
     status = cli("status", str(out))
     assert "interrupted" in status.stdout
+
+
+@pytest.mark.parametrize("key, scale", [("charge", 1e30), ("pos", 1e20)])
+def test_data_beyond_float32_arithmetic_is_bad_input_naming_file_array_and_value(tmp_path, key, scale):
+    import numpy as np
+
+    from painn_ablate import data
+
+    rng = np.random.default_rng(0)
+    for name in data.SPLITS:
+        arrays = {k: rng.standard_normal((4, 5, 3)) for k in ("pos", "vel", "pos_next", "vel_next")}
+        arrays["charge"] = np.ones((4, 5))
+        if name == "val":
+            arrays[key] = arrays[key] * scale
+        (tmp_path / "byo").mkdir(exist_ok=True)
+        np.savez(tmp_path / "byo" / f"{name}.npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+    res = cli("train", *TINY, f"data.dir={tmp_path / 'byo'}", f"out={tmp_path / 'x'}")
+    assert one_line_exit_2(res, "val.npz") and f"key '{key}'" in res.stderr and "e+" in res.stderr
+    assert not (tmp_path / "x").exists()

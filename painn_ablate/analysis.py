@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -174,6 +175,22 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def process_gone(summary: dict[str, Any]) -> bool:
+    """A "running" summary written on this machine by a process that no longer exists."""
+    import platform
+
+    pid, host = summary.get("pid"), summary.get("host")
+    if not isinstance(pid, int) or host != platform.node():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def readable_run_dirs(dirs: list[Path]) -> list[Path]:
     """The run folders whose summary reads; each other one is skipped with one warning naming it."""
     kept = []
@@ -190,6 +207,8 @@ def readable_run_dirs(dirs: list[Path]) -> list[Path]:
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: config columns, summary columns, `run_dir`, `experiment`, `exploded`."""
     summary = read_summary(run_dir)
+    if summary["status"] == Status.RUNNING and process_gone(summary):
+        summary = {**summary, "status": Status.LOST.value}
     row: dict[str, Any] = {}
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
@@ -349,9 +368,15 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
                                "duration_s": t.duration.total_seconds() if t.duration else None}
         run_dir = resolve_trial_dir(t.user_attrs.get("run_dir"), url) if configs else None
         if run_dir is not None:
-            row.update({k: v for k, v in read_run(run_dir).items() if k not in ("status", "exploded")})
+            try:
+                row.update({k: v for k, v in read_run(run_dir).items() if k not in ("status", "exploded")})
+            except UnreadableRun as exc:
+                log.warning("skipping the run folder of trial %d: %s", t.number, exc)
+                run_dir = None
         row.update(t.params)
         row.update(flatten_summary(t.user_attrs))
+        if t.state.name == "FAIL" and "error" not in t.user_attrs and row.get("status") != Status.INTERRUPTED:
+            row["status"] = Status.LOST.value  # its worker died mid-trial (a sweep re-runs it), as `status` says
         if run_dir is not None:
             row["run_dir"] = str(run_dir)
         row["preset"] = row.get("model.preset", row.get("model", row.get("preset")))

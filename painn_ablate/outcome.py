@@ -8,7 +8,9 @@ from `Status` and the groupings below; nothing else spells them.
     diverged   every value finite, but a blow-up criterion fired (`Criteria`, keys monitor.diverge_*)
     stable     neither
     pruned     stopped by a sweep's pruner on the early warning, before any blow-up (censored)
-    running    still training, or killed before it could say otherwise
+    running    still training
+    lost       killed without a word (SIGKILL, a lost machine): its summary still said running, and its
+               process is gone (the loaders and `status` say so; a sweep re-runs it)
     interrupted  stopped by SIGINT/SIGTERM; what ran is recorded
     error      the trial raised (a sweep records the message)
 
@@ -46,6 +48,7 @@ class Status(str, Enum):
     EXPLODED = "exploded"
     PRUNED = "pruned"
     INTERRUPTED = "interrupted"
+    LOST = "lost"
     ERROR = "error"
 
     def __str__(self) -> str:

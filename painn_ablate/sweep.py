@@ -1115,7 +1115,7 @@ def open_studies(target: str, study_name: Optional[str] = None) -> list[optuna.S
 def trial_status(t: FrozenTrial, retried: set[int]) -> str:
     """The status shown for a trial: its user attribute, or what its state says."""
     if t.state == TrialState.FAIL and "error" not in t.user_attrs:
-        why = "interrupted" if t.user_attrs.get("status") == "interrupted" else "lost"
+        why = Status.INTERRUPTED.value if t.user_attrs.get("status") == Status.INTERRUPTED else Status.LOST.value
         return f"{why} (re-run)" if t.number in retried else why
     if t.state == TrialState.WAITING:
         return "waiting"

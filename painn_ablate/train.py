@@ -222,6 +222,7 @@ class Trainer:
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device), "environment": environment(),
+            "host": platform.node(), "pid": os.getpid(),  # a "running" summary whose process is gone is lost
         }
         self.best_val = math.inf
         self.best_state: Optional[dict] = None

@@ -179,3 +179,26 @@ def test_data_beyond_float32_arithmetic_is_bad_input_naming_file_array_and_value
     res = cli("train", *TINY, f"data.dir={tmp_path / 'byo'}", f"out={tmp_path / 'x'}")
     assert one_line_exit_2(res, "val.npz") and f"key '{key}'" in res.stderr and "e+" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_run_loads_as_lost_not_running(tmp_path):
+    import json
+    import os
+    import signal
+    import time
+
+    from painn_ablate import analysis
+
+    out = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "train.steps=100000",
+                             "monitor.flush_every=5", f"data.cache_dir={tmp_path / 'c'}", f"out={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "summary.json").exists() and json.loads((out / "summary.json").read_text())["steps_completed"] >= 5:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"  # it could not say otherwise
+    assert analysis.load_runs(tmp_path / "runs")["status"].tolist() == ["lost"]

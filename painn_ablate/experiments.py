@@ -394,12 +394,13 @@ def plot_map(cells: pd.DataFrame):
             if len(r):
                 r = r.iloc[0]
                 ax.text(j, i, f"{r['blew_up']}/{r['n']}\n[{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]", ha="center",
-                        va="center", fontsize=7)
+                        va="center", fontsize=7, color="white" if r["rate"] > 0.6 else "black")
         ax.set_xticks(range(len(grid.columns)), [f"{x:g}" for x in grid.columns])
         ax.set_yticks(range(len(grid.index)), grid.index)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("depth L")
         ax.set_title(f"{preset}: blow-up rate (Wilson 95%)", fontsize=9)
+    fig.subplots_adjust(bottom=0.18, wspace=0.35)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     return fig
 

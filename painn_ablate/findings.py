@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate import experiments as ex
+from painn_ablate.config import MECHANISM_LABELS
 from painn_ablate.report import ReportError, _cell, environment_here, markdown_table
 
 DEFAULT_RESULTS = "results"
@@ -133,7 +134,8 @@ def mechanism_lines(trials: pd.DataFrame, depths: Optional[pd.DataFrame], L: int
             d = depths[(depths["variant"] == ("original" if name == "none" else f"original-{name}"))
                        & (depths["L"] == L)]
             init = d.iloc[0] if len(d) else None
-        rows.append([f"original + {name}" if name != "none" else "original", _rate(r),
+        label = "original" if name == "none" else f"original, {MECHANISM_LABELS.get(name, '+ ' + name)}"
+        rows.append([label, _rate(r),
                      "-" if s is None else f"{s['discordant'][0]} / {s['discordant'][1]}, p = {s['p']:.3g}",
                      "-" if s is None else ("yes" if s["sufficient"] else "no"), str(r["init_events"]),
                      _cell(r["median_step"], ".0f"), r["origin_layers"] or "-", r["origin_blocks"] or "-",
@@ -213,6 +215,10 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
               "- Section 3 of issue 12 (leave-one-out on r2_full and add-one-in for every stabilizer at this "
               "regime) and rule S1 (g, alpha, aggregation sufficient): not run, for compute "
               "(sweeps/DESIGN.md, amendment 1).",
+              "- R2_full's map beyond L = 5, lr = 1e-3 (L = 8; lr = 1e-2, whose trials were started and given back): "
+              "not run, for compute (amendments 1 and 2), so where R2_full turns from stable to blowing up is not known.",
+              "- `painn-ablate reproduce` itself does not yet choose its regime from the map; section 2 above is the "
+              "map's L = 5, lr = 1e-3 cell, judged by the rules written before it ran.",
               "- Section 5 (accuracy against EGNN with a learning-rate schedule to convergence): not run.",
               "- The per-sample error distribution of stable runs is not recorded by the trials; the test MSE above "
               "is a mean over samples.", ""]

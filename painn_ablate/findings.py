@@ -215,8 +215,8 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
               "- Section 3 of issue 12 (leave-one-out on r2_full and add-one-in for every stabilizer at this "
               "regime) and rule S1 (g, alpha, aggregation sufficient): not run, for compute "
               "(sweeps/DESIGN.md, amendment 1).",
-              "- R2_full's map beyond L = 5, lr = 1e-3 (L = 8; lr = 1e-2, whose trials were started and given back): "
-              "not run, for compute (amendments 1 and 2), so where R2_full turns from stable to blowing up is not known.",
+              "- R2_full at other depths (L = 8 was planned): not run, for compute (amendment 1); its map has L = 5 only, "
+              "so where R2_full turns from stable to blowing up is known along the learning rate alone.",
               "- `painn-ablate reproduce` itself does not yet choose its regime from the map; section 2 above is the "
               "map's L = 5, lr = 1e-3 cell, judged by the rules written before it ran.",
               "- Section 5 (accuracy against EGNN with a learning-rate schedule to convergence): not run.",

@@ -63,10 +63,6 @@ def is_blow_up(status) -> bool:
     return status in BLOW_UPS
 
 
-def is_outcome(status) -> bool:
-    return status in OUTCOMES
-
-
 # The statistics a blow-up origin is read from, in the order they are checked per block.
 STATE_STATS = ("mu_norm_max", "q_absmax")
 

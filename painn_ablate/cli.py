@@ -31,12 +31,13 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     from painn_ablate.analysis import AnalysisError
     from painn_ablate.config import ConfigError
     from painn_ablate.data import DataError
+    from painn_ablate.experiments import ExportError
     from painn_ablate.report import ReportError
     from painn_ablate.reproduce import ReproduceError
     from painn_ablate.sweep import SweepError
     from painn_ablate.train import RunDirError
 
-    return (InputError, ConfigError, DataError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
+    return (InputError, ConfigError, DataError, ExportError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
 
 
 def unwritable_reason(path: Path):
@@ -317,14 +318,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from painn_ablate import reproduce as rp
 
+    if args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+
     def on_run(r: dict) -> None:
-        f = r["first_nonfinite"]
-        layer = f"layer {f['layer']}, " if f and f["layer"] is not None else ""
-        where = f" at step {f['step']} ({layer}{f['block']}, {f['tensor']})" if f else ""
+        o = r["origin"]
+        where = (f" at step {o['step']} (layer {o['layer']}, {o['block']}, {o['stat']}, {o['criterion']})"
+                 if o else "")
         print(f"{r['experiment']} seed {r['seed']}: {r['status']}{where}; {r['steps_completed']}/{r['steps_total']} "
               f"steps, test pos MSE {_fmt(r['test_pos_mse'])} ({r['wall_seconds']:.0f} s)", flush=True)
 
-    result = rp.reproduce(args.out, quick=args.quick, overrides=args.overrides, on_run=on_run)
+    result = rp.reproduce(args.out, quick=args.quick, overrides=args.overrides, on_run=on_run,
+                          workers=args.workers, map_path=args.map)
     print()
     print(rp.verdict_text(result), end="")
     print(f"\nWritten: {args.out}/reproduce.json, {args.out}/verdict.md, {args.out}/plots/*.png "
@@ -468,15 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="only this study (default: every study in the storage)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("reproduce", help="re-run the canonical original vs r2_full comparison and judge it",
-                       description="Re-run the document's two findings (original explodes in layers 4-5; r2_full "
-                                   "has no NaN/Inf) on embedded defaults, 3 seeds each (~15 min on 2 cores; "
-                                   "--quick: a smoke version), and write reproduce.json, verdict.md and plots.")
-    p.add_argument("--quick", action="store_true", help="a small smoke version (40 steps per run)")
+    p = sub.add_parser("reproduce", help="re-run the original vs r2_full comparison at the map's regime and judge it",
+                       description="Re-run the document's two findings (the original blows up, starting in layers "
+                                   "4-5; r2_full does not) with 10 paired seeds per preset at a regime chosen from the "
+                                   "explosion map (~15-20 min on 2 cores; --quick: a smoke version), and write "
+                                   "reproduce.json, verdict.md and plots.")
+    p.add_argument("--quick", action="store_true", help="a small smoke version (3 seeds, 40 steps per run)")
     p.add_argument("--out", default="reproduce_out", help="output folder (default reproduce_out); re-running "
                                                           "reuses its finished runs")
+    p.add_argument("--map", help="the explosion map's trial table that picks the learning rate "
+                                 "(default results/map_original.parquet where it exists)")
+    p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each (default 2)")
     p.add_argument("--strict", action="store_true", help="exit 1 when the verdict is NOT REPRODUCED")
-    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. train.lr=3e-3")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run, e.g. train.lr=3e-3 "
+                                                "(model.L / train.lr replace the regime rule)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("probe", help="signal propagation at initialisation over many seeds (forward only)",

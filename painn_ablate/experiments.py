@@ -11,11 +11,14 @@ Statistics (one definition each):
     wilson(k, n)          Wilson 95% score interval of a proportion
     mcnemar_exact(a, b)   exact McNemar test of two paired boolean outcomes (by seed)
     mean_interval(x)      mean, sample sd (ddof = 1) and t 95% interval of the mean
+    paired_t(a, b)        two-sided paired t-test of two metrics indexed by seed
+    holm(p)               Holm-adjusted p-values of a family of tests
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -25,7 +28,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from painn_ablate import analysis
-from painn_ablate.outcome import Status
+from painn_ablate.outcome import Status, first_blow_up
 
 PathLike = Union[str, Path]
 Z95 = 1.959963984540054
@@ -34,6 +37,10 @@ ACTION_STATS = ("s_msg_frac", "s_mix_frac", "C_s_frac", "C_v_frac", "C_q_frac", 
                 "s_gating_frac")  # how often each stabilizer acted, averaged over a trial's snapshots
 PROBE_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "jvp_gain", "update_gain")
 CELL = ("preset", "ablate", "L", "lr")  # one experimental condition; seeds vary within it
+
+
+class ExportError(ValueError):
+    """A source that cannot be exported; one line."""
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -85,25 +92,43 @@ def mean_interval(values: Iterable[float]) -> dict[str, float]:
     return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values of a family of tests (nan stays nan and does not count)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid])]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def paired_t(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """Paired by seed (finite in both): n, mean of b - a with its t 95% interval, two-sided p."""
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").astype(float)
+    both = both[np.isfinite(both).all(axis=1)]
+    diff = mean_interval(both["b"] - both["a"])
+    p = float(sps.ttest_rel(both["b"], both["a"]).pvalue) if len(both) >= 2 else math.nan
+    return {**diff, "p": p}
+
+
 # ----------------------------------------------------------------------------- export
 
 
 def _blow_up_origin(row: pd.Series) -> dict:
-    """Step and origin of a trial's first blow-up: the earlier of first_divergence and first_nonfinite."""
-    div_step = row.get("first_divergence.step")
-    nan_step = row.get("first_nonfinite.step")
-    has_div = div_step is not None and not pd.isna(div_step)
-    has_nan = nan_step is not None and not pd.isna(nan_step)
-    if has_div and (not has_nan or div_step <= nan_step):
-        return {"blowup_step": int(div_step), "origin_layer": row.get("first_divergence.layer"),
-                "origin_block": row.get("first_divergence.block"), "origin_stat": row.get("first_divergence.stat"),
-                "origin_criterion": row.get("first_divergence.criterion")}
-    if has_nan:
-        return {"blowup_step": int(nan_step), "origin_layer": row.get("first_nonfinite.layer"),
-                "origin_block": row.get("first_nonfinite.block"), "origin_stat": row.get("first_nonfinite.tensor"),
-                "origin_criterion": "nonfinite"}
-    return {"blowup_step": None, "origin_layer": None, "origin_block": None, "origin_stat": None,
-            "origin_criterion": None}
+    """Step and origin of a trial's first blow-up (outcome.first_blow_up) from its flattened summary."""
+    def origin(prefix: str) -> Optional[dict]:
+        step = row.get(f"{prefix}.step")
+        if step is None or pd.isna(step):
+            return None
+        fields = ("layer", "block", "stat", "criterion", "tensor")
+        return {"step": step, **{f: row.get(f"{prefix}.{f}") for f in fields}}
+
+    first = first_blow_up(origin("first_divergence"), origin("first_nonfinite")) or {}
+    return {"blowup_step": first.get("step"), **{f"origin_{k}": first.get(k)
+                                                 for k in ("layer", "block", "stat", "criterion")}}
 
 
 def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
@@ -133,6 +158,31 @@ def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
     return out
 
 
+def _grad_clip_activity(run_dir: str, clip) -> dict:
+    """How often gradient clipping acted: the fraction of steps whose gradient norm exceeded the clip."""
+    path = Path(run_dir) / "metrics.parquet"
+    if clip is None or pd.isna(clip) or not path.exists():
+        return {}
+    norms = pd.read_parquet(path, columns=["grad_norm"])["grad_norm"]
+    return {"act_grad_clip_frac": float((norms > float(clip)).mean())} if len(norms) else {}
+
+
+def _error_tail(r: pd.Series, status: str) -> dict:
+    """Quantiles of a stable trial's per-sample test position MSE (train.TAIL): from its summary, or
+    recomputed from its checkpoint when the summary predates them."""
+    from painn_ablate.train import TAIL, evaluate_checkpoint
+
+    keys = [f"test_pos_mse_{q}" for q in TAIL]
+    if status != Status.STABLE:
+        return {}
+    if all(r.get(k) is not None and not pd.isna(r.get(k)) for k in keys):
+        return {k: float(r[k]) for k in keys}
+    if not (Path(r["run_dir"]) / "checkpoint.pt").exists():
+        return {}
+    test = evaluate_checkpoint(r["run_dir"])
+    return {f"test_pos_mse_{q}": test[f"pos_mse_{q}"] for q in TAIL}
+
+
 def trial_table(sweep: PathLike) -> pd.DataFrame:
     """One row per finished trial of a sweep folder (or storage URL): parameters, outcome, origin,
     metrics, the per-layer profile before the blow-up and how often each stabilizer acted."""
@@ -149,7 +199,10 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
                "test_pos_mse": r.get("test_pos_mse"), "wall_seconds": r.get("wall_seconds"),
                "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
                "recovered": r.get("divergence.recovered")}
-        row.update(_profiles(r["run_dir"], row["blowup_step"], L) if isinstance(r.get("run_dir"), str) else {})
+        if isinstance(r.get("run_dir"), str):
+            row.update(_profiles(r["run_dir"], row["blowup_step"], L))
+            row.update(_grad_clip_activity(r["run_dir"], r.get("train.grad_clip")))
+            row.update(_error_tail(r, row["status"]))
         rows.append(row)
     table = pd.DataFrame(rows)
     for col in ("origin_layer", "blowup_step", "before_step", "at_step", "episodes"):
@@ -171,24 +224,31 @@ def probe_table(folders: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def export(sources: Sequence[PathLike], out: PathLike) -> list[Path]:
-    """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders."""
+    """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders.
+
+    Every table is built before any is written, so a bad source leaves `out` as it was; each file
+    is replaced atomically.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written, probes = [], []
-    for src in sources:
-        src = Path(src)
+    tables: dict[str, pd.DataFrame] = {}
+    probes = []
+    for src in map(Path, sources):
         if (src / "probe.parquet").exists():
             probes.append(src)
             continue
         table = trial_table(src)
-        path = out / f"{table['study'].iloc[0]}.parquet"
-        table.to_parquet(path, index=False)
-        written.append(path)
+        if table.empty:
+            raise ExportError(f"{src}: no finished trials to export")
+        tables[f"{table['study'].iloc[0]}.parquet"] = table
     if probes:
-        stats, seeds = probe_table(probes)
-        for name, table in (("probe.parquet", stats), ("probe_seeds.parquet", seeds)):
-            table.to_parquet(out / name, index=False)
-            written.append(out / name)
+        tables["probe.parquet"], tables["probe_seeds.parquet"] = probe_table(probes)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        tmp = out / f".{name}.tmp"
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, out / name)
+        written.append(out / name)
     return written
 
 
@@ -322,7 +382,8 @@ def judge(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> list[Rule]:
         rules.append(Rule("M1", f"the original blows up at L={L}, lr={lr:g} (Wilson lower bound >= 0.5)",
                           "PASS" if lo >= 0.5 else "MISS", _rate(original)))
     if original.empty or full.empty:
-        rules.append(Rule("M2", f"R2_full is stable there (0/10, paired McNemar p < 0.05)", "NOT TESTED",
+        rules.append(Rule("M2", "R2_full is stable there (Wilson upper bound <= 0.31, paired McNemar p < 0.05)",
+                          "NOT TESTED",
                           f"original {_rate(original)}, r2_full {_rate(full)}"))
     else:
         _, hi = wilson(int(full["blew_up"].sum()), len(full))
@@ -342,17 +403,80 @@ def judge(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> list[Rule]:
                           "PASS" if share >= 0.5 else "MISS",
                           f"{int(deep['origin_layer'].isin([4, 5]).sum())}/{len(deep)} in layers 4-5; origin "
                           f"layers {_histogram(deep['origin_layer'])}"))
-    tested = set(trials.loc[trials["preset"] == "original", "ablate"])
+    tested = set(trials.loc[(trials["preset"] == "original") & (trials["L"] == L) & np.isclose(trials["lr"], lr),
+                            "ablate"])
     for name in ("g", "alpha", "aggregation"):
-        if name not in tested:
+        # amendment 3 tests alpha as its two scales: alpha is sufficient when either one is
+        parts = [name] if name in tested or name != "alpha" else [a for a in ("alpha_inter", "alpha_mix")
+                                                                   if a in tested]
+        if not parts or not set(parts) <= tested:
             rules.append(Rule(f"S1 {name}", f"{name} alone is sufficient", "NOT TESTED",
                               "cut for compute (sweeps/DESIGN.md, amendment 1)"))
-        else:
-            s = sufficiency(trials, name, L, lr)
-            rules.append(Rule(f"S1 {name}", f"{name} alone is sufficient", "PASS" if s["sufficient"] else "MISS",
-                              f"{s['rate']}, McNemar p = {s['p']:.3g}"))
+            continue
+        results = {part: sufficiency(trials, part, L, lr) for part in parts}
+        rules.append(Rule(f"S1 {name}", f"{name} alone is sufficient",
+                          "PASS" if any(r["sufficient"] for r in results.values()) else "MISS",
+                          "; ".join(f"{part}: {r['rate']}, McNemar p = {r['p']:.3g}" for part, r in results.items())))
     rules.append(feedback_rule(trials, L, lr))
     return rules
+
+
+# R2_full's stabilizers (config.ABLATIONS names) and the monitor statistic that says how often each
+# acted; None: a gain, a residual scale or the aggregation, which act on every forward pass.
+STABILIZER_ACTIVITY = {"g": None, "s_msg": "s_msg_frac", "s_mix": "s_mix_frac", "alpha_inter": None,
+                       "alpha_mix": None, "C_s": "C_s_frac", "C_v": "C_v_frac", "C_q": "C_q_frac",
+                       "C_mu": "C_mu_frac", "aggregation": None, "grad_clip": "grad_clip_frac"}
+
+
+def activity(trials: pd.DataFrame, name: str, L: int = 5, lr: float = 1e-3) -> tuple[float, float]:
+    """(mean, max) over R2_full's runs at the cell of how often stabilizer `name` acted; (nan, nan) when
+    it has no activity statistic (it acts on every pass) or no runs recorded it."""
+    stat = STABILIZER_ACTIVITY.get(name)
+    full = _cell(trials, "r2_full", "none", L, lr)
+    if stat is None or f"act_{stat}" not in full or full[f"act_{stat}"].isna().all():
+        return math.nan, math.nan
+    values = full[f"act_{stat}"].dropna()
+    return float(values.mean()), float(values.max())
+
+
+def necessity(trials: pd.DataFrame, ablate: str, L: int = 5, lr: float = 1e-3) -> dict:
+    """Leave-one-out `ablate` on R2_full against R2_full at one cell, paired by seed (DESIGN.md, amendment 3):
+    the blow-up rates (exact McNemar) and the test pos MSE over seeds stable in both (paired t)."""
+    variant, full = _cell(trials, "r2_full", ablate, L, lr), _cell(trials, "r2_full", "none", L, lr)
+    out = {"n": len(variant), "blew_up": int(variant["blew_up"].sum()), "rate": _rate(variant)}
+    if variant.empty or full.empty:
+        return {**out, "necessary": None, "p": math.nan, "mse_p": math.nan, "why": "missing trials"}
+    only_full, only_var, p = mcnemar_exact(full.set_index("seed")["blew_up"], variant.set_index("seed")["blew_up"])
+    stable = lambda g: g[g["status"] == Status.STABLE].set_index("seed")["test_pos_mse"]  # noqa: E731
+    mse = paired_t(stable(full), stable(variant))
+    by_rate = p < 0.05 and only_var > only_full
+    by_mse = mse["n"] >= 3 and mse["p"] < 0.05 and mse["mean"] > 0
+    return {**out, "discordant": (only_full, only_var), "p": p, "mse_change": mse, "mse_p": mse["p"],
+            "mse": mean_interval(variant.loc[variant["status"] == Status.STABLE, "test_pos_mse"]),
+            "necessary": bool(by_rate or by_mse), "by_rate": bool(by_rate), "by_mse": bool(by_mse)}
+
+
+def ablation_table(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> pd.DataFrame:
+    """Per stabilizer: add-one-in on the original (sufficient?) and leave-one-out on R2_full (necessary?),
+    with Holm-adjusted p over the stabilizers tested, and how often it acted in R2_full (inert?)."""
+    rows = []
+    for name in STABILIZER_ACTIVITY:
+        tested = {p for p in ("original", "r2_full") if not _cell(trials, p, name, L, lr).empty}
+        if not tested:
+            continue
+        s = sufficiency(trials, name, L, lr) if "original" in tested else None
+        n = necessity(trials, name, L, lr) if "r2_full" in tested else None
+        mean_act, max_act = activity(trials, name, L, lr)
+        rows.append({"stabilizer": name, "aoi": s, "loo": n,
+                     "aoi_p": s["p"] if s else math.nan, "loo_p": n["p"] if n else math.nan,
+                     "mse_p": n["mse_p"] if n else math.nan, "activity_mean": mean_act, "activity_max": max_act,
+                     "inert": bool(max_act == 0.0), "sufficient": s["sufficient"] if s else None,
+                     "necessary": n["necessary"] if n else None})
+    table = pd.DataFrame(rows)
+    for col in ("aoi_p", "loo_p", "mse_p"):
+        if not table.empty:
+            table[f"{col}_holm"] = holm(table[col].tolist())
+    return table
 
 
 FEEDBACK_TOGGLES = ("coupling", "s_coupling", "s_gating")
@@ -440,5 +564,28 @@ def plot_profiles(trials: pd.DataFrame, L: int = 5):
         ax.set_xlabel("layer")
         ax.set_ylabel(f"median {stat}")
     axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(table: pd.DataFrame):
+    """Per stabilizer: blow-up rate with it alone on the original, and without it on R2_full (Wilson 95%)."""
+    plt = analysis._pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(table), 4) + 1.2))
+    y = np.arange(len(table))
+    for offset, side, label in ((-0.18, "aoi", "original + it alone"), (0.18, "loo", "r2_full without it")):
+        rates, lo, hi = [], [], []
+        for r in table[side]:
+            k, n = (r["blew_up"], r["n"]) if r else (0, 0)
+            a, b = wilson(k, n)
+            rates.append(k / n if n else math.nan)
+            lo.append(k / n - a if n else 0)
+            hi.append(b - k / n if n else 0)
+        ax.errorbar(rates, y + offset, xerr=[lo, hi], fmt="o", capsize=3, label=label)
+    ax.set_yticks(y, table["stabilizer"])
+    ax.invert_yaxis()
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("blow-up rate (Wilson 95%)")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

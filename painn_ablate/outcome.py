@@ -106,6 +106,20 @@ class Origin:
         return d
 
 
+def first_blow_up(first_divergence: Optional[dict], first_nonfinite: Optional[dict]) -> Optional[dict]:
+    """A run's first blow-up, the earlier of its two recorded origins (a divergence on the same step
+    comes first), as {step, layer, block, stat, criterion}; None when it never blew up. A non-finite
+    origin names the tensor that went non-finite first as its statistic, and 'nonfinite' as criterion."""
+    div, nan = first_divergence or None, first_nonfinite or None
+    if div is not None and (nan is None or div["step"] <= nan["step"]):
+        return {"step": int(div["step"]), "layer": div.get("layer"), "block": div.get("block"),
+                "stat": div.get("stat"), "criterion": div.get("criterion")}
+    if nan is not None:
+        return {"step": int(nan["step"]), "layer": nan.get("layer"), "block": nan.get("block"),
+                "stat": nan.get("tensor"), "criterion": "nonfinite"}
+    return None
+
+
 Row = tuple[int, str, str, float]  # (layer, block, stat, value), as Monitor.collect returns
 
 

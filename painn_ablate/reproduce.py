@@ -1,28 +1,33 @@
-"""`painn-ablate reproduce`: the document's two findings, re-run from embedded defaults.
+"""`painn-ablate reproduce`: the document's two findings, re-run at a regime the explosion map names.
 
-The canonical comparison trains, on the same data (charged N-body, data.seed=0), at the
-same depth (L=5), optimiser (Adam, train.lr default) and step budget, three seeds each of
+The comparison trains, on the same data (charged N-body, data.seed=0), at the same depth,
+learning rate, optimiser and step budget, 10 seeds each of
 
-    original            the original PaiNN                    finding 1: it explodes in layers 4-5
-    r2_full             every stabilizer of R2_full           finding 2: no NaN/Inf, and a test MSE
-    original + alpha    the original with residual scaling    is residual scaling alone enough?
-                        alone (alpha_inter = alpha_mix = 0.5)
+    original    the original PaiNN           finding 1: it blows up, starting in layers 4-5
+    r2_full     every stabilizer of R2_full  finding 2: it does not, and reaches a test MSE
 
-one run after another (each in its own run directory under `<out>/runs/`), then writes
-`reproduce.json`, `verdict.md` and plots into `<out>`. The verdict is computed from the
-records by `verdict()`, criterion by criterion, with the numbers it used:
+paired by seed (seed s: the same initialisation seed and batch order in both presets), two at
+a time in worker processes of one thread each (`workers`). As in the sweeps, a run ends at its
+first blow-up (`monitor.on_diverged=stop`; an override can say otherwise). Each run lives in its own directory
+under `<out>/runs/`; `reproduce.json`, `verdict.md` and plots go into `<out>`.
 
-    1  original explodes in the deep layers in >= 2 of 3 seeds: a run counts when it had a
-       NaN/Inf event, its first non-finite value is in layer L-1 or L, and at the last finite
-       statistics snapshot before it max ||mu|| or max |q| is larger in layer L than in layer 1.
-       The layer is the monitor's (first non-finite tensor in data-flow order); when the loss
-       was the first non-finite tensor (activations finite but overflowing the squared error),
-       it is the shallowest layer whose statistics in that same forward pass are non-finite
-       (`explosion_layer`); the verdict says which of the two located it.
-    2  r2_full has zero NaN/Inf events in every seed, and every seed ran its full budget.
-    3  r2_full's test position MSE (mean over seeds) is below the constant-velocity baseline
-       pos + vel * dt on the same test split; it is printed beside EGNN's published 0.0071
-       (Satorras et al. 2021, ~10^4 epochs) and the zero-displacement baseline.
+The regime (`choose_regime`), by a rule stated before any run: depth L = 5 (the specification's),
+and the specification's learning rate (train.lr's default, 1e-3) when the original blew up there
+in at least half its seeds in the explosion map (`results/map_original.parquet`, or `--map`);
+otherwise the smallest learning rate of the map at L = 5 where it did. Without a map, the
+specification's setting. `model.L=` / `train.lr=` overrides replace the rule.
+
+The verdict (`verdict()`), criterion by criterion, with the numbers it used; a blow-up is a
+run that diverged or exploded (outcome.py), and its origin is its first blow-up's
+(outcome.first_blow_up):
+
+    1  the original blows up: the Wilson 95% lower bound of its blow-up rate is >= 0.5.
+    2  where: at least half of its blow-ups start in layer L-1 or L.
+    3  r2_full does not: its rate's Wilson upper bound lies below the original's lower bound, and
+       the exact McNemar test of the paired outcomes gives p < 0.05.
+    4  accuracy: the upper end of the t 95% interval of r2_full's mean test pos MSE (its stable
+       runs; sample sd) lies below the constant-velocity baseline pos + vel * dt on the same test
+       split; EGNN's published 0.0071 (Satorras et al. 2021, ~10^4 epochs) is printed beside it.
 
 A run directory that already holds a finished run of the same configuration is reused, so
 an interrupted reproduction continues where it stopped; an unfinished one is run again.
@@ -34,6 +39,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +50,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import analysis
 from painn_ablate.config import compose, flatten
-from painn_ablate.outcome import OUTCOMES
+from painn_ablate.experiments import mcnemar_exact, mean_interval, wilson
+from painn_ablate.outcome import OUTCOMES, STATE_STATS, Status, first_blow_up, is_blow_up
 from painn_ablate.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -86,16 +93,68 @@ class Budget:
 
 
 EXPERIMENTS = (
-    Experiment("original", why="the original PaiNN (finding 1: explodes in layers 4-5)"),
-    Experiment("r2_full", why="all R2_full stabilizers (finding 2: no NaN/Inf, test MSE)"),
-    Experiment("original", "alpha", why="residual scaling alone: alpha_inter = alpha_mix = 0.5, nothing else"),
+    Experiment("original", why="the original PaiNN (finding 1: blows up, starting in layers 4-5)"),
+    Experiment("r2_full", why="all R2_full stabilizers (finding 2: does not blow up; test MSE)"),
 )
-# Full: 1000 steps of batch 100 (33 epochs of the 3000 training graphs), validation every 100 steps
-# and statistics every 10 (the schema's defaults). Chosen from the time budget alone: at ~75 ms per
-# step and ~1.5 s per validation on 2 CPU cores, 9 runs that all survive take ~14 minutes; runs that
-# explode end early. Quick: a smoke test of the whole pipeline.
-FULL = Budget(steps=1000, seeds=(0, 1, 2))
+# Full: 1000 steps of batch 100 (33 epochs of the 3000 training graphs), 10 paired seeds per preset,
+# validation every 100 steps and statistics every 10 (the schema's defaults). At L = 5 an r2_full run
+# takes ~150-250 s on one core and the original's end at their first blow-up, so two workers finish in
+# ~15-20 minutes. Quick: a smoke test of the whole pipeline.
+FULL = Budget(steps=1000, seeds=tuple(range(10)))
 QUICK = Budget(steps=40, seeds=(0, 1, 2), overrides=("train.val_every=20", "monitor.every=5"))
+DEFAULT_MAP = "results/map_original.parquet"
+DEFAULT_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Depth and learning rate of the comparison, and the rule that chose them, in words."""
+
+    L: int
+    lr: float
+    rule: str
+
+
+def _map_cells(path: Path, L: int):
+    """The original's blow-ups per learning rate at depth L in an explosion-map trial table."""
+    import pandas as pd
+
+    try:
+        trials = pd.read_parquet(path, columns=["preset", "ablate", "L", "lr", "blew_up"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line of bad input
+        raise ReproduceError(f"--map {path}: not a trial table ({str(exc).splitlines()[0]})") from None
+    cell = trials[(trials["preset"] == "original") & (trials["ablate"] == "none") & (trials["L"] == L)]
+    return cell.groupby("lr")["blew_up"].agg(["sum", "size"])
+
+
+def choose_regime(overrides: list[str], map_path: Optional[str | Path] = None) -> Regime:
+    """The regime by the module docstring's rule; map_path None: DEFAULT_MAP where it exists."""
+    from painn_ablate.config import ModelConfig, TrainConfig
+
+    given = {item.split("=", 1)[0] for item in overrides}
+    if given & {"model.L", "train.lr"}:
+        cfg = compose(list(overrides))
+        return Regime(int(cfg.model.L), float(cfg.train.lr), "given by the overrides")
+    L, lr = ModelConfig.L, TrainConfig.lr
+    path = Path(map_path) if map_path is not None else Path(DEFAULT_MAP)
+    if not path.is_file():
+        if map_path is not None:
+            raise ReproduceError(f"--map {path}: no such file")
+        return Regime(L, lr, f"the specification's setting (no explosion map at {path})")
+    cells = _map_cells(path, L)
+    half = cells[cells["sum"] >= cells["size"] / 2]
+    source = f"the explosion map {path}"
+    if lr in half.index:
+        k, n = cells.loc[lr]
+        return Regime(L, lr, f"the specification's learning rate: the original blew up there in {k}/{n} seeds "
+                             f"in {source}")
+    if len(half):
+        low = float(half.index.min())
+        k, n = cells.loc[low]
+        return Regime(L, low, f"the smallest learning rate at which the original blew up in at least half its "
+                              f"seeds ({k}/{n}) in {source}")
+    return Regime(L, lr, f"the specification's setting: no learning rate at L={L} in {source} blew the original "
+                         "up in half its seeds")
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -147,23 +206,28 @@ def check_overrides(overrides: list[str]) -> None:
                                  "use painn-ablate train or a sweep for other designs")
 
 
-def run_overrides(experiment: Experiment, seed: int, budget: Budget, overrides: list[str], run_dir: Path) -> list[str]:
-    return [f"model={experiment.preset}", f"ablate={experiment.ablate}", f"seed={seed}",
-            f"train.steps={budget.steps}", "tracking.wandb=false", *budget.overrides, *overrides,
-            f"name={run_dir.name}", f"out={run_dir}"]
+def run_overrides(experiment: Experiment, seed: int, budget: Budget, regime: Regime, overrides: list[str],
+                  run_dir: Path) -> list[str]:
+    return [f"model={experiment.preset}", f"ablate={experiment.ablate}", f"seed={seed}", f"model.L={regime.L}",
+            f"train.lr={regime.lr}", f"train.steps={budget.steps}", "monitor.on_diverged=stop", "tracking.wandb=false",
+            *budget.overrides,
+            *overrides, f"name={run_dir.name}", f"out={run_dir}"]
 
 
 def plan(out: Path, quick: bool = False, overrides: Optional[list[str]] = None,
-         experiments: tuple[Experiment, ...] = EXPERIMENTS) -> list[tuple[Experiment, int, DictConfig]]:
+         experiments: tuple[Experiment, ...] = EXPERIMENTS,
+         regime: Optional[Regime] = None) -> list[tuple[Experiment, int, DictConfig]]:
     """Every run of the comparison with its resolved config (ConfigError on bad overrides)."""
     overrides = list(overrides or [])
     check_overrides(overrides)
+    regime = regime or choose_regime(overrides)
     budget = QUICK if quick else FULL
     runs = []
     for experiment in experiments:
         for seed in budget.seeds:
             run_dir = out / "runs" / f"{experiment.slug}-seed{seed}"
-            runs.append((experiment, seed, compose(run_overrides(experiment, seed, budget, overrides, run_dir))))
+            runs.append((experiment, seed, compose(run_overrides(experiment, seed, budget, regime, overrides,
+                                                                 run_dir))))
     return runs
 
 
@@ -199,6 +263,42 @@ def run_or_reuse(cfg: DictConfig) -> dict:
     return run(cfg)
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_all(cfgs: list[DictConfig], workers: int, on_done: Callable[[int, dict], None]) -> list[dict]:
+    """run_or_reuse every config, `workers` at a time in spawned processes of one thread each (1: here).
+
+    on_done(index, summary) is called in the order the runs finish.
+    """
+    summaries: list[Optional[dict]] = [None] * len(cfgs)
+    if workers <= 1:
+        for i, cfg in enumerate(cfgs):
+            summaries[i] = run_or_reuse(cfg)
+            on_done(i, summaries[i])
+        return summaries
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, as_completed, wait
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(1,)) as pool:
+        futures = {pool.submit(run_or_reuse, cfg): i for i, cfg in enumerate(cfgs)}
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                summaries[i] = future.result()
+                on_done(i, summaries[i])
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures, return_when=FIRST_EXCEPTION)
+            raise
+    return summaries
+
+
 # ----------------------------------------------------------------------------- records
 
 
@@ -218,216 +318,140 @@ def max_finite_loss(run_dir: str) -> Optional[float]:
 def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: dict, stats) -> dict[str, Any]:
     """What reproduce.json keeps of one run (see the module docstring)."""
     run_dir = str(cfg.out)
-    first = summary.get("first_nonfinite")
-    before = None if first is None else first["step"] + 1  # the failing step's own finite statistics count
-    step, values = analysis.layer_profiles(stats, run_dir, ("mu_norm_max", "q_absmax"), before_step=before)
-    profile = {"step": step, **{stat: _layer_dict(values.get(stat, {})) for stat in ("mu_norm_max", "q_absmax")}}
+    origin = first_blow_up(summary.get("first_divergence"), summary.get("first_nonfinite"))
+    # the last snapshot before the first blow-up (its own forward pass is `at_blow_up`), or the last one
+    before = None if origin is None else origin["step"]
+    step, values = analysis.layer_profiles(stats, run_dir, STATE_STATS, before_step=before)
+    profile = {"step": step, **{stat: _layer_dict(values.get(stat, {})) for stat in STATE_STATS}}
     mine = stats[(stats["run_dir"] == run_dir) & (stats["block"] == "mixing")]
-    peak = {}
-    for stat in ("mu_norm_max", "q_absmax"):
-        rows = mine[(mine["stat"] == stat)]
-        rows = rows[rows["value"].map(math.isfinite)]
-        peak[stat] = _layer_dict({int(l): float(v) for l, v in rows.groupby("layer")["value"].max().items()})
-    start_step, start = analysis.layer_profile(stats[stats["step"] == stats["step"].min()], run_dir, "mu_norm_max")
-    at_event = None
-    if first is not None:  # the failing step's own statistics (train.py records them): non-finite -> None
-        snap = mine[mine["step"] == first["step"]]
-        at_event = {"step": first["step"], **{
+    at = None
+    if origin is not None:  # the blow-up's own forward pass (train.py records or replays its statistics)
+        snap = mine[mine["step"] == origin["step"]]
+        at = {"step": origin["step"], **{
             stat: _layer_dict({int(l): (float(v) if math.isfinite(v) else None)
                                for l, v in zip(snap.loc[snap["stat"] == stat, "layer"],
                                                snap.loc[snap["stat"] == stat, "value"])})
-            for stat in ("mu_norm_max", "q_absmax")}}
+            for stat in STATE_STATS}}
     val, test = summary.get("val") or {}, summary.get("test") or {}
     return {
         "experiment": experiment.name, "preset": experiment.preset, "ablate": experiment.ablate, "seed": seed,
-        "lr": float(cfg.train.lr), "steps_total": summary["steps_total"], "run_dir": run_dir,
+        "L": int(cfg.model.L), "lr": float(cfg.train.lr), "steps_total": summary["steps_total"], "run_dir": run_dir,
         "command": analysis.rerun_command(run_dir), "status": summary["status"],
+        "blew_up": is_blow_up(summary["status"]), "origin": origin,
         "steps_completed": summary["steps_completed"], "nonfinite_events": summary["nonfinite_events"],
-        "first_nonfinite": first, "early_warning_step": (summary.get("early_warning") or {}).get("step"),
+        "first_nonfinite": summary.get("first_nonfinite"), "first_divergence": summary.get("first_divergence"),
         "val_pos_mse": val.get("pos_mse"), "val_vel_mse": val.get("vel_mse"),
-        "test_pos_mse": test.get("pos_mse"), "test_vel_mse": test.get("vel_mse"), "best_step": summary["best_step"],
-        "final_loss": summary["final_loss"], "max_loss": max_finite_loss(run_dir),
-        "wall_seconds": round(summary["wall_seconds"], 2),
-        "ms_per_step": summary["ms_per_step"],
-        "layers_before_event": profile,  # last finite snapshot before the first NaN/Inf, or the last one
-        "layers_peak": peak,  # max over all finite snapshots
-        "layers_at_start": {"step": start_step, "mu_norm_max": _layer_dict(start)},
-        "layers_at_event": at_event,  # the forward pass that went non-finite (None: no event)
+        "test_pos_mse": test.get("pos_mse"), "test_vel_mse": test.get("vel_mse"),
+        "test_pos_mse_tail": {k: v for k, v in test.items() if k.startswith("pos_mse_")},
+        "best_step": summary["best_step"], "final_loss": summary["final_loss"], "max_loss": max_finite_loss(run_dir),
+        "wall_seconds": round(summary["wall_seconds"], 2), "ms_per_step": summary["ms_per_step"],
+        "layers_before_blow_up": profile,  # the last snapshot before the first blow-up, or the last one
+        "layers_at_blow_up": at,  # the forward pass of the first blow-up (None: none)
     }
 
 
 # ----------------------------------------------------------------------------- verdict
 
 
-def _ratio(profile: dict[str, float], n_layers: int) -> Optional[float]:
-    first, last = profile.get("1"), profile.get(str(n_layers))
-    if first is None or last is None or first <= 0:
-        return None
-    return last / first
-
-
-def explosion_layer(r: dict) -> tuple[Optional[int], Optional[str]]:
-    """The layer where a run's first non-finite value appeared, and how it was found.
-
-    "monitor": the layer of the first non-finite tensor the forward hooks flagged. When they
-    flagged none inside the layers (the loss went non-finite first: activations finite but so
-    large that the squared error overflowed), "statistics": the shallowest layer whose max ||mu||
-    or max |q| in the failing step's own statistics is non-finite (the norm overflowed float32).
-    """
-    first = r.get("first_nonfinite") or {}
-    if first.get("layer") is not None:
-        return int(first["layer"]), "monitor"
-    event = r.get("layers_at_event") or {}
-    bad = [int(layer) for stat in ("mu_norm_max", "q_absmax") for layer, v in (event.get(stat) or {}).items()
-           if v is None]
-    return (min(bad), "statistics") if bad else (None, None)
-
-
-def _growth(r: dict, n_layers: int) -> Optional[float]:
-    """Max ||mu|| of the deepest layer at the last finite snapshot over its value at the first one."""
-    start = (r.get("layers_at_start") or {}).get("mu_norm_max", {}).get(str(n_layers))
-    last = r["layers_before_event"]["mu_norm_max"].get(str(n_layers))
-    return last / start if start and last is not None else None
-
-
-def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def _rate(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} [{lo:.2f}, {hi:.2f}]" if n else "0/0"
 
 
 def verdict(records: list[dict], baseline: dict, n_layers: int) -> dict[str, Any]:
     """Pass/fail per criterion (module docstring) with the evidence, computed from run records."""
+    import pandas as pd
+
     original = [r for r in records if r["preset"] == "original" and r["ablate"] == "none"]
     full = [r for r in records if r["preset"] == "r2_full" and r["ablate"] == "none"]
+    k_o, n_o = sum(r["blew_up"] for r in original), len(original)
+    k_f, n_f = sum(r["blew_up"] for r in full), len(full)
+    lo_o, hi_o = wilson(k_o, n_o)
+    lo_f, hi_f = wilson(k_f, n_f)
     criteria = []
+    criteria.append({"id": 1, "claim": "the original blows up (Wilson 95% lower bound of its blow-up rate >= 0.5)",
+                     "passed": bool(n_o) and lo_o >= 0.5, "observed": _rate(k_o, n_o)})
 
-    # 1: original explodes in the deep layers, preceded by depth-wise growth
-    deep_layers = (n_layers - 1, n_layers)
-    per_seed, counted = [], 0
-    for r in original:
-        first = r["first_nonfinite"] or {}
-        before = r["layers_before_event"]
-        mu_ratio, q_ratio = _ratio(before["mu_norm_max"], n_layers), _ratio(before["q_absmax"], n_layers)
-        exploded = r["nonfinite_events"] > 0
-        layer, located_by = explosion_layer(r)
-        deep = layer in deep_layers
-        growth = any(x is not None and x > 1 for x in (mu_ratio, q_ratio))
-        counted += exploded and deep and growth
-        per_seed.append({"seed": r["seed"], "exploded": exploded, "step": first.get("step"), "layer": layer,
-                         "located_by": located_by, "block": first.get("block"), "tensor": first.get("tensor"),
-                         "phase": first.get("phase"), "deep_layer": deep, "stats_step": before.get("step"),
-                         "mu_norm_max": before["mu_norm_max"], "q_absmax": before["q_absmax"],
-                         "mu_ratio_last_to_first": mu_ratio, "q_ratio_last_to_first": q_ratio,
-                         "depth_growth": growth, "counts": bool(exploded and deep and growth),
-                         "deepest_mu_growth_since_start": _growth(r, n_layers),
-                         "at_event": r.get("layers_at_event"), "peak": r.get("layers_peak"),
-                         "max_loss": r.get("max_loss")})
-    need = math.ceil(2 * len(original) / 3) if original else 1
-    criteria.append({
-        "id": 1, "claim": f"original explodes in layers {deep_layers[0]}-{deep_layers[1]}, after per-layer "
-                          f"||mu|| / |q| growth with depth, in >= {need} of {len(original)} seeds",
-        "passed": bool(original) and counted >= need, "observed": f"{counted} of {len(original)} seeds",
-        "evidence": per_seed})
+    deep = (n_layers - 1, n_layers)
+    blown = [r for r in original if r["blew_up"]]
+    in_deep = sum((r["origin"] or {}).get("layer") in deep for r in blown)
+    where = [{"seed": r["seed"], **(r["origin"] or {})} for r in blown]
+    criteria.append({"id": 2, "claim": f"at least half of the original's blow-ups start in layer {deep[0]} or {deep[1]}",
+                     "passed": bool(blown) and in_deep >= len(blown) / 2,
+                     "observed": f"{in_deep} of {len(blown)} blow-ups", "evidence": where})
 
-    # 2: r2_full never non-finite, full budget
-    clean = [r for r in full if r["nonfinite_events"] == 0 and r["status"] == "stable"
-             and r["steps_completed"] == r["steps_total"]]
-    criteria.append({
-        "id": 2,
-        "claim": f"r2_full has zero NaN/Inf events and completes its budget in {len(full)} of {len(full)} seeds",
-        "passed": bool(full) and len(clean) == len(full), "observed": f"{len(clean)} of {len(full)} seeds",
-        "evidence": [{"seed": r["seed"], "status": r["status"], "nonfinite_events": r["nonfinite_events"],
-                      "steps_completed": r["steps_completed"], "steps_total": r["steps_total"],
-                      "first_nonfinite": r["first_nonfinite"]} for r in full]})
+    by_seed = lambda rs: pd.Series({r["seed"]: r["blew_up"] for r in rs}, dtype=bool)  # noqa: E731
+    only_o, only_f, p = mcnemar_exact(by_seed(original), by_seed(full))
+    criteria.append({"id": 3, "claim": "r2_full does not: its rate's Wilson upper bound lies below the original's "
+                                       "lower bound, and the exact McNemar test of the paired seeds gives p < 0.05",
+                     "passed": bool(n_f and n_o) and hi_f < lo_o and p < 0.05,
+                     "observed": f"r2_full {_rate(k_f, n_f)} vs original {_rate(k_o, n_o)}; seeds blowing up only "
+                                 f"in the original {only_o}, only in r2_full {only_f}, McNemar p = {p:.3g}",
+                     "evidence": {"mcnemar_p": p, "only_original": only_o, "only_r2_full": only_f}})
 
-    # 3: r2_full test MSE beside the baselines
-    mses = [r["test_pos_mse"] for r in full if r["test_pos_mse"] is not None and math.isfinite(r["test_pos_mse"])]
-    mean, std = _mean_std(mses)
+    mse = mean_interval(r["test_pos_mse"] for r in full if r["status"] == Status.STABLE)
     const_vel = baseline.get("constant_velocity_test_pos_mse")
     criteria.append({
-        "id": 3, "claim": "r2_full's test position MSE (mean over seeds) is below the constant-velocity baseline",
-        "passed": bool(mses) and len(mses) == len(full) and const_vel is not None and mean < const_vel,
-        "observed": (f"{mean:.4g} +- {std:.2g} ({len(mses)} seeds) vs constant velocity "
-                     f"{const_vel if const_vel is None else format(const_vel, '.4g')}") if mses else "no test MSE",
-        "evidence": {"test_pos_mse": {str(r["seed"]): r["test_pos_mse"] for r in full}, "mean": mean, "std": std,
-                     "constant_velocity": const_vel,
-                     "zero_displacement": baseline.get("zero_displacement_test_pos_mse"),
+        "id": 4, "claim": "r2_full's mean test pos MSE (stable runs; t 95% interval) lies below the "
+                          "constant-velocity baseline",
+        "passed": mse["n"] >= 2 and const_vel is not None and mse["hi"] < const_vel,
+        "observed": (f"mean {mse['mean']:.4g}, sample sd {mse['sd']:.2g}, 95% CI [{mse['lo']:.4g}, {mse['hi']:.4g}] "
+                     f"(n = {mse['n']}) vs constant velocity {_fmt(const_vel, '.4g')}") if mse["n"] else "no stable run",
+        "evidence": {**mse, "test_pos_mse": {str(r["seed"]): r["test_pos_mse"] for r in full},
+                     "constant_velocity": const_vel, "zero_displacement": baseline.get("zero_displacement_test_pos_mse"),
                      "fitted_velocity": baseline.get("fitted_velocity_test_pos_mse"),
-                     "egnn_paper": baseline.get("egnn_paper_test_pos_mse"),
-                     "ratio_to_egnn_paper": mean / baseline["egnn_paper_test_pos_mse"] if mean else None}})
-
-    others = {}
-    for r in records:
-        if r["ablate"] != "none":
-            o = others.setdefault(r["experiment"], {"runs": 0, "exploded": 0, "test_pos_mse": []})
-            o["runs"] += 1
-            o["exploded"] += r["nonfinite_events"] > 0
-            if r["test_pos_mse"] is not None:
-                o["test_pos_mse"].append(r["test_pos_mse"])
-    return {"passed": all(c["passed"] for c in criteria), "criteria": criteria, "other_experiments": others}
+                     "egnn_paper": baseline.get("egnn_paper_test_pos_mse")}})
+    return {"passed": all(c["passed"] for c in criteria), "criteria": criteria,
+            "rates": {"original": [k_o, n_o, lo_o, hi_o], "r2_full": [k_f, n_f, lo_f, hi_f]}}
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def _profile(values: dict) -> str:
+    return " ".join(f"L{k}={_fmt(x) if x is not None else 'non-finite'}" for k, x in values.items())
+
+
 def verdict_text(result: dict) -> str:
-    """The verdict as Markdown: one line per criterion, then the evidence per seed."""
-    v, b = result["verdict"], result["baselines"]
-    budget = result["budget"]
+    """The verdict as Markdown: the regime and its rule, one line per criterion, then the evidence per seed."""
+    v, b, budget, regime = result["verdict"], result["baselines"], result["budget"], result["regime"]
     lines = [f"# Reproduction verdict: {'REPRODUCED' if v['passed'] else 'NOT REPRODUCED'}", "",
              f"Command: `{result['command']}`  ",
-             f"Budget: {budget['steps']} steps per run, seeds {', '.join(map(str, budget['seeds']))}, "
-             f"lr {_fmt(budget['lr'])}, batch {budget['batch_size']}, F={budget['F']}, L={budget['L']}, "
-             f"data {budget['data']}; {len(result['runs'])} runs, {result['train_seconds'] / 60:.1f} min of "
-             f"training in all" + (f" ({result['reused_runs']} runs reused from an earlier invocation)"
-                                   if result["reused_runs"] else "") + ".", ""]
+             f"Regime: L = {regime['L']}, lr = {_fmt(regime['lr'])}; rule: {regime['rule']}.  ",
+             f"Budget: {budget['steps']} steps per run, seeds {', '.join(map(str, budget['seeds']))} (paired across "
+             f"presets), batch {budget['batch_size']}, F={budget['F']}, data {budget['data']}; {len(result['runs'])} "
+             f"runs, {result['train_seconds'] / 60:.1f} min of training in all, {result['wall_seconds'] / 60:.1f} min "
+             f"of wall time with {result['workers']} worker(s)" + (f" ({result['reused_runs']} runs reused from an "
+                                                                   "earlier invocation)" if result["reused_runs"] else "")
+             + ". A blow-up is a run that diverged or exploded (see the README for the criteria).", "",
+             "Criteria (written before the runs; pass/fail from the records):", ""]
     for c in v["criteria"]:
         lines.append(f"- **{'PASS' if c['passed'] else 'FAIL'}** ({c['id']}) {c['claim']}: {c['observed']}.")
-    lines.append("")
-    lines.append("Finding 1, original, per seed (max ||mu|| and |q| after mixing per layer, at the last finite "
-                 "snapshot before the first NaN/Inf, or at the end):")
-    lines.append("")
-    for e in v["criteria"][0]["evidence"]:
-        if not e["exploded"]:
-            where = "no NaN/Inf"
-        elif e["located_by"] == "statistics":
-            where = (f"first NaN/Inf at step {e['step']} in the {e['tensor']} ({e['block']}), with layer {e['layer']} "
-                     f"the first whose statistics overflowed in that forward pass")
-        else:
-            where = f"first NaN/Inf at step {e['step']}, layer {e['layer']} {e['block']} ({e['phase']}, {e['tensor']})"
-        layers = lambda d: " ".join(f"L{k}={_fmt(x) if x is not None else 'non-finite'}"  # noqa: E731
-                                    for k, x in d.items())
-        line = (f"- seed {e['seed']}: {where}; at step {e['stats_step']}: ||mu|| {layers(e['mu_norm_max'])}; "
-                f"|q| {layers(e['q_absmax'])}; layer-{len(e['mu_norm_max'])}/layer-1 ratio ||mu|| "
-                f"{_fmt(e['mu_ratio_last_to_first'])}, |q| {_fmt(e['q_ratio_last_to_first'])}; deepest layer's "
-                f"||mu|| x{_fmt(e['deepest_mu_growth_since_start'])} since the start")
-        peak = (e.get("peak") or {}).get("mu_norm_max", {})
-        if peak:
-            line += (f"; peak ||mu|| over the run {layers(peak)}; largest finite loss {_fmt(e.get('max_loss'))}")
-        if e["at_event"] and e["at_event"]["step"] != e["stats_step"]:
-            line += (f"; in the failing step {e['at_event']['step']} itself: ||mu|| "
-                     f"{layers(e['at_event']['mu_norm_max'])}; |q| {layers(e['at_event']['q_absmax'])}")
+    lines += ["", "Per run (origin of the first blow-up: step, layer, block, statistic, criterion; per-layer max "
+              "||mu|| and |q| after mixing at the last snapshot before it, or at the end):", ""]
+    for r in result["runs"]:
+        o = r["origin"]
+        where = ("stable" if o is None else
+                 f"{r['status']}: first blow-up at step {o['step']}, layer {_fmt(o['layer'])} {_fmt(o['block'])}, "
+                 f"{_fmt(o['stat'])} ({o['criterion']})")
+        before = r["layers_before_blow_up"]
+        line = (f"- {r['experiment']} seed {r['seed']}: {where}; at step {_fmt(before['step'])}: ||mu|| "
+                f"{_profile(before['mu_norm_max'])}; |q| {_profile(before['q_absmax'])}")
+        if r["status"] == Status.STABLE and r["test_pos_mse"] is not None:
+            tail = r.get("test_pos_mse_tail") or {}
+            line += f"; test pos MSE {r['test_pos_mse']:.4g}" + (
+                f" (per sample: median {tail['pos_mse_q50']:.3g}, q99 {tail['pos_mse_q99']:.3g}, max "
+                f"{tail['pos_mse_max']:.3g})" if tail.get("pos_mse_q99") is not None else "")
         lines.append(line + ".")
-    ev = v["criteria"][2]["evidence"]
-    lines += ["", "Finding 2, r2_full: " + "; ".join(
-        f"seed {e['seed']}: {e['status']}, {e['nonfinite_events']} NaN/Inf events, "
-        f"{e['steps_completed']}/{e['steps_total']} steps" for e in v["criteria"][1]["evidence"]) + ".", "",
-        f"Test position MSE: r2_full {_fmt(ev['mean'], '.4g')} +- {_fmt(ev['std'], '.2g')} (seeds: "
-        + ", ".join(f"{k}: {_fmt(x, '.4g')}" for k, x in ev["test_pos_mse"].items()) + "); "
-        f"constant velocity {_fmt(b['constant_velocity_test_pos_mse'], '.4g')}; zero displacement "
-        f"{_fmt(b['zero_displacement_test_pos_mse'], '.4g')}; velocity with a fitted time "
-        f"c={_fmt(b['fitted_velocity_c'])} "
-        f"{_fmt(b['fitted_velocity_test_pos_mse'], '.4g')} (EGNN's 'Linear' baseline, published "
-        f"{b['linear_paper_test_pos_mse']}); EGNN paper {b['egnn_paper_test_pos_mse']} (trained ~10^4 epochs; "
-        f"this budget is {budget['epochs']:.3g} epochs)."]
-    for name, o in v["other_experiments"].items():
-        mean, std = _mean_std(o["test_pos_mse"])
-        lines.append(f"{name}: {o['exploded']} of {o['runs']} seeds exploded; test position MSE "
-                     f"{_fmt(mean, '.4g')} +- {_fmt(std, '.2g')} over its {len(o['test_pos_mse'])} runs with a "
-                     "test score.")
+    ev = v["criteria"][3]["evidence"]
+    lines += ["", f"Test position MSE of r2_full's stable runs: mean {_fmt(ev['mean'], '.4g')}, sample sd "
+              f"{_fmt(ev['sd'], '.2g')}, t 95% interval [{_fmt(ev['lo'], '.4g')}, {_fmt(ev['hi'], '.4g')}], "
+              f"n = {ev['n']}; constant velocity {_fmt(b['constant_velocity_test_pos_mse'], '.4g')}; zero "
+              f"displacement {_fmt(b['zero_displacement_test_pos_mse'], '.4g')}; velocity with a fitted time "
+              f"c={_fmt(b['fitted_velocity_c'])} {_fmt(b['fitted_velocity_test_pos_mse'], '.4g')} (EGNN's 'Linear' "
+              f"baseline, published {b['linear_paper_test_pos_mse']}); EGNN paper {b['egnn_paper_test_pos_mse']} "
+              f"(trained ~10^4 epochs; this budget is {budget['epochs']:.3g} epochs)."]
     return "\n".join(lines) + "\n"
 
 
@@ -458,40 +482,42 @@ def write_plots(runs, stats, metrics, baseline: dict, folder: Path) -> list[Path
 def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Optional[list[str]] = None,
               command: Optional[str] = None, plots: bool = True,
               on_run: Optional[Callable[[dict], None]] = None,
-              experiments: tuple[Experiment, ...] = EXPERIMENTS) -> dict[str, Any]:
+              experiments: tuple[Experiment, ...] = EXPERIMENTS, workers: int = DEFAULT_WORKERS,
+              map_path: Optional[str | Path] = None) -> dict[str, Any]:
     """Run the comparison into `out` and return what reproduce.json holds.
 
-    on_run(record) is called after each run (the CLI prints a line).
+    on_run(record) is called after each run (the CLI prints a line), in the order they finish.
     """
     out = Path(out)
     overrides = list(overrides or [])
-    runs = plan(out, quick, overrides, experiments)  # every config composes before anything runs
+    check_overrides(overrides)
+    regime = choose_regime(overrides, map_path)
+    runs = plan(out, quick, overrides, experiments, regime)  # every config composes before anything runs
     budget = QUICK if quick else FULL
     first_cfg = runs[0][2]
     command = command or " ".join(["painn-ablate reproduce", *(["--quick"] if quick else []), f"--out {out}",
-                                   *overrides])
+                                   *([f"--map {map_path}"] if map_path else []), *overrides])
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     baseline = baselines(first_cfg.data)  # also generates (or loads) the one data set every run uses
-    records = []
-    summaries = []
-    reused = 0
-    for experiment, seed, cfg in runs:
-        finished_before = _finished(Path(cfg.out))
-        summary = run_or_reuse(cfg)
-        reused += finished_before
-        summaries.append(summary)
-        stats = analysis.load_layer_stats(cfg.out, stats=("mu_norm_max", "q_absmax"))
-        records.append(run_record(experiment, seed, cfg, summary, stats))
+    reused = sum(_finished(Path(cfg.out)) for _, _, cfg in runs)
+    records: list[Optional[dict]] = [None] * len(runs)
+
+    def done(i: int, summary: dict) -> None:
+        experiment, seed, cfg = runs[i]
+        stats = analysis.load_layer_stats(cfg.out, stats=STATE_STATS)
+        records[i] = run_record(experiment, seed, cfg, summary, stats)
         if on_run is not None:
-            on_run(records[-1])
+            on_run(records[i])
+
+    summaries = run_all([cfg for _, _, cfg in runs], workers, done)
     from painn_ablate.train import environment, total_steps
 
     n_train = first_cfg.data.n_train
     steps = total_steps(first_cfg, n_train)
     result: dict[str, Any] = {
-        "command": command, "quick": quick, "overrides": overrides,
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": command, "quick": quick, "overrides": overrides, "workers": workers,
+        "created": dt.datetime.now().isoformat(timespec="seconds"), "regime": asdict(regime),
         "budget": {"steps": steps, "seeds": list(budget.seeds), "lr": float(first_cfg.train.lr),
                    "batch_size": int(first_cfg.train.batch_size), "F": int(first_cfg.model.F),
                    "L": int(first_cfg.model.L), "epochs": steps * first_cfg.train.batch_size / n_train,
@@ -513,5 +539,7 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
         metrics = analysis.load_metrics([cfg.out for _, _, cfg in runs])
         result["plots"] = [str(p) for p in write_plots(frame, stats, metrics, baseline, out / "plots")]
     write_json_atomic(out / "reproduce.json", result)
-    (out / "verdict.md").write_text(verdict_text(result))
+    tmp = out / ".verdict.md.tmp"
+    tmp.write_text(verdict_text(result))
+    os.replace(tmp, out / "verdict.md")
     return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import functools
 import datetime as dt
 import logging
 import math
@@ -34,7 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import __version__
-from painn_ablate.config import flatten, to_yaml
+from painn_ablate.config import compose, flatten, to_yaml
 from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
@@ -93,20 +94,51 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator):
             yield perm[start:start + batch_size]
 
 
+TAIL = {"q50": 0.5, "q90": 0.9, "q99": 0.99, "max": 1.0}  # quantiles of the per-sample error the test keeps
+
+
 @torch.no_grad()
-def evaluate(model: PaiNN, split: NBodySplit) -> dict[str, Optional[float]]:
-    """Mean squared error of pos_dt (equal to that of the predicted position) and vel_next."""
+def evaluate(model: PaiNN, split: NBodySplit, tail: bool = False) -> dict[str, Optional[float]]:
+    """Mean squared error of pos_dt (equal to that of the predicted position) and vel_next.
+
+    tail: also the distribution of the per-sample position MSE (one sample = one system of n
+    particles): `pos_mse_q50`, `_q90`, `_q99` and `_max` (TAIL), so a mean hides no bad samples.
+    """
     model.eval()
     sq_pos = sq_vel = 0.0
     n_nodes = 0
+    per_sample = []
     for start in range(0, len(split), EVAL_BATCH):
         b = split.batch(torch.arange(start, min(start + EVAL_BATCH, len(split)), device=split.pos.device))
         pos_dt, vel_next = model(b.pos, b.vel, b.charge, b.edge_index)
-        sq_pos += float(((pos_dt - b.pos_dt) ** 2).sum())
+        err = (pos_dt - b.pos_dt) ** 2
+        sq_pos += float(err.sum())
         sq_vel += float(((vel_next - b.vel_next) ** 2).sum())
         n_nodes += b.pos.shape[0]
+        if tail:
+            per_sample.append(err.view(b.n_graphs, -1).mean(dim=1))
     model.train()
-    return {"pos_mse": finite_or_none(sq_pos / (3 * n_nodes)), "vel_mse": finite_or_none(sq_vel / (3 * n_nodes))}
+    out = {"pos_mse": finite_or_none(sq_pos / (3 * n_nodes)), "vel_mse": finite_or_none(sq_vel / (3 * n_nodes))}
+    if tail:
+        q = torch.quantile(torch.cat(per_sample).double(), torch.tensor(list(TAIL.values()), dtype=torch.float64))
+        out.update({f"pos_mse_{name}": finite_or_none(float(v)) for name, v in zip(TAIL, q)})
+    return out
+
+
+def evaluate_checkpoint(run_dir: str | Path, split: str = "test") -> dict[str, Optional[float]]:
+    """`evaluate(..., tail=True)` of a run folder's checkpoint (the best validation step) on one split:
+    the per-sample error tail of a run recorded before the summary kept it."""
+    run_dir = Path(run_dir)
+    cfg = compose(base=run_dir / "config.yaml")  # through the schema: older folders spell some values differently
+    model = PaiNN(cfg.model)
+    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+    return evaluate(model, _cached_split(to_yaml(cfg.data), split), tail=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_split(data_yaml: str, split: str) -> NBodySplit:
+    """One split of a data config, loaded once per process (an export evaluates many checkpoints)."""
+    return load_dataset(OmegaConf.create(data_yaml))[split]
 
 
 def environment() -> dict:
@@ -412,7 +444,7 @@ class Trainer:
         self.summary["divergence"] = self.tracker.summary()
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-            self.summary["test"] = evaluate(model, self.splits["test"])
+            self.summary["test"] = evaluate(model, self.splits["test"], tail=True)
         self.summary["wall_seconds"] = time.perf_counter() - start
         self.write_summary()
         self.recorder.finish(self.summary)

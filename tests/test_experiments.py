@@ -78,11 +78,13 @@ def test_cell_table_counts_and_intervals():
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """A real 4-trial sweep (original and r2_full x 2 seeds, L = 5) and a probe, exported to results/."""
+    """A real 8-trial sweep (original and r2_full, each alone and with C_s flipped, x 2 seeds, L = 5) and a
+    probe, exported to results/."""
     root = tmp_path_factory.mktemp("exp")
     (root / "map.yaml").write_text(
         "name: map_tiny\nmethod: grid\nmetric: {name: val_pos_mse, goal: minimize}\nparameters:\n"
-        "  model: {values: [original, r2_full]}\n  seed: {values: [0, 1]}\n  train.lr: {value: 0.001}\n"
+        "  model: {values: [original, r2_full]}\n  ablate: {values: [none, C_s]}\n  seed: {values: [0, 1]}\n"
+        "  train.lr: {value: 0.001}\n"
         "  monitor.on_diverged: {value: stop}\n")
     common = [*TINY, f"data.cache_dir={root / 'cache'}"]
     env = {"OMP_NUM_THREADS": "1"}
@@ -99,8 +101,8 @@ def results(tmp_path_factory):
 
 def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(results):
     trials, stats, seeds = ex.load_results(results)
-    assert len(trials) == 4 and set(trials["preset"]) == {"original", "r2_full"}
-    assert set(trials["seed"]) == {0, 1} and (trials["L"] == 5).all()
+    assert len(trials) == 8 and set(trials["preset"]) == {"original", "r2_full"}
+    assert set(trials["seed"]) == {0, 1} and (trials["L"] == 5).all() and set(trials["ablate"]) == {"none", "C_s"}
     assert {"status", "blew_up", "blowup_step", "origin_layer", "origin_block", "test_pos_mse",
             "at_mu_norm_max_L5", "before_q_absmax_L1"} <= set(trials.columns)
     blown = trials[trials["blew_up"]]
@@ -108,12 +110,68 @@ def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(resul
     assert (trials.loc[~trials["blew_up"], "status"] == "stable").all()
     assert set(seeds["L"]) == {2, 5} and set(stats["variant"]) == {"original"}
     assert sum(p.stat().st_size for p in results.glob("*.parquet")) < 2_000_000
+    # how often gradient clipping acted: recorded where it is on (r2_full), absent where it is off
+    full = trials[(trials["preset"] == "r2_full") & (trials["ablate"] == "none")]
+    assert full["act_grad_clip_frac"].between(0, 1).all()
+    assert trials.loc[trials["preset"] == "original", "act_grad_clip_frac"].isna().all()
+    # the per-sample error tail of every stable trial, ordered
+    stable = trials[trials["status"] == "stable"]
+    q = stable[["test_pos_mse_q50", "test_pos_mse_q90", "test_pos_mse_q99", "test_pos_mse_max"]]
+    assert len(stable) and q.notna().all().all() and (q.diff(axis=1).iloc[:, 1:] >= 0).all().all()
+    assert (stable["test_pos_mse_max"] >= stable["test_pos_mse"]).all()
+
+
+def test_checkpoint_reevaluation_matches_the_summary(results):
+    """The tail an export recomputes for older runs is the one training records: same weights, same split."""
+    import json
+
+    from painn_ablate.train import evaluate_checkpoint
+
+    run_dir = next(p.parent for p in sorted((results.parent / "map").rglob("summary.json"))
+                   if json.loads(p.read_text())["status"] == "stable")
+    test = json.loads((run_dir / "summary.json").read_text())["test"]
+    again = evaluate_checkpoint(run_dir)
+    assert again.keys() == test.keys()
+    assert all(again[k] == pytest.approx(test[k], rel=1e-6) for k in test)
+
+
+def test_holm_and_paired_t():
+    assert ex.holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06],
+                                                                        nan_ok=True)
+    a = pd.Series([1.0, 2.0, 3.0, 4.0], index=[0, 1, 2, 3])
+    b = pd.Series([1.5, 2.4, 3.7, 9.0], index=[0, 1, 2, 5])  # seed 5 has no pair; seed 3 neither
+    r = ex.paired_t(a, b)
+    diff = np.array([0.5, 0.4, 0.7])
+    t = diff.mean() / (diff.std(ddof=1) / math.sqrt(3))
+    assert r["n"] == 3 and r["mean"] == pytest.approx(diff.mean())
+    assert r["p"] == pytest.approx(2 * (1 - __import__("scipy").stats.t.cdf(t, 2)))
+
+
+def test_ablation_table_names_necessary_sufficient_and_inert():
+    rows = (synthetic("original", "none", [True] * 10) + synthetic("r2_full", "none", [False] * 10)
+            + synthetic("original", "g", [False] * 10) + synthetic("original", "C_s", [True] * 10)
+            + synthetic("r2_full", "g", [True] * 7 + [False] * 3) + synthetic("r2_full", "C_s", [False] * 10)
+            + synthetic("r2_full", "s_msg", [False] * 10))
+    trials = pd.DataFrame(rows)
+    worse = (trials["preset"] == "r2_full") & (trials["ablate"] == "s_msg")
+    trials.loc[worse, "test_pos_mse"] += 0.002 + 0.0001 * trials.loc[worse, "seed"]  # worse in every seed
+    trials["act_C_s_frac"] = np.where(trials["preset"] == "r2_full", 0.0, np.nan)
+    trials["act_s_msg_frac"] = np.where(trials["preset"] == "r2_full", 0.01, np.nan)
+    table = ex.ablation_table(trials).set_index("stabilizer")
+    assert table.loc["g", "sufficient"] is True and table.loc["C_s", "sufficient"] is False
+    assert table.loc["g", "loo"]["by_rate"] and table.loc["g", "necessary"]  # 7 discordant pairs: p = 0.016
+    assert table.loc["s_msg", "loo"]["by_mse"] and not table.loc["s_msg", "loo"]["by_rate"]
+    assert table.loc["s_msg", "necessary"] and not table.loc["s_msg", "inert"]
+    assert table.loc["C_s", "inert"] and not table.loc["C_s", "necessary"]
+    assert math.isnan(table.loc["g", "activity_mean"])  # a gain acts on every pass: no fraction
+    assert table.loc["g", "aoi_p_holm"] == pytest.approx(min(1, 2 * table.loc["g", "aoi_p"]))
 
 
 def test_findings_report_and_cli(results, tmp_path):
     text = build_findings(results, tmp_path / "runs.md", tmp_path / "plots")
     for needle in ("## Verdicts", "| M1 |", "Wilson", "## 1. Explosion map", "### At initialisation",
-                   "## 2. Reproduction at L = 5", "## Compute", "## Not done"):
+                   "## 2. Reproduction at L = 5", "### Per-sample error tails", "## 3. The ablation",
+                   "| C_s |", "## Compute", "## Not done"):
         assert needle in text, needle
     assert (tmp_path / "plots" / "map.png").stat().st_size > 0
     res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "report", "--results", str(results),

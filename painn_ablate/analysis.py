@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.config import ABLATIONS, flatten
-from painn_ablate.outcome import OUTCOMES, Status, is_blow_up
+from painn_ablate.outcome import OUTCOMES, Status, is_blow_up, outcome_columns  # noqa: F401  (re-exported)
 from painn_ablate.tracking import stat_key
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ METRIC_SPLITS = ("val", "test")  # summary["val"]["pos_mse"] -> column val_pos_m
 SPLIT_METRICS = ("pos_mse", "vel_mse")  # their columns exist even before the first validation
 # Nested summary fields that are None until something happens: their columns exist either way.
 NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"),
+                 "first_blow_up": ("step", "layer", "block", "stat", "criterion"),
                  "early_warning": ("step", "risk", "mu_ratio", "mu_growth"),
                  "stopped_early": ("step", "reason")}
 # Config keys that name or place a run but do not change what it computes.
@@ -81,21 +82,6 @@ def experiment_name(preset: Any, ablate: Any) -> str:
         return preset
     sign = "-" if preset == "r2_full" else "+"
     return f"{preset} {sign} {ablate}"
-
-
-def is_exploded(status: Any) -> bool:
-    """A NaN/Inf outcome (painn_ablate.outcome.Status.EXPLODED)."""
-    return status == Status.EXPLODED
-
-
-def is_diverged(status: Any) -> bool:
-    """A finite blow-up (painn_ablate.outcome.Status.DIVERGED)."""
-    return status == Status.DIVERGED
-
-
-def outcome_columns(status: Any) -> dict[str, bool]:
-    """The boolean outcome columns of a run or trial row: exploded, diverged, blew_up (either)."""
-    return {"exploded": is_exploded(status), "diverged": is_diverged(status), "blew_up": is_blow_up(status)}
 
 
 def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:

@@ -30,6 +30,7 @@ class InputError(Exception):
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from painn_ablate.analysis import AnalysisError
     from painn_ablate.config import ConfigError
+    from painn_ablate.dashboard import DashboardError
     from painn_ablate.data import DataError
     from painn_ablate.experiments import ExportError
     from painn_ablate.report import ReportError
@@ -37,7 +38,7 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     from painn_ablate.sweep import SweepError
     from painn_ablate.train import RunDirError
 
-    return (InputError, ConfigError, DataError, ExportError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
+    return (InputError, ConfigError, DashboardError, DataError, ExportError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
 
 
 def unwritable_reason(path: Path):
@@ -309,6 +310,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from painn_ablate import dashboard as db
+
+    kind, where = db.make(args.target, args.study, args.entity, args.project, args.experiment, args.out,
+                          args.offline)
+    if kind == "url":
+        print(f"workspace saved: {where}")
+    else:
+        print(f"no W&B credentials (or --offline): wrote the workspace's specification to {where}; with a key, "
+              f"run this again to save it to W&B")
+    return 0
+
+
 # ----------------------------------------------------------------------------- reproduce, report
 
 
@@ -472,6 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="sweep output folder, its study.db, or an Optuna storage URL")
     p.add_argument("--study", help="only this study (default: every study in the storage)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dashboard", help="a W&B workspace for a sweep: outcomes, MSEs, per-layer ||mu|| and |q|, "
+                                         "first blow-ups, parallel coordinates",
+                       description="Build a W&B workspace for a sweep with wandb-workspaces; online it is saved and "
+                                   "its URL printed, offline its specification goes to <sweep folder>/dashboard.json.")
+    p.add_argument("target", help="sweep output folder, its study.db, or an Optuna storage URL")
+    p.add_argument("--study", help="the study, where the storage holds several")
+    p.add_argument("--entity", help="W&B entity (default: the sweep file's, else your default entity)")
+    p.add_argument("--project", help="W&B project (default: the sweep file's project)")
+    p.add_argument("--experiment", help="narrow the panels to one experiment: 'original' or 'r2_full+s_msg'")
+    p.add_argument("--out", help="folder for dashboard.json offline (default: the sweep folder)")
+    p.add_argument("--offline", action="store_true", help="write the specification even with W&B credentials")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("reproduce", help="re-run the original vs r2_full comparison at the map's regime and judge it",
                        description="Re-run the document's two findings (the original blows up, starting in layers "

@@ -63,6 +63,12 @@ def is_blow_up(status) -> bool:
     return status in BLOW_UPS
 
 
+def outcome_columns(status) -> dict[str, bool]:
+    """The boolean outcome columns of a run or trial (tables, W&B summary): exploded, diverged, blew_up."""
+    return {"exploded": status == Status.EXPLODED, "diverged": status == Status.DIVERGED,
+            "blew_up": is_blow_up(status)}
+
+
 # The statistics a blow-up origin is read from, in the order they are checked per block.
 STATE_STATS = ("mu_norm_max", "q_absmax")
 

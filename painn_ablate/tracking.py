@@ -31,6 +31,8 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from painn_ablate.outcome import outcome_columns
+
 log = logging.getLogger(__name__)
 
 METRICS = ("loss", "loss_pos", "loss_vel", "lr", "grad_norm", "grad_norm_clipped", "step_time",
@@ -42,6 +44,10 @@ EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer"
                            ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
                            ("value", pa.float64()), ("detail", pa.string())])
 EVENT_KINDS = ("nonfinite", "divergence", "early_warning")
+# Flat W&B summary keys (beside `status` and the 0/1 keys of outcome.outcome_columns): the first
+# blow-up's step and layer, and the early warning's lead time in steps (present only when they exist).
+FIRST_BLOW_UP_STEP, FIRST_BLOW_UP_LAYER, EARLY_WARNING_LEAD = "first_blow_up_step", "first_blow_up_layer", \
+    "early_warning_lead"
 
 
 def unwritable_reason(folder: Path) -> Optional[str]:
@@ -258,6 +264,12 @@ class WandbSink(Sink):
                     "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",
                     "run_dir"):
             self.run.summary[key] = summary.get(key)
+        # numbers a dashboard can count and plot per experiment (W&B keeps no None and shows no nested keys)
+        self.run.summary.update({k: int(v) for k, v in outcome_columns(summary.get("status")).items()})
+        first = summary.get("first_blow_up") or {}
+        flat = {FIRST_BLOW_UP_STEP: first.get("step"), FIRST_BLOW_UP_LAYER: first.get("layer"),
+                EARLY_WARNING_LEAD: summary.get("early_warning_lead")}
+        self.run.summary.update({k: v for k, v in flat.items() if v is not None})
         self.run.tags = (*self.run.tags, f"outcome:{summary.get('status')}")  # filter runs by outcome in the UI
         for split in ("val", "test"):
             for metric, value in (summary.get(split) or {}).items():

@@ -39,7 +39,7 @@ from painn_ablate.config import compose, flatten, to_yaml
 from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
-from painn_ablate.outcome import Criteria, DivergenceTracker, Origin, Status, crossed, locate
+from painn_ablate.outcome import Criteria, DivergenceTracker, Origin, Status, crossed, first_blow_up, locate
 from painn_ablate.tracking import (ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason,
                                    write_json_atomic)
 
@@ -442,6 +442,11 @@ class Trainer:
         else:
             self.summary["status"] = Status.STABLE.value
         self.summary["divergence"] = self.tracker.summary()
+        self.summary["first_blow_up"] = first = first_blow_up(self.summary["first_divergence"],
+                                                              self.summary["first_nonfinite"])
+        warning = self.summary["early_warning"]
+        # steps from the early warning to the first blow-up (negative: the warning came late)
+        self.summary["early_warning_lead"] = first["step"] - warning["step"] if first and warning else None
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
             self.summary["test"] = evaluate(model, self.splits["test"], tail=True)

@@ -199,7 +199,7 @@ def test_necessity_and_sufficiency_follow_their_definitions():
             ("original", "none", "exploded"), ("original", "none", "exploded"),
             ("original", "alpha", "stable"), ("original", "alpha", "stable"),
             ("original", "g", "diverged"), ("original", "g", "stable")]
-    frame = pd.DataFrame([{"preset": p, "ablate": a, "status": s, "exploded": analysis.is_exploded(s),
+    frame = pd.DataFrame([{"preset": p, "ablate": a, "status": s, "exploded": analysis.outcome_columns(s)["exploded"],
                            "experiment": analysis.experiment_name(p, a),
                            "test_pos_mse": 0.01 if s == "stable" else None} for p, a, s in rows])
     table = analysis.necessity_table(frame).set_index("stabilizer")

@@ -14,7 +14,7 @@ from painn_ablate import dashboard as db
 from painn_ablate.cli import main
 from test_train import TINY
 
-WANDB = next(p for p in (os.path.join(os.path.dirname(sys.executable), "wandb"),) if os.path.exists(p))
+WANDB = os.path.join(os.path.dirname(sys.executable), "wandb")  # the CLI of the wandb in this environment
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from nbclient import NotebookClient
 
 from painn_ablate import experiments as ex

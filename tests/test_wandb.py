@@ -1,7 +1,6 @@
 """W&B logging for real, in offline mode, read back with `wandb leet inspect`."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

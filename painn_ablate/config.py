@@ -59,6 +59,9 @@ class ModelConfig:
     r_cut: float = 10.0  # cosine cutoff radius
     shared_filters: bool = False  # True: one filter MLP for all layers; False: one per layer
     aggregation: str = "sum"  # sum: original PaiNN; mean: divide by the in-degree |N(i)|
+    # True: the filter also sees the charge product c_i c_j of each edge (EGNN's N-body edge attribute);
+    # False: distance only (PaiNN)
+    edge_charge: bool = False
     backend: str = "native"  # native: torch index_add_; scatter: torch_scatter (optional extra)
     # True: the training forward runs through torch.compile (~0.75-0.85x eager step time on CPU, but
     # 1-2 min of compiling per new process; pays off beyond ~1000 steps); False: eager.
@@ -91,6 +94,8 @@ class TrainConfig:
     batch_size: int = 100  # graphs per batch
     grad_clip: Optional[float] = None  # max global gradient norm; None: no clipping
     weight_decay: float = 0.0
+    loss: str = "pos_vel"  # pos_vel: MSE of the displacement + MSE of the next velocity; pos: the displacement only (EGNN's)
+    schedule: str = "constant"  # constant: lr throughout; cosine: cosine decay from lr to 0 over the run
     val_every: int = 100  # validate every k steps (and at the last step)
     device: str = "auto"  # auto: cuda when available, else cpu
     checkpoint: bool = True  # keep the weights of the best validation step in the run dir
@@ -135,6 +140,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# The training loss: the weight of the velocity MSE beside the displacement MSE.
+LOSSES = ("pos_vel", "pos")
+
+
+def velocity_weight(loss: str) -> float:
+    return 0.0 if loss == "pos" else 1.0
 
 
 # ----------------------------------------------------------------------------- presets
@@ -349,6 +362,8 @@ def validate(cfg: DictConfig) -> None:
     _check(m.n_rbf >= 1, "model.n_rbf", f"must be >= 1, got {m.n_rbf}")
     _check(m.r_cut > 0, "model.r_cut", f"must be > 0, got {m.r_cut}")
     _choice(cfg, "model.aggregation", ("sum", "mean"))
+    _choice(cfg, "train.loss", LOSSES)
+    _choice(cfg, "train.schedule", ("constant", "cosine"))
     _choice(cfg, "model.backend", ("native", "scatter"))
     _check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}")
     d = cfg.data

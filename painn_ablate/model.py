@@ -351,7 +351,8 @@ class PaiNN(nn.Module):
             with torch.no_grad():
                 self.vel_lift.weight.mul_(float(st.mu0_scale))
         self.mu0 = str(st.mu0)  # velocity: mu^(0) = v w^T; zero: mu^(0) = 0, velocity only as |v| in q^(0)
-        self.filter_net = nn.Linear(self.n_rbf, (1 if self.shared_filters else L) * 3 * F)
+        self.edge_charge = bool(getattr(cfg, "edge_charge", False))
+        self.filter_net = nn.Linear(self.n_rbf + self.edge_charge, (1 if self.shared_filters else L) * 3 * F)
         self.layers = nn.ModuleList(
             Layer(
                 Interaction(F, aggregation=cfg.aggregation, backend=cfg.backend, s_msg=st.s_msg, C_s=st.C_s,
@@ -373,12 +374,15 @@ class PaiNN(nn.Module):
         # varies, get one shape-generic graph at the second shape instead of a recompile per batch.
         self._compiled_forward = torch.compile(self._forward, dynamic=None) if self.compile else None
 
-    def filters(self, r_ij: Tensor) -> list[Tensor]:
-        """W_ij = g * MLP_f(phi(r_ij)) * f_cut(r_ij), one (E, 3F) tensor per layer."""
+    def filters(self, r_ij: Tensor, cc_ij: Optional[Tensor] = None) -> list[Tensor]:
+        """W_ij = g * MLP_f(phi(r_ij) [, c_i c_j]) * f_cut(r_ij), one (E, 3F) tensor per layer."""
         f_cut = cosine_cutoff(r_ij, self.r_cut)
         if self.g != 1.0:
             f_cut = self.g * f_cut  # (E,): the gain costs E multiplies, not E * L * 3F
-        W = self.filter_net(radial_basis(r_ij, self.n_rbf, self.r_cut)) * f_cut[:, None]
+        features = radial_basis(r_ij, self.n_rbf, self.r_cut)
+        if cc_ij is not None:
+            features = torch.cat([features, cc_ij[:, None]], dim=-1)
+        W = self.filter_net(features) * f_cut[:, None]
         if self.shared_filters:
             return [W] * self.L
         return list(torch.split(W, 3 * self.F, dim=-1))
@@ -404,7 +408,11 @@ class PaiNN(nn.Module):
         if self.mu0 == "zero":
             mu = torch.zeros_like(mu)
         q, mu = self.input_state((q, mu))
-        for layer, W_ij in zip(self.layers, self.filters(r_ij)):
+        cc_ij = None
+        if self.edge_charge:
+            c = charge.to(pos.dtype)
+            cc_ij = c.index_select(0, j) * c.index_select(0, i)  # (E,)
+        for layer, W_ij in zip(self.layers, self.filters(r_ij, cc_ij)):
             q, mu = layer.interaction(q, mu, W_ij, dir_ij, edge_index, inv_degree)
             q, mu = layer.mixing(q, mu)
         pos_dt = self.head_pos(mu).squeeze(-1)  # (N, 3)

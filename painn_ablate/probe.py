@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from painn_ablate.config import velocity_weight
 from painn_ablate.data import load_dataset
 from painn_ablate.model import PaiNN, plain_ops
 from painn_ablate.monitor import Monitor
@@ -131,7 +132,7 @@ def probe_config(cfg: DictConfig, seeds: int, steps: int = 0) -> tuple[list[dict
                                   "origin_block": where[1] if where else None})
                 if step == steps or nonfinite:
                     break
-                train_step(model, batch, mon, step, False, cfg.train.grad_clip)
+                train_step(model, batch, mon, step, False, cfg.train.grad_clip, velocity_weight(cfg.train.loss))
                 opt.step()
                 opt.zero_grad(set_to_none=True)
     return stat_rows, seed_rows

@@ -34,8 +34,9 @@ MECHANISMS = {
     "model.stabilizers.mu0": st.sampled_from(["velocity", "zero"]),
     "model.stabilizers.mu0_scale": st.sampled_from([1.0, 0.1]),
 }
+OPTIONS = {"model.edge_charge": st.booleans()}  # EGNN's charge product as an edge input of the filter
 stabilizer_sets = st.fixed_dictionaries(TOGGLES)  # the stabilizers alone (the reference transcription's scope)
-toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS})
+toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS, **OPTIONS})
 
 
 def tiny_model(overrides=(), seed=0, F=8, L=3) -> PaiNN:
@@ -184,3 +185,21 @@ def test_model_interface_shapes_and_gradients():
     assert pos_dt.shape == pos.shape and vel_next.shape == vel.shape
     (pos_dt.sum() + vel_next.sum()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_edge_charge_feeds_the_charge_product_of_each_edge_to_the_filter():
+    model = tiny_model(["model.edge_charge=true"])
+    assert model.filter_net.in_features == model.n_rbf + 1
+    seen = []
+    model.filter_net.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    pos, vel, charge, edges = random_system(full=True)
+    flipped = charge.clone()
+    flipped[0] = -flipped[0]
+    for c in (charge, -charge, flipped):
+        model(pos, vel, c, edges)
+    same, changed = torch.equal(seen[0], seen[1]), (seen[0] != seen[2]).any(dim=-1)
+    touches = (edges[0] == 0) | (edges[1] == 0)
+    assert same  # c_i c_j is unchanged when every charge flips
+    assert torch.equal(changed, touches)  # and changes on exactly the edges of the flipped particle
+    plain = tiny_model()
+    assert plain.filter_net.in_features == plain.n_rbf

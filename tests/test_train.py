@@ -1,6 +1,7 @@
 """Training runs end to end on tiny models: records, determinism, explosions as outcomes, the CLI."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,6 +50,23 @@ def test_stable_run_writes_every_record(tiny, tmp_path):
     assert list(metrics["step"]) == list(range(12))
     assert metrics["val_pos_mse"].notna().sum() == 3  # steps 3, 7, 11
     assert pd.read_parquet(run_dir / "events.parquet").empty
+
+
+def test_position_only_loss_and_cosine_schedule(tiny, tmp_path):
+    """EGNN's setting: the loss is the displacement MSE alone, and the lr decays from train.lr to 0."""
+    summary = run(tiny("model=r2_full", "train.steps=10", "train.val_every=5", "train.loss=pos",
+                       "train.schedule=cosine", "train.lr=0.002"))
+    metrics = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert (metrics["loss"] == metrics["loss_pos"]).all() and (metrics["loss_vel"] > 0).all()
+    lr = metrics["lr"].to_numpy()
+    assert lr[0] == pytest.approx(0.002) and lr[-1] == pytest.approx(0.0, abs=1e-12)
+    assert (np.diff(lr) <= 0).all()
+    assert lr[5] == pytest.approx(0.001 * (1 + math.cos(math.pi * 5 / 9)))
+    assert summary["status"] == "stable"
+    both = run(tiny("model=r2_full", "train.steps=3", out="both"))
+    m = pd.read_parquet(tmp_path / "both" / "metrics.parquet")
+    assert np.allclose(m["loss"], m["loss_pos"] + m["loss_vel"]) and (m["lr"] == m["lr"].iloc[0]).all()
+    assert both["status"] == "stable"
 
 
 def test_same_seed_same_numbers_and_saved_config_reruns(tiny, tmp_path):

@@ -87,6 +87,35 @@ def gain_lines(stats: pd.DataFrame, variant: str, L: int) -> list[str]:
     return markdown_table(["layer", "block", *cols], rows)
 
 
+def verdict_lines(trials: pd.DataFrame, results: str | Path) -> list[str]:
+    """`painn-ablate reproduce`'s regime rule and verdict, applied to the map's trials at that regime: the
+    command re-runs exactly these configurations (10 paired seeds per preset, 1000 steps, each ending at
+    its first blow-up)."""
+    from painn_ablate import reproduce as rp
+    from painn_ablate.config import compose
+
+    maps = sorted(Path(results).glob("map_original.parquet"))
+    regime = rp.choose_regime([], maps[0] if maps else None)
+    records = []
+    for _, r in trials[(trials["ablate"] == "none") & (trials["L"] == regime.L)
+                       & np.isclose(trials["lr"], regime.lr)].iterrows():
+        origin = ({"step": int(r["blowup_step"]), "layer": None if pd.isna(r["origin_layer"]) else int(r["origin_layer"]),
+                   "block": r["origin_block"], "stat": r["origin_stat"], "criterion": r["origin_criterion"]}
+                  if r["blew_up"] else None)
+        records.append({"preset": r["preset"], "ablate": "none", "seed": int(r["seed"]), "status": r["status"],
+                        "blew_up": bool(r["blew_up"]), "origin": origin, "test_pos_mse": r["test_pos_mse"]})
+    if not records:
+        return [f"No trials at the regime L = {regime.L}, lr = {regime.lr:g}.", ""]
+    v = rp.verdict(records, rp.baselines(compose([]).data), regime.L)
+    lines = [f"Command: `painn-ablate reproduce` (about 15-20 min on 2 cores). Regime: L = {regime.L}, lr = "
+             f"{regime.lr:g}; rule: {regime.rule}. The command re-runs exactly the map's trials of this cell "
+             "(10 paired seeds per preset, 1000 steps, each ending at its first blow-up); its verdict on them:", "",
+             f"**{'REPRODUCED' if v['passed'] else 'NOT REPRODUCED'}**", ""]
+    lines += [f"- **{'PASS' if c['passed'] else 'FAIL'}** ({c['id']}) {c['claim']}: {c['observed']}."
+              for c in v["criteria"]]
+    return lines + [""]
+
+
 def reproduction_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
     orig = ex._cell(trials, "original", "none", L, lr)
     full = ex._cell(trials, "r2_full", "none", L, lr)
@@ -286,9 +315,8 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                   "the residual update's gain):", ""]
         lines += gain_lines(probe_stats, "original", L) + [""]
     if not trials.empty:
-        lines += [f"## 2. Reproduction at L = {L}, lr = {lr:g}", "",
-                  f"Regime rule (sweeps/DESIGN.md): the specification's setting, L = {L}, lr = {lr:g}, the cell of "
-                  "the map the rules M1-M3 judge; 10 paired seeds per preset, 1000 steps.", ""]
+        lines += [f"## 2. Reproduction at L = {L}, lr = {lr:g}", ""]
+        lines += verdict_lines(trials, results)
         lines += reproduction_lines(trials, L, lr)
         if figures is not None:
             lines += [_fig(ex.plot_profiles(trials, L), figures, "profiles", base), ""]

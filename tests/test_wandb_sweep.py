@@ -242,3 +242,13 @@ def test_python_str_formatting_of_the_agent_is_accepted():
     cfg = compose(["model.stabilizers.s_msg=None", "model.shared_filters=True", "tracking.tags=['a', 'b']"])
     assert cfg.model.stabilizers.s_msg is None and cfg.model.shared_filters is True
     assert list(cfg.tracking.tags) == ["a", "b"]
+
+
+def test_overrides_may_follow_the_options(tmp_path, capsys):
+    path = Path(__file__).resolve().parent.parent / "sweeps" / "egnn.yaml"
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "train.steps=3", "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  r2_full-seed")]
+    assert len(lines) == 3 and all(line.endswith("train.steps=3") for line in lines)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(path), "--dry-run", "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from painn_ablate import files
 from painn_ablate.outcome import Status, outcome_columns
 from painn_ablate.tracking import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
 
@@ -196,11 +197,7 @@ def spec(workspace) -> dict:
 
 
 def write_spec(workspace, folder: Path) -> Path:
-    path = Path(folder) / SPEC_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(spec(workspace), indent=1))
-    os.replace(tmp, path)
-    return path
+    return files.write_text(Path(folder) / SPEC_FILE, json.dumps(spec(workspace), indent=1))
 
 
 def online() -> bool:

@@ -58,6 +58,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from painn_ablate import files
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -390,13 +392,12 @@ def write_split(path: Union[str, Path], arrays: dict[str, np.ndarray]) -> None:
     path = Path(path)
     checked = check_split_arrays(path, arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
             np.savez(fh, **checked)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    files.atomic(path, write)
 
 
 def read_split(path: Union[str, Path]) -> dict[str, np.ndarray]:
@@ -443,12 +444,6 @@ def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> P
     return root / f"{params['system']}-{digest}"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.ndarray]]:
     """The generated splits of `cfg` (DataConfig), from the cache when all three files are there."""
     system = cfg.system
@@ -456,19 +451,19 @@ def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     params = generation_params(system, n_particles, sizes, cfg.seed)
     folder = cache_folder(cfg.cache_dir, params)
-    files = {name: folder / f"{name}.npz" for name in SPLITS}
-    if all(f.is_file() for f in files.values()):
+    paths = {name: folder / f"{name}.npz" for name in SPLITS}
+    if all(f.is_file() for f in paths.values()):
         log.info("data: cache hit, loading %s", folder)
-        return {name: read_split(f) for name, f in files.items()}
+        return {name: read_split(f) for name, f in paths.items()}
     log.info("data: generating %s (n=%d, %s samples) into %s", system, n_particles,
              "/".join(str(sizes[k]) for k in SPLITS), folder)
     start = time.perf_counter()
     splits = generate_splits(system, sizes, n_particles, cfg.seed, device)
     log.info("data: generated %s in %.1f s", system, time.perf_counter() - start)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, f in files.items():
+    for name, f in paths.items():
         write_split(f, splits[name])
-    _write_text_atomic(folder / "params.json", json.dumps(params, indent=2, sort_keys=True))
+    files.write_text(folder / "params.json", json.dumps(params, indent=2, sort_keys=True))
     return splits
 
 

@@ -18,7 +18,6 @@ Statistics (one definition each):
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from painn_ablate import analysis
+from painn_ablate import analysis, files
 from painn_ablate.outcome import Status, first_blow_up
 
 PathLike = Union[str, Path]
@@ -245,10 +244,7 @@ def export(sources: Sequence[PathLike], out: PathLike) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in tables.items():
-        tmp = out / f".{name}.tmp"
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, out / name)
-        written.append(out / name)
+        written.append(files.atomic(out / name, lambda tmp, t=table: t.to_parquet(tmp, index=False)))
     return written
 
 

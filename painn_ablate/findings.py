@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate import experiments as ex
+from painn_ablate import files
 from painn_ablate.config import MECHANISM_LABELS
 from painn_ablate.report import ReportError, _cell, environment_here, markdown_table
 
@@ -385,8 +386,4 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
 def write_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "runs.md",
                    plots: Optional[str | Path] = "plots", command: str = "painn-ablate report") -> Path:
     text = build_findings(results, out, plots, command)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    return out
+    return files.write_text(out, text)

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from painn_ablate import analysis
+from painn_ablate import analysis, files
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,4 @@ def write_report(paths: list[str], studies: tuple[str, ...] = (), out: str | Pat
     text = build_report(paths, studies, out, plots, command)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    return out
+    return files.write_text(out, text)

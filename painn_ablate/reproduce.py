@@ -39,7 +39,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -48,7 +47,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from painn_ablate import analysis
+from painn_ablate import analysis, files
 from painn_ablate.config import compose, flatten
 from painn_ablate.experiments import mcnemar_exact, mean_interval, wilson
 from painn_ablate.outcome import OUTCOMES, STATE_STATS, Status, first_blow_up, is_blow_up
@@ -539,7 +538,5 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
         metrics = analysis.load_metrics([cfg.out for _, _, cfg in runs])
         result["plots"] = [str(p) for p in write_plots(frame, stats, metrics, baseline, out / "plots")]
     write_json_atomic(out / "reproduce.json", result)
-    tmp = out / ".verdict.md.tmp"
-    tmp.write_text(verdict_text(result))
-    os.replace(tmp, out / "verdict.md")
+    files.write_text(out / "verdict.md", verdict_text(result))
     return result

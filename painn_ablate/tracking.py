@@ -31,6 +31,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from painn_ablate import files
 from painn_ablate.outcome import outcome_columns
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def unwritable_reason(folder: Path) -> Optional[str]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class Sink:
@@ -144,10 +143,7 @@ class _PartWriter:
             self.rows = []
 
     def _write(self, table: pa.Table) -> None:
-        name = f"part-{self.parts:06d}.parquet"
-        tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.folder / name)
+        files.atomic(self.folder / f"part-{self.parts:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
         self.parts += 1
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from painn_ablate import __version__
+from painn_ablate import __version__, files
 from painn_ablate.config import compose, flatten, to_yaml, velocity_weight
 from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
@@ -349,9 +349,8 @@ class Trainer:
             self.summary.update(val=metrics, best_step=step)
             self.best_state = copy.deepcopy(self.model.state_dict())
             if self.cfg.train.checkpoint:
-                tmp = self.run_dir / ".checkpoint.pt.tmp"
-                torch.save({"step": step, "model": self.best_state}, tmp)
-                os.replace(tmp, self.run_dir / "checkpoint.pt")
+                files.atomic(self.run_dir / "checkpoint.pt",
+                             lambda tmp: torch.save({"step": step, "model": self.best_state}, tmp))
         return {f"val_{k}": (v if v is not None else math.nan) for k, v in metrics.items()}
 
     def watch_validation(self, step: int, val_pos_mse: float, batch, mon: Monitor) -> bool:

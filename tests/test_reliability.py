@@ -202,3 +202,18 @@ def test_a_killed_run_loads_as_lost_not_running(tmp_path):
     proc.wait()
     assert json.loads((out / "summary.json").read_text())["status"] == "running"  # it could not say otherwise
     assert analysis.load_runs(tmp_path / "runs")["status"].tolist() == ["lost"]
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    from painn_ablate import files
+
+    target = tmp_path / "result.json"
+    files.write_text(target, "old")
+
+    def half_then_crash(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        files.atomic(target, half_then_crash)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]

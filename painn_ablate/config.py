@@ -217,9 +217,8 @@ def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for name in ablate.split("+"):
         if name not in ABLATIONS:
-            match = difflib.get_close_matches(name, ABLATIONS, n=1)
-            hint = f" (did you mean '{match[0]}'?)" if match else ""
-            raise ConfigError(f"bad value for 'ablate': unknown stabilizer '{name}'{hint}; known: {', '.join(ABLATIONS)}")
+            raise ConfigError(f"bad value for 'ablate': unknown stabilizer '{name}'{did_you_mean(name, ABLATIONS)}; "
+                              f"known: {', '.join(ABLATIONS)}")
         for key in ABLATIONS[name]:
             original = OmegaConf.select(off, key)
             changes[key] = OmegaConf.select(on, key) if OmegaConf.select(cfg, key) == original else original
@@ -243,9 +242,14 @@ def all_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
-def _did_you_mean(key: str) -> str:
-    match = difflib.get_close_matches(key, all_keys() + ["model"], n=1, cutoff=0.6)
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a misspelt `word`, or ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _did_you_mean(key: str) -> str:
+    return did_you_mean(key, all_keys() + ["model"])
 
 
 def _one_line(exc: OmegaConfBaseException) -> str:
@@ -293,9 +297,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), base: Optional[str | Pa
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         if preset is not None:
             if preset not in PRESETS:
-                match = difflib.get_close_matches(preset, PRESETS, n=1)
-                hint = f" (did you mean '{match[0]}'?)" if match else ""
-                raise ConfigError(f"unknown preset model={preset}{hint}; known: {', '.join(PRESETS)}")
+                raise ConfigError(f"unknown preset model={preset}{did_you_mean(preset, PRESETS)}; "
+                                  f"known: {', '.join(PRESETS)}")
             # A preset replaces every stabilizer, so that model=original after a base is the original.
             cfg.model.stabilizers = OmegaConf.structured(StabilizerConfig)
             cfg.model.aggregation = ModelConfig.aggregation

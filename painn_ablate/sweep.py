@@ -97,7 +97,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import difflib
 import json
 import logging
 import math
@@ -117,7 +116,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.config import ConfigError, all_keys, compose, flatten
+from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, flatten
 from painn_ablate.outcome import Status, is_blow_up
 
 log = logging.getLogger(__name__)
@@ -214,11 +213,6 @@ def _fail(path: str, what: str) -> SweepError:
     return SweepError(f"{path}: {what}".splitlines()[0])
 
 
-def _hint(word: str, choices) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -245,12 +239,12 @@ def parse_param(path: str, name: str, spec: Any) -> Param:
         raise _fail(path, f"{where}: distribution '{dist}' has no Optuna counterpart; "
                           f"use one of {', '.join(DISTRIBUTION_KEYS)}")
     if dist not in DISTRIBUTION_KEYS:
-        raise _fail(path, f"{where}: unknown distribution '{dist}'{_hint(str(dist), DISTRIBUTION_KEYS)}; "
+        raise _fail(path, f"{where}: unknown distribution '{dist}'{did_you_mean(str(dist), DISTRIBUTION_KEYS)}; "
                           f"known: {', '.join(DISTRIBUTION_KEYS)}")
     allowed = DISTRIBUTION_KEYS[dist] | {"distribution"}
     for key in spec:
         if key not in allowed:
-            raise _fail(path, f"{where}: unknown key '{key}'{_hint(key, allowed)} for distribution '{dist}'")
+            raise _fail(path, f"{where}: unknown key '{key}'{did_you_mean(key, allowed)} for distribution '{dist}'")
     missing = DISTRIBUTION_KEYS[dist] - set(spec)
     if missing:
         raise _fail(path, f"{where}: distribution '{dist}' needs {', '.join(sorted(missing))}")
@@ -294,7 +288,7 @@ def _parse_range(path: str, where: str, name: str, dist: str, spec: dict) -> Par
 def _check_top_level(path: str, raw: dict) -> None:
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise _fail(path, f"unknown sweep key '{key}'{_hint(str(key), TOP_LEVEL_KEYS)}; "
+            raise _fail(path, f"unknown sweep key '{key}'{did_you_mean(str(key), TOP_LEVEL_KEYS)}; "
                               f"known: {', '.join(TOP_LEVEL_KEYS)}")
     method = raw.get("method")
     if method not in METHODS:
@@ -330,10 +324,10 @@ def _parse_metric(path: str, raw: dict) -> tuple[str, str]:
         raise _fail(path, "'metric' must be a mapping with 'name' (and 'goal')")
     for key in metric:
         if key not in ("name", "goal", "target", "impute"):
-            raise _fail(path, f"unknown metric key '{key}'{_hint(str(key), ('name', 'goal', 'target', 'impute'))}")
+            raise _fail(path, f"unknown metric key '{key}'{did_you_mean(str(key), ('name', 'goal', 'target', 'impute'))}")
     name, goal = metric["name"], metric.get("goal", "minimize")
     if name not in METRICS:
-        raise _fail(path, f"unknown metric '{name}'{_hint(str(name), METRICS)}; known: {', '.join(METRICS)}")
+        raise _fail(path, f"unknown metric '{name}'{did_you_mean(str(name), METRICS)}; known: {', '.join(METRICS)}")
     if goal not in ("minimize", "maximize"):
         raise _fail(path, f"metric goal must be minimize or maximize, got {goal!r}")
     return name, goal
@@ -345,7 +339,7 @@ def _check_names(path: str, params: dict[str, Param], overrides: list[str]) -> N
         if name in MANAGED_KEYS:
             raise _fail(path, f"parameter '{name}' is set by the sweep for each trial; remove it")
         if name != "model" and name not in keys:
-            raise _fail(path, f"parameter '{name}': unknown config key{_hint(name, [*keys, 'model'])}")
+            raise _fail(path, f"parameter '{name}': unknown config key{did_you_mean(name, [*keys, 'model'])}")
     for item in overrides:
         key = item.split("=", 1)[0]
         if key in params and not params[key].fixed:
@@ -1104,7 +1098,7 @@ def open_studies(target: str, study_name: Optional[str] = None) -> list[optuna.S
         raise SweepError(f"cannot open storage {shown_url(url)}: {' '.join(str(exc).split())[:300]}") from None
     if study_name is not None:
         if study_name not in names:
-            raise SweepError(f"no study '{study_name}' in {shown_url(url)}{_hint(study_name, names)}; "
+            raise SweepError(f"no study '{study_name}' in {shown_url(url)}{did_you_mean(study_name, names)}; "
                              f"it holds: {', '.join(names)}")
         names = [study_name]
     if not names:

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from painn_ablate import analysis, files
-from painn_ablate.outcome import Status, first_blow_up
+from painn_ablate.outcome import OUTCOMES, Status, first_blow_up
 
 PathLike = Union[str, Path]
 Z95 = 1.959963984540054
@@ -182,11 +182,24 @@ def _error_tail(r: pd.Series, status: str) -> dict:
     return {f"test_pos_mse_{q}": test[f"pos_mse_{q}"] for q in TAIL}
 
 
+def _finished_runs(folder: Path) -> pd.DataFrame:
+    """A folder of plain run directories (runs made with `painn-ablate train`, not by a sweep) as the
+    rows load_study would give: the study is the folder's name, the label each run's name."""
+    frame = analysis.load_runs(folder)
+    frame = frame[frame["status"].isin(list(OUTCOMES))].reset_index(drop=True)
+    return frame.assign(study=folder.name, number=frame.index, label=frame["name"])
+
+
 def trial_table(sweep: PathLike) -> pd.DataFrame:
-    """One row per finished trial of a sweep folder (or storage URL): parameters, outcome, origin,
-    metrics, the per-layer profile before the blow-up and how often each stabilizer acted."""
-    frame = analysis.load_study(sweep)
-    frame = frame[frame["state"].isin(["COMPLETE", "PRUNED"])].reset_index(drop=True)
+    """One row per finished trial of a sweep folder (or storage URL), or per finished run of a folder of
+    run directories: parameters, outcome, origin, metrics, the per-layer profile before the blow-up and
+    how often each stabilizer acted."""
+    path = Path(sweep)
+    if path.is_dir() and not (path / "study.db").exists():
+        frame = _finished_runs(path)
+    else:
+        frame = analysis.load_study(sweep)
+        frame = frame[frame["state"].isin(["COMPLETE", "PRUNED"])].reset_index(drop=True)
     rows = []
     for _, r in frame.iterrows():
         L = int(r["model.L"])

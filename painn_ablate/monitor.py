@@ -214,7 +214,7 @@ class Monitor:
     def _on_saturation(self, layer, block, tensor, stat, module, args, out) -> None:
         if module.s is None:
             if self.full:
-                self._stat(layer, block, stat, torch.zeros(()))
+                self._stat(layer, block, stat, args[0].new_zeros(()))  # on the model's device: collect stacks them
             return
         u = args[0]
         self._flag(layer, block, tensor, u)
@@ -224,7 +224,7 @@ class Monitor:
     def _on_norm_saturation(self, layer, tensor, stat, module, args, out) -> None:
         if module.s is None:
             if self.full:
-                self._stat(layer, "mixing", stat, torch.zeros(()))
+                self._stat(layer, "mixing", stat, args[0].new_zeros(()))
             return
         v = args[0]
         self._flag(layer, "mixing", tensor, v)
@@ -240,7 +240,7 @@ class Monitor:
         size = vector_norm(x, dim=-2) if is_vector else x.abs()
         if size_stat is not None:
             self._stat(layer, block, size_stat, size.max())
-        cut = (size > module.C).float().mean() if module.C is not None else torch.zeros(())
+        cut = (size > module.C).float().mean() if module.C is not None else x.new_zeros(())
         self._stat(layer, block, frac_stat, cut)
 
     def _on_term(self, layer, stat, is_vector, module, args, out) -> None:

@@ -120,7 +120,7 @@ def evaluate(model: PaiNN, split: NBodySplit, tail: bool = False) -> dict[str, O
     model.train()
     out = {"pos_mse": finite_or_none(sq_pos / (3 * n_nodes)), "vel_mse": finite_or_none(sq_vel / (3 * n_nodes))}
     if tail:
-        q = torch.quantile(torch.cat(per_sample).double(), torch.tensor(list(TAIL.values()), dtype=torch.float64))
+        q = torch.quantile(torch.cat(per_sample).double().cpu(), torch.tensor(list(TAIL.values()), dtype=torch.float64))
         out.update({f"pos_mse_{name}": finite_or_none(float(v)) for name, v in zip(TAIL, q)})
     return out
 

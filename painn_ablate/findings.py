@@ -368,6 +368,17 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
         ablation = ex.ablation_table(trials, L, lr)
         if figures is not None and len(ablation):
             lines += [_fig(ex.plot_ablation(ablation), figures, "ablation", base), ""]
+        gpu_folder = Path(results) / "gpu"
+        gpu, _, _ = ex.load_results(gpu_folder) if gpu_folder.is_dir() else (pd.DataFrame(), None, None)
+        if not gpu.empty:
+            lines += [f"### 3b. The leave-one-out repeated on a GPU machine (L = {L}, lr = {lr:g})", "",
+                      "Command: `bash scripts/gpu-leave-one-out OUT 400 16` on the lent machine (one H200, torch "
+                      "2.11, 16 runs at a time), then `painn-ablate export OUT --out results/gpu` (sweeps/DESIGN.md, "
+                      "amendment 5). R2_full was re-run there as its own reference, and every pair is formed on that "
+                      "machine; runs the time limit cut short are left out, so n differs by variant. Same rules as "
+                      "above.", ""]
+            lines += ablation_lines(gpu, L, lr)
+            lines += compute_lines(gpu) + [""]
         lines += [f"## 4. The mechanism (add-one-in on the original at L = {L}, lr = {lr:g})", "",
                   "Command: `painn-ablate sweep sweeps/mechanism.yaml --workers 2`. *Sufficient*: the variant's "
                   "blow-up rate lies inside R2_full's Wilson interval and the paired McNemar test against the "

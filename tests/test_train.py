@@ -158,3 +158,11 @@ def test_killed_run_leaves_readable_records(tmp_path):
     assert metrics["step"].max() >= 14 and stats["step"].max() >= 10
     assert pd.read_parquet(out / "events.parquet").empty
     assert not any(p.name.endswith(".tmp") and p.stat().st_size == 0 for p in Path(out).rglob("*"))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU (none here; CI has none)")
+def test_a_gpu_run_records_statistics_and_the_error_tail(tiny, tmp_path):
+    """The GPU path: statistics steps mix no CPU tensors in, and the test tail is computed (found on an H200)."""
+    summary = run(tiny("model=r2_full", "train.steps=6", "train.val_every=3", "monitor.every=2", "train.device=cuda"))
+    assert summary["status"] == "stable" and summary["test"]["pos_mse_q99"] >= summary["test"]["pos_mse_q50"]
+    assert set(pd.read_parquet(tmp_path / "run" / "layer_stats.parquet")["step"]) == {0, 2, 4, 5}

@@ -72,7 +72,8 @@ def test_shipped_files_load_and_state_their_budget_and_command(path):
     text = path.read_text()
     spec = sw.load_sweep(path)  # composes every grid point, or every end of every range
     assert f"painn-ablate sweep sweeps/{path.name}" in text.splitlines()[0]
-    assert spec.params["train.steps"].fixed
+    budget = [spec.params[k] for k in ("train.steps", "train.epochs") if k in spec.params]
+    assert budget and all(p.fixed for p in budget)  # a step or epoch budget, the same for every trial
     assert spec.raw["command"] == COMMAND
 
 

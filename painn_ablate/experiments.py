@@ -190,6 +190,25 @@ def _finished_runs(folder: Path) -> pd.DataFrame:
     return frame.assign(study=folder.name, number=frame.index, label=frame["name"])
 
 
+# The training setting beside the stabilizers: the schema's defaults are the map's and the ablations'
+# setting; EGNN's N-body setting (section 5) changes them. Older trial tables lack the columns.
+SETTING = {"edge_charge": ("model.edge_charge", False), "loss": ("train.loss", "pos_vel"),
+           "schedule": ("train.schedule", "constant")}
+
+
+def _setting(r: pd.Series) -> dict:
+    return {col: (default if pd.isna(v := r.get(key, default)) else v) for col, (key, default) in SETTING.items()}
+
+
+def default_setting(trials: pd.DataFrame) -> pd.Series:
+    """True for the trials run in the default setting (every section but the EGNN comparison)."""
+    mask = pd.Series(True, index=trials.index)
+    for col, (_, default) in SETTING.items():
+        if col in trials:
+            mask &= trials[col].fillna(default) == default
+    return mask
+
+
 def trial_table(sweep: PathLike) -> pd.DataFrame:
     """One row per finished trial of a sweep folder (or storage URL), or per finished run of a folder of
     run directories: parameters, outcome, origin, metrics, the per-layer profile before the blow-up and
@@ -205,7 +224,8 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
         L = int(r["model.L"])
         row = {"study": r["study"], "number": int(r["number"]), "label": r["label"], "preset": r["preset"],
                "ablate": r.get("ablate", "none"), "L": L, "lr": float(r["train.lr"]), "seed": int(r["seed"]),
-               "F": int(r["model.F"]), "steps": int(r["train.steps"]), "status": r["status"],
+               "F": int(r["model.F"]), "steps": int(r.get("steps_total") or r["train.steps"]),
+               "epochs": r.get("train.epochs"), **_setting(r), "status": r["status"],
                **analysis.outcome_columns(r["status"]), **_blow_up_origin(r),
                "steps_completed": int(r["steps_completed"]), "val_pos_mse": r.get("val_pos_mse"),
                "test_pos_mse": r.get("test_pos_mse"), "wall_seconds": r.get("wall_seconds"),
@@ -349,7 +369,7 @@ def probe_gain_table(stats: pd.DataFrame, variant: str, L: int) -> pd.DataFrame:
 class Rule:
     name: str
     claim: str
-    verdict: str  # PASS | MISS | NOT TESTED | SUPPORTED | PARTLY SUPPORTED | NOT SUPPORTED
+    verdict: str  # PASS | MISS | UNDECIDED | NOT TESTED | SUPPORTED | PARTLY SUPPORTED | NOT SUPPORTED | E1's three
     evidence: str
 
 
@@ -380,7 +400,10 @@ def sufficiency(trials: pd.DataFrame, ablate: str, L: int = 5, lr: float = 1e-3)
 
 
 def judge(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> list[Rule]:
-    """The rules of sweeps/DESIGN.md, applied to the trial tables."""
+    """The rules of sweeps/DESIGN.md, applied to the trial tables (E1 to the trials in EGNN's setting,
+    the others to the trials in the default setting)."""
+    egnn = egnn_rule(trials)
+    trials = trials[default_setting(trials)]
     rules = []
     original, full = _cell(trials, "original", "none", L, lr), _cell(trials, "r2_full", "none", L, lr)
     if original.empty:
@@ -427,7 +450,35 @@ def judge(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> list[Rule]:
                           "PASS" if any(r["sufficient"] for r in results.values()) else "MISS",
                           "; ".join(f"{part}: {r['rate']}, McNemar p = {r['p']:.3g}" for part, r in results.items())))
     rules.append(feedback_rule(trials, L, lr))
-    return rules
+    rules.append(deep_rule(trials, lr))
+    return rules + [egnn]
+
+
+def deep_rule(trials: pd.DataFrame, lr: float = 1e-3, L: int = 8) -> Rule:
+    """Rule M4 (sweeps/DESIGN.md, amendment 6): R2_full holds at L = 8."""
+    claim = f"R2_full is stable at L={L}, lr={lr:g} (Wilson upper bound <= 0.31)"
+    deep = _cell(trials, "r2_full", "none", L, lr)
+    if deep.empty:
+        return Rule("M4", claim, "NOT TESTED", "no trials")
+    _, hi = wilson(int(deep["blew_up"].sum()), len(deep))
+    verdict = "PASS" if hi <= 0.31 else "MISS" if deep["blew_up"].any() else "UNDECIDED"
+    return Rule("M4", claim, verdict, f"{_rate(deep)}" + (f"; n = {len(deep)} < 10" if verdict == "UNDECIDED" else ""))
+
+
+def egnn_rule(trials: pd.DataFrame) -> Rule:
+    """Rule E1 (sweeps/DESIGN.md, amendment 6): test pos MSE of the runs in EGNN's setting (the trials
+    outside the default setting) against EGNN's published number, t 95% interval over stable seeds."""
+    claim = f"R2_full in EGNN's setting is as accurate as EGNN (t 95% upper bound <= {analysis.EGNN_PAPER_MSE})"
+    runs = trials[~default_setting(trials)] if len(trials) else trials
+    m = mean_interval(runs.loc[runs["status"] == Status.STABLE, "test_pos_mse"]) if len(runs) else {"n": 0}
+    if m["n"] < 2:
+        return Rule("E1", claim, "NOT TESTED", f"{m['n']} stable runs")
+    verdict = ("AS ACCURATE OR BETTER" if m["hi"] <= analysis.EGNN_PAPER_MSE
+               else "LESS ACCURATE" if m["lo"] > analysis.EGNN_PAPER_MSE else "NOT DISTINGUISHABLE")
+    epochs = ", ".join(sorted({_label(e) for e in runs["epochs"].dropna()})) or "?"
+    return Rule("E1", claim, verdict,
+                f"test pos MSE {m['mean']:.5f} +- {m['sd']:.5f} (sample sd), t 95% {m['lo']:.5f}-{m['hi']:.5f}, "
+                f"n = {m['n']} of {len(runs)} runs, {epochs} epochs (EGNN: ~10^4)")
 
 
 # R2_full's stabilizers (config.ABLATIONS names) and the monitor statistic that says how often each

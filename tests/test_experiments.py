@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from painn_ablate import experiments as ex
-from painn_ablate.findings import build_findings
+from painn_ablate.findings import build_findings, egnn_lines
 from test_train import TINY
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
@@ -64,6 +64,36 @@ def test_rules_follow_the_design():
     weak = pd.DataFrame(synthetic("original", "none", [True] * 2 + [False] * 8) + synthetic("r2_full", "none",
                                                                                            [False] * 10))
     assert {r.name: r.verdict for r in ex.judge(weak)}["M1"] == "MISS"
+
+
+def test_deep_and_egnn_rules_keep_their_trials_apart():
+    """M4 judges R2_full at L = 8; E1 judges only the runs in EGNN's setting, which no other rule sees."""
+    base = synthetic("original", "none", [True] * 10) + synthetic("r2_full", "none", [False] * 10)
+    egnn = [{**row, "edge_charge": True, "loss": "pos", "schedule": "cosine", "epochs": 300,
+             "test_pos_mse": mse} for row, mse in zip(synthetic("r2_full", "none", [False] * 3), (0.0050, 0.0052, 0.0054))]
+    rules = {r.name: r for r in ex.judge(pd.DataFrame(base + egnn))}
+    assert rules["M4"].verdict == "NOT TESTED"
+    assert rules["E1"].verdict == "AS ACCURATE OR BETTER" and "n = 3 of 3 runs, 300 epochs" in rules["E1"].evidence
+    assert "0/10" in rules["M2"].evidence  # the EGNN runs are not counted in R2_full's map cell
+    worse = [{**row, "test_pos_mse": 0.02 + row["test_pos_mse"]} for row in egnn]
+    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(base + worse))}["E1"] == "LESS ACCURATE"
+    few = base + synthetic("r2_full", "none", [False] * 6, L=8)
+    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(few))}["M4"] == "UNDECIDED"
+    blown = base + synthetic("r2_full", "none", [False] * 9 + [True], L=8)
+    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(blown))}["M4"] == "MISS"
+    held = base + synthetic("r2_full", "none", [False] * 10, L=8)
+    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(held))}["M4"] == "PASS"
+
+
+def test_egnn_section_lists_each_seed_beside_the_map_cell():
+    base = synthetic("r2_full", "none", [False] * 4)
+    egnn = [{**row, "edge_charge": True, "loss": "pos", "epochs": 300, "test_pos_mse": 0.004 + 0.001 * row["seed"]}
+            for row in synthetic("r2_full", "none", [False, False, True])]
+    trials = pd.DataFrame(base + egnn).assign(steps=1000)
+    text = "\n".join(egnn_lines(trials[~ex.default_setting(trials)], trials[ex.default_setting(trials)], 5, 1e-3))
+    assert "| 2 | diverged | 300 |" in text and "| 0 | stable | 300 | 10 | 0.00400 |" in text
+    assert "stable seeds: 0.0045 ± 0.00071 [" in text and "(n=2)" in text  # the diverged seed is left out
+    assert "1000 steps) at the map's cell L = 5, lr = 0.001: 0.0115 ±" in text and "(n=4)" in text
 
 
 def test_cell_table_counts_and_intervals():

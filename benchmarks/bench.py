@@ -16,6 +16,8 @@ with the machine's load, which is printed before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -26,11 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from painn_ablate import monitor as _monitor
+from painn_ablate import train as _train
 from painn_ablate.config import compose
 from painn_ablate.data import SPLITS, NBodySplit, generate_splits, knn_edges
 from painn_ablate.model import PaiNN
@@ -38,6 +43,62 @@ from painn_ablate.model import PaiNN
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
 STANDARD_SIZES = {"train": 3000, "val": 2000, "test": 2000}  # the default charged set: 7000 samples
+
+
+# ----------------------------------------------------------------------------- the code under test
+
+
+def code_of(compose, PaiNN, Monitor, make_optimizer, train_step) -> SimpleNamespace:
+    """What a training step needs from one version of painn_ablate."""
+    return SimpleNamespace(compose=compose, PaiNN=PaiNN, Monitor=Monitor, make_optimizer=make_optimizer,
+                           train_step=train_step)
+
+
+AFTER = code_of(compose, PaiNN, _monitor.Monitor, _train.make_optimizer, _train.train_step)
+
+
+def _ours() -> list[str]:
+    return [k for k in sys.modules if k == "painn_ablate" or k.startswith("painn_ablate.")]
+
+
+@contextlib.contextmanager
+def _modules(modules: dict):
+    """sys.modules' painn_ablate entries replaced by `modules` inside the block."""
+    current = {k: sys.modules.pop(k) for k in _ours()}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for k in _ours():
+            del sys.modules[k]
+        sys.modules.update(current)
+
+
+def import_tree(ref: str) -> SimpleNamespace:
+    """painn_ablate as it was at git `ref`, imported beside the working tree's (for before/after rows).
+
+    The package is extracted with `git archive` and imported with the current painn_ablate modules
+    set aside; its modules keep references to one another, so both versions run in this process.
+    Its compose runs with its own modules in sys.modules (omegaconf resolves the config dataclasses'
+    annotations there).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="painn-ablate-before-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "painn_ablate"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    sys.path.insert(0, str(tmp))
+    try:
+        with _modules({}):
+            m = {name: importlib.import_module(f"painn_ablate.{name}") for name in ("config", "model", "monitor", "train")}
+            modules = {k: sys.modules[k] for k in _ours()}
+    finally:
+        sys.path.remove(str(tmp))
+
+    def compose_before(overrides):
+        with _modules(modules):
+            return m["config"].compose(overrides)
+
+    return code_of(compose_before, m["model"].PaiNN, m["monitor"].Monitor, m["train"].make_optimizer,
+                   m["train"].train_step)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -95,20 +156,23 @@ def model_config(cfg, compile: bool = False):
     return model_cfg
 
 
-def training_step(overrides: list[str], batches, monitor: str, compile: bool = False) -> tuple[Callable[[], None], PaiNN]:
+MONITORING = {"off": None, "default": [], "every step": ["monitor.every=1"]}  # monitor variant -> overrides
+
+
+def training_step(overrides: list[str], batches, monitor: str, compile: bool = False,
+                  code: SimpleNamespace = AFTER) -> tuple[Callable[[], None], PaiNN]:
     """One Trainer step as a closure: train_step + optimizer step + zero_grad, cycling over batches.
 
-    monitor: off (no hooks) or default (flags every step, statistics every monitor.every steps).
+    monitor: off (no hooks), default (flags every step, statistics every monitor.every steps) or
+    every step (statistics on every step).
     compile: model.compile (the training forward through torch.compile, hooks traced).
+    code: the painn_ablate version to run (import_tree for an earlier one).
     """
-    from painn_ablate.monitor import Monitor
-    from painn_ablate.train import make_optimizer, train_step
-
-    cfg = compose(overrides)
+    cfg = code.compose(overrides + (MONITORING[monitor] or []))
     torch.manual_seed(0)
-    model = PaiNN(model_config(cfg, compile))
-    opt = make_optimizer(model, cfg)
-    mon = Monitor(model, cfg.monitor) if monitor == "default" else None
+    model = code.PaiNN(model_config(cfg, compile))
+    opt = code.make_optimizer(model, cfg)
+    mon = code.Monitor(model, cfg.monitor) if MONITORING[monitor] is not None else None
     if mon is not None:
         mon.attach()
     every, clip, count = cfg.monitor.every, cfg.train.grad_clip, [0]
@@ -116,7 +180,7 @@ def training_step(overrides: list[str], batches, monitor: str, compile: bool = F
     def step() -> None:
         s = count[0]
         count[0] += 1
-        res = train_step(model, batches[s % len(batches)], mon, s, mon is not None and s % every == 0, clip)
+        res = code.train_step(model, batches[s % len(batches)], mon, s, mon is not None and s % every == 0, clip)
         if res.origin is None:
             opt.step()
         opt.zero_grad(set_to_none=True)
@@ -171,37 +235,69 @@ def preset(name: str, F: int) -> list[str]:
 def section_main(args, peak: float) -> dict:
     print("\n== 1. Training step, default workload: batch 100 of 5-body charged graphs (full graph:"
           " N=500 nodes, E=2000 edges), L=5, n_rbf=20 ==")
+    versions = {"before": args.before_code, "after": AFTER} if args.before_code else {"after": AFTER}
+    if args.before_code:
+        print(f"  before: painn_ablate at {args.before}; after: the working tree; all interleaved in this process")
     results = {}
     for F in (64, 128):
         batches = charged_batches()
-        variants = {}
-        for name in ("original", "r2_full"):
-            for monitor in ("off", "default"):
-                variants[(name, monitor)] = training_step(preset(name, F), batches, monitor)[0]
-        ms = interleaved({f"{k[0]}/{k[1]}": v for k, v in variants.items()}, args.rounds, args.steps)
+        variants = {(v, name, monitor): training_step(preset(name, F), batches, monitor, code=code)[0]
+                    for v, code in versions.items() for name in ("original", "r2_full") for monitor in MONITORING}
+        timed = interleaved({"/".join(k): fn for k, fn in variants.items()}, args.rounds, args.steps)
+        ms = {k: timed["/".join(k)] for k in variants}
         flops = {name: step_flops(preset(name, F), batches[0]) for name in ("original", "r2_full")}
         rows = []
-        base = ms["original/off"]
-        for (name, monitor) in variants:
-            t = ms[f"{name}/{monitor}"]
-            gflops = flops[name] / 1e9
-            rows.append([F, name, monitor, f"{t:.1f}", f"{t / base:.2f}", f"{gflops:.2f}", f"{gflops / t * 1e3:.1f}",
-                         f"{100 * gflops / t * 1e3 / peak:.0f}%"])
-        table(["F", "preset", "monitor", "ms/step", "x orig/off", "GFLOP/step", "GFLOP/s", "of peak"], rows)
+        base = ms[("after", "original", "off")]
+        for name in ("original", "r2_full"):
+            for monitor in MONITORING:
+                t = ms[("after", name, monitor)]
+                gflops = flops[name] / 1e9
+                was = [f"{ms[('before', name, monitor)]:.1f}", f"{t / ms[('before', name, monitor)]:.2f}"] \
+                    if args.before_code else []
+                rows.append([F, name, monitor, *was, f"{t:.1f}", f"{t / base:.2f}", f"{gflops:.2f}",
+                             f"{gflops / t * 1e3:.1f}", f"{100 * gflops / t * 1e3 / peak:.0f}%"])
+        table(["F", "preset", "monitor", *(["before ms", "after/before"] if args.before_code else []), "ms/step",
+               "x orig/off", "GFLOP/step", "GFLOP/s", "of peak"], rows)
         results[F] = ms
-        print(f"  F={F}: stabilizers cost {100 * (ms['r2_full/off'] / ms['original/off'] - 1):+.0f}% (monitor off), "
-              f"{100 * (ms['r2_full/default'] / ms['original/default'] - 1):+.0f}% (default monitoring); "
-              f"default monitoring costs {100 * (ms['r2_full/default'] / ms['r2_full/off'] - 1):+.0f}% on r2_full")
+        for v in versions:
+            print(f"  F={F} {v}: " + "; ".join(f"{label} {100 * (ms[(v, *a)] / ms[(v, *b)] - 1):+.0f}%"
+                                               for label, a, b in OVERHEADS))
     return results
 
 
-def section_schnetpack(args) -> None:
+# (label, variant, reference): the overheads issue 13 sets targets for, as (preset, monitor) pairs
+OVERHEADS = [("stabilizers, monitor off", ("r2_full", "off"), ("original", "off")),
+             ("stabilizers, default monitoring", ("r2_full", "default"), ("original", "default")),
+             ("default monitoring on r2_full", ("r2_full", "default"), ("r2_full", "off")),
+             ("every-step statistics on r2_full", ("r2_full", "every step"), ("r2_full", "off"))]
+TARGETS = {"stabilizers, monitor off": 0.15, "stabilizers, default monitoring": 0.15,
+           "default monitoring on r2_full": 0.03, "every-step statistics on r2_full": 0.25}
+SCHNETPACK_TARGET = 0.7  # r2_full + default monitoring, x schnetpack's step
+
+
+def section_targets(args, main: dict, schnetpack: dict) -> None:
+    print("\n== Targets of issue 13 (from sections 1 and 2 of this run) ==")
+    versions = ["before", "after"] if args.before_code else ["after"]
+    rows = []
+    for F, sp in schnetpack.items():
+        values = [sp[v] for v in versions]
+        rows.append([f"r2_full + default monitoring, x schnetpack, F={F}", f"<= {SCHNETPACK_TARGET}",
+                     *(f"{x:.2f}" for x in values), "met" if values[-1] <= SCHNETPACK_TARGET else "missed"])
+    for F, ms in main.items():
+        for label, a, b in OVERHEADS:
+            values = [ms[(v, *a)] / ms[(v, *b)] - 1 for v in versions]
+            rows.append([f"{label}, F={F}", f"<= {100 * TARGETS[label]:.0f}%", *(f"{100 * x:+.0f}%" for x in values),
+                         "met" if values[-1] <= TARGETS[label] else "missed"])
+    table(["target", "bound", *versions, "verdict (after)"], rows)
+
+
+def section_schnetpack(args) -> dict:
     print("\n== 2. schnetpack's PaiNN, same graph, F, L=5, n_rbf=20 (Bessel basis = ours), cosine cutoff,"
           " two bias-free vector heads, MSE, Adam ==")
     if not BENCH_PYTHON.exists():
         print("  skipped: no .bench-venv (create it with: bash benchmarks/schnetpack_env.sh)")
-        return
-    rows, same_process = [], []
+        return {}
+    rows, same_process, ratios = [], [], {}
     threads = torch.get_num_threads()
     for F in (64, 128):
         batches = charged_batches()
@@ -212,6 +308,9 @@ def section_schnetpack(args) -> None:
                         "pos_dt": b.pos_dt, "vel_next": b.vel_next}, path)
             # Ours right before and right after schnetpack's subprocess, so load drift shows.
             ours = {f"{n}/{m}": training_step(preset(n, F), [b], m)[0] for n, m in (("original", "off"), ("r2_full", "default"))}
+            if args.before_code:
+                ours["r2_full/default before"] = training_step(preset("r2_full", F), [b], "default",
+                                                               code=args.before_code)[0]
             if not args.quick:  # compiled at its first call, in the warm-up (section 4 times the compile)
                 ours["r2_full/default compiled"] = training_step(preset("r2_full", F), [b], "default", compile=True)[0]
             before = interleaved(ours, args.rounds, args.steps)
@@ -234,10 +333,15 @@ def section_schnetpack(args) -> None:
             rows.append([F, f"painn-ablate {key}", f"{t:.1f}", f"{before[key]:.1f} / {after[key]:.1f}",
                          f"{t / sp:.2f}"])
         rows.append([F, "schnetpack PaiNN", f"{sp:.1f}", "", "1.00"])
+        ratios[F] = {"after": (before["r2_full/default"] + after["r2_full/default"]) / 2 / sp}
+        if args.before_code:
+            ratios[F]["before"] = (before["r2_full/default before"] + after["r2_full/default before"]) / 2 / sp
     table(["F", "model", "ms/step", "(before / after)", "x schnetpack"], rows)
+    print("  (before / after: ours timed right before and right after schnetpack's subprocess)")
     print("  the same, model + loss + Adam only (no gradient norm, monitor or sync), interleaved with schnetpack's"
           " in its process:")
     table(["F", "model", "ms/step", "schnetpack ms", "x schnetpack"], same_process)
+    return ratios
 
 
 AGGREGATION_SCRIPT = r"""
@@ -444,7 +548,11 @@ def main() -> None:
                          " one thread, wall otherwise")
     ap.add_argument("--sections", default="main,schnetpack,aggregation,compile,threads,scaling,data",
                     help="comma-separated subset to run")
+    ap.add_argument("--before", default=None, metavar="GIT_REF",
+                    help="also time painn_ablate as it was at this git ref, interleaved with the working tree's"
+                         " (sections 1 and 2), and print the targets before and after")
     args = ap.parse_args()
+    args.before_code = import_tree(args.before) if args.before else None
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.steps = args.steps or (5 if args.quick else 10)
     if args.threads:
@@ -464,10 +572,8 @@ def main() -> None:
     peak = matmul_peak()
     print(f"glibc keeps freed memory (painn_ablate.train.keep_freed_memory, also in every subprocess): {kept}")
     print(f"fp32 matmul peak (2048^3, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
-    if "main" in sections:
-        section_main(args, peak)
-    if "schnetpack" in sections:
-        section_schnetpack(args)
+    main_ms = section_main(args, peak) if "main" in sections else {}
+    schnetpack = section_schnetpack(args) if "schnetpack" in sections else {}
     if "aggregation" in sections:
         section_aggregation(args)
     if "compile" in sections:
@@ -478,6 +584,8 @@ def main() -> None:
         section_scaling(args)
     if "data" in sections:
         section_data(args)
+    if main_ms:
+        section_targets(args, main_ms, schnetpack)
     print(f"\nload average at end: {load()}")
 
 

@@ -145,6 +145,39 @@ class _ClipNormFn(torch.autograd.Function):
         return torch.addcmul(grad * scale, v, radial, value=-1.0), None
 
 
+class _VectorMessageFn(torch.autograd.Function):
+    """x_R dir_ij + x_mu mu_j, (E, F) x (E, 3) + (E, F) x (E, 3, F) -> (E, 3, F), in two passes over
+    (E, 3, F) instead of three, and a backward whose sums over the 3D axis are addcmul chains over its
+    three (E, F) slices (half the memory traffic of multiply-then-sum)."""
+
+    @staticmethod
+    def forward(ctx, x_R: Tensor, x_mu: Tensor, dir_ij: Tensor, mu_j: Tensor) -> Tensor:
+        ctx.save_for_backward(x_R, x_mu, dir_ij, mu_j)
+        return (x_R[:, None, :] * dir_ij[:, :, None]).addcmul_(x_mu[:, None, :], mu_j)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x_R, x_mu, dir_ij, mu_j = ctx.saved_tensors
+        need = ctx.needs_input_grad
+
+        def sum_3d(a: Tensor, b: Tensor) -> Tensor:  # sum over the 3D axis of a * b
+            out = a[:, 0] * b[:, 0]
+            return out.addcmul_(a[:, 1], b[:, 1]).addcmul_(a[:, 2], b[:, 2])
+
+        return (sum_3d(grad, dir_ij[:, :, None]) if need[0] else None,
+                sum_3d(grad, mu_j) if need[1] else None,
+                torch.sum(grad * x_R[:, None, :], dim=-1) if need[2] else None,
+                grad * x_mu[:, None, :] if need[3] else None)
+
+
+def vector_message(x_R: Tensor, x_mu: Tensor, dir_ij: Tensor, mu_j: Tensor) -> Tensor:
+    """The vector message of edge ij (the specification's Delta mu^(m) summand): x_R (x) dir_ij + x_mu * mu_j, (E, 3, F)."""
+    if _use_plain_ops():
+        return x_R[:, None, :] * dir_ij[:, :, None] + x_mu[:, None, :] * mu_j
+    return _VectorMessageFn.apply(x_R, x_mu, dir_ij, mu_j)
+
+
 class ClipNorm(nn.Module):
     """clip_norm(v, C): rescale each feature's 3D vector to norm <= C; identity when C is None.
 
@@ -268,7 +301,7 @@ class Interaction(nn.Module):
         x_ij = self.s_msg(W_ij * x.index_select(0, j))  # (E, 3F)
         x_q, x_R, x_mu = torch.split(x_ij, self.F, dim=-1)
         mu_j = mu.index_select(0, j)  # (E, 3, F); index_select's backward is index_add_, x[j]'s a slower index_put_
-        dmu_ij = x_R[:, None, :] * dir_ij[:, :, None] + x_mu[:, None, :] * mu_j  # (E, 3, F)
+        dmu_ij = vector_message(x_R, x_mu, dir_ij, mu_j)  # (E, 3, F)
         n = q.shape[0]
         dq = self.C_s(self.aggregate(x_q, i, n, inv_degree))  # (N, F)
         dmu = self.C_v(self.aggregate(dmu_ij, i, n, inv_degree))  # (N, 3, F)
@@ -363,6 +396,7 @@ class PaiNN(nn.Module):
             for _ in range(L)
         )
         self.input_state = nn.Identity()  # tap: (q^(0), mu^(0)) for monitor hooks
+        self.filter_out = nn.Identity()  # tap: [W_ij per layer] (one for shared filters) for monitor hooks
         self.head_pos = nn.Linear(F, 1, bias=False)
         self.head_vel = nn.Linear(F, 1, bias=False)
         # True: the training forward (train mode, grad enabled) runs through torch.compile,
@@ -375,17 +409,23 @@ class PaiNN(nn.Module):
         self._compiled_forward = torch.compile(self._forward, dynamic=None) if self.compile else None
 
     def filters(self, r_ij: Tensor, cc_ij: Optional[Tensor] = None) -> list[Tensor]:
-        """W_ij = g * MLP_f(phi(r_ij) [, c_i c_j]) * f_cut(r_ij), one (E, 3F) tensor per layer."""
-        f_cut = cosine_cutoff(r_ij, self.r_cut)
+        """W_ij = g * MLP_f(phi(r_ij) [, c_i c_j]) * f_cut(r_ij), one (E, 3F) tensor per layer.
+
+        MLP_f is one linear map (A, b), so W = [phi * f, f] [A, b]^T with f = g f_cut: the gain and the
+        cutoff scale the (E, n_rbf + 2) inputs instead of the (E, L * 3F) outputs, and each layer's
+        filter is a matmul of its own (a split of one (E, L * 3F) output has a backward that copies it).
+        """
+        f = cosine_cutoff(r_ij, self.r_cut)
         if self.g != 1.0:
-            f_cut = self.g * f_cut  # (E,): the gain costs E multiplies, not E * L * 3F
+            f = self.g * f  # (E,)
         features = radial_basis(r_ij, self.n_rbf, self.r_cut)
         if cc_ij is not None:
             features = torch.cat([features, cc_ij[:, None]], dim=-1)
-        W = self.filter_net(features) * f_cut[:, None]
-        if self.shared_filters:
-            return [W] * self.L
-        return list(torch.split(W, 3 * self.F, dim=-1))
+        x = torch.cat([features * f[:, None], f[:, None]], dim=-1)  # (E, n_in + 1)
+        A = torch.cat([self.filter_net.weight, self.filter_net.bias[:, None]], dim=-1)  # (L * 3F, n_in + 1)
+        W = [x @ A_l.t() for A_l in torch.split(A, 3 * self.F)]  # (E, 3F) each
+        W = self.filter_out(W)
+        return W * self.L if self.shared_filters else W
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         if self._compiled_forward is not None and self.training and torch.is_grad_enabled():

@@ -125,7 +125,7 @@ class Monitor:
     def attach(self) -> None:
         m = self.model
         hook = self._register
-        hook(m.filter_net, self._on_filter)
+        hook(m.filter_out, self._on_filter)
         hook(m.input_state, partial(self._on_state, 0, "input"))
         for l, layer in enumerate(m.layers, start=1):
             inter, mix = layer.interaction, layer.mixing
@@ -205,11 +205,9 @@ class Monitor:
     def _stat(self, layer: int, block: str, stat: str, value: Tensor) -> None:
         self._stats.append((layer, block, stat, value))
 
-    def _on_filter(self, module, args, W: Tensor) -> None:
-        m = self.model
-        chunks = [W] if m.shared_filters else torch.split(W, 3 * m.F, dim=-1)
-        for l, chunk in enumerate(chunks, start=1):
-            self._flag(None if m.shared_filters else l, "interaction", "filter", chunk)
+    def _on_filter(self, module, args, W: list[Tensor]) -> None:
+        for l, W_ij in enumerate(W, start=1):
+            self._flag(None if self.model.shared_filters else l, "interaction", "filter", W_ij)
 
     def _on_saturation(self, layer, block, tensor, stat, module, args, out) -> None:
         if module.s is None:

@@ -191,7 +191,7 @@ def test_edge_charge_feeds_the_charge_product_of_each_edge_to_the_filter():
     model = tiny_model(["model.edge_charge=true"])
     assert model.filter_net.in_features == model.n_rbf + 1
     seen = []
-    model.filter_net.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    model.filter_out.register_forward_hook(lambda m, i, o: seen.append(torch.cat(o, dim=-1).detach().clone()))
     pos, vel, charge, edges = random_system(full=True)
     flipped = charge.clone()
     flipped[0] = -flipped[0]
@@ -199,7 +199,9 @@ def test_edge_charge_feeds_the_charge_product_of_each_edge_to_the_filter():
         model(pos, vel, c, edges)
     same, changed = torch.equal(seen[0], seen[1]), (seen[0] != seen[2]).any(dim=-1)
     touches = (edges[0] == 0) | (edges[1] == 0)
+    inside = (pos[edges[0]] - pos[edges[1]]).norm(dim=-1) < model.r_cut  # W_ij = 0 beyond the cutoff
     assert same  # c_i c_j is unchanged when every charge flips
-    assert torch.equal(changed, touches)  # and changes on exactly the edges of the flipped particle
+    assert (touches & inside).any() and (touches & ~inside).any()
+    assert torch.equal(changed, touches & inside)  # and changes on exactly the edges of the flipped particle
     plain = tiny_model()
     assert plain.filter_net.in_features == plain.n_rbf

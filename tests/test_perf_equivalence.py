@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from painn_ablate.model import NORM_EPS, ClipNorm, Saturation, cosine_cutoff, radial_basis
+from painn_ablate.model import NORM_EPS, ClipNorm, Saturation, _VectorMessageFn, cosine_cutoff, radial_basis
 
 from test_model import overrides_of, random_system, stabilizer_sets, tiny_model
 
@@ -104,6 +104,10 @@ def test_hand_written_backwards_pass_gradcheck():
     assert torch.autograd.gradcheck(ClipNorm(4.0), (v.requires_grad_(),))
     u = torch.randn(6, 7, generator=g, dtype=torch.float64) * 4
     assert torch.autograd.gradcheck(Saturation(2.0), (u.requires_grad_(),))
+    x_R, x_mu, mu_j = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+                       for shape in ((4, 5), (4, 5), (4, 3, 5)))
+    dir_ij = torch.nn.functional.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=-1)
+    assert torch.autograd.gradcheck(_VectorMessageFn.apply, (x_R, x_mu, dir_ij.requires_grad_(), mu_j))
 
 
 @pytest.mark.slow

@@ -1,0 +1,89 @@
+"""Sweep throughput: trials per hour of `painn-ablate sweep` on a slice of sweeps/stabilizers.yaml.
+
+    bash scripts/in-venv python benchmarks/sweep_throughput.py --before GIT_REF   # ~10 min on 2 cores
+
+The slice is both presets with no ablation (original and R2_full, the cheapest and the dearest
+step), seeds 0-1, at train.steps=1000 (issue 13's setting): 2 trials with 1 worker (seed 0) and
+4 with 2 workers, each worker with cores/workers torch threads (the sweep's default). --before
+runs the same sweeps with painn_ablate as it was at a git ref (extracted with `git archive`, first
+on PYTHONPATH), one version after the other, so run it on an otherwise idle machine. Besides the
+wall time it prints the share of it the trials spent training (the runs' own wall_seconds): the
+rest is per-trial start-up (process spawn, imports, data, W&B) and the sweep's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "painn-ablate"
+
+
+def slice_of(sweep: Path, seeds: list[int], steps: int, out: Path) -> Path:
+    spec = yaml.safe_load(sweep.read_text())
+    params = spec["parameters"]
+    params["ablate"] = {"value": "none"}
+    params["seed"] = {"values": seeds}
+    params["train.steps"] = {"value": steps}
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
+def run(tree: Path, workers: int, seeds: list[int], steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sweep = slice_of(ROOT / "sweeps" / "stabilizers.yaml", seeds, steps, tmp / "slice.yaml")
+        env = {**os.environ, "PYTHONPATH": str(tree), "WANDB_MODE": "offline"}
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(CLI), "sweep", str(sweep), "--workers", str(workers), "--out", str(tmp / "out")],
+                              capture_output=True, text=True, env=env, cwd=tmp)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"sweep failed ({tree}): {proc.stderr.strip().splitlines()[-1:]}")
+        summaries = [json.loads(p.read_text()) for p in (tmp / "out").rglob("summary.json")]
+    training = sum(s.get("wall_seconds") or 0.0 for s in summaries)
+    return {"trials": len(summaries), "wall": wall, "training": training,
+            "statuses": sorted(s["status"] for s in summaries)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", default=None, metavar="GIT_REF", help="also time painn_ablate at this git ref")
+    ap.add_argument("--steps", type=int, default=1000)
+    args = ap.parse_args()
+    trees = {"after": ROOT}
+    if args.before:
+        tmp = Path(tempfile.mkdtemp(prefix="painn-ablate-before-"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "painn_ablate"],
+                                 capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+        trees = {"before": tmp, **trees}
+    print(f"sweep throughput: slice of sweeps/stabilizers.yaml (original and r2_full, no ablation), "
+          f"train.steps={args.steps}, {os.cpu_count()} cores; load average at start: {os.getloadavg()[0]:.2f}")
+    rows = []
+    for workers, seeds in ((1, [0]), (2, [0, 1])):
+        for version, tree in trees.items():
+            r = run(tree, workers, seeds, args.steps)
+            rows.append([version, workers, r["trials"], f"{r['wall']:.0f}", f"{3600 * r['trials'] / r['wall']:.0f}",
+                         f"{100 * r['training'] / (r['wall'] * workers):.0f}%", ", ".join(r["statuses"])])
+            print("  " + " | ".join(map(str, rows[-1])), flush=True)
+    header = ["version", "workers", "trials", "wall s", "trials/hour", "training share", "outcomes"]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for k, r in enumerate([header] + rows):
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        if k == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.config import ABLATIONS, flatten
-from painn_ablate.outcome import OUTCOMES, Status, is_blow_up, outcome_columns  # noqa: F401  (re-exported)
+from painn_ablate.outcome import OUTCOMES, Status, first_blow_up, is_blow_up, outcome_columns  # noqa: F401
 from painn_ablate.tracking import stat_key
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ METRIC_SPLITS = ("val", "test")  # summary["val"]["pos_mse"] -> column val_pos_m
 SPLIT_METRICS = ("pos_mse", "vel_mse")  # their columns exist even before the first validation
 # Nested summary fields that are None until something happens: their columns exist either way.
 NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"),
+                 "first_divergence": ("step", "layer", "block", "stat", "value", "criterion"),
                  "first_blow_up": ("step", "layer", "block", "stat", "criterion"),
                  "early_warning": ("step", "risk", "mu_ratio", "mu_growth"),
                  "stopped_early": ("step", "reason")}
@@ -66,10 +67,33 @@ STABILIZER_KEYS = ("model.aggregation", "model.stabilizers.g", "model.stabilizer
 # Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
 EGNN_PAPER_MSE = 0.0071
 LINEAR_PAPER_MSE = 0.0819
+Z95 = 1.959963984540054  # the two-sided 95% quantile of the normal distribution (Wilson intervals)
 
 
 class AnalysisError(ValueError):
     """Nothing to analyse at the given path or storage; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- rates
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials (nan, nan for n = 0)."""
+    if n == 0:
+        return math.nan, math.nan
+    if k == 0:
+        return 0.0, _wilson_hi(0, n, z)
+    if k == n:
+        return 1.0 - _wilson_hi(0, n, z), 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _wilson_hi(k: int, n: int, z: float) -> float:
+    p = k / n
+    return (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
 
 
 # ----------------------------------------------------------------------------- naming
@@ -202,6 +226,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
         row.update(flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)))
     row.update(flatten_summary(summary))
+    if "first_blow_up" not in summary:  # summaries written before it was recorded
+        blow_up = first_blow_up(summary.get("first_divergence"), summary.get("first_nonfinite")) or {}
+        row.update({f"first_blow_up.{k}": blow_up.get(k) for k in NESTED_FIELDS["first_blow_up"]})
     row["run_dir"] = str(run_dir)
     row["preset"] = row.get("model.preset", summary.get("preset"))
     row["ablate"] = row.get("ablate", "none")
@@ -218,8 +245,9 @@ def load_runs(paths: Paths) -> pd.DataFrame:
     order = frame.assign(_design=frame["ablate"] != "none", _seed=pd.to_numeric(frame.get("seed"), errors="coerce"))
     frame = frame.loc[order.sort_values(["_design", "preset", "ablate", "_seed", "run_dir"], kind="stable").index]
     frame = frame.reset_index(drop=True)
-    first = ["run_dir", "name", "experiment", "preset", "ablate", "seed", "status", "exploded", "steps_completed",
-             "steps_total", "first_nonfinite.step", "first_nonfinite.layer", "val_pos_mse", "test_pos_mse"]
+    first = ["run_dir", "name", "experiment", "preset", "ablate", "seed", "status", "blew_up", "steps_completed",
+             "steps_total", "first_blow_up.step", "first_blow_up.layer", "first_blow_up.block", "first_blow_up.stat",
+             "val_pos_mse", "test_pos_mse"]
     first = [c for c in first if c in frame.columns]
     return frame[first + [c for c in frame.columns if c not in first]]
 
@@ -471,34 +499,33 @@ def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -
 
 
 def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd.DataFrame:
-    """Per experiment: runs, explosions, steps to the first NaN/Inf, val/test MSE (mean, std over seeds).
-
-    MSE statistics are over the runs that finished stable; steps to NaN over the exploded ones.
-    """
+    """Per experiment: runs; blow-ups (diverged or exploded) with the Wilson 95% interval of their rate;
+    the step (median, range) and layers of the first blow-up; val/test MSE over the runs that finished
+    stable (mean and sample sd, ddof = 1, n = `stable`)."""
     by = list(by)
     out = []
     for key, g in runs.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         stable = g[g["status"] == Status.STABLE]
-        exploded = g[g["exploded"]]
         blew_up = g["status"].map(is_blow_up)
-        nan_steps = _numbers(exploded, "first_nonfinite.step")
-        layers = _numbers(exploded, "first_nonfinite.layer")
+        blown = g[blew_up]
+        steps, layers = _numbers(blown, "first_blow_up.step"), _numbers(blown, "first_blow_up.layer")
+        lo, hi = wilson(int(blew_up.sum()), len(g))
         row = dict(zip(by, key))
         row.update({
             "preset": g["preset"].iloc[0], "ablate": g["ablate"].iloc[0], "runs": len(g),
-            "exploded": int(g["exploded"].sum()), "explosion_rate": float(g["exploded"].mean()),
-            "diverged": int((g["status"] == Status.DIVERGED).sum()),
-            "blew_up": int(blew_up.sum()), "blow_up_rate": float(blew_up.mean()),
-            "unfinished": int((~g["status"].isin(list(OUTCOMES))).sum()),
-            "nan_step_mean": nan_steps.mean() if len(nan_steps) else np.nan,
-            "nan_step_std": nan_steps.std(ddof=0) if len(nan_steps) else np.nan,
-            "nan_layers": ",".join(str(int(x)) for x in sorted(layers)) if len(layers) else "",
+            "blew_up": int(blew_up.sum()), "blow_up_rate": float(blew_up.mean()), "blow_up_lo": lo, "blow_up_hi": hi,
+            "diverged": int((g["status"] == Status.DIVERGED).sum()), "exploded": int(g["exploded"].sum()),
+            "stable": len(stable), "unfinished": int((~g["status"].isin(list(OUTCOMES))).sum()),
+            "blow_up_step_median": steps.median() if len(steps) else np.nan,
+            "blow_up_step_min": steps.min() if len(steps) else np.nan,
+            "blow_up_step_max": steps.max() if len(steps) else np.nan,
+            "blow_up_layers": ",".join(str(int(x)) for x in sorted(layers)) if len(layers) else "",
         })
         for m in ("val_pos_mse", "test_pos_mse", "test_vel_mse"):
             values = _numbers(stable, m)
             row[f"{m}_mean"] = values.mean() if len(values) else np.nan
-            row[f"{m}_std"] = values.std(ddof=0) if len(values) else np.nan
+            row[f"{m}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
         out.append(row)
     return pd.DataFrame(out)
 
@@ -676,7 +703,7 @@ def plot_heatmaps(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence
 
     shared_scale: one colour scale per statistic for all runs, so runs compare at a glance;
     False: each panel scaled to itself. Cyan cells: non-finite (Inf/NaN) values; a red x
-    marks the first non-finite event.
+    marks the first blow-up (its step and origin layer).
     """
     plt = _pyplot()
     import matplotlib
@@ -710,7 +737,7 @@ def plot_heatmaps(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence
             mesh = ax.pcolormesh(edges, np.arange(len(layers) + 1) + 0.5, shown, cmap=cmap, vmin=vmin,
                                  vmax=max(vmax, vmin + 1e-6), shading="flat")
             fig.colorbar(mesh, ax=ax, label=f"log10 {stat}")
-            step, layer = run.get("first_nonfinite.step"), run.get("first_nonfinite.layer")
+            step, layer = run.get("first_blow_up.step"), run.get("first_blow_up.layer")
             if _number(step):
                 ax.plot([step], [layer if _number(layer) else len(layers)], "x", color="red", ms=10, mew=2)
             ax.set_yticks(range(1, len(layers) + 1), [str(int(l)) for l in layers])
@@ -732,7 +759,7 @@ def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequ
     """Per-layer statistic vs step, one panel per (statistic, experiment), every seed drawn.
 
     Colour is the layer (dark: layer 1, light: last); a dashed line marks each run's first
-    non-finite step. The y axis is logarithmic: a feedback loop shows as straight growth.
+    blow-up. The y axis is logarithmic: a feedback loop shows as straight growth.
     """
     plt = _pyplot()
     import matplotlib
@@ -741,7 +768,7 @@ def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequ
     fig, axes = plt.subplots(len(stats_names), len(groups), figsize=(4.2 * len(groups), 0.4 + 3.2 * len(stats_names)),
                              squeeze=False, sharey="row")
     fig.suptitle("colour: layer; line style: seed (first solid, then dashed, dotted, dash-dot); "
-                 "red dashed: first NaN/Inf", fontsize=9)
+                 "red dashed: first blow-up", fontsize=9)
     n_layers = int(stats["layer"].max()) if len(stats) else 1
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n_layers))
     styles = ["-", "--", ":", "-."]
@@ -756,8 +783,8 @@ def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequ
                     ax.plot(g["step"], np.where(np.isfinite(v) & (v > 0), v, np.nan), styles[k % len(styles)],
                             color=colors[int(layer) - 1], lw=1.2,
                             label=f"layer {layer}" if k == 0 else None)
-                if _number(run.get("first_nonfinite.step")):
-                    ax.axvline(run["first_nonfinite.step"], color="red", ls="--", lw=0.8)
+                if _number(run.get("first_blow_up.step")):
+                    ax.axvline(run["first_blow_up.step"], color="red", ls="--", lw=0.8)
             ax.set_yscale("log")
             _tidy_log(ax)
             ax.set_title(f"{group}: {stat}", fontsize=9)
@@ -812,8 +839,8 @@ def plot_feedback(stats: pd.DataFrame, runs: pd.DataFrame):
             v = g["value"].to_numpy(dtype=float)
             ax.plot(g["step"], np.where(np.isfinite(v) & (v > 0), v, np.nan), color=colors[int(layer) - 1],
                     label=f"layer {layer}")
-        if _number(run.get("first_nonfinite.step")):
-            ax.axvline(run["first_nonfinite.step"], color="red", ls="--", lw=0.8)
+        if _number(run.get("first_blow_up.step")):
+            ax.axvline(run["first_blow_up.step"], color="red", ls="--", lw=0.8)
         ax.set_yscale("log")
         _tidy_log(ax)
         ax.set_xlabel("step")
@@ -823,21 +850,25 @@ def plot_feedback(stats: pd.DataFrame, runs: pd.DataFrame):
 
 
 def plot_outcomes(table: pd.DataFrame, baselines: Optional[dict[str, float]] = None, label: str = "experiment"):
-    """Per experiment: explosion rate, steps to the first NaN/Inf, test position MSE (error bars: seeds)."""
+    """Per experiment (an outcome_table): blow-up rate with its Wilson 95% interval, the step of the first
+    blow-up (median, bar from first to last), test position MSE of the stable runs (bar: sample sd)."""
     plt = _pyplot()
     names = table[label].astype(str).tolist()
     y = np.arange(len(names))
     fig, axes = plt.subplots(1, 3, figsize=(14, 1.2 + 0.45 * len(names)), sharey=True)
-    axes[0].barh(y, table["explosion_rate"], color="tab:red")
-    for k, (n, e) in enumerate(zip(table["runs"], table["exploded"])):
-        axes[0].text(0.02, k, f"{e}/{n}", va="center", fontsize=8)
+    rate = table["blow_up_rate"]
+    axes[0].barh(y, rate, xerr=[rate - table["blow_up_lo"], table["blow_up_hi"] - rate], color="tab:red")
+    for k, (n, b) in enumerate(zip(table["runs"], table["blew_up"])):
+        axes[0].text(0.02, k, f"{b}/{n}", va="center", fontsize=8)
     axes[0].set_xlim(0, 1)
-    axes[0].set_xlabel("explosion rate (runs with NaN/Inf)")
+    axes[0].set_xlabel("blow-up rate (diverged or exploded), Wilson 95%")
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
-    axes[1].barh(y, table["nan_step_mean"], xerr=table["nan_step_std"], color="tab:orange")
-    axes[1].set_xlabel("steps to first NaN/Inf (exploded runs)")
-    axes[2].barh(y, table["test_pos_mse_mean"], xerr=table["test_pos_mse_std"], color="tab:blue")
+    median = table["blow_up_step_median"]
+    axes[1].barh(y, median, xerr=[median - table["blow_up_step_min"], table["blow_up_step_max"] - median],
+                 color="tab:orange")
+    axes[1].set_xlabel("step of the first blow-up (median; bar: first to last)")
+    axes[2].barh(y, table["test_pos_mse_mean"], xerr=table["test_pos_mse_sd"], color="tab:blue")
     axes[2].set_xlabel("test position MSE (stable runs)")
     axes[2].set_xscale("log")
     for k, (name, value) in enumerate((baselines or {}).items()):

@@ -27,10 +27,10 @@ import pandas as pd
 from scipy import stats as sps
 
 from painn_ablate import analysis, files
+from painn_ablate.analysis import wilson  # noqa: F401  (re-exported: ex.wilson)
 from painn_ablate.outcome import OUTCOMES, Status, first_blow_up
 
 PathLike = Union[str, Path]
-Z95 = 1.959963984540054
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
 ACTION_STATS = ("s_msg_frac", "s_mix_frac", "C_s_frac", "C_v_frac", "C_q_frac", "C_mu_frac", "s_coupling_frac",
                 "s_gating_frac")  # how often each stabilizer acted, averaged over a trial's snapshots
@@ -43,25 +43,6 @@ class ExportError(ValueError):
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of k successes in n trials (nan, nan for n = 0)."""
-    if n == 0:
-        return math.nan, math.nan
-    if k == 0:
-        return 0.0, _wilson_hi(0, n, z)
-    if k == n:
-        return 1.0 - _wilson_hi(0, n, z), 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _wilson_hi(k: int, n: int, z: float) -> float:
-    p = k / n
-    return (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
 
 
 def mcnemar_exact(a: pd.Series, b: pd.Series) -> tuple[int, int, float]:

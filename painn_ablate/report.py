@@ -187,15 +187,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The per-run table of a section: experiment, seed, outcome, metrics, the re-run command."""
     extra = [k for k in analysis.varying_keys(frame) if k not in analysis.STABILIZER_KEYS and k != "seed"]
-    header = ["experiment", "seed", *extra, "status", "first NaN/Inf (step: layer block tensor)", "val pos MSE",
+    header = ["experiment", "seed", *extra, "status", "first blow-up (step: layer block stat)", "val pos MSE",
               "test pos MSE", "steps", "wall", "re-run"]
     order = {e: k for k, e in enumerate(dict.fromkeys(frame["experiment"]))}
     frame = frame.assign(_order=frame["experiment"].map(order)).sort_values(["_order", "seed"], kind="stable")
     rows = []
     for _, r in frame.iterrows():
-        step, layer = _int(r.get("first_nonfinite.step")), _int(r.get("first_nonfinite.layer"))
-        parts = [f"layer {layer}" if layer is not None else None, r.get("first_nonfinite.block"),
-                 r.get("first_nonfinite.tensor")]
+        step, layer = _int(r.get("first_blow_up.step")), _int(r.get("first_blow_up.layer"))
+        parts = [f"layer {layer}" if layer is not None else None, r.get("first_blow_up.block"),
+                 r.get("first_blow_up.stat")]
         where = "-" if step is None else f"{step}: " + " ".join(str(p) for p in parts if isinstance(p, (str, int)))
         steps = _int(r.get("steps_completed"))
         total = _int(r.get("steps_total"))
@@ -213,13 +213,17 @@ def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def outcome_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     table = analysis.outcome_table(frame)
-    header = ["experiment", "runs", "exploded", "steps to NaN/Inf", "NaN/Inf layers", "test pos MSE (stable runs)"]
+    header = ["experiment", "runs", "blow-ups k/n [Wilson 95%]", "diverged", "exploded",
+              "first blow-up step: median [first, last]", "origin layers", "test pos MSE of stable runs: mean ± sd (n)"]
     rows = []
     for _, t in table.iterrows():
-        nan = "-" if math.isnan(t["nan_step_mean"]) else f"{t['nan_step_mean']:.0f} +- {t['nan_step_std']:.0f}"
-        mse = ("-" if math.isnan(t["test_pos_mse_mean"])
-               else f"{t['test_pos_mse_mean']:.4g} +- {t['test_pos_mse_std']:.2g}")
-        rows.append([_cell(t["experiment"]), str(t["runs"]), str(t["exploded"]), nan, t["nan_layers"] or "-", mse])
+        step = ("-" if math.isnan(t["blow_up_step_median"]) else
+                f"{t['blow_up_step_median']:.0f} [{t['blow_up_step_min']:.0f}, {t['blow_up_step_max']:.0f}]")
+        mse = ("-" if math.isnan(t["test_pos_mse_mean"]) else f"{t['test_pos_mse_mean']:.4g}" +
+               (f" ± {t['test_pos_mse_sd']:.2g}" if not math.isnan(t["test_pos_mse_sd"]) else "") + f" ({t['stable']})")
+        rows.append([_cell(t["experiment"]), str(t["runs"]),
+                     f"{t['blew_up']}/{t['runs']} [{t['blow_up_lo']:.2f}, {t['blow_up_hi']:.2f}]", str(t["diverged"]),
+                     str(t["exploded"]), step, t["blow_up_layers"] or "-", mse])
     return header, rows
 
 
@@ -231,7 +235,7 @@ def section_markdown(section: Section, plots: list[Path], base: Path) -> list[st
         lines += section.intro + [""]
     if section.rows.empty:
         return lines + ["No runs recorded yet.", ""]
-    lines += ["Per experiment (MSE mean +- std over the stable seeds):", ""]
+    lines += ["Per experiment (MSE: mean and sample sd over the stable seeds, n in brackets):", ""]
     lines += markdown_table(*outcome_rows(section.rows)) + [""]
     lines += markdown_table(*run_rows(section.rows)) + [""]
     for p in plots:

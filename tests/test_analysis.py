@@ -179,16 +179,24 @@ def test_wandb_rows_use_the_same_names_as_run_rows(tiny_root):
 # ----------------------------------------------------------------------------- derived tables
 
 
-def test_outcome_table_counts_explosions_and_averages_stable_seeds(tiny_root):
+def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs")
     runs = runs[runs["status"] != "running"]
     table = analysis.outcome_table(runs).set_index("experiment")
     original = runs[runs["experiment"] == "original"]
-    assert table.loc["original", "exploded"] == 2 and table.loc["original", "explosion_rate"] == 1.0
-    assert table.loc["original", "nan_step_mean"] == original["first_nonfinite.step"].astype(float).mean()
+    assert table.loc["original", "blew_up"] == 2 and table.loc["original", "blow_up_rate"] == 1.0
+    assert (table.loc["original", "blow_up_lo"], table.loc["original", "blow_up_hi"]) == pytest.approx(
+        analysis.wilson(2, 2))
+    # the first blow-up is the earlier of the divergence and the first NaN/Inf
+    firsts = [min(s for s in (r["first_divergence.step"], r["first_nonfinite.step"]) if pd.notna(s))
+              for _, r in original.iterrows()]
+    assert list(original["first_blow_up.step"]) == firsts
+    assert table.loc["original", "blow_up_step_median"] == np.median(firsts)
     stable = runs[runs["experiment"] == "r2_full"]["test_pos_mse"].astype(float)
     assert table.loc["r2_full", "test_pos_mse_mean"] == pytest.approx(stable.mean())
-    assert table.loc["r2_full", "test_pos_mse_std"] == pytest.approx(stable.std(ddof=0))
+    assert table.loc["r2_full", "test_pos_mse_sd"] == pytest.approx(stable.std(ddof=1))
+    assert table.loc["r2_full", "blew_up"] == 0 and table.loc["r2_full", "blow_up_hi"] == pytest.approx(
+        analysis.wilson(0, 2)[1])
     assert math.isnan(table.loc["original", "test_pos_mse_mean"])
 
 
@@ -272,7 +280,7 @@ def test_raw_run_notebooks_are_committed_without_outputs():
 
 
 @pytest.mark.parametrize("name, env, needles", [
-    ("explosion", {"PAINN_ABLATE_RUNS": "runs"}, ["exploded original runs: 2 of 2", "qmu_absmax"]),
+    ("explosion", {"PAINN_ABLATE_RUNS": "runs"}, ["original runs that blew up: 2 of 2", "qmu_absmax"]),
     ("ablation", {"PAINN_ABLATE_RUNS": "sweep"}, ["3 runs;", "original + clamps", "alpha"]),
     ("importance", {"PAINN_ABLATE_STUDY": "sweep"}, ["3 trials", "model.stabilizers.C_q"]),
 ])

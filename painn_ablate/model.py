@@ -22,6 +22,9 @@ and the mechanism toggles, which isolate the feedback loop the specification bla
     mu0          mu^(0): lifted v, or zero   PaiNN.mu0
     mu0_scale    init scale of the lift      PaiNN.vel_lift
 
+The filter network MLP_f is one linear map of the radial basis (as in the PaiNN paper and
+schnetpack), shared in shape by every layer's W_ij.
+
 Deviation from the document, for the N-body task: mu^(0) is not zero but the
 velocity lifted into F channels by a bias-free per-channel linear map
 (mu^(0)_i = v_i w^T, equivariant), and the scalar input is [charge, |v|].
@@ -140,7 +143,8 @@ class _ClipNormFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         v, norm, scale = ctx.saved_tensors
-        # Only clipped vectors get the radial term; (scale < 1) is where clamp's gradient is zero.
+        # Only clipped vectors get the radial term: clamp passes its gradient where scale < 1 (clipped)
+        # and has zero gradient where it returns 1 (norm <= C, the identity).
         radial = torch.where(scale < 1.0, scale / (norm * norm), 0.0) * torch.sum(v * grad, dim=-2, keepdim=True)
         return torch.addcmul(grad * scale, v, radial, value=-1.0), None
 
@@ -312,9 +316,10 @@ class Mixing(nn.Module):
     """Intra-atomic equivariant gating.
 
         [mu_V, mu_W] = U mu  (bias-free: a vector bias breaks equivariance)
-        [dq, dmu, dqmu] = sat_{s_mix}( MLP([q; ||mu_V||]) )
-        q  += alpha_mix (dq + coupling)               coupling = dqmu * <mu_V, mu_W>: quadratic in ||mu||
-        mu += alpha_mix gating                        gating = dmu * mu_W: amplifies ||mu||
+        [a_qq, a_mu, a_qmu] = sat_{s_mix}( MLP([q; ||mu_V||]) )
+        dq  = a_qq + coupling                         coupling = a_qmu * <mu_V, mu_W>: quadratic in ||mu||
+        dmu = gating                                  gating = a_mu * mu_W: amplifies ||mu||
+        q += alpha_mix dq,   mu += alpha_mix dmu
         q, mu = C_q-clip(q), C_mu-clip_norm(mu)
 
     The mechanism toggles act on the two feedback terms alone: `coupling=False` drops the first,

@@ -546,7 +546,8 @@ def shown_url(url: str) -> str:
 
 def driver_url(url: str) -> str:
     """SQLAlchemy 2.1 reads `postgresql://` as psycopg 3; the `postgres` extra installs psycopg2,
-    so a plain PostgreSQL URL names psycopg2 explicitly when only that driver is there."""
+    so a plain PostgreSQL URL names psycopg2 explicitly when only that driver is there. Without
+    either driver: a SweepError that names the extra to install."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres"):
         try:
@@ -554,10 +555,10 @@ def driver_url(url: str) -> str:
         except ImportError:
             try:
                 import psycopg2  # noqa: F401
-
-                return f"postgresql+psycopg2://{rest}"
             except ImportError:
-                pass
+                raise SweepError(f"storage {shown_url(url)} needs a PostgreSQL driver: "
+                                 "pip install 'painn-ablate[postgres]' (psycopg2-binary)") from None
+            return f"postgresql+psycopg2://{rest}"
     return url
 
 

@@ -320,6 +320,20 @@ def _postgres_reachable() -> str:
         return f"PostgreSQL at {PG_URL} unreachable ({' '.join(str(exc).split())[:120]}); run scripts/ci-services"
 
 
+def test_postgres_storage_without_a_driver_names_the_extra(tmp_path, tiny):
+    """Where neither psycopg nor psycopg2 can be imported, one line names the extra to install."""
+    path = write_sweep(tmp_path, {"model": {"values": ["original"]}, "seed": {"values": [0]}})
+    code = ("import sys; sys.modules['psycopg'] = sys.modules['psycopg2'] = None; sys.argv[0] = 'painn-ablate'; "
+            "from painn_ablate.cli import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", code, "sweep", str(path), *tiny, "--storage",
+                           "postgresql://user:secret@localhost/db", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'painn-ablate[postgres]'" in lines[0] and "secret" not in lines[0]
+    assert not (tmp_path / "out" / "trials").exists()
+
+
 def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
     reason = _postgres_reachable()
     if reason:

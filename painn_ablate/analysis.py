@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.config import ABLATIONS, flatten
+from painn_ablate.config import ABLATIONS, STABILIZER_KEYS, flatten
 from painn_ablate.outcome import OUTCOMES, Status, first_blow_up, is_blow_up, outcome_columns  # noqa: F401
 from painn_ablate.tracking import stat_key
 
@@ -59,11 +59,6 @@ NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"
 # Config keys that name or place a run but do not change what it computes.
 BOOKKEEPING_KEYS = ("name", "out", "data.cache_dir", "train.checkpoint")
 BOOKKEEPING_PREFIXES = ("tracking.",)
-# The stabilizer settings an importance analysis looks at (the R2_full toggles).
-STABILIZER_KEYS = ("model.aggregation", "model.stabilizers.g", "model.stabilizers.s_msg",
-                   "model.stabilizers.s_mix", "model.stabilizers.alpha_inter", "model.stabilizers.alpha_mix",
-                   "model.stabilizers.C_s", "model.stabilizers.C_v", "model.stabilizers.C_q",
-                   "model.stabilizers.C_mu", "train.grad_clip")
 # Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
 EGNN_PAPER_MSE = 0.0071
 LINEAR_PAPER_MSE = 0.0819

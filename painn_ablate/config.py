@@ -205,6 +205,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "mu0": ("model.stabilizers.mu0",),  # start from mu^(0) = 0 instead of the lifted velocity
 }
 MECHANISM_TOGGLES = ("coupling", "s_coupling", "s_gating", "mu0")
+# Every config key a stabilizer or mechanism toggle lives at (what a trial records beside its outcome).
+STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
 # What `ablate=<toggle>` does, in words (tables say "original, coupling term dropped", not "original + coupling").
 MECHANISM_LABELS = {"coupling": "coupling term dropped", "s_coupling": "coupling term saturated at 5",
                     "s_gating": "self-gating term norm-saturated at 5", "mu0": "mu^(0) = 0"}

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from painn_ablate import analysis, files
+from painn_ablate.config import STABILIZER_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The per-run table of a section: experiment, seed, outcome, metrics, the re-run command."""
-    extra = [k for k in analysis.varying_keys(frame) if k not in analysis.STABILIZER_KEYS and k != "seed"]
+    extra = [k for k in analysis.varying_keys(frame) if k not in STABILIZER_KEYS and k != "seed"]
     header = ["experiment", "seed", *extra, "status", "first blow-up (step: layer block stat)", "val pos MSE",
               "test pos MSE", "steps", "wall", "re-run"]
     order = {e: k for k, e in enumerate(dict.fromkeys(frame["experiment"]))}

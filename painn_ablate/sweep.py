@@ -114,12 +114,19 @@ from typing import Any, Callable, Iterator, Optional
 
 import optuna
 import yaml
+from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, flatten
+from painn_ablate.config import STABILIZER_KEYS, ConfigError, all_keys, compose, did_you_mean, flatten
 from painn_ablate.outcome import Status, is_blow_up
 
 log = logging.getLogger(__name__)
+
+
+# The config values every trial records as user attributes, swept or fixed: what it was (preset, design,
+# cell, seed) and every stabilizer's resolved value, so that a study read without the run folders (from
+# PostgreSQL on another machine) still says what each trial ran.
+TRIAL_KEYS = ("model.preset", "ablate", "seed", "model.L", "model.F", "train.lr", "train.steps", *STABILIZER_KEYS)
 
 
 class SweepError(ValueError):
@@ -765,9 +772,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path,
             for key, value in (("attempt", trial.number), ("label", label), ("run_dir", str(run_dir)),
                                ("status", "running"), ("worker", f"{os.uname().nodename}:{os.getpid()}")):
                 trial.set_user_attr(key, value)
+            cfg = trial_config(sweep, params, run_dir, label)
+            for key in TRIAL_KEYS:  # the resolved values, for readers of the study without the run folder
+                trial.set_user_attr(key, OmegaConf.select(cfg, key))
             log.info("trial %d (%s) starts in %s", trial.number, label, run_dir)
-            summary = run(trial_config(sweep, params, run_dir, label),
-                          should_stop=stop_when_exploding if prune else None)
+            summary = run(cfg, should_stop=stop_when_exploding if prune else None)
     except KeyboardInterrupt:
         with signals_ignored():  # a second Ctrl-C must not cut the trial's return short
             requeue(study, storage, trial_id)

@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
 from painn_ablate import analysis
-from painn_ablate.config import compose, flatten
+from painn_ablate.config import STABILIZER_KEYS, compose, flatten
 from painn_ablate.train import run
 
 TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data.n_train=40", "data.n_val=20",
@@ -153,6 +153,12 @@ def test_load_study_joins_trials_with_their_run_configs(tiny_root):
         assert row["ablate"] == by_number[row["number"]].params["ablate"]
     alpha = trials.set_index("experiment").loc["original + alpha"]
     assert alpha["model.stabilizers.alpha_inter"] == 0.5 and pd.isna(alpha["model.stabilizers.C_q"])
+    # the trials carry their stabilizer values: a reader without the run folders (another machine) has them
+    bare = analysis.load_study(tiny_root / "sweep", configs=False).set_index("number")
+    for _, row in trials.iterrows():
+        for key in STABILIZER_KEYS:
+            assert same(bare.loc[row["number"], key], row[key]), key
+    assert bare.set_index("experiment").loc["original + alpha", "model.stabilizers.alpha_mix"] == 0.5
     with pytest.raises(analysis.AnalysisError, match="no study 'nope'"):
         analysis.load_study(tiny_root / "sweep", "nope")
 

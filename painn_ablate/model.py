@@ -443,8 +443,9 @@ class PaiNN(nn.Module):
         r_vec = pos.index_select(0, j) - pos.index_select(0, i)  # r_ij = r_j - r_i, (E, 3)
         r_ij = vector_norm(r_vec, dim=-1)  # (E,)
         dir_ij = r_vec / r_ij[:, None]
-        # The in-degree as a sum of ones: bincount's output size depends on the data (a torch.compile break).
-        degree = pos.new_zeros(n).index_add_(0, i, pos.new_ones(i.shape[0])).clamp_(min=1.0)
+        # |N(i)|, the neighbours inside the cutoff (an edge beyond it carries a zero message and does not
+        # count), as a sum: bincount's output size depends on the data (a torch.compile break).
+        degree = pos.new_zeros(n).index_add_(0, i, (r_ij < self.r_cut).to(pos.dtype)).clamp_(min=1.0)
         inv_degree = 1.0 / degree  # (N,), used only by mean aggregation
 
         speed = vector_norm(vel, dim=-1)

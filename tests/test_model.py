@@ -128,6 +128,19 @@ def test_sum_and_mean_aggregation_differ_by_the_degree():
     torch.testing.assert_close(summed[3], msg[edges[1] == 3].sum(0))
 
 
+def test_mean_aggregation_averages_over_the_neighbours_inside_the_cutoff():
+    """The specification's N(i): an edge beyond r_cut carries a zero message and does not count in the
+    mean, so adding far edges (a full graph instead of a radius graph) changes nothing."""
+    model = tiny_model(["model=r2_full", "model.F=8", "model.L=3", "model.n_rbf=6", "model.r_cut=4.0"])
+    pos, vel, charge, edges = random_system(full=True)
+    r = (pos[edges[0]] - pos[edges[1]]).norm(dim=-1)
+    inside = edges[:, r < model.r_cut]
+    assert inside.shape[1] < edges.shape[1]  # the test needs edges beyond the cutoff
+    with torch.no_grad():
+        for a, b in zip(model(pos, vel, charge, edges), model(pos, vel, charge, inside)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_saturation_and_clamps_hold_on_adversarial_inputs():
     huge = torch.tensor([[-1e30, -7.0, 0.0, 3.0, 1e30]], dtype=torch.float64)
     out = Saturation(5.0)(huge)

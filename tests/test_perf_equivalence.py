@@ -38,7 +38,7 @@ def reference_forward(model, pos, vel, charge, edge_index):
     r_vec = pos[j] - pos[i]
     r = norm(r_vec, -1)
     dir_ij = r_vec / r[:, None]
-    inv_degree = 1.0 / torch.bincount(i, minlength=n).clamp(min=1).to(pos.dtype)
+    inv_degree = 1.0 / torch.bincount(i[r < model.r_cut], minlength=n).clamp(min=1).to(pos.dtype)
     W = model.g * (model.filter_net(radial_basis(r, model.n_rbf, model.r_cut)) * cosine_cutoff(r, model.r_cut)[:, None])
     filters = [W] * model.L if model.shared_filters else torch.split(W, 3 * F, dim=-1)
     q = model.embed(torch.stack([charge, norm(vel, -1)], dim=-1))

@@ -531,41 +531,6 @@ def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce").dropna()
 
 
-def necessity_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """For each stabilizer with runs: is it necessary, is it sufficient (for stability, at this budget)?
-
-    necessary: R2_full without it (leave-one-out) blows up (diverges or explodes) more often than R2_full.
-    sufficient: the original with only it (add-one-in) never blows up while the original does.
-    A first look at point rates; the experiments' verdicts, with intervals and paired tests, are
-    painn_ablate.experiments.
-    A cell is empty where the runs to decide it are missing.
-    """
-    table = outcome_table(runs, by=("preset", "ablate")).set_index(["preset", "ablate"])
-
-    def rate(preset: str, ablate: str) -> float:
-        return table["blow_up_rate"].get((preset, ablate), np.nan)
-
-    full, original = rate("r2_full", "none"), rate("original", "none")
-    rows = []
-    for name in ABLATIONS:
-        if name == "none":
-            continue
-        loo, aoi = rate("r2_full", name), rate("original", name)
-        if math.isnan(loo) and math.isnan(aoi):
-            continue
-        loo_mse = table["test_pos_mse_mean"].get(("r2_full", name), np.nan)
-        full_mse = table["test_pos_mse_mean"].get(("r2_full", "none"), np.nan)
-        rows.append({
-            "stabilizer": name,
-            "blow_up_rate_without": loo, "blow_up_rate_r2_full": full,
-            "necessary": None if math.isnan(loo) or math.isnan(full) else bool(loo > full),
-            "blow_up_rate_alone": aoi, "blow_up_rate_original": original,
-            "sufficient": None if math.isnan(aoi) or math.isnan(original) else bool(aoi == 0 and original > 0),
-            "test_pos_mse_without": loo_mse, "test_pos_mse_change": loo_mse - full_mse,
-        })
-    return pd.DataFrame(rows)
-
-
 def varying_keys(frame: pd.DataFrame, candidates: Optional[Iterable[str]] = None) -> list[str]:
     """Config columns whose value differs between rows (None counts as a value)."""
     if candidates is None:

@@ -28,6 +28,7 @@ from scipy import stats as sps
 
 from painn_ablate import analysis, files
 from painn_ablate.analysis import wilson  # noqa: F401  (re-exported: ex.wilson)
+from painn_ablate.config import ABLATIONS
 from painn_ablate.outcome import OUTCOMES, Status, first_blow_up
 
 PathLike = Union[str, Path]
@@ -497,11 +498,18 @@ def necessity(trials: pd.DataFrame, ablate: str, L: int = 5, lr: float = 1e-3) -
             "necessary": bool(by_rate or by_mse), "by_rate": bool(by_rate), "by_mse": bool(by_mse)}
 
 
-def ablation_table(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3) -> pd.DataFrame:
+def ablation_table(trials: pd.DataFrame, L: int = 5, lr: float = 1e-3,
+                   names: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Per stabilizer: add-one-in on the original (sufficient?) and leave-one-out on R2_full (necessary?),
-    with Holm-adjusted p over the stabilizers tested, and how often it acted in R2_full (inert?)."""
+    with Holm-adjusted p over the stabilizers tested, and how often it acted in R2_full (inert?).
+
+    names: the `ablate` designs to test (the family Holm adjusts over); default every design in `trials`.
+    trials: a trial table, or load_runs rows with `model.L`, `train.lr` renamed to L, lr (activity is then
+    unknown: nan)."""
+    if names is None:
+        names = [a for a in ABLATIONS if a != "none" and a in set(trials["ablate"])]
     rows = []
-    for name in STABILIZER_ACTIVITY:
+    for name in names:
         tested = {p for p in ("original", "r2_full") if not _cell(trials, p, name, L, lr).empty}
         if not tested:
             continue

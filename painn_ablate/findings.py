@@ -392,7 +392,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                   "t-test over seeds stable in both, n >= 3, p < 0.05); *inert* = it never acted in r2_full's runs. "
                   "p-values are unadjusted; the Holm-adjusted value over the stabilizers tested is shown beside "
                   "each. n differs between variants where the sweeps were stopped at the session's deadline.", ""]
-        ablation = ex.ablation_table(trials, L, lr)
+        ablation = ex.ablation_table(trials, L, lr, names=list(ex.STABILIZER_ACTIVITY))
         lines += ablation_lines(trials, ablation, L, lr)
         if figures is not None and len(ablation):
             lines += [_fig(ex.plot_ablation(ablation), figures, "ablation", base), ""]
@@ -405,7 +405,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                       "amendment 5). R2_full was re-run there as its own reference, and every pair is formed on that "
                       "machine; runs the time limit cut short are left out, so n differs by variant. Same rules as "
                       "above.", ""]
-            lines += ablation_lines(gpu, ex.ablation_table(gpu, L, lr), L, lr)
+            lines += ablation_lines(gpu, ex.ablation_table(gpu, L, lr, names=list(ex.STABILIZER_ACTIVITY)), L, lr)
             lines += compute_lines(gpu) + [""]
         lines += [f"## 4. The mechanism (add-one-in on the original at L = {L}, lr = {lr:g})", "",
                   "Command: `painn-ablate sweep sweeps/mechanism.yaml --workers 2`. *Sufficient*: the variant's "

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.config import ABLATIONS, STABILIZER_KEYS, flatten
+from painn_ablate.config import STABILIZER_KEYS, flatten, format_override
 from painn_ablate.outcome import OUTCOMES, Status, first_blow_up, is_blow_up, outcome_columns  # noqa: F401
 from painn_ablate.tracking import stat_key
 
@@ -885,15 +885,6 @@ def save_figure(fig, path: PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- re-running a run
-
-
-def format_override(value: Any) -> str:
-    """A config value as the text of a `key=value` override."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def results_view(flat: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     from painn_ablate.experiments import ExportError
     from painn_ablate.report import ReportError
     from painn_ablate.reproduce import ReproduceError
-    from painn_ablate.sweep import SweepError
+    from painn_ablate.sweep_file import SweepError
     from painn_ablate.train import RunDirError
 
     return (InputError, ConfigError, DashboardError, DataError, ExportError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
@@ -186,10 +186,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import optuna
 
     from painn_ablate import sweep as sw
+    from painn_ablate import sweep_file as sf
 
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
-    spec = sw.load_sweep(args.file, args.overrides)
-    out = args.out or str(sw.default_out(args.file))
+    spec = sf.load_sweep(args.file, args.overrides)
+    out = args.out or str(sf.default_out(args.file))
     if not args.storage:
         reason = unwritable_reason(Path(out))
         if reason:
@@ -202,12 +203,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise InputError(f"{args.file}: W&B's sweep schema rejects it: {violations[0]}")
         for note in notes:
             print(f"{args.file}: note: {note}")
-        points = sw.grid_points(spec) if spec.method == "grid" else []
-        n = len(points) if points else (args.n_trials or spec.run_cap or sw.DEFAULT_N_TRIALS)
+        points = sf.grid_points(spec) if spec.method == "grid" else []
+        n = len(points) if points else (args.n_trials or spec.run_cap or sf.DEFAULT_N_TRIALS)
         print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "
               f"({spec.goal}), out {out}")
         for params in points:
-            print(f"  {sw.trial_label(spec, params)}: " + " ".join(sw.trial_overrides(spec, params)))
+            print(f"  {sf.trial_label(spec, params)}: " + " ".join(sf.trial_overrides(spec, params)))
         return 0
     if args.engine == "wandb":
         return cmd_sweep_wandb(args, spec, Path(out))

@@ -283,6 +283,16 @@ def split_overrides(overrides: list[str]) -> tuple[Optional[str], list[str]]:
     return preset, rest
 
 
+def format_override(value: Any) -> str:
+    """A config value as the text of a `key=value` override that compose reads back as that value
+    (what wandb agent passes too)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), base: Optional[str | Path] = None) -> DictConfig:
     """Resolve and validate a full config.
 

@@ -16,7 +16,7 @@ Two modes, chosen as every W&B run here is (`painn_ablate.tracking.wandb_mode`):
 
 Trials
 ------
-A trial is what the Optuna engine's is (`painn_ablate.sweep`): its parameters go through
+A trial is what the Optuna engine's is (both take it from `painn_ablate.sweep_file`): its parameters go through
 `trial_overrides` (file's fixed values, the parameters, then the command-line overrides),
 `name` is `trial_label` (`loo-s_msg-seed1`), `tracking.group` the sweep name, and it runs
 `painn_ablate.train.run`. Run directory: `<out>/trials/<label>-t<number>` offline,
@@ -68,10 +68,10 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from painn_ablate import sweep as sw
+from painn_ablate import sweep_file as sf
 from painn_ablate.config import compose
 from painn_ablate.outcome import Status
-from painn_ablate.sweep import Sweep, SweepError
+from painn_ablate.sweep_file import Sweep, SweepError
 from painn_ablate.tracking import wandb_mode
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Trial:
     run_dir: str
     retry_of: Optional[int] = None  # the killed trial this one runs again
     state: str = "running"  # W&B's run state: running | finished | failed | killed
-    attrs: dict[str, Any] = field(default_factory=dict)  # painn_ablate.sweep.result_attrs, or status/error
+    attrs: dict[str, Any] = field(default_factory=dict)  # painn_ablate.sweep_file.result_attrs, or status/error
     wandb_run: Optional[str] = None  # the offline W&B run folder
 
     @property
@@ -197,7 +197,7 @@ def exclusive(out: Path) -> Iterator[None]:
 def check_usable(sweep: Sweep, out: Path) -> None:
     if (out / "study.db").exists():
         raise SweepError(f"{out} holds an Optuna sweep (study.db); give the W&B engine another --out")
-    if not sw.trial_config(sweep, sw.check_points(sweep)[0]).tracking.wandb:
+    if not sf.trial_config(sweep, sf.check_points(sweep)[0]).tracking.wandb:
         raise SweepError("--engine wandb logs every trial to W&B; remove tracking.wandb=false or use --engine optuna")
 
 
@@ -278,16 +278,16 @@ def run_trial(sweep: Sweep, ledger: Ledger, out: Path, params: dict[str, Any], r
     from painn_ablate.train import run  # torch and the model load only where trials run
 
     number = len(ledger.trials)
-    label = sw.trial_label(sweep, params)
+    label = sf.trial_label(sweep, params)
     run_dir = out / "trials" / f"{label}-t{number:04d}"
     ledger.append({"event": "start", "number": number, "params": params, "label": label, "run_dir": str(run_dir),
                    "retry_of": retry_of})
     log.info("trial %d (%s) starts in %s", number, label, run_dir)
     end = {"event": "end", "number": number}
     try:
-        summary = run(sw.trial_config(sweep, params, run_dir, label))
+        summary = run(sf.trial_config(sweep, params, run_dir, label))
     except KeyboardInterrupt:
-        with sw.signals_ignored():  # a second Ctrl-C must not tear the record of the first
+        with sf.signals_ignored():  # a second Ctrl-C must not tear the record of the first
             ledger.append({**end, "state": "killed", "attrs": {"status": "interrupted"}})
         raise
     except Exception as exc:  # a real error: the trial failed, the sweep goes on
@@ -296,7 +296,7 @@ def run_trial(sweep: Sweep, ledger: Ledger, out: Path, params: dict[str, Any], r
         ledger.append({**end, "state": "failed", "attrs": {"status": "error", "error": error}})
     else:
         offline = sorted((run_dir / "wandb").glob("offline-run-*"))
-        ledger.append({**end, "state": "finished", "attrs": sw.result_attrs(summary),
+        ledger.append({**end, "state": "finished", "attrs": sf.result_attrs(summary),
                        "wandb_run": str(offline[-1]) if offline else None})
     return ledger.trials[number]
 
@@ -353,19 +353,19 @@ def run_offline(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int
                          "a grid runs every combination")
     if threads is not None and threads < 1:
         raise SweepError(f"--threads must be >= 1, got {threads}")
-    out = Path(out) if out is not None else sw.default_out(sweep.path)
+    out = Path(out) if out is not None else sf.default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(sw.grid_points(sweep)) if sweep.method == "grid" else n_trials or sweep.run_cap or sw.DEFAULT_N_TRIALS
+    total = len(sf.grid_points(sweep)) if sweep.method == "grid" else n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
     check_usable(sweep, out)
     if "early_terminate" in sweep.raw:
         log.warning("early_terminate acts on the W&B server only; offline every trial runs to its end")
     with exclusive(out):
         ledger = open_ledger(sweep, out, ENGINE_OFFLINE)
-        sw.warm_data_cache(sweep)  # bad data fails here, before any trial
+        sf.warm_data_cache(sweep)  # bad data fails here, before any trial
         if on_start is not None:
             on_start(OfflineSweep(sweep.name, sweep.metric, sweep.goal, total, ledger.current()))
         ran = 0
-        with sw.torch_threads(threads):
+        with sf.torch_threads(threads):
             while (nxt := next_params(sweep, ledger, total)) is not None:
                 trial = run_trial(sweep, ledger, out, *nxt)
                 ran += 1
@@ -385,7 +385,7 @@ def wandb_sweep_config(sweep: Sweep, n_trials: Optional[int]) -> dict:
     A random/bayes sweep gets `run_cap` = --n-trials, else the file's, else 20.
     """
     config = copy.deepcopy(sweep.raw)
-    cfg = compose(sw.trial_overrides(sweep, sw.check_points(sweep)[0]))  # typed values, as the trials get them
+    cfg = compose(sf.trial_overrides(sweep, sf.check_points(sweep)[0]))  # typed values, as the trials get them
     for item in sweep.overrides:
         key, text = item.split("=", 1)
         value = text if key == "model" else OmegaConf.select(cfg, key)
@@ -394,7 +394,7 @@ def wandb_sweep_config(sweep: Sweep, n_trials: Optional[int]) -> dict:
         if value is not None:  # `wandb agent` would pass None as the string 'None'
             config["parameters"][key] = {"value": value}
     if sweep.method != "grid":
-        config["run_cap"] = n_trials or sweep.run_cap or sw.DEFAULT_N_TRIALS
+        config["run_cap"] = n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
     config["name"] = sweep.name
     return config
 
@@ -411,8 +411,8 @@ def agent_trial(sweep: Sweep, out: Path) -> None:
 
     agent_run = wandb.init(group=sweep.name, dir=str(out), settings=wandb.Settings(**WANDB_SETTINGS))
     params = {name: agent_run.config[name] for name in sweep.swept}
-    label = sw.trial_label(sweep, params)
-    run(sw.trial_config(sweep, params, out / "trials" / f"{label}-{agent_run.id}", label))
+    label = sf.trial_label(sweep, params)
+    run(sf.trial_config(sweep, params, out / "trials" / f"{label}-{agent_run.id}", label))
 
 
 def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int] = None,
@@ -427,15 +427,15 @@ def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int]
     if n_trials is not None and (sweep.method == "grid" or n_trials < 1):
         raise SweepError("--n-trials applies to random and bayes sweeps and must be >= 1; "
                          "a grid runs every combination")
-    out = Path(out) if out is not None else sw.default_out(sweep.path)
+    out = Path(out) if out is not None else sf.default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
     check_usable(sweep, out)
-    tracking = sw.trial_config(sweep, sw.check_points(sweep)[0]).tracking
+    tracking = sf.trial_config(sweep, sf.check_points(sweep)[0]).tracking
     config = wandb_sweep_config(sweep, n_trials)
     with exclusive(out):  # only while the sweep is made: agents in one folder may run side by side
         ledger = Ledger(out / LEDGER)
         if ledger.header is None:
-            sw.warm_data_cache(sweep)
+            sf.warm_data_cache(sweep)
             try:
                 sweep_id = wandb.sweep(sweep=config, project=tracking.project, entity=tracking.entity)
             except Exception as exc:  # no network, bad key, a config the server refuses: one line
@@ -450,7 +450,7 @@ def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int]
                                  "on W&B (wandb sweep --update) or choose another --out")
         h = ledger.header
     path = "/".join(p for p in (h.get("entity"), h.get("project"), h["sweep_id"]) if p)
-    with sw.torch_threads(threads):
+    with sf.torch_threads(threads):
         wandb.agent(h["sweep_id"], function=lambda: agent_trial(sweep, out), entity=h.get("entity"),
                     project=h.get("project"), count=config.get("run_cap"))
     return path

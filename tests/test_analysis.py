@@ -46,6 +46,7 @@ def sweep_file(path: Path) -> Path:
 def tiny_root(tmp_path_factory):
     """runs/: original x2 (explode), r2_full x2 (stable), one killed run; sweep/: a 3-trial Optuna grid."""
     from painn_ablate import sweep as sw
+    from painn_ablate import sweep_file as sf
 
     root = tmp_path_factory.mktemp("tiny")
     threads = torch.get_num_threads()
@@ -63,7 +64,7 @@ def tiny_root(tmp_path_factory):
         with pytest.raises(Killed):
             run(compose(tiny(root, "model=r2_full", "train.steps=1000", "train.val_every=2", "monitor.flush_every=2",
                              f"out={root / 'runs' / 'killed'}")), should_stop=interrupt)
-        spec = sw.load_sweep(sweep_file(root / "tiny.yaml"), tiny(root, "train.lr=0.05", "train.steps=8",
+        spec = sf.load_sweep(sweep_file(root / "tiny.yaml"), tiny(root, "train.lr=0.05", "train.steps=8",
                                                                   "train.val_every=4", "monitor.every=2"))
         sw.run_sweep(spec, out=root / "sweep")
     finally:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from painn_ablate.config import ABLATIONS, MECHANISM_TOGGLES, PRESETS, ConfigError, all_keys, compose, flatten
+from painn_ablate.config import (ABLATIONS, MECHANISM_TOGGLES, PRESETS, ConfigError, all_keys, compose, flatten,
+                                 format_override)
 
 R2 = {"g": 0.5, "s_msg": 5.0, "s_mix": 5.0, "alpha_inter": 0.5, "alpha_mix": 0.5,
       "C_s": 10.0, "C_v": 10.0, "C_q": 100.0, "C_mu": 20.0}  # the document's R2_full values
@@ -93,7 +94,42 @@ def test_bad_input_is_one_line_naming_the_key(overrides, key):
     assert key in message and "\n" not in message
 
 
-def test_every_schema_key_is_overridable():
+def test_every_schema_key_is_overridable_with_its_own_value():
+    """Each leaf key of the schema, set on the command line to the value it has, composes back to it
+    (format_override is compose's inverse), on both presets."""
     keys = all_keys()
     assert "model.stabilizers.C_mu" in keys and "train.grad_clip" in keys and "data.system" in keys
     assert set(PRESETS) == {"original", "r2_full"}
+    for preset in PRESETS:
+        base = flatten(compose([f"model={preset}"]))
+        for key in keys:
+            if key == "model.preset":  # set by model=<name>, not overridable on its own
+                continue
+            again = flatten(compose([f"model={preset}", f"{key}={format_override(base[key])}"]))
+            assert again == base, key
+
+
+def test_each_module_imports_only_from_modules_before_it():
+    """The package layout is the architecture: painn_ablate/__init__.py names the order, and every import
+    of one painn_ablate module by another (lazy ones inside functions included) points left in it."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import painn_ablate
+
+    order = re.findall(r"\w+", painn_ablate.__doc__.split("Modules, each importing only from those before it:")[1])
+    package = Path(painn_ablate.__file__).parent
+    assert sorted(order) == sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    wrong = []
+    for k, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("painn_ablate"):
+                targets = [node.module.split(".")[1]] if "." in node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("painn_ablate.")]
+            else:
+                continue
+            wrong += [f"{name} imports {t}" for t in targets if t in order and order.index(t) >= k]
+    assert not wrong, wrong

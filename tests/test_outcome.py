@@ -159,13 +159,14 @@ def test_zero_initial_vector_state_and_gating_bound():
 
 def test_a_diverged_trial_is_a_complete_result_with_its_metric_and_an_infeasible_constraint(tiny, tmp_path):
     from painn_ablate import sweep as sw
+    from painn_ablate import sweep_file as sf
 
     summary = run(tiny(*DIVERGING, "train.steps=6", "train.val_every=3"))
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text("method: grid\nmetric: {name: val_pos_mse, goal: minimize}\nparameters:\n"
                          "  seed: {values: [6]}\n")
-    spec = sw.load_sweep(spec_file, [])
-    attrs = sw.result_attrs(summary)
+    spec = sf.load_sweep(spec_file, [])
+    attrs = sf.result_attrs(summary)
     assert attrs["status"] == "diverged" and attrs["first_divergence"]["layer"] in (4, 5)
     assert attrs["episodes"] >= 1 and attrs["recovered"] in (True, False)
     value = sw.objective_value(spec, attrs)

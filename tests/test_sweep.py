@@ -22,6 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from painn_ablate import sweep as sw
+from painn_ablate import sweep_file as sf
 from painn_ablate.config import ABLATIONS, compose, flatten
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def as_tuples(points: list[dict]) -> list[tuple]:
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_files_load_and_state_their_budget_and_command(path):
     text = path.read_text()
-    spec = sw.load_sweep(path)  # composes every grid point, or every end of every range
+    spec = sf.load_sweep(path)  # composes every grid point, or every end of every range
     assert f"painn-ablate sweep sweeps/{path.name}" in text.splitlines()[0]
     budget = [spec.params[k] for k in ("train.steps", "train.epochs") if k in spec.params]
     assert budget and all(p.fixed for p in budget)  # a step or epoch budget, the same for every trial
@@ -89,10 +90,10 @@ def test_wandb_agent_arguments_compose_the_same_config(tiny):
     """`wandb agent` passes `${args_no_hyphens}` as key=str(value); that must be our trial's config."""
     for path in SHIPPED:
         swept = {k for k, v in yaml.safe_load(path.read_text())["parameters"].items() if "value" not in v}
-        spec = sw.load_sweep(path, [o for o in tiny if o.split("=")[0] not in swept])
-        for params in sw.check_points(spec)[:6]:
+        spec = sf.load_sweep(path, [o for o in tiny if o.split("=")[0] not in swept])
+        for params in sf.check_points(spec)[:6]:
             wandb_args = [f"{name}={p.values[0] if p.fixed else params[name]}" for name, p in spec.params.items()]
-            ours = flatten(sw.trial_config(spec, params))
+            ours = flatten(sf.trial_config(spec, params))
             theirs = flatten(compose([*wandb_args, *spec.overrides]))
             for key in ("seed", "ablate", "model.preset", "train.lr", "train.steps", "model.L", "train.grad_clip",
                         "model.aggregation", *(k for k in ours if k.startswith("model.stabilizers."))):
@@ -100,19 +101,19 @@ def test_wandb_agent_arguments_compose_the_same_config(tiny):
 
 
 def test_stabilizers_design_covers_every_stabilizer_both_ways():
-    spec = sw.load_sweep(ROOT / "sweeps" / "stabilizers.yaml")
-    points = sw.grid_points(spec)
-    assert len(points) == 2 * 8 * 3 and len({sw.trial_label(spec, p) for p in points}) == len(points)
+    spec = sf.load_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+    points = sf.grid_points(spec)
+    assert len(points) == 2 * 8 * 3 and len({sf.trial_label(spec, p) for p in points}) == len(points)
     assert set(spec.params["ablate"].values) <= set(ABLATIONS)
     r2 = compose(["model=r2_full"])
     for name in ("s_msg", "clamps", "grad_clip"):
-        loo = sw.trial_config(spec, {"model": "r2_full", "ablate": name, "seed": 0})
-        aoi = sw.trial_config(spec, {"model": "original", "ablate": name, "seed": 0})
+        loo = sf.trial_config(spec, {"model": "r2_full", "ablate": name, "seed": 0})
+        aoi = sf.trial_config(spec, {"model": "original", "ablate": name, "seed": 0})
         for key in ABLATIONS[name]:
             off, on = flatten(compose([]))[key], flatten(r2)[key]
             assert flatten(loo)[key] == off and flatten(aoi)[key] == on, key
-    assert sw.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "loo-s_msg-seed1"
-    assert sw.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "aoi-g-seed0"
+    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "loo-s_msg-seed1"
+    assert sf.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "aoi-g-seed0"
 
 
 BAD_FILES = {
@@ -141,8 +142,8 @@ def test_bad_sweep_file_is_refused_before_any_trial(tmp_path, case):
 
 def test_override_of_a_swept_parameter_is_refused(tmp_path):
     path = write_sweep(tmp_path, {"seed": {"values": [0, 1]}})
-    with pytest.raises(sw.SweepError, match="swept parameter 'seed'"):
-        sw.load_sweep(path, ["seed=3"])
+    with pytest.raises(sf.SweepError, match="swept parameter 'seed'"):
+        sf.load_sweep(path, ["seed=3"])
 
 
 # ----------------------------------------------------------------------------- running
@@ -151,7 +152,7 @@ def test_override_of_a_swept_parameter_is_refused(tmp_path):
 def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
     # lr=10 with the original PaiNN overflows within its first two steps, every seed.
     path = write_sweep(tmp_path, {"model": {"value": "original"}, "train.lr": {"values": [0.001, 10.0]}})
-    final = sw.run_sweep(sw.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
+    final = sw.run_sweep(sf.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
     assert (final.done, final.exploded, final.errors) == (2, 1, 0)
     by_lr = {t.params["train.lr"]: t for t in load(tmp_path / "out").trials}
     stable, exploded = by_lr[0.001], by_lr[10.0]
@@ -177,7 +178,7 @@ def test_pruner_stops_a_trial_at_the_early_warning(tmp_path, tiny):
                                   "monitor.every": {"value": 1}, "monitor.warn_window": {"value": 2},
                                   "monitor.warn_ratio": {"value": 1.000001}, "monitor.warn_growth": {"value": 1.000001},
                                   "train.steps": {"value": 30}})
-    sw.run_sweep(sw.load_sweep(path, [o for o in tiny if not o.startswith("train.steps")]),
+    sw.run_sweep(sf.load_sweep(path, [o for o in tiny if not o.startswith("train.steps")]),
                  out=tmp_path / "out", prune=True, threads=1)
     (trial,) = load(tmp_path / "out").trials
     assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "pruned"
@@ -188,7 +189,7 @@ def test_pruner_stops_a_trial_at_the_early_warning(tmp_path, tiny):
 def test_trial_that_raises_fails_with_its_error_and_the_sweep_goes_on(tmp_path, tiny):
     # A device that does not exist passes config validation and fails inside the run.
     path = write_sweep(tmp_path, {"train.device": {"values": ["cuda:99", "cpu"]}})
-    final = sw.run_sweep(sw.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
+    final = sw.run_sweep(sf.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
     assert final.errors == 1 and final.done == 2
     by_device = {t.params["train.device"]: t for t in load(tmp_path / "out").trials}
     failed = by_device["cuda:99"]
@@ -202,7 +203,7 @@ def test_random_and_bayes_run_their_budget_and_resume_without_rerunning(tmp_path
     for method in ("random", "bayes"):
         path = write_sweep(tmp_path, {"train.lr": lr, "model.aggregation": {"values": ["sum", "mean"]}},
                            method=method, stem=method, run_cap=3)
-        spec = sw.load_sweep(path, tiny)
+        spec = sf.load_sweep(path, tiny)
         out = tmp_path / method
         sw.run_sweep(spec, out=out, threads=1)
         sw.run_sweep(spec, out=out, threads=1)  # resume: nothing left
@@ -216,9 +217,9 @@ def test_random_and_bayes_run_their_budget_and_resume_without_rerunning(tmp_path
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny):
     path = write_sweep(tmp_path, {"seed": {"values": [0]}})
-    sw.run_sweep(sw.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
-    with pytest.raises(sw.SweepError, match="other overrides"):
-        sw.run_sweep(sw.load_sweep(path, [*tiny, "train.lr=0.002"]), out=tmp_path / "out", threads=1)
+    sw.run_sweep(sf.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
+    with pytest.raises(sf.SweepError, match="other overrides"):
+        sw.run_sweep(sf.load_sweep(path, [*tiny, "train.lr=0.002"]), out=tmp_path / "out", threads=1)
 
 
 def test_two_local_workers_complete_a_grid_exactly_once_and_resume_runs_nothing(tmp_path, tiny):
@@ -228,7 +229,7 @@ def test_two_local_workers_complete_a_grid_exactly_once_and_resume_runs_nothing(
     first = cli("sweep", path, *tiny, "--workers", "2", "--out", out)
     assert first.returncode == 0, first.stderr
     study = load(out)
-    grid = sw.grid_points(sw.load_sweep(path, tiny))
+    grid = sf.grid_points(sf.load_sweep(path, tiny))
     assert len(study.trials) == len(grid) == 6  # no duplicates, none lost
     assert finished_params(study) == as_tuples(grid), [(t.state, t.user_attrs) for t in study.trials]
     workers = {t.user_attrs["worker"] for t in study.trials}
@@ -320,6 +321,13 @@ def _postgres_reachable() -> str:
         return f"PostgreSQL at {PG_URL} unreachable ({' '.join(str(exc).split())[:120]}); run scripts/ci-services"
 
 
+def test_the_file_format_and_the_wandb_engine_do_not_load_optuna():
+    code = ("import sys, painn_ablate.sweep_file, painn_ablate.wandb_sweep; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_postgres_storage_without_a_driver_names_the_extra(tmp_path, tiny):
     """Where neither psycopg nor psycopg2 can be imported, one line names the extra to install."""
     path = write_sweep(tmp_path, {"model": {"values": ["original"]}, "seed": {"values": [0]}})
@@ -348,7 +356,7 @@ def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
         results = [p.communicate(timeout=150) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [r[1][-500:] for r in results]
         study = optuna.load_study(study_name=name, storage=sw.driver_url(PG_URL))
-        grid = sw.grid_points(sw.load_sweep(path, tiny))
+        grid = sf.grid_points(sf.load_sweep(path, tiny))
         assert len(study.trials) == len(grid) == 6
         assert finished_params(study) == as_tuples(grid)
         dirs = [d for i in range(2) if (tmp_path / f"machine{i}" / "trials").is_dir()

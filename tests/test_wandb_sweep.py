@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from painn_ablate import sweep as sw
+from painn_ablate import sweep_file as sf
 from painn_ablate import wandb_sweep as ws
 from painn_ablate.cli import build_parser, main
 from painn_ablate.config import compose, flatten
@@ -64,11 +64,11 @@ def test_grid_runs_each_point_once_logs_it_offline_and_resume_runs_nothing(tmp_p
     assert first.returncode == 0, first.stderr
     assert "4/4 trials done" in first.stdout and "wandb sync" in first.stdout
 
-    spec = sw.load_sweep(path, overrides)
+    spec = sf.load_sweep(path, overrides)
     ledger = ws.Ledger(out / ws.LEDGER)
     trials = ledger.current()
     assert sorted(json.dumps(t.params, sort_keys=True) for t in trials) == \
-        sorted(json.dumps(p, sort_keys=True) for p in sw.grid_points(spec))  # each point once
+        sorted(json.dumps(p, sort_keys=True) for p in sf.grid_points(spec))  # each point once
     by_label = {t.label: t for t in trials}
     assert by_label["original"].status == "exploded" and by_label["r2_full"].status == "stable"
     for t in trials:
@@ -76,7 +76,7 @@ def test_grid_runs_each_point_once_logs_it_offline_and_resume_runs_nothing(tmp_p
         record = inspect(Path(t.run_dir))
         assert record["name"] == t.label and record["state"] == "finished" and "sweep:tiny" in record["tags"]
         config, summary = record["config"], record["summary"]
-        expected = flatten(sw.trial_config(spec, t.params))
+        expected = flatten(sf.trial_config(spec, t.params))
         for key in ("model.preset", "ablate", "model.stabilizers.s_msg", "model.stabilizers.C_mu", "train.lr"):
             assert config[key] == expected[key], (t.label, key)
         assert summary["status"] == t.status == json.loads((Path(t.run_dir) / "summary.json").read_text())["status"]
@@ -93,7 +93,7 @@ def test_bayes_runs_a_fixed_count_and_resume_reruns_only_a_killed_trial(tmp_path
     lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     path = write_sweep(tmp_path, {"model": {"value": "r2_full"}, "train.lr": lr,
                                   "model.aggregation": {"values": ["sum", "mean"]}}, method="bayes", stem="bayes")
-    spec = sw.load_sweep(path, tiny)
+    spec = sf.load_sweep(path, tiny)
     out = tmp_path / "out"
     first = ws.run_offline(spec, out=out, n_trials=2, threads=1)
     assert first.ran == 2 and [t.status for t in first.trials] == ["stable", "stable"]
@@ -114,8 +114,8 @@ def test_bayes_runs_a_fixed_count_and_resume_reruns_only_a_killed_trial(tmp_path
 
     assert ws.run_offline(spec, out=out, n_trials=3, threads=1).ran == 0  # resume: nothing left
     assert ws.run_offline(spec, out=out, n_trials=4, threads=1).ran == 1  # a larger budget adds the difference
-    with pytest.raises(sw.SweepError, match="other overrides"):
-        ws.run_offline(sw.load_sweep(path, [*tiny, "train.weight_decay=0.1"]), out=out, n_trials=4)
+    with pytest.raises(sf.SweepError, match="other overrides"):
+        ws.run_offline(sf.load_sweep(path, [*tiny, "train.weight_decay=0.1"]), out=out, n_trials=4)
 
 
 def test_exploded_and_failed_trials_reach_the_engine_without_the_metric(tmp_path):
@@ -123,7 +123,7 @@ def test_exploded_and_failed_trials_reach_the_engine_without_the_metric(tmp_path
 
     path = write_sweep(tmp_path, {"train.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}},
                        method="bayes")
-    spec = sw.load_sweep(path)
+    spec = sf.load_sweep(path)
     finished = {"state": "finished", "label": "t", "run_dir": "d"}
     trials = [ws.Trial(0, {"train.lr": 1e-3}, attrs={"status": "stable", "val_pos_mse": 0.5}, **finished),
               ws.Trial(1, {"train.lr": 2e-3}, attrs={"status": "stable", "val_pos_mse": 0.25}, **finished),
@@ -147,7 +147,7 @@ def test_agent_trial_logs_into_the_run_the_agent_made(tmp_path, tiny, monkeypatc
 
     path = write_sweep(tmp_path, {"model": {"values": ["original", "r2_full"]},
                                   "ablate": {"values": ["none", "s_msg"]}, "seed": {"values": [0, 1]}})
-    spec = sw.load_sweep(path, tiny)
+    spec = sf.load_sweep(path, tiny)
     out = tmp_path / "out"
     out.mkdir()
     params_path = tmp_path / "wandb" / "sweep-s0" / "config-agentrun1.yaml"
@@ -179,7 +179,7 @@ def test_file_command_as_wandb_agent_renders_it_composes_the_trial(path):
     own code, it must be a `painn-ablate train` argv that composes our trial's config."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-    spec = sw.load_sweep(path)
+    spec = sf.load_sweep(path)
     proposal = ws._sweeps_engine().next_run(ws.engine_config(spec), [])
     sweep_vars = {**create_sweep_command_args({"args": proposal.config}), "env": ["/usr/bin/env"]}
     argv = [arg for chunk in create_sweep_command(list(spec.raw["command"]))  # as Agent._command_run
@@ -188,7 +188,7 @@ def test_file_command_as_wandb_agent_renders_it_composes_the_trial(path):
     args = build_parser().parse_args(argv[2:])
     assert args.func.__name__ == "cmd_train"
     params = {name: ws._plain(proposal.config[name]["value"]) for name in spec.swept}
-    ours, theirs = flatten(sw.trial_config(spec, params)), flatten(compose(args.overrides))
+    ours, theirs = flatten(sf.trial_config(spec, params)), flatten(compose(args.overrides))
     for key in ours:
         if key not in ("name", "out") and not key.startswith("tracking."):
             assert ours[key] == theirs[key], key
@@ -206,11 +206,11 @@ def test_online_sweep_config_fixes_the_overrides_and_the_budget():
     """What `wandb.sweep` gets: the server locks its parameters in each run's config, so the
     command-line overrides go in as typed fixed values, and random/bayes get their run_cap."""
     sweeps = ws._sweeps_engine()
-    grid = ws.wandb_sweep_config(sw.load_sweep(ROOT / "sweeps" / "stabilizers.yaml", ["train.steps=20",
+    grid = ws.wandb_sweep_config(sf.load_sweep(ROOT / "sweeps" / "stabilizers.yaml", ["train.steps=20",
                                                                                      "train.lr=3e-3"]), None)
     assert grid["parameters"]["train.steps"] == {"value": 20} and grid["parameters"]["train.lr"] == {"value": 0.003}
     assert "run_cap" not in grid and sweeps.schema_violations_from_proposed_config(grid) == []
-    bayes = ws.wandb_sweep_config(sw.load_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
+    bayes = ws.wandb_sweep_config(sf.load_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
     assert bayes["run_cap"] == 5 and bayes["name"] == "tune_r2"
 
 
@@ -219,19 +219,18 @@ SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys):
-    from painn_ablate import sweep as sw
     from painn_ablate.cli import main
     from painn_ablate.config import compose, flatten
 
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert ("note: 'run_cap' is accepted by W&B's server" in out) == ("run_cap" in path.read_text())
-    spec = sw.load_sweep(path)
+    spec = sf.load_sweep(path)
     assert ws.schema_check(spec.raw)[0] == []
     bookkeeping = ("name", "out", "tracking.progress", "tracking.group", "tracking.tags")
-    for params in sw.check_points(spec)[:12]:
+    for params in sf.check_points(spec)[:12]:
         agent = flatten(compose(ws.agent_arguments(spec, params)))  # what `painn-ablate train ${args_no_hyphens}` gets
-        optuna_trial = flatten(sw.trial_config(spec, params))
+        optuna_trial = flatten(sf.trial_config(spec, params))
         assert {k: v for k, v in agent.items() if k not in bookkeeping} == \
             {k: v for k, v in optuna_trial.items() if k not in bookkeeping}
 

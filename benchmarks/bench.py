@@ -311,7 +311,7 @@ def section_schnetpack(args) -> dict:
             if args.before_code:
                 ours["r2_full/default before"] = training_step(preset("r2_full", F), [b], "default",
                                                                code=args.before_code)[0]
-            if not args.quick:  # compiled at its first call, in the warm-up (section 4 times the compile)
+            if not args.quick and args.compiled:  # compiled at its first call, in the warm-up (section 4 times it)
                 ours["r2_full/default compiled"] = training_step(preset("r2_full", F), [b], "default", compile=True)[0]
             before = interleaved(ours, args.rounds, args.steps)
             proc = subprocess.run([str(BENCH_PYTHON), str(ROOT / "benchmarks" / "bench_schnetpack.py"), str(path),
@@ -548,6 +548,8 @@ def main() -> None:
                          " one thread, wall otherwise")
     ap.add_argument("--sections", default="main,schnetpack,aggregation,compile,threads,scaling,data",
                     help="comma-separated subset to run")
+    ap.add_argument("--no-compiled", dest="compiled", action="store_false",
+                    help="leave out section 2's model.compile row (its cold compile takes a minute or more)")
     ap.add_argument("--before", default=None, metavar="GIT_REF",
                     help="also time painn_ablate as it was at this git ref, interleaved with the working tree's"
                          " (sections 1 and 2), and print the targets before and after")

@@ -19,7 +19,8 @@ import pandas as pd
 from painn_ablate import experiments as ex
 from painn_ablate import files
 from painn_ablate.config import MECHANISM_LABELS
-from painn_ablate.report import ReportError, _cell, environment_here, markdown_table
+from painn_ablate.report import PACKAGES, ReportError, _cell, markdown_table
+from painn_ablate.train import environment
 
 DEFAULT_RESULTS = "results"
 DESIGN = "sweeps/DESIGN.md"
@@ -425,7 +426,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
     if not every.empty:
         lines += ["## Compute", ""] + compute_lines(every) + [""]
     lines += ["## Not done", ""] + not_done_lines(every)
-    env = environment_here()
+    env = environment(PACKAGES)
     lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
 

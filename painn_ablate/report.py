@@ -22,9 +22,7 @@ import json
 import logging
 import math
 import os
-import platform
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,13 +30,13 @@ import pandas as pd
 
 from painn_ablate import analysis, files
 from painn_ablate.config import STABILIZER_KEYS
+from painn_ablate.train import environment
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATHS = ("reproduce_out", "sweeps_out")
 DEFAULT_OUT = "runs.md"
-PACKAGES = ("painn-ablate", "torch", "numpy", "scipy", "pandas", "pyarrow", "omegaconf", "optuna", "wandb",
-            "matplotlib")
+PACKAGES = ("numpy", "scipy", "pandas", "pyarrow", "omegaconf", "optuna", "wandb", "matplotlib")
 MAX_PLOTTED_EXPERIMENTS = 6  # heat maps and layer curves of a sweep: the presets and the first exploded designs
 MAX_HEATMAP_RUNS = 9  # a section with at most this many runs shows every run's heat map
 
@@ -247,33 +245,6 @@ def section_markdown(section: Section, plots: list[Path], base: Path) -> list[st
 # ----------------------------------------------------------------------------- environment
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_here() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    try:
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    except ImportError:
-        gpu = "unknown"
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model(),
-            "cores": str(os.cpu_count()), "gpu": gpu, **versions}
-
-
 def environment_markdown(sections: list[Section]) -> list[str]:
     lines = ["## Environment", "", "Recorded by the runs themselves (summary.json `environment`):", ""]
     frames = [s.rows for s in sections if not s.rows.empty]
@@ -287,7 +258,7 @@ def environment_markdown(sections: list[Section]) -> list[str]:
             counts = cells.value_counts(dropna=False).reset_index(name="runs")
             header = [c.replace("environment.", "") for c in cols] + ["runs"]
             lines += markdown_table(header, [[_cell(v) for v in row] for row in counts.itertuples(index=False)])
-    here = environment_here()
+    here = environment(PACKAGES)
     lines += ["", "This report was generated on:", ""]
     lines += markdown_table(["", ""], [[k, _cell(v)] for k, v in here.items()])
     return lines + [""]

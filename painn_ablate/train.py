@@ -28,8 +28,9 @@ import platform
 import secrets
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -141,10 +142,28 @@ def _cached_split(data_yaml: str, split: str) -> NBodySplit:
     return load_dataset(OmegaConf.create(data_yaml))[split]
 
 
-def environment() -> dict:
-    return {"painn_ablate": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(packages: Sequence[str] = ()) -> dict:
+    """The machine and versions a run (or a report) is made with; `packages`: their installed versions too."""
+    env = {"painn_ablate": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
+           "threads": torch.get_num_threads(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    for name in packages:
+        try:
+            env.setdefault(name, metadata.version(name))
+        except metadata.PackageNotFoundError:
+            env[name] = "not installed"
+    return env
 
 
 def layer_profile(rows: list[tuple[int, str, str, float]]) -> dict[str, dict[int, float]]:

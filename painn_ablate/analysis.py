@@ -319,16 +319,13 @@ def long_layer_stats(wide: pd.DataFrame) -> pd.DataFrame:
 
 
 def storage_url(storage: PathLike) -> str:
-    """A storage URL from a URL, a study.db file or a sweep folder holding study.db."""
-    text = str(storage)
-    if "://" in text:
-        return text
-    path = Path(text).expanduser()
-    if path.is_dir():
-        path = path / "study.db"
-    if not path.is_file():
-        raise AnalysisError(f"no Optuna storage at '{storage}': expected a URL, a study.db or a sweep folder")
-    return f"sqlite:///{path.resolve()}"
+    """A storage URL from a URL, a study.db file or a sweep folder holding study.db (sweep.resolve_storage)."""
+    from painn_ablate.sweep import SweepError, resolve_storage
+
+    try:
+        return resolve_storage(str(storage))
+    except SweepError as exc:
+        raise AnalysisError(str(exc)) from None
 
 
 def study_names(storage: PathLike) -> list[str]:

@@ -613,10 +613,10 @@ def _run_processes(sweep: Sweep, settings: WorkerSettings, workers: int, report:
 
 
 def resolve_storage(target: str) -> str:
-    """`status` accepts a sweep folder, its study.db, or any storage URL."""
+    """A storage URL from a sweep folder, its study.db, or any storage URL (kept as it is)."""
     if "://" in target:
         return target
-    path = Path(target)
+    path = Path(target).expanduser()
     if path.is_dir():
         path = path / "study.db"
     if not path.is_file():

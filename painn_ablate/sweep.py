@@ -81,8 +81,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.config import STABILIZER_KEYS, did_you_mean
 from painn_ablate.outcome import Status, is_blow_up
-from painn_ablate.sweep_file import (DEFAULT_N_TRIALS, METRICS, Sweep, SweepError, default_out, grid_points, result_attrs,
-                                     signals_ignored, torch_threads, trial_config, trial_label, warm_data_cache)
+from painn_ablate.sweep_file import (DEFAULT_N_TRIALS, METRICS, Sweep, SweepError, check_run_options, default_out,
+                                     grid_points, result_attrs, signals_ignored, torch_threads, trial_config,
+                                     trial_label, warm_data_cache)
 
 log = logging.getLogger(__name__)
 
@@ -558,13 +559,9 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     """
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
-    if threads is not None and threads < 1:
-        raise SweepError(f"--threads must be >= 1, got {threads}")
+    check_run_options(sweep, n_trials, threads)
     if heartbeat < 1:
         raise SweepError(f"--heartbeat must be >= 1 second, got {heartbeat}")
-    if n_trials is not None and (sweep.method == "grid" or n_trials < 1):
-        raise SweepError("--n-trials applies to random and bayes sweeps and must be >= 1; "
-                         "a grid runs every combination")
     out = Path(out) if out is not None else default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url or sqlite_url(out)

@@ -467,6 +467,15 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def check_run_options(sweep: Sweep, n_trials: Optional[int] = None, threads: Optional[int] = None) -> None:
+    """The options every engine takes, checked alike: SweepError naming the bad one."""
+    if n_trials is not None and (sweep.method == "grid" or n_trials < 1):
+        raise SweepError("--n-trials applies to random and bayes sweeps and must be >= 1; "
+                         "a grid runs every combination")
+    if threads is not None and threads < 1:
+        raise SweepError(f"--threads must be >= 1, got {threads}")
+
+
 def default_out(path: str | Path) -> Path:
     return Path("sweeps_out") / Path(path).stem
 

@@ -348,11 +348,7 @@ def run_offline(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int
     n_trials: trials of a random/bayes sweep (default: the file's run_cap, else 20).
     on_start(state) is called once before the first trial, on_trial(trial) after each.
     """
-    if n_trials is not None and (sweep.method == "grid" or n_trials < 1):
-        raise SweepError("--n-trials applies to random and bayes sweeps and must be >= 1; "
-                         "a grid runs every combination")
-    if threads is not None and threads < 1:
-        raise SweepError(f"--threads must be >= 1, got {threads}")
+    sf.check_run_options(sweep, n_trials, threads)
     out = Path(out) if out is not None else sf.default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
     total = len(sf.grid_points(sweep)) if sweep.method == "grid" else n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
@@ -424,9 +420,7 @@ def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int]
     """
     import wandb
 
-    if n_trials is not None and (sweep.method == "grid" or n_trials < 1):
-        raise SweepError("--n-trials applies to random and bayes sweeps and must be >= 1; "
-                         "a grid runs every combination")
+    sf.check_run_options(sweep, n_trials)
     out = Path(out) if out is not None else sf.default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
     check_usable(sweep, out)

@@ -314,7 +314,17 @@ def not_done_lines(trials: pd.DataFrame) -> list[str]:
         lines.append(f"- R2_full at deeper layers (L = 8 was planned): not run, for compute (sweeps/DESIGN.md, "
                      f"amendment 1); its map has L = {', '.join(map(str, full_depths))} only, so where R2_full turns "
                      "from stable to blowing up is known along the learning rate alone.")
-    if not (~ex.default_setting(trials)).any():
+    on_map = trials[(trials["preset"] == "original") & (trials["ablate"] != "none")] if not trials.empty else trials
+    if len(on_map) and on_map.groupby(["L", "lr"]).ngroups == 1:
+        cell = on_map.iloc[0]
+        lines.append(f"- The add-one-in variants were run at one cell of the map only (L = {int(cell['L'])}, "
+                     f"lr = {float(cell['lr']):g}), not "
+                     "across it (issue 12, section 1): where a sufficient stabilizer stops being sufficient along "
+                     "depth and learning rate is not measured.")
+    if (~ex.default_setting(trials)).any():
+        lines.append("- Section 5 trains R2_full only: the best stable variant of `sweeps/tune_r2.yaml` was not "
+                     "searched (tune_r2 has not been run), so it has no row beside EGNN.")
+    else:
         lines.append("- Section 5 (accuracy against EGNN on like-for-like terms): the options exist (`model.edge_charge=true`: "
                      "the charge product c_i c_j as an edge input of the filter; `train.loss=pos`: EGNN's position-only "
                      "loss; `train.schedule=cosine`) and `sweeps/egnn.yaml` holds the run (R2_full, 3 seeds, 300 epochs), "
@@ -426,6 +436,10 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
     if not every.empty:
         lines += ["## Compute", ""] + compute_lines(every) + [""]
     lines += ["## Not done", ""] + not_done_lines(every)
+    lines += ["The records above were made by the code before commit c586208, which made mean aggregation divide by "
+              "the neighbours inside the cutoff (the specification's N(i)) instead of by every edge of the full graph "
+              "(0.5% of the default data's edges lie beyond r_cut = 10): a re-run of a cell with mean aggregation "
+              "(R2_full and its variants) gives slightly different numbers.", ""]
     env = environment(PACKAGES)
     lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)

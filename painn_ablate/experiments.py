@@ -209,7 +209,8 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
                "F": int(r["model.F"]), "steps": int(r.get("steps_total") or r["train.steps"]),
                "epochs": r.get("train.epochs"), **_setting(r), "status": r["status"],
                **analysis.outcome_columns(r["status"]), **_blow_up_origin(r),
-               "steps_completed": int(r["steps_completed"]), "val_pos_mse": r.get("val_pos_mse"),
+               "steps_completed": int(r["steps_completed"]), "best_step": r.get("best_step"),
+               "val_pos_mse": r.get("val_pos_mse"),
                "test_pos_mse": r.get("test_pos_mse"), "wall_seconds": r.get("wall_seconds"),
                "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
                "recovered": r.get("divergence.recovered")}
@@ -219,7 +220,7 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
             row.update(_error_tail(r, row["status"]))
         rows.append(row)
     table = pd.DataFrame(rows)
-    for col in ("origin_layer", "blowup_step", "before_step", "at_step", "episodes"):
+    for col in ("origin_layer", "blowup_step", "before_step", "at_step", "episodes", "best_step"):
         if col in table:
             table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
     return table

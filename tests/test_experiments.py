@@ -87,11 +87,12 @@ def test_deep_and_egnn_rules_keep_their_trials_apart():
 
 def test_egnn_section_lists_each_seed_beside_the_map_cell():
     base = synthetic("r2_full", "none", [False] * 4)
-    egnn = [{**row, "edge_charge": True, "loss": "pos", "epochs": 300, "test_pos_mse": 0.004 + 0.001 * row["seed"]}
-            for row in synthetic("r2_full", "none", [False, False, True])]
+    egnn = [{**row, "edge_charge": True, "loss": "pos", "epochs": 300, "test_pos_mse": 0.004 + 0.001 * row["seed"],
+             "best_step": 99 + 100 * row["seed"]} for row in synthetic("r2_full", "none", [False, False, True])]
     trials = pd.DataFrame(base + egnn).assign(steps=1000)
     text = "\n".join(egnn_lines(trials[~ex.default_setting(trials)], trials[ex.default_setting(trials)], 5, 1e-3))
-    assert "| 2 | diverged | 300 |" in text and "| 0 | stable | 300 | 10 | 0.00400 |" in text
+    assert "| 2 | diverged | 300 |" in text and "| 0 | stable | 300 | 10 | 99 (epoch 30) | 0.00400 |" in text
+    assert "checkpoints come from epochs 30-90 of 300" in text  # 1000 steps for 300 epochs: step 99 is epoch 30
     assert "stable seeds: 0.0045 ± 0.00071 [" in text and "(n=2)" in text  # the diverged seed is left out
     assert "1000 steps) at the map's cell L = 5, lr = 0.001: 0.0115 ±" in text and "(n=4)" in text
 

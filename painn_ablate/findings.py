@@ -281,10 +281,13 @@ def egnn_lines(egnn: pd.DataFrame, trials: pd.DataFrame, L: int, lr: float) -> l
     """Section 5: the runs in EGNN's setting, per seed and as a t interval, beside EGNN and R2_full's cell."""
     from painn_ablate.analysis import EGNN_PAPER_MSE
 
-    def best(r: pd.Series) -> str:  # the step of the tested checkpoint, and its epoch
+    def epoch(r: pd.Series) -> Optional[float]:  # the epoch of the tested checkpoint
         if pd.isna(r.get("best_step")) or pd.isna(r.get("epochs")):
-            return "-"
-        return f"{int(r['best_step'])} (epoch {(int(r['best_step']) + 1) * float(r['epochs']) / r['steps']:.0f})"
+            return None
+        return (int(r["best_step"]) + 1) * float(r["epochs"]) / r["steps"]
+
+    def best(r: pd.Series) -> str:
+        return "-" if epoch(r) is None else f"{int(r['best_step'])} (epoch {epoch(r):.0f})"
 
     header = ["seed", "outcome", "epochs", "steps", "best validation step (tested)", "test pos MSE",
               "per-sample q99", "training time"]
@@ -293,8 +296,7 @@ def egnn_lines(egnn: pd.DataFrame, trials: pd.DataFrame, L: int, lr: float) -> l
              f"{r['wall_seconds'] / 60:.0f} min"] for _, r in egnn.sort_values("seed").iterrows()]
     cell = ex._cell(trials, "r2_full", "none", L, lr)
     steps = ", ".join(sorted({str(s) for s in cell["steps"]})) or "?"
-    epochs = [(int(r["best_step"]) + 1) * float(r["epochs"]) / r["steps"] for _, r in egnn.iterrows()
-              if not (pd.isna(r.get("best_step")) or pd.isna(r.get("epochs")))]
+    epochs = [e for _, r in egnn.iterrows() if (e := epoch(r)) is not None]
     early = (["", f"The tested checkpoints come from epochs {min(epochs):.0f}-{max(epochs):.0f} of "
               f"{float(egnn['epochs'].max()):.0f}: validation pos MSE did not improve after them, so the epoch "
               "budget was not what limited these runs (EGNN's ~10^4 epochs are not the gap to close)."]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,29 +25,62 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- schema
 
 
+def _setting(default: Any, kind: str, *, mechanism: Any = None, label: str = "", choices: tuple = ()) -> Any:
+    """A field of StabilizerConfig and what kind of setting it is, from which the rest derives:
+
+    kind        gain (a float > 0; 1 is off), scale (a float > 0 or null, null is off: the
+                setting of a model.Stabilizer, which the monitor reports as `<key>_frac`),
+                switch (a bool) or choice (one of `choices`)
+    mechanism   the value `ablate=<key>` switches a mechanism toggle to (R2_full leaves the
+                toggles at PaiNN's values); unset for R2_full's own stabilizers
+    label       what that switch does, in words, for tables
+    """
+    return field(default=default, metadata={"kind": kind, "mechanism": mechanism, "label": label,
+                                            "choices": choices})
+
+
 @dataclass
 class StabilizerConfig:
-    """The stabilizers of the document's R2_full variant; defaults are all off.
+    """The stabilizers of the document's R2_full variant, then the mechanism toggles; defaults are all off.
 
     Off means the exact original PaiNN: g=1, alphas=1 and `None` for every
-    saturation scale and clamp.
+    saturation scale and clamp. This is the one list of stabilizers: ABLATIONS, the range checks,
+    the mechanism toggles and their labels derive from it, and the model's `Stabilizer` modules
+    carry the same keys.
     """
 
-    g: float = 1.0  # filter gain: W_ij = g * MLP_f(phi(r_ij)) * f_cut(r_ij)
-    s_msg: Optional[float] = None  # per-edge message saturation s*tanh(u/s); None: no saturation
-    s_mix: Optional[float] = None  # saturation of the mixing MLP outputs; None: no saturation
-    alpha_inter: float = 1.0  # residual scale of the interaction update
-    alpha_mix: float = 1.0  # residual scale of the mixing update
-    C_s: Optional[float] = None  # clip of the aggregated scalar message Delta q; None: no clip
-    C_v: Optional[float] = None  # per-feature norm clip of the aggregated Delta mu; None: no clip
-    C_q: Optional[float] = None  # clip of the state q after mixing; None: no clip
-    C_mu: Optional[float] = None  # per-feature norm clip of the state mu after mixing; None: no clip
+    g: float = _setting(1.0, "gain")  # filter gain: W_ij = g * MLP_f(phi(r_ij)) * f_cut(r_ij)
+    s_msg: Optional[float] = _setting(None, "scale")  # per-edge message saturation s*tanh(u/s)
+    s_mix: Optional[float] = _setting(None, "scale")  # saturation of the mixing MLP outputs
+    alpha_inter: float = _setting(1.0, "gain")  # residual scale of the interaction update
+    alpha_mix: float = _setting(1.0, "gain")  # residual scale of the mixing update
+    C_s: Optional[float] = _setting(None, "scale")  # clip of the aggregated scalar message Delta q
+    C_v: Optional[float] = _setting(None, "scale")  # per-feature norm clip of the aggregated Delta mu
+    C_q: Optional[float] = _setting(None, "scale")  # clip of the state q after mixing
+    C_mu: Optional[float] = _setting(None, "scale")  # per-feature norm clip of the state mu after mixing
     # Mechanism toggles: not in R2_full; they isolate the feedback loop the specification blames.
-    coupling: bool = True  # True: q += dqmu * <mu_V, mu_W> (PaiNN); False: the coupling term is dropped
-    s_coupling: Optional[float] = None  # saturation of the coupling term alone; None: no saturation
-    s_gating: Optional[float] = None  # norm saturation of the self-gating term dmu * mu_W alone; None: none
-    mu0: str = "velocity"  # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
-    mu0_scale: float = 1.0  # multiplies the lift's default init (U(-1, 1)); 1: the default
+    # True: q += dqmu * <mu_V, mu_W> (PaiNN); False: the coupling term is dropped
+    coupling: bool = _setting(True, "switch", mechanism=False, label="coupling term dropped")
+    # saturation of the coupling term alone
+    s_coupling: Optional[float] = _setting(None, "scale", mechanism=5.0, label="coupling term saturated at 5")
+    # norm saturation of the self-gating term dmu * mu_W alone
+    s_gating: Optional[float] = _setting(None, "scale", mechanism=5.0,
+                                         label="self-gating term norm-saturated at 5")
+    # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
+    mu0: str = _setting("velocity", "choice", mechanism="zero", label="mu^(0) = 0", choices=("velocity", "zero"))
+    mu0_scale: float = _setting(1.0, "gain")  # multiplies the lift's default init (U(-1, 1)); 1: the default
+
+
+STABILIZER_FIELDS = fields(StabilizerConfig)
+# The stabilizers whose action the monitor counts (model.Stabilizer), and train.grad_clip, which
+# train counts: each one's statistic is `acted_stat(key)`.
+ACTING = (*(f.name for f in STABILIZER_FIELDS if f.metadata["kind"] == "scale"), "grad_clip")
+
+
+def acted_stat(key: str) -> str:
+    """The statistic of how often stabilizer `key` acted: `s_msg_frac` (the monitor's stat column,
+    W&B's `layer{l}/{block}/s_msg_frac`, a trial table's `act_s_msg_frac`)."""
+    return f"{key}_frac"
 
 
 @dataclass
@@ -175,41 +208,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# The value `ablate=<name>` switches a mechanism toggle to (R2_full leaves them at PaiNN's values).
-MECHANISMS_ON: dict[str, Any] = {"model": {"stabilizers": {"coupling": False, "s_coupling": 5.0, "s_gating": 5.0,
-                                                          "mu0": "zero"}}}
+# The mechanism toggles, the value `ablate=<name>` switches each to, and what that does in words
+# (tables say "original, coupling term dropped", not "original + coupling").
+MECHANISM_TOGGLES = tuple(f.name for f in STABILIZER_FIELDS if f.metadata["mechanism"] is not None)
+MECHANISMS_ON: dict[str, Any] = {"model": {"stabilizers": {f.name: f.metadata["mechanism"] for f in STABILIZER_FIELDS
+                                                          if f.name in MECHANISM_TOGGLES}}}
+MECHANISM_LABELS = {f.name: f.metadata["label"] for f in STABILIZER_FIELDS if f.name in MECHANISM_TOGGLES}
 
 # Ablation designs. `ablate=<name>` flips the named stabilizers relative to the preset:
 # one that is on is switched off (to the original PaiNN's value) and one that is off is
-# switched on (to R2_full's value). On `model=r2_full` that is leave-one-out, on
-# `model=original` add-one-in. Names join with '+': `ablate=s_msg+s_mix`.
+# switched on (to R2_full's value, or a mechanism toggle's MECHANISMS_ON). On `model=r2_full` that is
+# leave-one-out, on `model=original` add-one-in. Names join with '+': `ablate=s_msg+s_mix`.
+# Every StabilizerConfig key that R2_full or a mechanism sets is a name; then the groups, and the two
+# stabilizers that live outside model.stabilizers.
+_SWITCHED = {*PRESETS["r2_full"]["model"]["stabilizers"], *MECHANISM_TOGGLES}
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "none": (),
-    "g": ("model.stabilizers.g",),  # filter gain
-    "s_msg": ("model.stabilizers.s_msg",),  # per-edge message saturation
-    "s_mix": ("model.stabilizers.s_mix",),  # mixing-MLP saturation
+    **{f.name: (f"model.stabilizers.{f.name}",) for f in STABILIZER_FIELDS if f.name in _SWITCHED},
     "alpha": ("model.stabilizers.alpha_inter", "model.stabilizers.alpha_mix"),  # both residual scales
-    "alpha_inter": ("model.stabilizers.alpha_inter",),
-    "alpha_mix": ("model.stabilizers.alpha_mix",),
     "clamps": tuple(f"model.stabilizers.{c}" for c in ("C_s", "C_v", "C_q", "C_mu")),  # all four clamps
-    "C_s": ("model.stabilizers.C_s",),  # clip of the aggregated scalar message
-    "C_v": ("model.stabilizers.C_v",),  # norm clip of the aggregated vector message
-    "C_q": ("model.stabilizers.C_q",),  # clip of q after mixing
-    "C_mu": ("model.stabilizers.C_mu",),  # norm clip of mu after mixing
     "aggregation": ("model.aggregation",),  # sum <-> degree mean
     "grad_clip": ("train.grad_clip",),  # gradient-norm clipping
-    # mechanism toggles (MECHANISMS_ON): flipped between PaiNN's setting and the isolating one
-    "coupling": ("model.stabilizers.coupling",),  # drop the coupling term dqmu * <mu_V, mu_W>
-    "s_coupling": ("model.stabilizers.s_coupling",),  # saturate the coupling term alone, s = 5
-    "s_gating": ("model.stabilizers.s_gating",),  # norm-saturate the self-gating term dmu * mu_W alone, s = 5
-    "mu0": ("model.stabilizers.mu0",),  # start from mu^(0) = 0 instead of the lifted velocity
 }
-MECHANISM_TOGGLES = ("coupling", "s_coupling", "s_gating", "mu0")
+# R2_full's own stabilizers, each one ablation name (leave-one-out's unit), in schema order.
+R2_FULL_STABILIZERS = tuple(name for name, keys in ABLATIONS.items()
+                            if len(keys) == 1 and name not in MECHANISM_TOGGLES)
 # Every config key a stabilizer or mechanism toggle lives at (what a trial records beside its outcome).
 STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
-# What `ablate=<toggle>` does, in words (tables say "original, coupling term dropped", not "original + coupling").
-MECHANISM_LABELS = {"coupling": "coupling term dropped", "s_coupling": "coupling term saturated at 5",
-                    "s_gating": "self-gating term norm-saturated at 5", "mu0": "mu^(0) = 0"}
 
 
 def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
@@ -364,13 +389,14 @@ def _finite_numbers(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range checks that the types alone cannot express."""
     _finite_numbers(cfg)
-    st = cfg.model.stabilizers
-    for name in ("g", "alpha_inter", "alpha_mix", "mu0_scale"):
-        _check(st[name] > 0, f"model.stabilizers.{name}", f"must be > 0, got {st[name]}")
-    _choice(cfg, "model.stabilizers.mu0", ("velocity", "zero"))
-    for name in ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu", "s_coupling", "s_gating"):
-        v = st[name]
-        _check(v is None or v > 0, f"model.stabilizers.{name}", f"must be > 0 or null (off), got {v}")
+    for f in STABILIZER_FIELDS:
+        key, v, kind = f"model.stabilizers.{f.name}", cfg.model.stabilizers[f.name], f.metadata["kind"]
+        if kind == "gain":
+            _check(v > 0, key, f"must be > 0, got {v}")
+        elif kind == "scale":
+            _check(v is None or v > 0, key, f"must be > 0 or null (off), got {v}")
+        elif kind == "choice":
+            _choice(cfg, key, f.metadata["choices"])
     m = cfg.model
     _check(m.L >= 1, "model.L", f"must be >= 1, got {m.L}")
     _check(m.F >= 1, "model.F", f"must be >= 1, got {m.F}")

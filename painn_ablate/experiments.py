@@ -28,13 +28,13 @@ from scipy import stats as sps
 
 from painn_ablate import analysis, files
 from painn_ablate.analysis import wilson  # noqa: F401  (re-exported: ex.wilson)
-from painn_ablate.config import ABLATIONS
+from painn_ablate.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
 from painn_ablate.outcome import OUTCOMES, Status, first_blow_up
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
-ACTION_STATS = ("s_msg_frac", "s_mix_frac", "C_s_frac", "C_v_frac", "C_q_frac", "C_mu_frac", "s_coupling_frac",
-                "s_gating_frac")  # how often each stabilizer acted, averaged over a trial's snapshots
+# How often each stabilizer in the model acted, averaged over a trial's snapshots (grad_clip's is train's).
+ACTION_STATS = tuple(acted_stat(k) for k in ACTING if k != "grad_clip")
 PROBE_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "jvp_gain", "update_gain")
 CELL = ("preset", "ablate", "L", "lr")  # one experimental condition; seeds vary within it
 
@@ -145,7 +145,7 @@ def _grad_clip_activity(run_dir: str, clip) -> dict:
     if clip is None or pd.isna(clip) or not path.exists():
         return {}
     norms = pd.read_parquet(path, columns=["grad_norm"])["grad_norm"]
-    return {"act_grad_clip_frac": float((norms > float(clip)).mean())} if len(norms) else {}
+    return {f"act_{acted_stat('grad_clip')}": float((norms > float(clip)).mean())} if len(norms) else {}
 
 
 def _error_tail(r: pd.Series, status: str) -> dict:
@@ -464,11 +464,9 @@ def egnn_rule(trials: pd.DataFrame) -> Rule:
                 f"n = {m['n']} of {len(runs)} runs, {epochs} epochs (EGNN: ~10^4)")
 
 
-# R2_full's stabilizers (config.ABLATIONS names) and the monitor statistic that says how often each
-# acted; None: a gain, a residual scale or the aggregation, which act on every forward pass.
-STABILIZER_ACTIVITY = {"g": None, "s_msg": "s_msg_frac", "s_mix": "s_mix_frac", "alpha_inter": None,
-                       "alpha_mix": None, "C_s": "C_s_frac", "C_v": "C_v_frac", "C_q": "C_q_frac",
-                       "C_mu": "C_mu_frac", "aggregation": None, "grad_clip": "grad_clip_frac"}
+# R2_full's stabilizers (config.ABLATIONS names) and the statistic that says how often each acted;
+# None: a gain, a residual scale or the aggregation, which act on every forward pass.
+STABILIZER_ACTIVITY = {name: acted_stat(name) if name in ACTING else None for name in R2_FULL_STABILIZERS}
 
 
 def activity(trials: pd.DataFrame, name: str, L: int = 5, lr: float = 1e-3) -> tuple[float, float]:

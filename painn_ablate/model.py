@@ -22,6 +22,10 @@ and the mechanism toggles, which isolate the feedback loop the specification bla
     mu0          mu^(0): lifted v, or zero   PaiNN.mu0
     mu0_scale    init scale of the lift      PaiNN.vel_lift
 
+Each stabilizer that acts on a tensor is a `Stabilizer` that knows its config key, the tensor it acts
+on and when it counts as acting; each other tensor the monitor reads passes through a `Tap`. The
+monitor finds both by type, so a new stabilizer is added here and in the schema, and nowhere else.
+
 The filter network MLP_f is one linear map of the radial basis (as in the PaiNN paper and
 schnetpack), shared in shape by every layer's W_ij.
 
@@ -45,6 +49,8 @@ from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+
+from painn_ablate.config import acted_stat
 
 # Inside the sqrt of every norm: torch.norm's gradient is NaN at 0, and mu can be 0.
 NORM_EPS = 1e-8
@@ -87,12 +93,39 @@ class _SaturationFn(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, t), None
 
 
-class Saturation(nn.Module):
-    """sat_s(u) = s * tanh(u / s), elementwise; identity when s is None."""
+class Stabilizer(nn.Module):
+    """A stabilizer that acts on one tensor, and an exact identity when its setting is None.
 
-    def __init__(self, s: Optional[float]):
+    key: its name in the schema (`model.stabilizers.<key>`), which also names the statistic the
+    monitor records of it, `config.acted_stat(key)`: the fraction of entries or vectors it acted on (`acted`).
+    tensor: the name of the tensor it acts on, as a non-finite origin reports it.
+    The monitor finds stabilizers by this type, so a new one needs no wiring outside its block.
+    """
+
+    def __init__(self, setting: Optional[float], *, key: str, tensor: str):
         super().__init__()
-        self.s = s
+        self.setting = setting
+        self.key = key
+        self.tensor = tensor
+
+    @property
+    def stat(self) -> str:
+        return acted_stat(self.key)
+
+    def acted(self, x: Tensor) -> Tensor:
+        """The fraction of x's entries (or 3D vectors) this stabilizer acts on noticeably, a 0-d tensor."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.key}={self.setting}"
+
+
+class Saturation(Stabilizer):
+    """sat_s(u) = s * tanh(u / s), elementwise; identity when s is None. Acts where |u| > 2s (tanh saturated)."""
+
+    @property
+    def s(self) -> Optional[float]:
+        return self.setting
 
     def forward(self, u: Tensor) -> Tensor:
         if self.s is None:
@@ -101,24 +134,24 @@ class Saturation(nn.Module):
             return self.s * torch.tanh(u / self.s)
         return _SaturationFn.apply(u, self.s)
 
-    def extra_repr(self) -> str:
-        return f"s={self.s}"
+    def acted(self, u: Tensor) -> Tensor:
+        return (u.abs() > 2 * self.s).float().mean()
 
 
-class ClipValue(nn.Module):
-    """clip(x, [-C, C]) elementwise; identity when C is None."""
+class ClipValue(Stabilizer):
+    """clip(x, [-C, C]) elementwise; identity when C is None. Acts where |x| > C."""
 
-    def __init__(self, C: Optional[float]):
-        super().__init__()
-        self.C = C
+    @property
+    def C(self) -> Optional[float]:
+        return self.setting
 
     def forward(self, x: Tensor) -> Tensor:
         if self.C is None:
             return x
         return x.clamp(-self.C, self.C)
 
-    def extra_repr(self) -> str:
-        return f"C={self.C}"
+    def acted(self, x: Tensor) -> Tensor:
+        return (x.abs() > self.C).float().mean()
 
 
 def vector_norm(v: Tensor, dim: int = -2, keepdim: bool = False) -> Tensor:
@@ -182,15 +215,15 @@ def vector_message(x_R: Tensor, x_mu: Tensor, dir_ij: Tensor, mu_j: Tensor) -> T
     return _VectorMessageFn.apply(x_R, x_mu, dir_ij, mu_j)
 
 
-class ClipNorm(nn.Module):
+class ClipNorm(Stabilizer):
     """clip_norm(v, C): rescale each feature's 3D vector to norm <= C; identity when C is None.
 
-    Isotropic in the 3D axis, so it commutes with rotations. v: (N, 3, F).
+    Isotropic in the 3D axis, so it commutes with rotations. v: (N, 3, F). Acts where ||v|| > C.
     """
 
-    def __init__(self, C: Optional[float]):
-        super().__init__()
-        self.C = C
+    @property
+    def C(self) -> Optional[float]:
+        return self.setting
 
     def forward(self, v: Tensor) -> Tensor:
         if self.C is None:
@@ -199,20 +232,20 @@ class ClipNorm(nn.Module):
             return v * torch.clamp(self.C / vector_norm(v, dim=-2, keepdim=True), max=1.0)
         return _ClipNormFn.apply(v, self.C)
 
-    def extra_repr(self) -> str:
-        return f"C={self.C}"
+    def acted(self, v: Tensor) -> Tensor:
+        return (vector_norm(v, dim=-2) > self.C).float().mean()
 
 
-class NormSaturation(nn.Module):
+class NormSaturation(Stabilizer):
     """v * s tanh(||v|| / s) / ||v|| per feature over dim -2: bounds each 3D vector's norm by s.
 
     The vector counterpart of Saturation: isotropic (equivariant) where an elementwise tanh on
-    the components would not be. Identity when s is None. v: (N, 3, F).
+    the components would not be. Identity when s is None. v: (N, 3, F). Acts where ||v|| > 2s.
     """
 
-    def __init__(self, s: Optional[float]):
-        super().__init__()
-        self.s = s
+    @property
+    def s(self) -> Optional[float]:
+        return self.setting
 
     def forward(self, v: Tensor) -> Tensor:
         if self.s is None:
@@ -220,8 +253,24 @@ class NormSaturation(nn.Module):
         norm = vector_norm(v, dim=-2, keepdim=True)  # (N, 1, F)
         return v * (self.s * torch.tanh(norm / self.s) / norm)
 
+    def acted(self, v: Tensor) -> Tensor:
+        return (vector_norm(v, dim=-2) > 2 * self.s).float().mean()
+
+
+class Tap(nn.Identity):
+    """An identity that names a tensor for the monitor, which finds taps by this type.
+
+    tensor: its name among the per-step non-finite flags (None: not flagged);
+    stat: the statistic recorded of it on statistics steps, its max |entry| or, `vector`, its max
+    per-feature 3D norm (None: none).
+    """
+
+    def __init__(self, tensor: Optional[str] = None, *, stat: Optional[str] = None, vector: bool = False):
+        super().__init__()
+        self.tensor, self.stat, self.vector = tensor, stat, vector
+
     def extra_repr(self) -> str:
-        return f"s={self.s}"
+        return ", ".join(f"{k}={v}" for k, v in (("tensor", self.tensor), ("stat", self.stat)) if v)
 
 
 class Aggregate(nn.Module):
@@ -291,24 +340,27 @@ class Interaction(nn.Module):
         super().__init__()
         self.F = F
         self.inter_mlp = mlp(F, 3 * F, F)
-        self.s_msg = Saturation(s_msg)
+        self.x = Tap("x")  # the MLP's output x_j
+        self.s_msg = Saturation(s_msg, key="s_msg", tensor="message")
         self.aggregate = Aggregate(aggregation, backend)
-        self.C_s = ClipValue(C_s)
-        self.C_v = ClipNorm(C_v)
+        self.dq = Tap(stat="dq_absmax")  # aggregated messages, before their clamps
+        self.dmu = Tap(stat="dmu_norm_max", vector=True)
+        self.C_s = ClipValue(C_s, key="C_s", tensor="dq")
+        self.C_v = ClipNorm(C_v, key="C_v", tensor="dmu")
         self.alpha_inter = alpha_inter
 
     def forward(self, q: Tensor, mu: Tensor, W_ij: Tensor, dir_ij: Tensor, edge_index: Tensor,
                 inv_degree: Tensor) -> tuple[Tensor, Tensor]:
         # q: (N, F), mu: (N, 3, F), W_ij: (E, 3F), dir_ij: (E, 3)
         j, i = edge_index[0], edge_index[1]
-        x = self.inter_mlp(q)  # (N, 3F)
+        x = self.x(self.inter_mlp(q))  # (N, 3F)
         x_ij = self.s_msg(W_ij * x.index_select(0, j))  # (E, 3F)
         x_q, x_R, x_mu = torch.split(x_ij, self.F, dim=-1)
         mu_j = mu.index_select(0, j)  # (E, 3, F); index_select's backward is index_add_, x[j]'s a slower index_put_
         dmu_ij = vector_message(x_R, x_mu, dir_ij, mu_j)  # (E, 3, F)
         n = q.shape[0]
-        dq = self.C_s(self.aggregate(x_q, i, n, inv_degree))  # (N, F)
-        dmu = self.C_v(self.aggregate(dmu_ij, i, n, inv_degree))  # (N, 3, F)
+        dq = self.C_s(self.dq(self.aggregate(x_q, i, n, inv_degree)))  # (N, F)
+        dmu = self.C_v(self.dmu(self.aggregate(dmu_ij, i, n, inv_degree)))  # (N, 3, F)
         return torch.add(q, dq, alpha=self.alpha_inter), torch.add(mu, dmu, alpha=self.alpha_inter)
 
 
@@ -332,20 +384,21 @@ class Mixing(nn.Module):
         super().__init__()
         self.F = F
         self.mu_linear = nn.Linear(F, 2 * F, bias=False)
+        self.mu_VW = Tap("mu_VW")  # [mu_V, mu_W]
         self.intra_mlp = mlp(2 * F, 3 * F, F)
-        self.s_mix = Saturation(s_mix)
+        self.s_mix = Saturation(s_mix, key="s_mix", tensor="mixing_mlp")
         self.coupling = coupling
-        self.s_coupling = Saturation(s_coupling)
-        self.s_gating = NormSaturation(s_gating)
-        # Taps (identity) that name the two feedback terms as they enter the residual, for monitor hooks.
-        self.qmu_term = nn.Identity()
-        self.mu_term = nn.Identity()
-        self.C_q = ClipValue(C_q)
-        self.C_mu = ClipNorm(C_mu)
+        self.s_coupling = Saturation(s_coupling, key="s_coupling", tensor="coupling")
+        self.s_gating = NormSaturation(s_gating, key="s_gating", tensor="gating")
+        # The two feedback terms as they enter the residual.
+        self.qmu_term = Tap(stat="qmu_absmax")
+        self.mu_term = Tap(stat="mu_term_norm_max", vector=True)
+        self.C_q = ClipValue(C_q, key="C_q", tensor="q")
+        self.C_mu = ClipNorm(C_mu, key="C_mu", tensor="mu")
         self.alpha_mix = alpha_mix
 
     def forward(self, q: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
-        mu_V, mu_W = torch.split(self.mu_linear(mu), self.F, dim=-1)  # (N, 3, F) each
+        mu_V, mu_W = torch.split(self.mu_VW(self.mu_linear(mu)), self.F, dim=-1)  # (N, 3, F) each
         s_V = vector_norm(mu_V, dim=-2)  # (N, F)
         a = self.s_mix(self.intra_mlp(torch.cat([q, s_V], dim=-1)))  # (N, 3F)
         a_qq, a_mu, a_qmu = torch.split(a, self.F, dim=-1)

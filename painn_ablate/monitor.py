@@ -21,9 +21,10 @@ Statistic names (the `stat` column, and W&B's `layer{l}/{block}/{stat}`):
     (layer 0, block input: q and ||mu|| of the initial state q^(0), mu^(0))
     dq_absmax dmu_norm_max                         aggregated messages before C_s / C_v (interaction)
     qmu_absmax mu_term_norm_max                    feedback terms dqmu*<mu_V,mu_W>, dmu*mu_W (mixing)
-    s_msg_frac s_mix_frac s_coupling_frac          fraction of entries in tanh saturation |u| > 2s
-    s_gating_frac                                  fraction of gating vectors in norm saturation ||v|| > 2s
-    C_s_frac C_v_frac C_q_frac C_mu_frac           fraction of entries / vectors the clamp cut
+    <key>_frac                                     how often stabilizer <key> acted (model.Stabilizer.acted):
+                                                   s_msg s_mix s_coupling: entries in tanh saturation |u| > 2s,
+                                                   s_gating: vectors in norm saturation ||v|| > 2s,
+                                                   C_s C_v C_q C_mu: entries / vectors the clamp cut
     grad_norm grad_norm_clipped                    gradient norm of the block's parameters
 """
 
@@ -39,7 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from painn_ablate.model import PaiNN, vector_norm
+from painn_ablate.model import PaiNN, Stabilizer, Tap, vector_norm
 
 log = logging.getLogger(__name__)
 
@@ -123,26 +124,20 @@ class Monitor:
         self.detach()
 
     def attach(self) -> None:
+        """Hook the model's taps, its stabilizers (found by type) and each block's output state."""
         m = self.model
         hook = self._register
         hook(m.filter_out, self._on_filter)
         hook(m.input_state, partial(self._on_state, 0, "input"))
         for l, layer in enumerate(m.layers, start=1):
-            inter, mix = layer.interaction, layer.mixing
-            hook(inter.inter_mlp, partial(self._on_output, l, "interaction", "x"))
-            hook(inter.s_msg, partial(self._on_saturation, l, "interaction", "message", "s_msg_frac"))
-            hook(inter.C_s, partial(self._on_clip, l, "interaction", "dq", "dq_absmax", "C_s_frac", False))
-            hook(inter.C_v, partial(self._on_clip, l, "interaction", "dmu", "dmu_norm_max", "C_v_frac", True))
-            hook(inter, partial(self._on_state, l, "interaction"))
-            hook(mix.mu_linear, partial(self._on_output, l, "mixing", "mu_VW"))
-            hook(mix.s_mix, partial(self._on_saturation, l, "mixing", "mixing_mlp", "s_mix_frac"))
-            hook(mix.s_coupling, partial(self._on_saturation, l, "mixing", "coupling", "s_coupling_frac"))
-            hook(mix.s_gating, partial(self._on_norm_saturation, l, "gating", "s_gating_frac"))
-            hook(mix.qmu_term, partial(self._on_term, l, "qmu_absmax", False))
-            hook(mix.mu_term, partial(self._on_term, l, "mu_term_norm_max", True))
-            hook(mix.C_q, partial(self._on_clip, l, "mixing", "q", None, "C_q_frac", False))
-            hook(mix.C_mu, partial(self._on_clip, l, "mixing", "mu", None, "C_mu_frac", True))
-            hook(mix, partial(self._on_state, l, "mixing"))
+            for block in BLOCKS:
+                module = getattr(layer, block)
+                for part in module.modules():
+                    if isinstance(part, Stabilizer):
+                        hook(part, partial(self._on_stabilizer, l, block))
+                    elif isinstance(part, Tap):
+                        hook(part, partial(self._on_tap, l, block))
+                hook(module, partial(self._on_state, l, block))
         hook(m.head_pos, partial(self._on_head, "pos_dt"))
         hook(m.head_vel, partial(self._on_head, "vel_next"))
 
@@ -209,42 +204,22 @@ class Monitor:
         for l, W_ij in enumerate(W, start=1):
             self._flag(None if self.model.shared_filters else l, "interaction", "filter", W_ij)
 
-    def _on_saturation(self, layer, block, tensor, stat, module, args, out) -> None:
-        if module.s is None:
-            if self.full:
-                self._stat(layer, block, stat, args[0].new_zeros(()))  # on the model's device: collect stacks them
-            return
-        u = args[0]
-        self._flag(layer, block, tensor, u)
-        if self.full:
-            self._stat(layer, block, stat, (u.detach().abs() > 2 * module.s).float().mean())
-
-    def _on_norm_saturation(self, layer, tensor, stat, module, args, out) -> None:
-        if module.s is None:
-            if self.full:
-                self._stat(layer, "mixing", stat, args[0].new_zeros(()))
-            return
-        v = args[0]
-        self._flag(layer, "mixing", tensor, v)
-        if self.full:
-            self._stat(layer, "mixing", stat, (vector_norm(v.detach(), dim=-2) > 2 * module.s).float().mean())
-
-    def _on_clip(self, layer, block, tensor, size_stat, frac_stat, is_vector, module, args, out) -> None:
+    def _on_stabilizer(self, layer, block, module: Stabilizer, args, out) -> None:
         x = args[0].detach()
-        if module.C is not None:
-            self._flag(layer, block, tensor, x)
-        if not self.full:
+        if module.setting is None:
+            if self.full:
+                self._stat(layer, block, module.stat, x.new_zeros(()))  # on the model's device: collect stacks them
             return
-        size = vector_norm(x, dim=-2) if is_vector else x.abs()
-        if size_stat is not None:
-            self._stat(layer, block, size_stat, size.max())
-        cut = (size > module.C).float().mean() if module.C is not None else x.new_zeros(())
-        self._stat(layer, block, frac_stat, cut)
-
-    def _on_term(self, layer, stat, is_vector, module, args, out) -> None:
+        self._flag(layer, block, module.tensor, x)
         if self.full:
+            self._stat(layer, block, module.stat, module.acted(x))
+
+    def _on_tap(self, layer, block, module: Tap, args, out) -> None:
+        if module.tensor is not None:
+            self._flag(layer, block, module.tensor, out)
+        if module.stat is not None and self.full:
             x = out.detach()
-            self._stat(layer, "mixing", stat, (vector_norm(x, dim=-2) if is_vector else x.abs()).max())
+            self._stat(layer, block, module.stat, (vector_norm(x, dim=-2) if module.vector else x.abs()).max())
 
     def _on_state(self, layer, block, module, args, out) -> None:
         q, mu = out
@@ -266,9 +241,6 @@ class Monitor:
             ("nonfinite_mu", (~torch.isfinite(mu)).sum()),
         ):
             self._stat(layer, block, stat, value)
-
-    def _on_output(self, layer, block, tensor, module, args, out) -> None:
-        self._flag(layer, block, tensor, out)
 
     def _on_head(self, tensor, module, args, out) -> None:
         self._flag(None, "head", tensor, out)

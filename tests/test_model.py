@@ -143,12 +143,12 @@ def test_mean_aggregation_averages_over_the_neighbours_inside_the_cutoff():
 
 def test_saturation_and_clamps_hold_on_adversarial_inputs():
     huge = torch.tensor([[-1e30, -7.0, 0.0, 3.0, 1e30]], dtype=torch.float64)
-    out = Saturation(5.0)(huge)
+    out = Saturation(5.0, key="s_msg", tensor="message")(huge)
     assert out.abs().max() <= 5.0 and torch.isfinite(out).all()
-    assert torch.equal(ClipValue(10.0)(huge).abs().max(), torch.tensor(10.0, dtype=torch.float64))
+    assert torch.equal(ClipValue(10.0, key="C_s", tensor="dq")(huge).abs().max(), torch.tensor(10.0, dtype=torch.float64))
     vec = torch.randn(4, 3, 6, dtype=torch.float64) * 1e20
     vec[0, :, 0] = 0.0  # a zero vector stays zero and finite
-    clipped = ClipNorm(20.0)(vec)
+    clipped = ClipNorm(20.0, key="C_mu", tensor="mu")(vec)
     norms = torch.linalg.vector_norm(clipped, dim=-2)  # the exact norm, no eps
     assert norms.max() <= 20.0 * (1 + 1e-12)
     assert torch.isfinite(clipped).all() and clipped[0, :, 0].abs().max() == 0
@@ -159,7 +159,8 @@ def test_saturation_and_clamps_hold_on_adversarial_inputs():
 
 def test_stabilizers_off_are_exact_identities():
     x = torch.randn(5, 3, 4, dtype=torch.float64) * 1e6
-    for module in (Saturation(None), ClipValue(None), ClipNorm(None)):
+    for module in (Saturation(None, key="s_mix", tensor="mixing_mlp"), ClipValue(None, key="C_q", tensor="q"),
+                   ClipNorm(None, key="C_v", tensor="dmu")):
         assert module(x) is x
 
 

@@ -148,3 +148,22 @@ def test_early_warning_needs_depthwise_amplification_that_grows():
     exploding = EarlyWarning(cfg, n_layers=5)
     fired = [exploding.update(profile(8.0, 2.0 * 1.5 ** k))["fires"] for k in range(6)]  # ratio and growth rise
     assert fired[:2] == [False, False] and fired[-1]
+
+
+def test_every_acting_stabilizer_of_the_schema_is_found_and_reported_by_type():
+    """The schema is the one list: each `scale` setting is a model.Stabilizer with that key, the monitor
+    finds it by type and reports `acted_stat(key)` for it, on and off."""
+    from painn_ablate.config import ACTING, STABILIZER_FIELDS, acted_stat
+    from painn_ablate.model import Stabilizer
+
+    scales = {f.name for f in STABILIZER_FIELDS if f.metadata["kind"] == "scale"}
+    assert scales == set(ACTING) - {"grad_clip"}
+    for overrides in ([], ["model=r2_full", "model.stabilizers.s_coupling=5", "model.stabilizers.s_gating=5"]):
+        model, cfg = build(overrides, L=2)
+        found = {m.key for m in model.modules() if isinstance(m, Stabilizer)}
+        assert found == scales
+        with Monitor(model, cfg.monitor) as mon:
+            mon.begin_step(full=True)
+            model(*inputs())
+            stats = {(layer, stat) for layer, _, stat, _ in mon.collect()}
+        assert {(l, acted_stat(k)) for l in (1, 2) for k in scales} <= stats

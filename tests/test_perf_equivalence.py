@@ -101,9 +101,9 @@ def test_hand_written_backwards_pass_gradcheck():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(4, 3, 5, generator=g, dtype=torch.float64) * 3  # norms ~5: some above C=4, some below
     v[0, :, 0] = 0.0  # the zero vector: eps keeps its gradient finite
-    assert torch.autograd.gradcheck(ClipNorm(4.0), (v.requires_grad_(),))
+    assert torch.autograd.gradcheck(ClipNorm(4.0, key="C_v", tensor="dmu"), (v.requires_grad_(),))
     u = torch.randn(6, 7, generator=g, dtype=torch.float64) * 4
-    assert torch.autograd.gradcheck(Saturation(2.0), (u.requires_grad_(),))
+    assert torch.autograd.gradcheck(Saturation(2.0, key="s_msg", tensor="message"), (u.requires_grad_(),))
     x_R, x_mu, mu_j = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
                        for shape in ((4, 5), (4, 5), (4, 3, 5)))
     dir_ij = torch.nn.functional.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=-1)

@@ -37,7 +37,8 @@ import torch
 from painn_ablate import monitor as _monitor
 from painn_ablate import train as _train
 from painn_ablate.config import compose
-from painn_ablate.data import SPLITS, NBodySplit, generate_splits, knn_edges
+from painn_ablate.data import SPLITS, NBodySplit, knn_edges
+from painn_ablate.simulate import generate_splits
 from painn_ablate.model import PaiNN
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -114,7 +114,7 @@ def where_diverged(f: dict) -> str:
 
 
 def trial_line(t, metric: str) -> str:
-    """One finished trial: `#7 loo-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`."""
+    """One finished trial: `#7 r2_full-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`."""
     a = t.user_attrs
     status = a.get("status", t.state.name.lower())
     line = f"#{t.number} {a.get('label', '?')}  {status}"
@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="the study, where the storage holds several")
     p.add_argument("--entity", help="W&B entity (default: the sweep file's, else your default entity)")
     p.add_argument("--project", help="W&B project (default: the sweep file's project)")
-    p.add_argument("--experiment", help="narrow the panels to one experiment: 'original' or 'r2_full+s_msg'")
+    p.add_argument("--experiment", help="narrow the panels to one experiment, by its name or slug: 'original', 'r2_full - s_msg', 'original+alpha'")
     p.add_argument("--out", help="folder for dashboard.json offline (default: the sweep folder)")
     p.add_argument("--offline", action="store_true", help="write the specification even with W&B credentials")
     p.set_defaults(func=cmd_dashboard)

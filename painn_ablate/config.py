@@ -237,6 +237,44 @@ R2_FULL_STABILIZERS = tuple(name for name, keys in ABLATIONS.items()
 STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
 
 
+# ----------------------------------------------------------------------------- experiment names
+#
+# One experiment is a preset and an ablation design. Its one name is `experiment_name`, and every
+# other spelling derives from it: the slug in run and trial names drops the spaces, and
+# `parse_experiment` reads either back (the dashboard's --experiment, a notebook's filter).
+
+
+def experiment_name(preset: Any, ablate: Any = "none") -> str:
+    """`r2_full`, `r2_full - s_msg` (leave-one-out: without it), `original + alpha` (add-one-in: with it)."""
+    preset = str(preset)
+    if ablate in (None, "", "none") or (isinstance(ablate, float) and math.isnan(ablate)):
+        return preset
+    sign = "-" if preset == "r2_full" else "+"
+    return f"{preset} {sign} {ablate}"
+
+
+def experiment_slug(preset: Any, ablate: Any = "none") -> str:
+    """The experiment's name in file, run and trial names: `r2_full-s_msg`, `original+alpha`."""
+    return experiment_name(preset, ablate).replace(" ", "")
+
+
+def parse_experiment(text: str) -> tuple[str, str]:
+    """(preset, ablate) from an experiment's name or slug; ConfigError naming the text when it is neither."""
+    for preset in sorted(PRESETS, key=len, reverse=True):
+        if text.startswith(preset):
+            rest = text[len(preset):].strip()
+            if not rest:
+                return preset, "none"
+            if rest[0] in "+-" and rest[1:].strip():
+                ablate = rest[1:].strip()
+                ablation_overrides(OmegaConf.structured(Config), ablate)  # an unknown name is a ConfigError
+                if experiment_name(preset, ablate) != f"{preset} {rest[0]} {ablate}":
+                    raise ConfigError(f"bad experiment '{text}': write {experiment_name(preset, ablate)!r}")
+                return preset, ablate
+    raise ConfigError(f"bad experiment '{text}': write a preset ({', '.join(PRESETS)}) and its ablation, "
+                      f"as 'r2_full - s_msg' or 'original + alpha'")
+
+
 def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
     """The key -> value changes that `ablate=<names>` makes to `cfg` (see ABLATIONS)."""
     off = OmegaConf.structured(Config)
@@ -457,3 +495,50 @@ def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
 
     walk(container, "")
     return flat
+
+
+# ----------------------------------------------------------------------------- the inverse of compose
+
+
+# Config keys that name or place a run but do not change what it computes.
+BOOKKEEPING_KEYS = ("name", "out", "data.cache_dir", "train.checkpoint")
+BOOKKEEPING_PREFIXES = ("tracking.",)
+
+
+def results_view(flat: dict[str, Any]) -> dict[str, Any]:
+    """The config keys that change what a run computes (not its name, place or logging)."""
+    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and not k.startswith(BOOKKEEPING_PREFIXES)}
+
+
+def rerun_overrides(run_dir: str | Path) -> Optional[list[str]]:
+    """The shortest `painn-ablate train` overrides that compose to the run's saved config.
+
+    `model=<preset> [ablate=<names>] seed=<k>` and every other key that differs from the
+    preset; None when these do not compose to the same config (then re-run from the file).
+    """
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        return None
+    saved = results_view(flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)))
+    preset, ablate = saved.get("model.preset", "original"), saved.get("ablate", "none")
+    head = [f"model={preset}", *([f"ablate={ablate}"] if ablate != "none" else []), f"seed={saved.get('seed', 0)}"]
+    try:
+        base = results_view(flatten(compose(head)))
+        diffs = [f"{k}={format_override(v)}" for k, v in saved.items()
+                 if k not in ("seed", "ablate", "model.preset") and base.get(k) != v]
+        overrides = head + diffs
+        if results_view(flatten(compose(overrides))) != saved:
+            return None
+    except ConfigError:
+        return None
+    return overrides
+
+
+def rerun_command(run_dir: str | Path, out: Optional[str] = None) -> str:
+    """The command that re-runs a run into a new directory (default `runs/<name>-rerun`)."""
+    run_dir = Path(run_dir)
+    out = out or f"runs/{run_dir.name}-rerun"
+    overrides = rerun_overrides(run_dir)
+    if overrides is None:
+        return f"painn-ablate train --config {run_dir / 'config.yaml'} out={out}"
+    return " ".join(["painn-ablate train", *overrides, f"out={out}"])

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Optional
 
 from painn_ablate import files
+from painn_ablate.config import ConfigError, parse_experiment
 from painn_ablate.outcome import Status, outcome_columns
 from painn_ablate.tracking import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
 
 SPEC_FILE = "dashboard.json"
-GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (analysis.experiment_name)
+GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (config.experiment_name)
 OUTCOME_KEYS = tuple(outcome_columns(Status.STABLE))  # 0/1 summary keys of each run
 MSE_KEYS = ("val_pos_mse", "test_pos_mse")
 STATE_STATS = ("mu_norm_max", "q_absmax")  # after each mixing block
@@ -107,7 +108,7 @@ def _parallel_coordinates(columns: list[str], metric: str):
 
 
 def build(info: SweepInfo, entity: str, project: Optional[str] = None, experiment: Optional[str] = None):
-    """The workspace (wandb_workspaces.workspaces.Workspace); experiment: 'preset' or 'preset+ablate'
+    """The workspace (wandb_workspaces.workspaces.Workspace); experiment: its name or slug (config.parse_experiment)
     to narrow every panel to one experiment."""
     try:
         import wandb_workspaces  # noqa: F401
@@ -147,7 +148,7 @@ def build(info: SweepInfo, entity: str, project: Optional[str] = None, experimen
     ]
     filters = [expr.Config(_flat_config("tracking.group")) == info.study]
     if experiment:
-        preset, _, ablate = experiment.partition("+")
+        preset, ablate = parse_experiment(experiment)
         filters += [expr.Config(_flat_config("model.preset")) == preset,
                     expr.Config(_flat_config("ablate")) == (ablate or "none")]
     return ws.Workspace(
@@ -218,8 +219,11 @@ def make(target: str, study: Optional[str] = None, entity: Optional[str] = None,
          experiment: Optional[str] = None, out: Optional[str] = None, offline: bool = False) -> tuple[str, str]:
     """Build the sweep's workspace; online save it, offline write its spec. Returns ("url" | "spec", where)."""
     info = sweep_info(target, study)
-    if experiment and "+" in experiment and experiment.split("+", 1)[1] == "":
-        raise DashboardError(f"--experiment {experiment}: write 'preset' or 'preset+ablation'")
+    if experiment:
+        try:
+            parse_experiment(experiment)
+        except ConfigError as e:
+            raise DashboardError(f"--experiment: {e}") from None
     if offline or not online():
         folder = Path(out) if out else Path(target) if Path(target).is_dir() else \
             Path(target).parent if Path(target).is_file() else Path(".")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from painn_ablate import experiments as ex
 from painn_ablate import files
+from painn_ablate.plots import plot_ablation, plot_map, plot_probe_depths, plot_profiles, save_figure
 from painn_ablate.config import MECHANISM_LABELS
 from painn_ablate.report import PACKAGES, ReportError, _cell, markdown_table
 from painn_ablate.train import environment
@@ -47,8 +48,6 @@ def _mse(r: pd.Series) -> str:
 
 
 def _fig(fig, folder: Path, name: str, base: Path) -> str:
-    from painn_ablate.analysis import save_figure
-
     path = save_figure(fig, folder / f"{name}.png")
     return f"![{name}]({os.path.relpath(path, base)})"
 
@@ -382,7 +381,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                   "`painn-ablate export <sweep folders> --out results`.", ""]
         lines += map_lines(trials, cells) + [""]
         if figures is not None:
-            lines += [_fig(ex.plot_map(cells), figures, "map", base), ""]
+            lines += [_fig(plot_map(cells), figures, "map", base), ""]
     if depths is not None:
         lines += ["### At initialisation: `painn-ablate probe --seeds 100`", "",
                   "The fraction of seeds whose first forward pass (before any update; the batch of training step "
@@ -391,7 +390,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                   "(and `model=r2_full`, and `model=original ablate=<toggle>` at L = 5).", ""]
         lines += probe_lines(depths) + [""]
         if figures is not None:
-            lines += [_fig(ex.plot_probe_depths(depths), figures, "probe_depths", base), ""]
+            lines += [_fig(plot_probe_depths(depths), figures, "probe_depths", base), ""]
         lines += [f"Per-layer medians over 100 seeds of the original at L = {L} at initialisation: the feedback "
                   "terms (qmu_absmax = max |dqmu * <mu_V, mu_W>|, mu_term_norm_max = max ||dmu * mu_W||) and each "
                   "block's gains (norm_gain = ||out|| / ||in||; update_gain = ||J v - v|| for a random unit v, "
@@ -402,7 +401,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
         lines += verdict_lines(trials, results)
         lines += reproduction_lines(trials, L, lr)
         if figures is not None:
-            lines += [_fig(ex.plot_profiles(trials, L), figures, "profiles", base), ""]
+            lines += [_fig(plot_profiles(trials, L), figures, "profiles", base), ""]
         lines += ["### Per-sample error tails of the stable runs", "",
                   "The test pos MSE above is a mean over 2000 test systems; per system (the MSE over its particles "
                   "and coordinates) the distribution has a long tail. Quantiles per run, then the median over the "
@@ -420,7 +419,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
         ablation = ex.ablation_table(trials, L, lr, names=list(ex.STABILIZER_ACTIVITY))
         lines += ablation_lines(trials, ablation, L, lr)
         if figures is not None and len(ablation):
-            lines += [_fig(ex.plot_ablation(ablation), figures, "ablation", base), ""]
+            lines += [_fig(plot_ablation(ablation), figures, "ablation", base), ""]
         gpu_folder = Path(results) / "gpu"
         gpu, _, _ = ex.load_results(gpu_folder) if gpu_folder.is_dir() else (pd.DataFrame(), None, None)
         if not gpu.empty:
@@ -454,8 +453,10 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
               "the neighbours inside the cutoff (the specification's N(i)) instead of by every edge of the full graph "
               "(0.5% of the default data's edges lie beyond r_cut = 10): a re-run of a cell with mean aggregation "
               "(R2_full and its variants) gives slightly different numbers.", ""]
-    env = environment(PACKAGES)
-    lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    # What this file was regenerated with; the thread count is the regenerating process's own, not the runs'
+    # (each trial ran on one thread), so it stays out and a regeneration differs from the file only in versions.
+    env = {k: v for k, v in environment(PACKAGES).items() if k != "threads"}
+    lines += ["## Environment (regenerated with)", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ Sources (each becomes one section with its own table):
 
 Every row says what ran (experiment = preset or ablation, seed), what happened (status,
 first non-finite step/layer, val/test position MSE, steps, wall time) and the exact command
-that re-runs it (`analysis.rerun_command`: the override list that composes to the saved
+that re-runs it (`config.rerun_command`: the override list that composes to the saved
 config, checked, else `--config <run_dir>/config.yaml`). The environment the runs were
 recorded on (from their summaries) and the one the report was made on close the file.
 `--plots DIR` also writes each section's figures as PNG and links them from runs.md.
@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from painn_ablate import analysis, files
+from painn_ablate import analysis, config, files, plots
 from painn_ablate.config import STABILIZER_KEYS
 from painn_ablate.train import environment
 
@@ -200,7 +200,7 @@ def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         total = _int(r.get("steps_total"))
         wall = r.get("wall_seconds")
         run_dir = r.get("run_dir")
-        command = (f"`{analysis.rerun_command(run_dir)}`" if isinstance(run_dir, str) and
+        command = (f"`{config.rerun_command(run_dir)}`" if isinstance(run_dir, str) and
                    (Path(run_dir) / "config.yaml").is_file() else "-")
         rows.append([_cell(r["experiment"]), _cell(_int(r.get("seed"))), *(_cell(r.get(k)) for k in extra),
                      _cell(r.get("status")), where, _cell(r.get("val_pos_mse")), _cell(r.get("test_pos_mse")),
@@ -280,7 +280,7 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
     if rows.empty:
         return []
     slug = f"{index:02d}-{section.kind}"
-    paths = [analysis.save_figure(analysis.plot_outcomes(analysis.outcome_table(rows), section.baselines),
+    paths = [plots.save_figure(plots.plot_outcomes(analysis.outcome_table(rows), section.baselines),
                                   folder / f"{slug}-outcomes.png")]
     with_dirs = rows[rows["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / "summary.json").is_file())]
     if with_dirs.empty:
@@ -289,19 +289,19 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
     shown = with_dirs if len(with_dirs) <= MAX_HEATMAP_RUNS else picked
     stats = analysis.load_layer_stats(list(shown["run_dir"]), stats=("mu_norm_max", "q_absmax"), block="mixing")
     if not stats.empty:
-        paths.append(analysis.save_figure(analysis.plot_heatmaps(stats, shown), folder / f"{slug}-heatmaps.png"))
+        paths.append(plots.save_figure(plots.plot_heatmaps(stats, shown), folder / f"{slug}-heatmaps.png"))
         members = with_dirs[with_dirs["experiment"].isin(picked["experiment"])]
         all_stats = analysis.load_layer_stats(list(members["run_dir"]), stats=("mu_norm_max", "q_absmax"),
                                               block="mixing")
-        paths.append(analysis.save_figure(
-            analysis.plot_layer_curves(all_stats, members, groups=list(picked["experiment"])),
+        paths.append(plots.save_figure(
+            plots.plot_layer_curves(all_stats, members, groups=list(picked["experiment"])),
             folder / f"{slug}-layers.png"))
         presets = members[members["ablate"] == "none"]
         if len(presets):  # the feedback loop, original vs r2_full: per preset its seed with the largest ||mu||
             strongest = analysis.peak_runs(presets, all_stats)
             feedback = analysis.load_layer_stats(list(strongest["run_dir"]),
                                                  stats=("mu_norm_max", "qmu_absmax", "mu_term_norm_max"))
-            paths.append(analysis.save_figure(analysis.plot_feedback(feedback, strongest),
+            paths.append(plots.save_figure(plots.plot_feedback(feedback, strongest),
                                               folder / f"{slug}-feedback.png"))
     return paths
 

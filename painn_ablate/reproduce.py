@@ -47,7 +47,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from painn_ablate import analysis, files
+from painn_ablate import analysis, config, files, plots
 from painn_ablate.config import compose, flatten
 from painn_ablate.experiments import mcnemar_exact, mean_interval, wilson
 from painn_ablate.outcome import OUTCOMES, STATE_STATS, Status, first_blow_up, is_blow_up
@@ -75,11 +75,11 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        return analysis.experiment_name(self.preset, self.ablate)
+        return config.experiment_name(self.preset, self.ablate)
 
     @property
     def slug(self) -> str:
-        return self.preset if self.ablate == "none" else f"{self.preset}+{self.ablate}"
+        return config.experiment_slug(self.preset, self.ablate)
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def choose_regime(overrides: list[str], map_path: Optional[str | Path] = None) -
 
 def horizon(data_cfg: DictConfig) -> Optional[float]:
     """Time between the input and the target frame of the generated protocol; None for data.dir."""
-    from painn_ablate.data import CHARGED, GRAVITY
+    from painn_ablate.simulate import CHARGED, GRAVITY
 
     if data_cfg.dir:
         return None
@@ -232,7 +232,7 @@ def plan(out: Path, quick: bool = False, overrides: Optional[list[str]] = None,
 
 def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
     saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True))
-    return analysis.results_view(saved) == analysis.results_view(flatten(cfg))
+    return config.results_view(saved) == config.results_view(flatten(cfg))
 
 
 def _finished(run_dir: Path) -> bool:
@@ -335,7 +335,7 @@ def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: dict
     return {
         "experiment": experiment.name, "preset": experiment.preset, "ablate": experiment.ablate, "seed": seed,
         "L": int(cfg.model.L), "lr": float(cfg.train.lr), "steps_total": summary["steps_total"], "run_dir": run_dir,
-        "command": analysis.rerun_command(run_dir), "status": summary["status"],
+        "command": config.rerun_command(run_dir), "status": summary["status"],
         "blew_up": is_blow_up(summary["status"]), "origin": origin,
         "steps_completed": summary["steps_completed"], "nonfinite_events": summary["nonfinite_events"],
         "first_nonfinite": summary.get("first_nonfinite"), "first_divergence": summary.get("first_divergence"),
@@ -466,13 +466,13 @@ def write_plots(runs, stats, metrics, baseline: dict, folder: Path) -> list[Path
              "EGNN paper": baseline.get("egnn_paper_test_pos_mse")}
     table = analysis.outcome_table(runs)
     figures = {
-        "layers_mu_q.png": analysis.plot_layer_curves(stats, runs, groups=order),
-        "heatmaps.png": analysis.plot_heatmaps(stats, runs),  # every run: nothing picked
-        "feedback.png": analysis.plot_feedback(stats, strongest),
-        "outcomes.png": analysis.plot_outcomes(table, lines),
-        "validation.png": analysis.plot_validation(metrics, runs, lines),
+        "layers_mu_q.png": plots.plot_layer_curves(stats, runs, groups=order),
+        "heatmaps.png": plots.plot_heatmaps(stats, runs),  # every run: nothing picked
+        "feedback.png": plots.plot_feedback(stats, strongest),
+        "outcomes.png": plots.plot_outcomes(table, lines),
+        "validation.png": plots.plot_validation(metrics, runs, lines),
     }
-    return [analysis.save_figure(fig, folder / name) for name, fig in figures.items()]
+    return [plots.save_figure(fig, folder / name) for name, fig in figures.items()]
 
 
 # ----------------------------------------------------------------------------- entry point

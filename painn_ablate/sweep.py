@@ -38,7 +38,7 @@ A trial composes its config from: `tracking.progress=false` (the sweep shows its
 progress), the file's fixed values, the trial's parameters, then the command-line
 overrides; `out` is `<out>/trials/<label>-t<number>` (unique per trial number, so a re-run
 never meets the partial directory of a killed attempt), `name` is the label (e.g.
-`loo-s_msg-seed1`, `aoi-g-seed0`, `r2_full-seed0`), `tracking.group` the study name. It
+`r2_full-s_msg-seed1`, `original+g-seed0`, `r2_full-seed0`), `tracking.group` the study name. It
 runs `painn_ablate.train.run`, the code of `painn-ablate train`.
 
 User attributes of every trial: label, run_dir, status (painn_ablate.outcome.Status: 'running',

@@ -55,7 +55,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
-from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, flatten, format_override
+from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
 from painn_ablate.outcome import Status
 
 
@@ -88,7 +88,6 @@ UNSUPPORTED_DISTRIBUTIONS = ("normal", "q_normal", "log_normal", "q_log_normal",
                              "q_log_uniform_values", "categorical_w_probabilities")
 MANAGED_KEYS = ("out", "name", "tracking.group")  # set by the sweep for each trial
 DEFAULT_N_TRIALS = 20
-LABEL_ABBREV = {"r2_full": "loo", "original": "aoi"}  # ablate on r2_full: leave-one-out; on original: add-one-in
 
 
 @dataclass(frozen=True)
@@ -397,15 +396,14 @@ def trial_config(sweep: Sweep, params: dict[str, Any], run_dir: Optional[Path] =
 
 
 def trial_label(sweep: Sweep, params: dict[str, Any]) -> str:
-    """A readable name from the categorical parameters: `loo-s_msg-seed1`, `original-L8-lr0.01-sum-seed0`."""
+    """A readable name from the categorical parameters: the experiment's slug (config.experiment_slug), then
+    the other swept values and the seed: `r2_full-s_msg-seed1`, `original-L8-lr0.01-sum-seed0`."""
     value = lambda name, default=None: params.get(name, sweep.params[name].values[0]  # noqa: E731
                                                   if name in sweep.params and sweep.params[name].fixed else default)
     preset, ablate = value("model"), value("ablate", "none")
     parts = []
-    if ablate != "none":
-        parts.append(f"{LABEL_ABBREV.get(preset or 'original', preset)}-{ablate}")
-    elif preset is not None:
-        parts.append(str(preset))
+    if preset is not None or ablate != "none":
+        parts.append(experiment_slug(preset or "original", ablate))
     for name, p in sweep.swept.items():
         if name in ("model", "ablate", "seed") or p.kind != "categorical":
             continue

@@ -18,7 +18,7 @@ Trials
 ------
 A trial is what the Optuna engine's is (both take it from `painn_ablate.sweep_file`): its parameters go through
 `trial_overrides` (file's fixed values, the parameters, then the command-line overrides),
-`name` is `trial_label` (`loo-s_msg-seed1`), `tracking.group` the sweep name, and it runs
+`name` is `trial_label` (`r2_full-s_msg-seed1`), `tracking.group` the sweep name, and it runs
 `painn_ablate.train.run`. Run directory: `<out>/trials/<label>-t<number>` offline,
 `<out>/trials/<label>-<W&B run id>` online (agents on several machines share no numbers).
 

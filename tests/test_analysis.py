@@ -8,68 +8,20 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
-from painn_ablate import analysis
+from painn_ablate import analysis, config
 from painn_ablate.config import STABILIZER_KEYS, compose, flatten
-from painn_ablate.train import run
 
-TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data.n_train=40", "data.n_val=20",
-        "data.n_test=20", "tracking.wandb=false", "tracking.progress=false"]
-# As in test_train: at this learning rate the original reaches non-finite q at step 1 (seeds 0, 1); r2_full does not.
-FAST = ["train.lr=0.05", "train.steps=10", "train.val_every=5", "monitor.every=2"]
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
-
-
-class Killed(Exception):
-    """Stands in for SIGINT: ends a run mid-way through the same code path as Ctrl-C."""
 
 
 def same(a, b) -> bool:
     """Equal, or both missing (pandas turns None into NaN in numeric columns)."""
     return (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b
-
-
-def tiny(root: Path, *overrides: str) -> list[str]:
-    return [*TINY, f"data.cache_dir={root / 'cache'}", *overrides]
-
-
-def sweep_file(path: Path) -> Path:
-    path.write_text("method: grid\nmetric: {name: val_pos_mse, goal: minimize}\nparameters:\n"
-                    "  model: {value: original}\n  ablate: {values: [none, alpha, clamps]}\n  seed: {value: 0}\n")
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory):
-    """runs/: original x2 (explode), r2_full x2 (stable), one killed run; sweep/: a 3-trial Optuna grid."""
-    from painn_ablate import sweep as sw
-    from painn_ablate import sweep_file as sf
-
-    root = tmp_path_factory.mktemp("tiny")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and the CPU is shared
-    try:
-        for preset in ("original", "r2_full"):
-            for seed in (0, 1):
-                out = root / "runs" / f"{preset}-s{seed}"
-                run(compose(tiny(root, f"model={preset}", f"seed={seed}", *FAST, f"out={out}")))
-
-        def interrupt(step, info):
-            if step >= 5:
-                raise Killed
-
-        with pytest.raises(Killed):
-            run(compose(tiny(root, "model=r2_full", "train.steps=1000", "train.val_every=2", "monitor.flush_every=2",
-                             f"out={root / 'runs' / 'killed'}")), should_stop=interrupt)
-        spec = sf.load_sweep(sweep_file(root / "tiny.yaml"), tiny(root, "train.lr=0.05", "train.steps=8",
-                                                                  "train.val_every=4", "monitor.every=2"))
-        sw.run_sweep(spec, out=root / "sweep")
-    finally:
-        torch.set_num_threads(threads)
-    return root
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -227,15 +179,15 @@ def test_importance_ranks_the_parameter_that_decides_the_target_first(evaluator)
 
 def test_rerun_command_composes_to_the_saved_config(tiny_root):
     for run_dir in analysis.find_run_dirs([tiny_root / "runs", tiny_root / "sweep"]):
-        overrides = analysis.rerun_overrides(run_dir)
+        overrides = config.rerun_overrides(run_dir)
         assert overrides is not None and overrides[0].startswith("model=")
         saved = flatten(OmegaConf.load(run_dir / "config.yaml"))
         rebuilt = flatten(compose(overrides))
-        assert analysis.results_view(rebuilt) == analysis.results_view(saved)
-        command = analysis.rerun_command(run_dir)
+        assert config.results_view(rebuilt) == config.results_view(saved)
+        command = config.rerun_command(run_dir)
         assert command.startswith("painn-ablate train model=") and command.endswith(f"out=runs/{run_dir.name}-rerun")
     alpha = next(d for d in analysis.find_run_dirs(tiny_root / "sweep") if "alpha" in d.name)
-    assert "ablate=alpha" in analysis.rerun_overrides(alpha)
+    assert "ablate=alpha" in config.rerun_overrides(alpha)
 
 
 # ----------------------------------------------------------------------------- notebooks

@@ -133,3 +133,21 @@ def test_each_module_imports_only_from_modules_before_it():
                 continue
             wrong += [f"{name} imports {t}" for t in targets if t in order and order.index(t) >= k]
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("preset,ablate,name,slug", [("r2_full", "none", "r2_full", "r2_full"),
+                                                     ("r2_full", "s_msg", "r2_full - s_msg", "r2_full-s_msg"),
+                                                     ("original", "alpha+g", "original + alpha+g", "original+alpha+g")])
+def test_one_experiment_name_and_every_spelling_reads_back(preset, ablate, name, slug):
+    from painn_ablate.config import experiment_name, experiment_slug, parse_experiment
+
+    assert experiment_name(preset, ablate) == name and experiment_slug(preset, ablate) == slug
+    assert parse_experiment(name) == parse_experiment(slug) == (preset, ablate)
+
+
+@pytest.mark.parametrize("text", ["r2_fullx", "r2_full + s_msg", "original - alpha", "original + nope", "nothing"])
+def test_a_bad_experiment_is_a_one_line_config_error(text):
+    from painn_ablate.config import parse_experiment
+
+    with pytest.raises(ConfigError, match="experiment|stabilizer"):
+        parse_experiment(text)

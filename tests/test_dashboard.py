@@ -12,7 +12,9 @@ import pytest
 
 from painn_ablate import dashboard as db
 from painn_ablate.cli import main
-from test_train import TINY
+from support import TINY
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 WANDB = os.path.join(os.path.dirname(sys.executable), "wandb")  # the CLI of the wandb in this environment
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from painn_ablate import data
+from painn_ablate import data, simulate
 from painn_ablate.config import DataConfig
 
 TINY = {"train": 4, "val": 3, "test": 2}
@@ -55,16 +55,16 @@ def reference_gravity(pos, vel, mass, n_steps, protocol):
 
 @pytest.fixture(scope="module")
 def charged_splits():
-    return data.generate_splits("charged", {"train": 24, "val": 8, "test": 8}, 5, seed=0)
+    return simulate.generate_splits("charged", {"train": 24, "val": 8, "test": 8}, 5, seed=0)
 
 
 # ----------------------------------------------------------------------------- determinism
 
 
 def test_same_seed_same_data_and_different_seed_different_data():
-    first = data.generate_charged(3, seed=1)
-    again = data.generate_charged(3, seed=1)
-    other = data.generate_charged(3, seed=2)
+    first = simulate.generate_charged(3, seed=1)
+    again = simulate.generate_charged(3, seed=1)
+    other = simulate.generate_charged(3, seed=2)
     for key in data.ARRAY_KEYS:
         np.testing.assert_array_equal(first[key], again[key])
     assert not np.array_equal(first["pos"], other["pos"])
@@ -78,8 +78,8 @@ def test_splits_hold_different_samples(charged_splits):
 
 
 def test_a_split_does_not_change_with_the_size_of_another():
-    small = data.generate_splits("charged", {"train": 2, "val": 2, "test": 1}, 5, seed=3)
-    large = data.generate_splits("charged", {"train": 5, "val": 2, "test": 1}, 5, seed=3)
+    small = simulate.generate_splits("charged", {"train": 2, "val": 2, "test": 1}, 5, seed=3)
+    large = simulate.generate_splits("charged", {"train": 5, "val": 2, "test": 1}, 5, seed=3)
     np.testing.assert_allclose(small["val"]["pos_next"], large["val"]["pos_next"], rtol=0, atol=1e-5)
 
 
@@ -87,8 +87,8 @@ def test_a_split_does_not_change_with_the_size_of_another():
 
 
 def test_initial_state_follows_the_protocol():
-    p = data.CHARGED
-    pos, vel, charge = data.draw_charged_initial(200, 5, np.random.default_rng(0))
+    p = simulate.CHARGED
+    pos, vel, charge = simulate.draw_charged_initial(200, 5, np.random.default_rng(0))
     np.testing.assert_allclose(np.linalg.norm(vel, axis=-1), p.vel_norm, rtol=1e-12)
     assert set(np.unique(charge)) == {-1.0, 1.0}
     assert np.abs(pos).max() <= p.box_size
@@ -100,8 +100,8 @@ def test_like_charges_repel_and_unlike_attract():
     pos = np.array([[[0.0, 0, 0], [1.0, 0, 0]]] * 2)  # unit distance: force 1, well below the clip
     vel = np.zeros_like(pos)
     charge = np.array([[1.0, 1.0], [1.0, -1.0]])
-    [(x, v)] = data.integrate_charged(pos, vel, charge, [1])
-    dt = data.CHARGED.dt
+    [(x, v)] = simulate.integrate_charged(pos, vel, charge, [1])
+    dt = simulate.CHARGED.dt
     # Kick then drift: v_1 = dt F(x_0), x_1 = x_0 + dt v_1, with F on particle 0 = c0 c1 (x0 - x1).
     np.testing.assert_allclose(v[:, 0, 0], [-dt, dt])
     np.testing.assert_allclose(x[:, 0, 0], [-dt**2, dt**2])
@@ -110,32 +110,32 @@ def test_like_charges_repel_and_unlike_attract():
 
 def test_charged_integrator_matches_the_particle_by_particle_loop():
     rng = np.random.default_rng(4)
-    pos, vel, charge = data.draw_charged_initial(3, 5, rng)
-    d_clip = 0.5 / np.sqrt(data.CHARGED.max_force)  # a pair this close feels more than the clip
+    pos, vel, charge = simulate.draw_charged_initial(3, 5, rng)
+    d_clip = 0.5 / np.sqrt(simulate.CHARGED.max_force)  # a pair this close feels more than the clip
     pos[0, 1] = pos[0, 0] + [d_clip, 0, 0]
     n_steps = 30
-    [(x, v)] = data.integrate_charged(pos, vel, charge, [n_steps])
+    [(x, v)] = simulate.integrate_charged(pos, vel, charge, [n_steps])
     for s in range(3):
-        xr, vr = reference_charged(pos[s], vel[s], charge[s], n_steps, data.CHARGED)
+        xr, vr = reference_charged(pos[s], vel[s], charge[s], n_steps, simulate.CHARGED)
         np.testing.assert_allclose(x[s], xr, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(v[s], vr, rtol=1e-10, atol=1e-12)
 
 
 def test_momentum_is_conserved_without_the_clip_and_broken_by_it():
-    pos, vel, charge = data.draw_charged_initial(32, 5, np.random.default_rng(5))
-    steps = [data.CHARGED.input_step, data.CHARGED.target_step]
-    no_clip = dataclasses.replace(data.CHARGED, max_force=None)
+    pos, vel, charge = simulate.draw_charged_initial(32, 5, np.random.default_rng(5))
+    steps = [simulate.CHARGED.input_step, simulate.CHARGED.target_step]
+    no_clip = dataclasses.replace(simulate.CHARGED, max_force=None)
     p0 = vel.sum(1)
-    for x, v in data.integrate_charged(pos, vel, charge, steps, no_clip):
+    for x, v in simulate.integrate_charged(pos, vel, charge, steps, no_clip):
         # Pair forces cancel exactly; what remains is round-off of forces up to ~1/r^2 on close passes.
         np.testing.assert_allclose(v.sum(1), p0, atol=1e-6)
-    clipped = data.integrate_charged(pos, vel, charge, steps)
+    clipped = simulate.integrate_charged(pos, vel, charge, steps)
     drift = np.abs(clipped[-1][1].sum(1) - p0).max()
     assert drift > 1e-3, "the per-component clip never acted on a close pass"
 
 
 def test_displacement_over_the_target_window_follows_the_velocities(charged_splits):
-    p = data.CHARGED
+    p = simulate.CHARGED
     window = (p.target_step - p.input_step) * p.dt
     arrays = charged_splits["train"]
     displacement = arrays["pos_next"] - arrays["pos"]
@@ -152,16 +152,16 @@ def test_displacement_over_the_target_window_follows_the_velocities(charged_spli
 
 
 def test_gravity_integrator_matches_the_particle_by_particle_loop():
-    pos, vel, mass = data.draw_gravity_initial(2, 6, np.random.default_rng(6))
-    [(x, v)] = data.integrate_gravity(pos, vel, mass, [20])
+    pos, vel, mass = simulate.draw_gravity_initial(2, 6, np.random.default_rng(6))
+    [(x, v)] = simulate.integrate_gravity(pos, vel, mass, [20])
     for s in range(2):
-        xr, vr = reference_gravity(pos[s], vel[s], mass[s], 20, data.GRAVITY)
+        xr, vr = reference_gravity(pos[s], vel[s], mass[s], 20, simulate.GRAVITY)
         np.testing.assert_allclose(x[s], xr, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(v[s], vr, rtol=1e-10, atol=1e-12)
 
 
 def test_gravity_stays_in_the_centre_of_mass_frame():
-    arrays = data.generate_gravity(3, n_particles=8, seed=0)
+    arrays = simulate.generate_gravity(3, n_particles=8, seed=0)
     np.testing.assert_array_equal(arrays["charge"], 1.0)  # unit masses stored as `charge`
     for key in ("vel", "vel_next"):
         v = arrays[key].astype(np.float64)

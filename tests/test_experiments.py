@@ -13,7 +13,9 @@ from nbclient import NotebookClient
 
 from painn_ablate import experiments as ex
 from painn_ablate.findings import build_findings, egnn_lines
-from test_train import TINY
+from support import TINY
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
 

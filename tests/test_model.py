@@ -7,111 +7,29 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from painn_ablate.config import compose
-from painn_ablate.model import NORM_EPS, Aggregate, ClipNorm, ClipValue, PaiNN, Saturation, vector_norm
+from painn_ablate.model import NORM_EPS, Aggregate, ClipNorm, ClipValue, Saturation, vector_norm
 
-# float64 throughout: equivariance errors are then ~1e-12 relative; 1e-9 leaves room for the
-# accumulated rounding of 5 layers without hiding a real break (which shows as O(1) errors).
-ATOL = 1e-9
-
-TOGGLES = {
-    "model.aggregation": st.sampled_from(["sum", "mean"]),
-    "model.stabilizers.g": st.sampled_from([1.0, 0.5]),
-    "model.stabilizers.s_msg": st.sampled_from(["null", "0.5", "5"]),
-    "model.stabilizers.s_mix": st.sampled_from(["null", "0.5", "5"]),
-    "model.stabilizers.alpha_inter": st.sampled_from([1.0, 0.5]),
-    "model.stabilizers.alpha_mix": st.sampled_from([1.0, 0.5]),
-    "model.stabilizers.C_s": st.sampled_from(["null", "0.1", "10"]),
-    "model.stabilizers.C_v": st.sampled_from(["null", "0.1", "10"]),
-    "model.stabilizers.C_q": st.sampled_from(["null", "0.1", "100"]),
-    "model.stabilizers.C_mu": st.sampled_from(["null", "0.1", "20"]),
-    "model.shared_filters": st.booleans(),
-}
-MECHANISMS = {
-    "model.stabilizers.coupling": st.booleans(),
-    "model.stabilizers.s_coupling": st.sampled_from(["null", "0.5", "5"]),
-    "model.stabilizers.s_gating": st.sampled_from(["null", "0.5", "5"]),
-    "model.stabilizers.mu0": st.sampled_from(["velocity", "zero"]),
-    "model.stabilizers.mu0_scale": st.sampled_from([1.0, 0.1]),
-}
-OPTIONS = {"model.edge_charge": st.booleans()}  # EGNN's charge product as an edge input of the filter
-stabilizer_sets = st.fixed_dictionaries(TOGGLES)  # the stabilizers alone (the reference transcription's scope)
-toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS, **OPTIONS})
-
-
-def tiny_model(overrides=(), seed=0, F=8, L=3) -> PaiNN:
-    cfg = compose([f"model.F={F}", f"model.L={L}", "model.n_rbf=6", "model.r_cut=4.0", *overrides])
-    torch.manual_seed(seed)
-    return PaiNN(cfg.model).double()
-
-
-def random_system(n_graphs=3, n=5, seed=0, full=True):
-    g = torch.Generator().manual_seed(seed)
-    pos = torch.randn(n_graphs * n, 3, generator=g, dtype=torch.float64) * 1.5
-    vel = torch.randn(n_graphs * n, 3, generator=g, dtype=torch.float64) * 0.5
-    charge = torch.randint(0, 2, (n_graphs * n,), generator=g).double() * 2 - 1
-    src, dst = [], []
-    for b in range(n_graphs):
-        for i in range(n):
-            for j in range(n):
-                # full graph; otherwise drop some edges so degrees differ between nodes
-                if i != j and (full or (i + 2 * j + b) % 3):
-                    src.append(b * n + j)
-                    dst.append(b * n + i)
-    return pos, vel, charge, torch.tensor([src, dst])
-
-
-def random_rotation(seed: int, reflect: bool = False) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    Q, R = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    Q = Q * torch.sign(torch.diagonal(R))
-    if torch.det(Q) < 0:
-        Q[:, 0] = -Q[:, 0]
-    return -Q if reflect else Q  # -Q: an improper rotation (det -1)
-
-
-def overrides_of(toggles: dict) -> list[str]:
-    return [f"{k}={v}" for k, v in toggles.items()]
-
+from support import assert_equivariant, overrides_of, random_system, tiny_model, toggle_sets
 
 @settings(max_examples=25, deadline=None)
 @given(toggles=toggle_sets, seed=st.integers(0, 10_000))
 def test_rotation_reflection_equivariance(toggles, seed):
-    model = tiny_model(overrides_of(toggles), seed=seed)
-    pos, vel, charge, edges = random_system(seed=seed, full=False)
-    for reflect in (False, True):
-        Rm = random_rotation(seed + 1, reflect)
-        out = model(pos, vel, charge, edges)
-        out_rot = model(pos @ Rm.T, vel @ Rm.T, charge, edges)
-        for a, b in zip(out, out_rot):
-            torch.testing.assert_close(a @ Rm.T, b, atol=ATOL, rtol=1e-7)
+    model, system = tiny_model(overrides_of(toggles), seed=seed), random_system(seed=seed, full=False)
+    assert_equivariant(model, system, "rotation", seed)
+    assert_equivariant(model, system, "reflection", seed)
 
 
 @settings(max_examples=15, deadline=None)
 @given(toggles=toggle_sets, seed=st.integers(0, 10_000))
 def test_translation_invariance(toggles, seed):
-    model = tiny_model(overrides_of(toggles), seed=seed)
-    pos, vel, charge, edges = random_system(seed=seed)
-    shift = torch.randn(1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 10
-    for a, b in zip(model(pos, vel, charge, edges), model(pos + shift, vel, charge, edges)):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-7)
+    assert_equivariant(tiny_model(overrides_of(toggles), seed=seed), random_system(seed=seed), "translation", seed)
 
 
 @settings(max_examples=15, deadline=None)
 @given(toggles=toggle_sets, seed=st.integers(0, 10_000))
 def test_permutation_equivariance(toggles, seed):
-    model = tiny_model(overrides_of(toggles), seed=seed)
-    pos, vel, charge, edges = random_system(seed=seed, full=False)
-    n = pos.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
-    while torch.equal(perm, torch.arange(n)):  # make sure it is not the identity
-        perm = torch.randperm(n, generator=g)
-    inverse = torch.argsort(perm)  # new index of old node k is inverse[k]
-    out = model(pos, vel, charge, edges)
-    out_p = model(pos[perm], vel[perm], charge[perm], inverse[edges])
-    for a, b in zip(out, out_p):
-        torch.testing.assert_close(a[perm], b, atol=ATOL, rtol=1e-7)
+    assert_equivariant(tiny_model(overrides_of(toggles), seed=seed), random_system(seed=seed, full=False),
+                       "permutation", seed)
 
 
 def test_sum_and_mean_aggregation_differ_by_the_degree():

@@ -10,7 +10,7 @@ from painn_ablate.config import compose
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, backward_nonfinite
 
-from test_model import random_system
+from support import random_system
 
 
 def build(overrides=(), L=3, F=8, seed=0):

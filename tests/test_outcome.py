@@ -11,8 +11,8 @@ from painn_ablate.config import compose
 from painn_ablate.model import PaiNN
 from painn_ablate.outcome import Criteria, DivergenceTracker, Status, crossed, locate
 from painn_ablate.train import run
-from test_model import random_system, tiny_model
-from test_train import TINY
+from support import random_system, tiny_model
+from support import TINY
 
 CRIT = Criteria(loss_factor=100, val_factor=10, mu=1e3, q=1e4, mu_ratio=100)
 # Original PaiNN at lr 0.05 on the tiny set (checked on this machine's float32 CPU arithmetic):
@@ -73,6 +73,7 @@ def test_status_is_its_string():
 # ----------------------------------------------------------------------------- real training
 
 
+@pytest.mark.integration
 def test_finite_blow_up_is_diverged_with_its_origin(tiny, tmp_path):
     summary = run(tiny(*DIVERGING))
     assert summary["status"] == "diverged" and summary["nonfinite_events"] == 0
@@ -92,6 +93,7 @@ def test_finite_blow_up_is_diverged_with_its_origin(tiny, tmp_path):
     assert float(at["value"].iloc[0]) == pytest.approx(first["value"])
 
 
+@pytest.mark.integration
 def test_on_diverged_stop_ends_the_run_at_the_first_blow_up(tiny):
     summary = run(tiny(*DIVERGING, "monitor.on_diverged=stop"))
     assert summary["status"] == "diverged"
@@ -99,6 +101,7 @@ def test_on_diverged_stop_ends_the_run_at_the_first_blow_up(tiny):
     assert summary["stopped_early"]["reason"] == "diverged"
 
 
+@pytest.mark.integration
 def test_loss_overflow_is_located_in_a_layer(tiny):
     summary = run(tiny(*LOSS_OVERFLOW))
     assert summary["status"] == "exploded"
@@ -108,12 +111,14 @@ def test_loss_overflow_is_located_in_a_layer(tiny):
     assert summary["first_divergence"]["step"] < first["step"]
 
 
+@pytest.mark.integration
 def test_r2_full_stays_stable_where_the_original_diverges(tiny):
     summary = run(tiny(*DIVERGING, "model=r2_full", "train.val_every=10"))
     assert summary["status"] == "stable" and summary["first_divergence"] is None
     assert summary["divergence"]["episodes"] == 0
 
 
+@pytest.mark.integration
 def test_a_criterion_is_a_config_key(tiny):
     summary = run(tiny("model=r2_full", "train.steps=3", "monitor.diverge_mu=0.5", "monitor.on_diverged=stop"))
     assert summary["status"] == "diverged" and summary["first_divergence"]["criterion"] == "mu"
@@ -157,6 +162,7 @@ def test_zero_initial_vector_state_and_gating_bound():
     assert float(torch.linalg.vector_norm(seen[1], dim=-2).max()) <= 5.0  # ||dmu * mu_W|| <= s_gating
 
 
+@pytest.mark.integration
 def test_a_diverged_trial_is_a_complete_result_with_its_metric_and_an_infeasible_constraint(tiny, tmp_path):
     from painn_ablate import sweep as sw
     from painn_ablate import sweep_file as sf

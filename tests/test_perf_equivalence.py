@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from painn_ablate.model import NORM_EPS, ClipNorm, Saturation, _VectorMessageFn, cosine_cutoff, radial_basis
 
-from test_model import overrides_of, random_system, stabilizer_sets, tiny_model
+from support import overrides_of, random_system, stabilizer_sets, tiny_model
 
 RTOL = 1e-10
 

@@ -10,7 +10,9 @@ import pytest
 from painn_ablate.config import compose
 from painn_ablate.probe import depth_table, layer_table, run_probe
 from painn_ablate.train import run
-from test_train import TINY
+from support import TINY
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from test_train import TINY
+from support import TINY
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 
 def cli(*args, timeout=300):

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from painn_ablate import analysis, reproduce as rp
+from painn_ablate import analysis, config, reproduce as rp
 from painn_ablate.cli import main
 from painn_ablate.config import compose, flatten
 from painn_ablate.outcome import OUTCOMES
-from test_analysis import TINY, tiny_root  # noqa: F401  (tiny_root: the session's runs and sweep)
+from support import TINY
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 # At lr 0.05 the tiny original goes non-finite within a few steps (see test_train); r2_full does not.
 REPRO = [*TINY, "train.lr=0.05", "train.steps=8"]
@@ -104,7 +106,7 @@ def test_verdict_agrees_with_the_records_read_directly(reproduced):
 
 def record(seed, preset="original", status="stable", layer=None, mse=None):
     blew = status in ("diverged", "exploded")
-    return {"preset": preset, "ablate": "none", "experiment": analysis.experiment_name(preset, "none"), "seed": seed,
+    return {"preset": preset, "ablate": "none", "experiment": config.experiment_name(preset, "none"), "seed": seed,
             "status": status, "blew_up": blew, "test_pos_mse": mse,
             "origin": {"step": 3, "layer": layer, "block": "mixing", "stat": "q_absmax", "criterion": "q"} if blew else None}
 
@@ -192,7 +194,7 @@ def test_report_lists_every_run_with_a_command_that_recomposes_its_config(reprod
         args = command.split()[2:]
         name = re.fullmatch(r"out=runs/(.*)-rerun", args[-1]).group(1)
         saved = flatten(OmegaConf.load(dirs[name] / "config.yaml"))
-        assert analysis.results_view(flatten(compose(args[:-1]))) == analysis.results_view(saved), command
+        assert config.results_view(flatten(compose(args[:-1]))) == config.results_view(saved), command
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (md.parent / link).is_file()
     assert len(list(plots.glob("*.png"))) >= 3

@@ -25,10 +25,13 @@ from painn_ablate import sweep as sw
 from painn_ablate import sweep_file as sf
 from painn_ablate.config import ABLATIONS, compose, flatten
 
+from support import SWEEP_COMMAND, write_sweep
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
 PG_URL = os.environ.get("PAINN_ABLATE_PG_URL", "postgresql://painn:painn@127.0.0.1:5432/painn")
-COMMAND = ["${env}", "painn-ablate", "train", "${args_no_hyphens}"]
 
 
 @pytest.fixture(scope="session")
@@ -38,14 +41,6 @@ def tiny(tmp_path_factory) -> list[str]:
     return ["train.steps=3", "train.val_every=3", "model.F=8", "model.L=2", "model.n_rbf=4",
             "data.n_train=20", "data.n_val=10", "data.n_test=10", f"data.cache_dir={cache}",
             "tracking.wandb=false", "train.checkpoint=false"]
-
-
-def write_sweep(folder: Path, parameters: dict, method: str = "grid", stem: str = "tiny", **top) -> Path:
-    path = folder / f"{stem}.yaml"
-    body = {"program": "painn-ablate", "command": COMMAND, "method": method,
-            "metric": {"name": "val_pos_mse", "goal": "minimize"}, "parameters": parameters, **top}
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 def cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
@@ -75,7 +70,7 @@ def test_shipped_files_load_and_state_their_budget_and_command(path):
     assert f"painn-ablate sweep sweeps/{path.name}" in text.splitlines()[0]
     budget = [spec.params[k] for k in ("train.steps", "train.epochs") if k in spec.params]
     assert budget and all(p.fixed for p in budget)  # a step or epoch budget, the same for every trial
-    assert spec.raw["command"] == COMMAND
+    assert spec.raw["command"] == SWEEP_COMMAND
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -112,8 +107,8 @@ def test_stabilizers_design_covers_every_stabilizer_both_ways():
         for key in ABLATIONS[name]:
             off, on = flatten(compose([]))[key], flatten(r2)[key]
             assert flatten(loo)[key] == off and flatten(aoi)[key] == on, key
-    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "loo-s_msg-seed1"
-    assert sf.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "aoi-g-seed0"
+    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "r2_full-s_msg-seed1"
+    assert sf.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "original+g-seed0"
 
 
 BAD_FILES = {

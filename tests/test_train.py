@@ -16,10 +16,9 @@ import pytest
 from painn_ablate.config import compose
 from painn_ablate.train import run
 
-TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data.n_train=40", "data.n_val=20",
-        "data.n_test=20", "tracking.wandb=false", "tracking.progress=false"]
-# Original PaiNN at this learning rate reaches non-finite q in the mixing block at step 1 (checked on seeds 0, 1).
-EXPLODING = ["model=original", "train.lr=0.05", "train.steps=20"]
+from support import EXPLODING, TINY
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 
 @pytest.fixture

@@ -1,28 +1,13 @@
 """W&B logging for real, in offline mode, read back with `wandb leet inspect`."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from painn_ablate.config import compose
 from painn_ablate.train import run
 
-from test_train import EXPLODING, TINY
+from support import EXPLODING, TINY, inspect
 
-WANDB = str(Path(sys.executable).parent / "wandb")
-
-
-def inspect(run_dir: Path) -> dict:
-    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1, offline
-    res = subprocess.run([WANDB, "leet", "inspect", "--summary", "--json", str(offline[0])],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
-
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
@@ -38,9 +23,9 @@ def tiny(tmp_path, *overrides, out="run"):
 
 def test_offline_run_holds_config_layer_keys_and_status(offline):
     summary = run(tiny(offline, "model=r2_full", "ablate=s_msg", "train.steps=8", "train.val_every=4",
-                       "monitor.every=4", "name=loo-s_msg-seed0", "tracking.group=stabilizers"))
+                       "monitor.every=4", "name=r2_full-s_msg-seed0", "tracking.group=stabilizers"))
     record = inspect(offline / "run")
-    assert record["name"] == "loo-s_msg-seed0" and record["state"] == "finished"
+    assert record["name"] == "r2_full-s_msg-seed0" and record["state"] == "finished"
     assert set(record["tags"]) >= {"preset:r2_full", "ablate:s_msg", "outcome:stable"}
     config = record["config"]
     assert config["model.stabilizers.s_msg"] is None and config["model.stabilizers.C_mu"] == 20.0

@@ -20,8 +20,9 @@ from painn_ablate import wandb_sweep as ws
 from painn_ablate.cli import build_parser, main
 from painn_ablate.config import compose, flatten
 
-from test_sweep import write_sweep
-from test_wandb import inspect
+from support import inspect, write_sweep
+
+pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -164,13 +165,13 @@ def test_agent_trial_logs_into_the_run_the_agent_made(tmp_path, tiny, monkeypatc
 
     assert len(list(out.rglob("offline-run-*"))) == 1  # the agent's run, and no second one
     record = inspect(out)
-    assert (record["run_id"], record["name"], record["state"]) == ("agentrun1", "loo-s_msg-seed0", "finished")
+    assert (record["run_id"], record["name"], record["state"]) == ("agentrun1", "r2_full-s_msg-seed0", "finished")
     assert set(record["tags"]) >= {"preset:r2_full", "ablate:s_msg", "sweep:tiny"}
     config = record["config"]
     assert config["model"] == "r2_full" and config["ablate"] == "s_msg"
     assert config["model.stabilizers.s_msg"] is None and config["model.stabilizers.C_mu"] == 20.0
     assert record["summary"]["status"] == "stable" and "layer2/mixing/mu_norm_max" in record["summary"]
-    assert (out / "trials" / "loo-s_msg-seed0-agentrun1" / "summary.json").is_file()
+    assert (out / "trials" / "r2_full-s_msg-seed0-agentrun1" / "summary.json").is_file()
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

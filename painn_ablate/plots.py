@@ -1,0 +1,372 @@
+"""The figures the reports and notebooks share: each takes the tables of `analysis` or `experiments`
+and returns a matplotlib figure (Agg backend: nothing opens a window); `save_figure` writes one.
+
+    run figures          plot_heatmaps, plot_layer_curves, plot_feedback (per-layer statistics of runs),
+                         plot_outcomes, plot_validation, plot_importances
+    experiment figures   plot_map, plot_probe_depths, plot_profiles, plot_ablation (trial tables)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from painn_ablate.analysis import wilson
+from painn_ablate.experiments import PROFILE_STATS
+
+PathLike = Union[str, Path]
+
+
+# ----------------------------------------------------------------------------- run figures
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _tidy_log(ax, x: bool = False) -> None:
+    """Log axes spanning more than a decade without the crowded minor-tick labels (call after plotting)."""
+    from matplotlib.ticker import NullFormatter
+
+    axes = [(ax.yaxis, ax.get_ylim())] + ([(ax.xaxis, ax.get_xlim())] if x else [])
+    for axis, (lo, hi) in axes:
+        if lo > 0 and hi / lo > 10:
+            axis.set_minor_formatter(NullFormatter())
+
+
+def _log10(values: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.where(values > 0, values, np.nan))
+    out[np.isinf(values)] = np.inf
+    return out
+
+
+def layer_step_grid(stats: pd.DataFrame, run_dir: str, stat: str, block: str = "mixing"):
+    """(steps, layers, grid[layer, step]) of one statistic of one run; NaN where missing."""
+    rows = stats[(stats["run_dir"] == run_dir) & (stats["stat"] == stat) & (stats["block"] == block)]
+    grid = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="last", dropna=False)
+    return np.asarray(grid.columns), np.asarray(grid.index), grid.to_numpy(dtype=float)
+
+
+def plot_heatmaps(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = ("mu_norm_max", "q_absmax"),
+                  block: str = "mixing", title: str = "", shared_scale: bool = True):
+    """Layer x step heat maps of log10 of each statistic (columns) for each run (rows).
+
+    shared_scale: one colour scale per statistic for all runs, so runs compare at a glance;
+    False: each panel scaled to itself. Cyan cells: non-finite (Inf/NaN) values; a red x
+    marks the first blow-up (its step and origin layer).
+    """
+    plt = _pyplot()
+    import matplotlib
+
+    runs = runs.reset_index(drop=True)
+    fig, axes = plt.subplots(len(runs), len(stats_names), figsize=(5.5 * len(stats_names), 1.2 + 1.7 * len(runs)),
+                             squeeze=False)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="cyan", over="cyan")
+    limits = {}
+    for stat in stats_names:
+        logs = _log10(stats.loc[stats["run_dir"].isin(runs["run_dir"]) & (stats["stat"] == stat)
+                                & (stats["block"] == block), "value"].to_numpy(dtype=float))
+        finite = logs[np.isfinite(logs)]
+        limits[stat] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for r, run in runs.iterrows():
+        for c, stat in enumerate(stats_names):
+            ax = axes[r, c]
+            steps, layers, grid = layer_step_grid(stats, run["run_dir"], stat, block)
+            if grid.size == 0:
+                ax.set_axis_off()
+                continue
+            logs = _log10(grid)
+            finite = logs[np.isfinite(logs)]
+            if shared_scale:
+                vmin, vmax = limits[stat]
+            else:
+                vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            shown = np.where(np.isfinite(logs), logs, np.nan)
+            shown = np.ma.masked_invalid(shown)
+            edges = np.append(steps, steps[-1] + max(1, (steps[-1] - steps[0]) / max(1, len(steps) - 1)))
+            mesh = ax.pcolormesh(edges, np.arange(len(layers) + 1) + 0.5, shown, cmap=cmap, vmin=vmin,
+                                 vmax=max(vmax, vmin + 1e-6), shading="flat")
+            fig.colorbar(mesh, ax=ax, label=f"log10 {stat}")
+            step, layer = run.get("first_blow_up.step"), run.get("first_blow_up.layer")
+            if _number(step):
+                ax.plot([step], [layer if _number(layer) else len(layers)], "x", color="red", ms=10, mew=2)
+            ax.set_yticks(range(1, len(layers) + 1), [str(int(l)) for l in layers])
+            ax.set_ylabel("layer")
+            ax.set_xlabel("step")
+            ax.set_title(f"{run['experiment']} seed {run['seed']}: {stat} ({block})", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not (isinstance(x, float) and math.isnan(x))
+
+
+def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = ("mu_norm_max", "q_absmax"),
+                      block: str = "mixing", groups: Optional[Sequence[str]] = None):
+    """Per-layer statistic vs step, one panel per (statistic, experiment), every seed drawn.
+
+    Colour is the layer (dark: layer 1, light: last); a dashed line marks each run's first
+    blow-up. The y axis is logarithmic: a feedback loop shows as straight growth.
+    """
+    plt = _pyplot()
+    import matplotlib
+
+    groups = list(groups) if groups is not None else list(dict.fromkeys(runs["experiment"]))
+    fig, axes = plt.subplots(len(stats_names), len(groups), figsize=(4.2 * len(groups), 0.4 + 3.2 * len(stats_names)),
+                             squeeze=False, sharey="row")
+    fig.suptitle("colour: layer; line style: seed (first solid, then dashed, dotted, dash-dot); "
+                 "red dashed: first blow-up", fontsize=9)
+    n_layers = int(stats["layer"].max()) if len(stats) else 1
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n_layers))
+    styles = ["-", "--", ":", "-."]
+    for c, group in enumerate(groups):
+        members = runs[runs["experiment"] == group].reset_index(drop=True)
+        for r, stat in enumerate(stats_names):
+            ax = axes[r, c]
+            for k, run in members.iterrows():
+                rows = stats[(stats["run_dir"] == run["run_dir"]) & (stats["stat"] == stat) & (stats["block"] == block)]
+                for layer, g in rows.groupby("layer"):
+                    v = g["value"].to_numpy(dtype=float)
+                    ax.plot(g["step"], np.where(np.isfinite(v) & (v > 0), v, np.nan), styles[k % len(styles)],
+                            color=colors[int(layer) - 1], lw=1.2,
+                            label=f"layer {layer}" if k == 0 else None)
+                if _number(run.get("first_blow_up.step")):
+                    ax.axvline(run["first_blow_up.step"], color="red", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            _tidy_log(ax)
+            ax.set_title(f"{group}: {stat}", fontsize=9)
+            ax.set_xlabel("step")
+            if c == 0:
+                ax.set_ylabel(f"{stat} ({block})")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feedback(stats: pd.DataFrame, runs: pd.DataFrame):
+    """The mixing feedback loop, per run (columns).
+
+    Top: max ||mu|| entering each layer's mixing vs the term it feeds into q,
+    max |dqmu * <mu_V, mu_W>| (`qmu_absmax`), log-log over all snapshots: the term grows
+    like ||mu||^2 (grey slope-2 line). Bottom: `mu_term_norm_max` (max ||dmu * mu_W||, the
+    term that feeds back into mu) vs step, per layer.
+    """
+    plt = _pyplot()
+    import matplotlib
+
+    runs = runs.reset_index(drop=True)
+    fig, axes = plt.subplots(2, len(runs), figsize=(4.5 * len(runs), 7), squeeze=False)
+    n_layers = int(stats["layer"].max()) if len(stats) else 1
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n_layers))
+    for c, run in runs.iterrows():
+        mine = stats[stats["run_dir"] == run["run_dir"]]
+        mu_in = mine[(mine["block"] == "interaction") & (mine["stat"] == "mu_norm_max")]
+        qmu = mine[(mine["block"] == "mixing") & (mine["stat"] == "qmu_absmax")]
+        term = mine[(mine["block"] == "mixing") & (mine["stat"] == "mu_term_norm_max")]
+        pairs = mu_in.merge(qmu, on=["step", "layer"], suffixes=("_mu", "_qmu"))
+        ax = axes[0, c]
+        for layer, g in pairs.groupby("layer"):
+            ok = np.isfinite(g["value_mu"]) & np.isfinite(g["value_qmu"]) & (g["value_qmu"] > 0)
+            ax.scatter(g["value_mu"][ok], g["value_qmu"][ok], s=8, color=colors[int(layer) - 1], label=f"layer {layer}")
+        ok = pairs[np.isfinite(pairs["value_mu"]) & np.isfinite(pairs["value_qmu"]) & (pairs["value_qmu"] > 0)]
+        if len(ok):
+            x = np.geomspace(ok["value_mu"].min(), ok["value_mu"].max(), 20)
+            anchor = np.median(ok["value_qmu"] / ok["value_mu"] ** 2)
+            ax.plot(x, anchor * x ** 2, color="grey", lw=1, label="~ ||mu||^2")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _tidy_log(ax, x=True)
+        ax.set_xlabel("max ||mu|| into mixing")
+        ax.set_ylabel("max |dqmu <mu_V, mu_W>|")
+        ax.set_title(f"{run['experiment']} seed {run['seed']}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[1, c]
+        for layer, g in term.groupby("layer"):
+            v = g["value"].to_numpy(dtype=float)
+            ax.plot(g["step"], np.where(np.isfinite(v) & (v > 0), v, np.nan), color=colors[int(layer) - 1],
+                    label=f"layer {layer}")
+        if _number(run.get("first_blow_up.step")):
+            ax.axvline(run["first_blow_up.step"], color="red", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        _tidy_log(ax)
+        ax.set_xlabel("step")
+        ax.set_ylabel("max ||dmu * mu_W||")
+    fig.tight_layout()
+    return fig
+
+
+def plot_outcomes(table: pd.DataFrame, baselines: Optional[dict[str, float]] = None, label: str = "experiment"):
+    """Per experiment (an outcome_table): blow-up rate with its Wilson 95% interval, the step of the first
+    blow-up (median, bar from first to last), test position MSE of the stable runs (bar: sample sd)."""
+    plt = _pyplot()
+    names = table[label].astype(str).tolist()
+    y = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 1.2 + 0.45 * len(names)), sharey=True)
+    rate = table["blow_up_rate"]
+    axes[0].barh(y, rate, xerr=[rate - table["blow_up_lo"], table["blow_up_hi"] - rate], color="tab:red")
+    for k, (n, b) in enumerate(zip(table["runs"], table["blew_up"])):
+        axes[0].text(0.02, k, f"{b}/{n}", va="center", fontsize=8)
+    axes[0].set_xlim(0, 1)
+    axes[0].set_xlabel("blow-up rate (diverged or exploded), Wilson 95%")
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    median = table["blow_up_step_median"]
+    axes[1].barh(y, median, xerr=[median - table["blow_up_step_min"], table["blow_up_step_max"] - median],
+                 color="tab:orange")
+    axes[1].set_xlabel("step of the first blow-up (median; bar: first to last)")
+    axes[2].barh(y, table["test_pos_mse_mean"], xerr=table["test_pos_mse_sd"], color="tab:blue")
+    axes[2].set_xlabel("test position MSE (stable runs)")
+    axes[2].set_xscale("log")
+    for k, (name, value) in enumerate((baselines or {}).items()):
+        if value is not None and math.isfinite(value):
+            axes[2].axvline(value, color=f"C{k + 2}", ls="--", lw=1, label=f"{name} {value:.3g}")
+    if baselines:
+        axes[2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation(metrics: pd.DataFrame, runs: pd.DataFrame, baselines: Optional[dict[str, float]] = None):
+    """Validation position MSE vs step, one colour per experiment, one line per seed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    val = metrics.dropna(subset=["val_pos_mse"]) if "val_pos_mse" in metrics else metrics.iloc[0:0]
+    for k, group in enumerate(dict.fromkeys(runs["experiment"])):
+        for j, run_dir in enumerate(runs.loc[runs["experiment"] == group, "run_dir"]):
+            g = val[val["run_dir"] == run_dir]
+            ax.plot(g["step"], g["val_pos_mse"], color=f"C{k}", lw=1, label=group if j == 0 else None)
+    for k, (name, value) in enumerate((baselines or {}).items()):
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color="grey", ls=[":", "--", "-."][k % 3], lw=1, label=f"{name} {value:.3g}")
+    ax.set_yscale("log")
+    _tidy_log(ax)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation position MSE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_importances(importances: dict[str, pd.Series]):
+    """Horizontal bars of parameter importances, one panel per target."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(importances), figsize=(5 * len(importances), 0.8 + 0.4 * max(
+        (len(s) for s in importances.values()), default=1)), squeeze=False)
+    for ax, (target, series) in zip(axes[0], importances.items()):
+        s = series.fillna(0).sort_values()
+        ax.barh(s.index, s.values, color="tab:purple")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"importance for {target}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: PathLike) -> Path:
+    """Write a figure as PNG and release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- experiment figures
+
+
+def plot_map(cells: pd.DataFrame):
+    """Blow-up rate per depth x learning rate, one panel per preset, each cell labelled k/n."""
+    plt = _pyplot()
+    base = cells[cells["ablate"] == "none"]
+    presets = list(dict.fromkeys(base["preset"]))
+    fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
+    for ax, preset in zip(axes[0], presets):
+        c = base[base["preset"] == preset]
+        grid = c.pivot_table(index="L", columns="lr", values="rate")
+        image = ax.imshow(grid.values, vmin=0, vmax=1, cmap="Reds", origin="lower", aspect="auto")
+        for (i, L), (j, lr) in ((a, b) for a in enumerate(grid.index) for b in enumerate(grid.columns)):
+            r = c[(c["L"] == L) & np.isclose(c["lr"], lr)]
+            if len(r):
+                r = r.iloc[0]
+                ax.text(j, i, f"{r['blew_up']}/{r['n']}\n[{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]", ha="center",
+                        va="center", fontsize=7, color="white" if r["rate"] > 0.6 else "black")
+        ax.set_xticks(range(len(grid.columns)), [f"{x:g}" for x in grid.columns])
+        ax.set_yticks(range(len(grid.index)), grid.index)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("depth L")
+        ax.set_title(f"{preset}: blow-up rate (Wilson 95%)", fontsize=9)
+    fig.subplots_adjust(bottom=0.18, wspace=0.35)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    return fig
+
+
+def plot_probe_depths(depths: pd.DataFrame):
+    """Fraction of seeds blown up in the first forward pass, per depth, with Wilson intervals."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for variant, g in depths[depths["variant"].isin(["original", "r2_full"])].groupby("variant"):
+        yerr = [(g["rate"] - g["rate_lo"]).clip(lower=0), (g["rate_hi"] - g["rate"]).clip(lower=0)]
+        ax.errorbar(g["L"], g["rate"], yerr=yerr, marker="o",
+                    capsize=3, label=variant)
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("blown up at initialisation")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_profiles(trials: pd.DataFrame, L: int = 5):
+    """Median per-layer max ||mu|| and |q| (after mixing) of the original at depth L: at initialisation-
+    time blow-ups, the snapshot before later blow-ups, and the last snapshot of stable runs."""
+    plt = _pyplot()
+    g = trials[(trials["preset"] == "original") & (trials["ablate"] == "none") & (trials["L"] == L)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    groups = {"blew up, snapshot before": g[g["blew_up"] & g["before_step"].notna()],
+              "blew up, the blow-up pass": g[g["blew_up"]], "stable, last snapshot": g[~g["blew_up"]]}
+    for ax, stat in zip(axes, PROFILE_STATS):
+        for name, sub in groups.items():
+            when = "before" if "before" in name else "at"
+            cols = [f"{when}_{stat}_L{l}" for l in range(1, L + 1)]
+            if sub.empty or not set(cols) <= set(sub.columns):
+                continue
+            ax.plot(range(1, L + 1), sub[cols].median(), marker="o", label=f"{name} (n={len(sub)})")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"median {stat}")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(table: pd.DataFrame):
+    """Per stabilizer: blow-up rate with it alone on the original, and without it on R2_full (Wilson 95%)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(table), 4) + 1.2))
+    y = np.arange(len(table))
+    for offset, side, label in ((-0.18, "aoi", "original + it alone"), (0.18, "loo", "r2_full without it")):
+        rates, lo, hi = [], [], []
+        for r in table[side]:
+            k, n = (r["blew_up"], r["n"]) if r else (0, 0)
+            a, b = wilson(k, n)
+            rates.append(k / n if n else math.nan)
+            lo.append(k / n - a if n else 0)
+            hi.append(b - k / n if n else 0)
+        ax.errorbar(rates, y + offset, xerr=[lo, hi], fmt="o", capsize=3, label=label)
+    ax.set_yticks(y, table["stabilizer"])
+    ax.invert_yaxis()
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("blow-up rate (Wilson 95%)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
-from painn_ablate.outcome import OUTCOMES, Status, first_blow_up, is_blow_up, outcome_columns  # noqa: F401
+from painn_ablate.outcome import (METRIC_SPLITS, OUTCOMES, SPLIT_METRICS, RunSummary, Status, first_blow_up,  # noqa: F401
+                                  is_blow_up, metric_name, outcome_columns)
 from painn_ablate.tracking import stat_key
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ Paths = Union[PathLike, Sequence[PathLike]]
 
 SUMMARY_FILE = "summary.json"
 ID_COLUMNS = ("run_dir", "name", "experiment", "seed")  # carried by every long table
-METRIC_SPLITS = ("val", "test")  # summary["val"]["pos_mse"] -> column val_pos_mse, as in W&B and Optuna
-SPLIT_METRICS = ("pos_mse", "vel_mse")  # their columns exist even before the first validation
 # Nested summary fields that are None until something happens: their columns exist either way.
 NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"),
                  "first_divergence": ("step", "layer", "block", "stat", "value", "criterion"),
@@ -113,7 +112,7 @@ def flatten_summary(summary: dict) -> dict[str, Any]:
             flat.update({f"{key}.{field}": None for field in NESTED_FIELDS[key]})
         elif key in METRIC_SPLITS:
             for metric, v in {**dict.fromkeys(SPLIT_METRICS), **(value or {})}.items():
-                flat[f"{key}_{metric}"] = v
+                flat[metric_name(key, metric)] = v
         else:
             walk(value, f"{key}.")
     return flat
@@ -156,7 +155,7 @@ class UnreadableRun(AnalysisError):
     """A run folder whose summary.json is truncated, corrupt or not a painn-ablate summary."""
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
+def read_summary(run_dir: Path) -> RunSummary:
     path = Path(run_dir) / SUMMARY_FILE
     try:
         summary = json.loads(path.read_text())
@@ -403,7 +402,7 @@ def wandb_row(config: dict, summary: dict, **meta: Any) -> dict[str, Any]:
         row.setdefault(k, v)
     for split in METRIC_SPLITS:  # W&B has val_* only once a validation ran
         for metric in SPLIT_METRICS:
-            row.setdefault(f"{split}_{metric}", None)
+            row.setdefault(metric_name(split, metric), None)
     row.update(meta)
     row["preset"] = row.get("model.preset")
     row["ablate"] = row.get("ablate", "none")

@@ -32,13 +32,13 @@ from typing import Optional
 
 from painn_ablate import files
 from painn_ablate.config import ConfigError, parse_experiment
-from painn_ablate.outcome import Status, outcome_columns
+from painn_ablate.outcome import Status, metric_name, outcome_columns
 from painn_ablate.tracking import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
 
 SPEC_FILE = "dashboard.json"
 GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (config.experiment_name)
 OUTCOME_KEYS = tuple(outcome_columns(Status.STABLE))  # 0/1 summary keys of each run
-MSE_KEYS = ("val_pos_mse", "test_pos_mse")
+MSE_KEYS = (metric_name("val", "pos_mse"), metric_name("test", "pos_mse"))
 STATE_STATS = ("mu_norm_max", "q_absmax")  # after each mixing block
 FEEDBACK_STATS = ("qmu_absmax", "mu_term_norm_max")  # the mixing block's coupling and self-gating terms
 
@@ -79,7 +79,7 @@ def sweep_info(target: str, study: Optional[str] = None) -> SweepInfo:
     from painn_ablate.config import ModelConfig
 
     return SweepInfo(study=s.study_name, project=raw.get("project") or "painn-ablate", entity=raw.get("entity"),
-                     metric=settings.get("metric") or "val_pos_mse", swept=swept,
+                     metric=settings.get("metric") or metric_name("val", "pos_mse"), swept=swept,
                      n_layers=max(depths) if depths else ModelConfig.L)
 
 

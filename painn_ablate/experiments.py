@@ -29,7 +29,7 @@ from scipy import stats as sps
 from painn_ablate import analysis, files
 from painn_ablate.analysis import wilson  # noqa: F401  (re-exported: ex.wilson)
 from painn_ablate.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
-from painn_ablate.outcome import OUTCOMES, Status, first_blow_up
+from painn_ablate.outcome import OUTCOMES, Status, first_blow_up, metric_name
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
@@ -153,7 +153,7 @@ def _error_tail(r: pd.Series, status: str) -> dict:
     recomputed from its checkpoint when the summary predates them."""
     from painn_ablate.train import TAIL, evaluate_checkpoint
 
-    keys = [f"test_pos_mse_{q}" for q in TAIL]
+    keys = [metric_name("test", f"pos_mse_{q}") for q in TAIL]
     if status != Status.STABLE:
         return {}
     if all(r.get(k) is not None and not pd.isna(r.get(k)) for k in keys):
@@ -161,7 +161,7 @@ def _error_tail(r: pd.Series, status: str) -> dict:
     if not (Path(r["run_dir"]) / "checkpoint.pt").exists():
         return {}
     test = evaluate_checkpoint(r["run_dir"])
-    return {f"test_pos_mse_{q}": test[f"pos_mse_{q}"] for q in TAIL}
+    return {metric_name("test", f"pos_mse_{q}"): test[f"pos_mse_{q}"] for q in TAIL}
 
 
 def _finished_runs(folder: Path) -> pd.DataFrame:

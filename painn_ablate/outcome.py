@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Iterable, Optional
+from typing import Iterable, Optional, TypedDict
 
 
 class Status(str, Enum):
@@ -67,6 +67,59 @@ def outcome_columns(status) -> dict[str, bool]:
     """The boolean outcome columns of a run or trial (tables, W&B summary): exploded, diverged, blew_up."""
     return {"exploded": status == Status.EXPLODED, "diverged": status == Status.DIVERGED,
             "blew_up": is_blow_up(status)}
+
+
+# ----------------------------------------------------------------------------- run summary
+
+
+class RunSummary(TypedDict, total=False):
+    """A run's summary.json: what train writes, every sink reports, both sweep engines record as a
+    trial's result, and the loaders flatten into columns (analysis.flatten_summary)."""
+
+    status: str  # a Status value
+    name: str
+    run_dir: str
+    preset: str
+    seed: int
+    steps_total: int
+    steps_completed: int  # = rows of metrics.parquet, also when interrupted
+    first_nonfinite: Optional[dict]  # monitor.NonFinite.as_dict(): step, layer, block, tensor, phase
+    nonfinite_events: int
+    first_divergence: Optional[dict]  # Origin.as_dict(): step, layer, block, stat, value, criterion
+    divergence: Optional[dict]  # DivergenceTracker.summary(): episodes, recovered, peaks, reference_loss, ...
+    first_blow_up: Optional[dict]  # first_blow_up(first_divergence, first_nonfinite)
+    early_warning: Optional[dict]  # step, risk, mu_ratio, mu_growth
+    early_warning_lead: Optional[int]  # steps between the warning and the first blow-up
+    stopped_early: Optional[dict]  # step, reason
+    val: Optional[dict]  # SPLIT_METRICS of the best checkpoint on the val split (columns metric_name("val", m))
+    test: Optional[dict]  # the same on the test split, with the tail quantiles
+    best_step: Optional[int]
+    final_loss: Optional[float]
+    last_stats: Optional[dict]  # stat -> layer -> value after the last statistics step
+    last_finite_stats: Optional[dict]
+    wall_seconds: float
+    ms_per_step: Optional[float]
+    n_params: int
+    device: str
+    environment: dict  # train.environment()
+    host: str
+    pid: int  # a "running" summary whose process is gone is lost
+
+
+# ----------------------------------------------------------------------------- metric names
+
+METRIC_SPLITS = ("val", "test")  # summary["val"]["pos_mse"] -> column val_pos_mse, as in W&B and Optuna
+SPLIT_METRICS = ("pos_mse", "vel_mse")  # their columns exist even before the first validation
+
+
+def metric_name(split: str, metric: str) -> str:
+    """The one name of a split's metric: `val_pos_mse` (summary column, W&B summary key, Optuna user
+    attribute and sweep-file metric alike)."""
+    return f"{split}_{metric}"
+
+
+# Every metric a sweep can optimise: name -> (split, metric).
+METRICS = {metric_name(s, m): (s, m) for s in METRIC_SPLITS for m in SPLIT_METRICS}
 
 
 # The statistics a blow-up origin is read from, in the order they are checked per block.

@@ -56,7 +56,7 @@ from typing import Any, Iterator, Optional
 import yaml
 
 from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
-from painn_ablate.outcome import Status
+from painn_ablate.outcome import METRICS, RunSummary, Status, metric_name
 
 
 class SweepError(ValueError):
@@ -69,9 +69,7 @@ class SweepError(ValueError):
 TOP_LEVEL_KEYS = ("program", "command", "method", "metric", "parameters", "name", "description",
                   "project", "entity", "run_cap", "early_terminate", "controller")
 METHODS = ("grid", "random", "bayes")
-METRICS = {"val_pos_mse": ("val", "pos_mse"), "val_vel_mse": ("val", "vel_mse"),
-           "test_pos_mse": ("test", "pos_mse"), "test_vel_mse": ("test", "vel_mse")}
-DEFAULT_METRIC = "val_pos_mse"
+DEFAULT_METRIC = metric_name("val", "pos_mse")
 # Keys a parameter spec may hold, per form.
 DISTRIBUTION_KEYS = {
     "constant": {"value"},
@@ -417,7 +415,7 @@ def trial_label(sweep: Sweep, params: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- what every engine does with a run
 
 
-def result_attrs(summary: dict) -> dict[str, Any]:
+def result_attrs(summary: RunSummary) -> dict[str, Any]:
     """The trial's user attributes from a run summary; metric names as in METRICS."""
     divergence = summary.get("divergence") or {}
     attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from painn_ablate import files
-from painn_ablate.outcome import outcome_columns
+from painn_ablate.outcome import METRIC_SPLITS, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +267,9 @@ class WandbSink(Sink):
                 EARLY_WARNING_LEAD: summary.get("early_warning_lead")}
         self.run.summary.update({k: v for k, v in flat.items() if v is not None})
         self.run.tags = (*self.run.tags, f"outcome:{summary.get('status')}")  # filter runs by outcome in the UI
-        for split in ("val", "test"):
+        for split in METRIC_SPLITS:
             for metric, value in (summary.get(split) or {}).items():
-                self.run.summary[f"{split}_{metric}"] = value
+                self.run.summary[metric_name(split, metric)] = value
         if self.events:
             columns = list(EVENTS_SCHEMA.names)
             self.run.log({"events": wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in self.events])})

@@ -40,7 +40,8 @@ from painn_ablate.config import compose, flatten, to_yaml, velocity_weight
 from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
-from painn_ablate.outcome import Criteria, DivergenceTracker, Origin, Status, crossed, first_blow_up, locate
+from painn_ablate.outcome import (Criteria, DivergenceTracker, Origin, RunSummary, Status, crossed, first_blow_up, locate,
+                                  metric_name)
 from painn_ablate.tracking import (ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason,
                                    write_json_atomic)
 
@@ -275,7 +276,7 @@ class Trainer:
         self.recorder = Recorder([ParquetSink(), *sinks])
         self.should_stop = should_stop
         self.warning = EarlyWarning(cfg.monitor, cfg.model.L)
-        self.summary: dict = {
+        self.summary: RunSummary = {
             "status": Status.RUNNING.value, "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
             "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
             "nonfinite_events": 0, "first_divergence": None, "divergence": None, "early_warning": None,
@@ -370,7 +371,7 @@ class Trainer:
             if self.cfg.train.checkpoint:
                 files.atomic(self.run_dir / "checkpoint.pt",
                              lambda tmp: torch.save({"step": step, "model": self.best_state}, tmp))
-        return {f"val_{k}": (v if v is not None else math.nan) for k, v in metrics.items()}
+        return {metric_name("val", k): (v if v is not None else math.nan) for k, v in metrics.items()}
 
     def watch_validation(self, step: int, val_pos_mse: float, batch, mon: Monitor) -> bool:
         """Check a validation against the val criterion; True when it is crossed."""
@@ -436,7 +437,7 @@ class Trainer:
                     if not stop and not diverged_stop and ((step + 1) % cfg.train.val_every == 0
                                                            or step == self.steps - 1):
                         metrics.update(self.validate(step))
-                        if self.watch_validation(step, metrics["val_pos_mse"], batch, mon):
+                        if self.watch_validation(step, metrics[metric_name("val", "pos_mse")], batch, mon):
                             diverged_stop = cfg.monitor.on_diverged == "stop"
                     self.recorder.metrics(step, metrics)
                     self.summary["steps_completed"] = step + 1  # = rows of metrics.parquet, also when interrupted
@@ -499,7 +500,7 @@ def build_sinks(cfg: DictConfig, steps: int) -> list[Sink]:
 
 
 def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
-        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None) -> dict:
+        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None) -> RunSummary:
     """Train the configuration `cfg` (from `painn_ablate.config.compose`) and return its summary.
 
     sinks: extra record sinks; None builds them from `cfg.tracking` (progress bar, W&B).

@@ -21,7 +21,6 @@ import importlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from painn_ablate.config import compose
 from painn_ablate.data import SPLITS, NBodySplit, knn_edges
 from painn_ablate.simulate import generate_splits
 from painn_ablate.model import PaiNN
+
+from git_tree import extract_package
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
@@ -83,9 +84,7 @@ def import_tree(ref: str) -> SimpleNamespace:
     Its compose runs with its own modules in sys.modules (omegaconf resolves the config dataclasses'
     annotations there).
     """
-    tmp = Path(tempfile.mkdtemp(prefix="painn-ablate-before-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "painn_ablate"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    tmp = extract_package(ref)
     sys.path.insert(0, str(tmp))
     try:
         with _modules({}):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from git_tree import extract_package
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "painn-ablate"
 
@@ -62,11 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     trees = {"after": ROOT}
     if args.before:
-        tmp = Path(tempfile.mkdtemp(prefix="painn-ablate-before-"))
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "painn_ablate"],
-                                 capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
-        trees = {"before": tmp, **trees}
+        trees = {"before": extract_package(args.before), **trees}
     print(f"sweep throughput: slice of sweeps/stabilizers.yaml (original and r2_full, no ablation), "
           f"train.steps={args.steps}, {os.cpu_count()} cores; load average at start: {os.getloadavg()[0]:.2f}")
     rows = []

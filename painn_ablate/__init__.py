@@ -2,7 +2,8 @@
 
 Modules, each importing only from those before it:
 files -> config -> outcome -> simulate -> data -> model -> monitor -> tracking -> train -> probe ->
-sweep_file -> sweep -> wandb_sweep -> analysis -> experiments -> plots -> dashboard -> reproduce -> report -> findings -> cli
+sweep_file -> sweep -> wandb_sweep -> studies -> analysis -> experiments -> plots -> dashboard -> reproduce ->
+report -> findings -> cli
 """
 
 __version__ = "0.1.0"

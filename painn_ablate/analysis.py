@@ -40,6 +40,7 @@ import pandas as pd
 from painn_ablate.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
 from painn_ablate.outcome import (METRIC_SPLITS, OUTCOMES, SPLIT_METRICS, RunSummary, Status, first_blow_up,  # noqa: F401
                                   is_blow_up, metric_name, outcome_columns)
+from painn_ablate.sweep_file import SweepError
 from painn_ablate.tracking import stat_key
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def read_summary(run_dir: Path) -> RunSummary:
     return summary
 
 
-def process_gone(summary: dict[str, Any]) -> bool:
+def process_gone(summary: RunSummary) -> bool:
     """A "running" summary written on this machine by a process that no longer exists."""
     import platform
 
@@ -305,36 +306,6 @@ def long_layer_stats(wide: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- Optuna
 
 
-def storage_url(storage: PathLike) -> str:
-    """A storage URL from a URL, a study.db file or a sweep folder holding study.db (sweep.resolve_storage)."""
-    from painn_ablate.sweep import SweepError, resolve_storage
-
-    try:
-        return resolve_storage(str(storage))
-    except SweepError as exc:
-        raise AnalysisError(str(exc)) from None
-
-
-def study_names(storage: PathLike) -> list[str]:
-    import optuna
-
-    return [s.study_name for s in optuna.get_all_study_summaries(storage_url(storage), include_best_trial=False)]
-
-
-def resolve_trial_dir(run_dir: Optional[str], url: str) -> Optional[Path]:
-    """A trial's run_dir attribute (relative to where the sweep ran), found from here."""
-    if not run_dir:
-        return None
-    path = Path(run_dir)
-    if (path / SUMMARY_FILE).is_file():
-        return path
-    if url.startswith("sqlite:///"):
-        beside = Path(url[len("sqlite:///"):]).parent / "trials" / path.name
-        if (beside / SUMMARY_FILE).is_file():
-            return beside
-    return None
-
-
 def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = True) -> pd.DataFrame:
     """One row per trial of an Optuna study.
 
@@ -346,7 +317,12 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
     """
     import optuna
 
-    url = storage_url(storage)
+    from painn_ablate.studies import resolve_trial_dir, storage_url, study_names
+
+    try:
+        url = storage_url(storage)
+    except SweepError as exc:
+        raise AnalysisError(str(exc)) from None
     names = study_names(url)
     if name is None:
         if len(names) != 1:

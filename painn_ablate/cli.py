@@ -14,6 +14,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
+    from painn_ablate.outcome import RunSummary
 
 # OpenMP threads that find no work sleep instead of spinning (libgomp's default spins), set before
 # torch loads its OpenMP runtime: beside a running sweep, a 2-thread `train` took 113 ms a step
@@ -50,7 +54,7 @@ def unwritable_reason(path: Path):
 # ----------------------------------------------------------------------------- train
 
 
-def describe(summary: dict) -> str:
+def describe(summary: RunSummary) -> str:
     """The one-paragraph summary printed at the end of a run."""
     s = summary
     lines = [f"{s['name']}: {s['status']} after {s['steps_completed']}/{s['steps_total']} steps "
@@ -285,10 +289,10 @@ def _first_divergence_cell(row) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from painn_ablate import sweep as sw
+    from painn_ablate import studies
 
-    for study in sw.open_studies(args.target, args.study):
-        s = sw.summarize(study)
+    for study in studies.open_studies(args.target, args.study):
+        s = studies.summarize(study)
         frame = s["frame"]
         grid = f"grid of {s['grid_size']} points, " if s["grid_size"] else ""
         print(f"study {s['study']}: {grid}{s['n_trials']} trials; states "

@@ -60,10 +60,10 @@ class SweepInfo:
 
 
 def sweep_info(target: str, study: Optional[str] = None) -> SweepInfo:
-    """Read the study of a sweep folder, its study.db or a storage URL (sweep.open_studies)."""
-    from painn_ablate import sweep as sw
+    """Read the study of a sweep folder, its study.db or a storage URL (studies.open_studies)."""
+    from painn_ablate.studies import open_studies
 
-    studies = sw.open_studies(target, study)
+    studies = open_studies(target, study)
     if len(studies) != 1:
         names = ", ".join(s.study_name for s in studies)
         raise DashboardError(f"{target} holds {len(studies)} studies ({names}); choose one with --study")

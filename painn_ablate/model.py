@@ -470,7 +470,7 @@ class PaiNN(nn.Module):
         """W_ij = g * MLP_f(phi(r_ij) [, c_i c_j]) * f_cut(r_ij), one (E, 3F) tensor per layer.
 
         MLP_f is one linear map (A, b), so W = [phi * f, f] [A, b]^T with f = g f_cut: the gain and the
-        cutoff scale the (E, n_rbf + 2) inputs instead of the (E, L * 3F) outputs, and each layer's
+        cutoff scale the (E, n_in + 1) inputs (n_in = n_rbf, plus 1 with edge_charge) instead of the (E, L * 3F) outputs, and each layer's
         filter is a matmul of its own (a split of one (E, L * 3F) output has a backward that copies it).
         """
         f = cosine_cutoff(r_ij, self.r_cut)

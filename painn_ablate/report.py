@@ -119,9 +119,11 @@ def sweep_sections(storage: str, source: str, out_folder: Optional[Path] = None)
     import optuna
     import yaml
 
-    url = analysis.storage_url(storage)
+    from painn_ablate.studies import storage_url, study_names
+
+    url = storage_url(storage)
     sections = []
-    for name in analysis.study_names(url):
+    for name in study_names(url):
         rows = analysis.load_study(url, name)
         study = optuna.load_study(study_name=name, storage=url)
         settings = study.user_attrs.get("settings") or {}

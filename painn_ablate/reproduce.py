@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from painn_ablate import analysis, config, files, plots
 from painn_ablate.config import compose, flatten
 from painn_ablate.experiments import mcnemar_exact, mean_interval, wilson
-from painn_ablate.outcome import OUTCOMES, STATE_STATS, Status, first_blow_up, is_blow_up
+from painn_ablate.outcome import OUTCOMES, STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
 from painn_ablate.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-def run_or_reuse(cfg: DictConfig) -> dict:
+def run_or_reuse(cfg: DictConfig) -> RunSummary:
     """Train `cfg` unless its run directory already holds the finished run of the same config."""
     from painn_ablate.train import run
 
@@ -314,7 +314,7 @@ def max_finite_loss(run_dir: str) -> Optional[float]:
     return float(loss.max()) if len(loss) else None
 
 
-def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: dict, stats) -> dict[str, Any]:
+def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: RunSummary, stats) -> dict[str, Any]:
     """What reproduce.json keeps of one run (see the module docstring)."""
     run_dir = str(cfg.out)
     origin = first_blow_up(summary.get("first_divergence"), summary.get("first_nonfinite"))
@@ -502,7 +502,7 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
     reused = sum(_finished(Path(cfg.out)) for _, _, cfg in runs)
     records: list[Optional[dict]] = [None] * len(runs)
 
-    def done(i: int, summary: dict) -> None:
+    def done(i: int, summary: RunSummary) -> None:
         experiment, seed, cfg = runs[i]
         stats = analysis.load_layer_stats(cfg.out, stats=STATE_STATS)
         records[i] = run_record(experiment, seed, cfg, summary, stats)

@@ -79,10 +79,10 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.config import STABILIZER_KEYS, did_you_mean
+from painn_ablate.config import STABILIZER_KEYS
 from painn_ablate.outcome import Status, is_blow_up
-from painn_ablate.sweep_file import (DEFAULT_N_TRIALS, METRICS, Sweep, SweepError, check_run_options, default_out,
-                                     grid_points, result_attrs, signals_ignored, torch_threads, trial_config,
+from painn_ablate.sweep_file import (DEFAULT_N_TRIALS, Sweep, SweepError, check_run_options, default_out,
+                                     grid_points, pick_best, result_attrs, signals_ignored, torch_threads, trial_config,
                                      trial_label, warm_data_cache)
 
 log = logging.getLogger(__name__)
@@ -528,14 +528,10 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
 
 
 def best_trial(study: optuna.Study, trials: Optional[list[FrozenTrial]] = None) -> Optional[FrozenTrial]:
-    """The best COMPLETE trial with a finite value (an exploded trial is never best)."""
+    """The best COMPLETE trial (sweep_file.pick_best: stable, with a finite value)."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-            and not is_blow_up(t.user_attrs.get("status"))]
-    if not done:
-        return None
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    return pick(done, key=lambda t: t.value)
+    goal = "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
+    return pick_best(((t, t.user_attrs.get("status"), t.value) for t in trials if t.state == TrialState.COMPLETE), goal)
 
 
 def sweep_total(sweep: Sweep, study: optuna.Study, n_trials: Optional[int]) -> int:
@@ -604,101 +600,3 @@ def _run_processes(sweep: Sweep, settings: WorkerSettings, workers: int, report:
     crashed = [p.exitcode for p in procs if p.exitcode]
     if crashed:
         log.warning("%d worker(s) exited with codes %s; their trials re-run when resumed", len(crashed), crashed)
-
-
-# ----------------------------------------------------------------------------- reading a sweep back
-
-
-def resolve_storage(target: str) -> str:
-    """A storage URL from a sweep folder, its study.db, or any storage URL (kept as it is)."""
-    if "://" in target:
-        return target
-    path = Path(target).expanduser()
-    if path.is_dir():
-        path = path / "study.db"
-    if not path.is_file():
-        raise SweepError(f"no sweep at '{target}': expected a sweep folder, a study.db or a storage URL")
-    _check_study_file(path)
-    return f"sqlite:///{path.resolve()}"
-
-
-def _check_study_file(path: Path) -> None:
-    """Refuse a file that is not an Optuna SQLite storage, read-only: opening it through Optuna would
-    create the schema in it (a reading command must never write)."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        raise SweepError(f"{path} is not an SQLite database ({exc})") from None
-    if "studies" not in tables:
-        raise SweepError(f"{path} holds no Optuna study (empty or another database); nothing to read")
-
-
-def open_studies(target: str, study_name: Optional[str] = None) -> list[optuna.Study]:
-    """The studies stored at `target` (all of them, or the named one)."""
-    url = driver_url(resolve_storage(target))
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=(
-            {"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else {}))
-        names = optuna.get_all_study_names(storage)
-    except Exception as exc:
-        raise SweepError(f"cannot open storage {shown_url(url)}: {' '.join(str(exc).split())[:300]}") from None
-    if study_name is not None:
-        if study_name not in names:
-            raise SweepError(f"no study '{study_name}' in {shown_url(url)}{did_you_mean(study_name, names)}; "
-                             f"it holds: {', '.join(names)}")
-        names = [study_name]
-    if not names:
-        raise SweepError(f"{shown_url(url)} holds no study")
-    return [optuna.load_study(study_name=n, storage=storage) for n in names]
-
-
-def trial_status(t: FrozenTrial, retried: set[int]) -> str:
-    """The status shown for a trial: its user attribute, or what its state says."""
-    if t.state == TrialState.FAIL and "error" not in t.user_attrs:
-        why = Status.INTERRUPTED.value if t.user_attrs.get("status") == Status.INTERRUPTED else Status.LOST.value
-        return f"{why} (re-run)" if t.number in retried else why
-    if t.state == TrialState.WAITING:
-        return "waiting"
-    return str(t.user_attrs.get("status", t.state.name.lower()))
-
-
-def trials_frame(study: optuna.Study):
-    """One row per trial: number, state, label, status, value, the metrics, first non-finite
-    step/layer/block/tensor, run_dir, error and every parameter under its config key."""
-    import pandas as pd
-
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    rows = []
-    for t in trials:
-        a = t.user_attrs
-        nonfinite = a.get("first_nonfinite") or {}
-        divergence = a.get("first_divergence") or {}
-        row = {"number": t.number, "state": t.state.name, "label": a.get("label"), "status": trial_status(t, retried),
-               "value": t.value, **{m: a.get(m) for m in METRICS}, "steps_completed": a.get("steps_completed"),
-               "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
-               "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),
-               **{f"first_divergence_{k}": divergence.get(k) for k in ("step", "layer", "block", "stat", "criterion")},
-               "episodes": a.get("episodes"), "recovered": a.get("recovered"),
-               "early_warning_step": a.get("early_warning_step"), "pruned_step": a.get("pruned_step"),
-               "wall_seconds": a.get("wall_seconds"), "retry_of": t.system_attrs.get("failed_trial"),
-               "run_dir": a.get("run_dir"), "error": a.get("error"), **t.params}
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def summarize(study: optuna.Study) -> dict:
-    """Counts per state and per status, and the best trial, of one study."""
-    frame = trials_frame(study)
-    best = best_trial(study)
-    return {
-        "study": study.study_name, "n_trials": len(frame),
-        "states": frame["state"].value_counts().to_dict() if len(frame) else {},
-        "statuses": frame["status"].value_counts().to_dict() if len(frame) else {},
-        "grid_size": study.user_attrs.get("grid_size"),
-        "metric": (study.user_attrs.get("settings") or {}).get("metric"),
-        "best": None if best is None else {"number": best.number, "label": best.user_attrs.get("label"),
-                                           "value": best.value, "params": best.params},
-        "frame": frame,
-    }

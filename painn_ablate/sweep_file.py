@@ -51,12 +51,14 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, TypeVar
 
 import yaml
 
 from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
 from painn_ablate.outcome import METRICS, RunSummary, Status, metric_name
+
+T = TypeVar("T")
 
 
 class SweepError(ValueError):
@@ -413,6 +415,16 @@ def trial_label(sweep: Sweep, params: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- what every engine does with a run
+
+
+def pick_best(candidates: Iterable[tuple[T, Any, Optional[float]]], goal: str) -> Optional[T]:
+    """The best of (item, status, value) by value, for both engines: only a stable trial with a finite value
+    can be best (a diverged or exploded trial never is). goal: minimize | maximize."""
+    scored = [(item, value) for item, status, value in candidates
+              if status == Status.STABLE and value is not None and math.isfinite(value)]
+    if not scored:
+        return None
+    return (min if goal == "minimize" else max)(scored, key=lambda pair: pair[1])[0]
 
 
 def result_attrs(summary: RunSummary) -> dict[str, Any]:

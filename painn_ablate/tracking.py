@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from painn_ablate import files
-from painn_ablate.outcome import METRIC_SPLITS, metric_name, outcome_columns
+from painn_ablate.outcome import METRIC_SPLITS, RunSummary, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Sink:
 
     def flush(self) -> None: ...
 
-    def finish(self, summary: dict) -> None: ...
+    def finish(self, summary: RunSummary) -> None: ...
 
 
 class Recorder(Sink):
@@ -119,7 +119,7 @@ class Recorder(Sink):
     def flush(self):
         self._each("flush")
 
-    def finish(self, summary):
+    def finish(self, summary: RunSummary) -> None:
         self._each("finish", summary)
 
 
@@ -169,7 +169,7 @@ class ParquetSink(Sink):
         for w in (self.metrics_w, self.stats_w, self.events_w):
             w.flush()
 
-    def finish(self, summary):
+    def finish(self, summary: RunSummary) -> None:
         self.flush()
 
 
@@ -198,7 +198,7 @@ class ProgressSink(Sink):
     def layer_stats(self, step, rows):
         self.mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
 
-    def finish(self, summary):
+    def finish(self, summary: RunSummary) -> None:
         self.bar.close()
 
 
@@ -254,7 +254,7 @@ class WandbSink(Sink):
         if event.get("kind") in ("nonfinite", "divergence") and len(self.events) == 1:
             self.run.summary["first_event"] = self.events[0]
 
-    def finish(self, summary):
+    def finish(self, summary: RunSummary) -> None:
         wandb = self.wandb
         for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "first_divergence",
                     "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",

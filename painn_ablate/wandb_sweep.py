@@ -71,7 +71,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from painn_ablate import sweep_file as sf
 from painn_ablate.config import compose
 from painn_ablate.outcome import Status
-from painn_ablate.sweep_file import Sweep, SweepError
+from painn_ablate.sweep_file import Sweep, SweepError, pick_best
 from painn_ablate.tracking import wandb_mode
 
 log = logging.getLogger(__name__)
@@ -333,11 +333,8 @@ class OfflineSweep:
 
     @property
     def best(self) -> Optional[Trial]:
-        """The best stable trial by the metric (an exploded trial is never best)."""
-        scored = [t for t in self.trials if t.status == Status.STABLE and t.attrs.get(self.metric) is not None
-                  and math.isfinite(t.attrs[self.metric])]
-        pick = min if self.goal == "minimize" else max
-        return pick(scored, key=lambda t: t.attrs[self.metric]) if scored else None
+        """The best trial by the metric (sweep_file.pick_best: stable, with a finite value)."""
+        return pick_best(((t, t.status, t.attrs.get(self.metric)) for t in self.trials), self.goal)
 
 
 def run_offline(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int] = None,

@@ -339,6 +339,8 @@ def test_postgres_storage_without_a_driver_names_the_extra(tmp_path, tiny):
 
 def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
     reason = _postgres_reachable()
+    if reason and "PAINN_ABLATE_PG_URL" in os.environ:  # a server was asked for (.ci/run asks): its absence fails
+        pytest.fail(reason)
     if reason:
         pytest.skip(reason)
     name = f"test-{uuid.uuid4().hex[:8]}"

@@ -100,14 +100,6 @@ def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:
 def flatten_summary(summary: dict) -> dict[str, Any]:
     """A run summary as flat columns: val/test metrics as `val_pos_mse`, the rest dotted."""
     flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            flat[prefix[:-1]] = node
-
     for key, value in summary.items():
         if key in NESTED_FIELDS and not value:
             flat.update({f"{key}.{field}": None for field in NESTED_FIELDS[key]})
@@ -115,7 +107,7 @@ def flatten_summary(summary: dict) -> dict[str, Any]:
             for metric, v in {**dict.fromkeys(SPLIT_METRICS), **(value or {})}.items():
                 flat[metric_name(key, metric)] = v
         else:
-            walk(value, f"{key}.")
+            flat.update(flatten({key: value}))
     return flat
 
 

@@ -482,12 +482,13 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
-    """`{'model.stabilizers.g': 0.5, ...}`: the one flat naming used by W&B, Optuna and pandas."""
+    """`{'model.stabilizers.g': 0.5, ...}`: the one flat naming used by W&B, Optuna and pandas (also of run
+    summaries, analysis.flatten_summary). A nested empty dict is a value of its own."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (node or not prefix):
             for k, v in node.items():
                 walk(v, f"{prefix}{k}.")
         else:

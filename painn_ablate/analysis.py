@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
-from painn_ablate.outcome import (METRIC_SPLITS, OUTCOMES, SPLIT_METRICS, RunSummary, Status, first_blow_up,  # noqa: F401
-                                  is_blow_up, metric_name, outcome_columns)
+from painn_ablate.outcome import (METRIC_SPLITS, OUTCOMES, SPLIT_METRICS, SUMMARY_FILE,  # noqa: F401
+                                  RunSummary, Status, first_blow_up, is_blow_up, metric_name, outcome_columns)
 from painn_ablate.sweep_file import SweepError
 from painn_ablate.tracking import stat_key
 
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 Paths = Union[PathLike, Sequence[PathLike]]
 
-SUMMARY_FILE = "summary.json"
 ID_COLUMNS = ("run_dir", "name", "experiment", "seed")  # carried by every long table
 # Nested summary fields that are None until something happens: their columns exist either way.
 NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"),

@@ -30,6 +30,7 @@ import pandas as pd
 
 from painn_ablate import analysis, config, files, plots
 from painn_ablate.config import STABILIZER_KEYS
+from painn_ablate.outcome import SUMMARY_FILE
 from painn_ablate.train import environment
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def discover(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(reproduce folders, sweep folders, other run dirs) at or below `path`."""
     if not path.exists():
         raise ReportError(f"no such file or folder: {path}")
-    if (path / "summary.json").is_file():
+    if (path / SUMMARY_FILE).is_file():
         return [], [], [path]
     repro = sorted(p.parent for p in path.rglob("reproduce.json") if _visible(p.parent, path))
     if (path / "reproduce.json").is_file():
@@ -89,8 +90,8 @@ def discover(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
 def reproduce_section(folder: Path) -> Section:
     result = json.loads((folder / "reproduce.json").read_text())
     dirs = [Path(r["run_dir"]) for r in result["runs"]]
-    dirs = [d if (d / "summary.json").is_file() else folder / "runs" / d.name for d in dirs]
-    rows = analysis.load_runs([d for d in dirs if (d / "summary.json").is_file()])
+    dirs = [d if (d / SUMMARY_FILE).is_file() else folder / "runs" / d.name for d in dirs]
+    rows = analysis.load_runs([d for d in dirs if (d / SUMMARY_FILE).is_file()])
     verdict = (folder / "verdict.md").read_text() if (folder / "verdict.md").is_file() else ""
     intro = [line if not line.startswith("# ") else "**" + line[2:].strip() + "**" for line in verdict.splitlines()]
     b = result.get("baselines", {})
@@ -284,7 +285,7 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
     slug = f"{index:02d}-{section.kind}"
     paths = [plots.save_figure(plots.plot_outcomes(analysis.outcome_table(rows), section.baselines),
                                   folder / f"{slug}-outcomes.png")]
-    with_dirs = rows[rows["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / "summary.json").is_file())]
+    with_dirs = rows[rows["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / SUMMARY_FILE).is_file())]
     if with_dirs.empty:
         return paths
     picked = _plotted(with_dirs)

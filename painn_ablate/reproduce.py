@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from painn_ablate import analysis, config, files, plots
 from painn_ablate.config import compose, flatten
 from painn_ablate.experiments import mcnemar_exact, mean_interval, wilson
-from painn_ablate.outcome import OUTCOMES, STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
+from painn_ablate.outcome import OUTCOMES, STATE_STATS, SUMMARY_FILE, RunSummary, Status, first_blow_up, is_blow_up
 from painn_ablate.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
 
 def _finished(run_dir: Path) -> bool:
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") in FINISHED
+        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") in FINISHED
     except (OSError, ValueError):
         return False
 
@@ -247,7 +247,7 @@ def run_or_reuse(cfg: DictConfig) -> RunSummary:
     from painn_ablate.train import run
 
     run_dir = Path(cfg.out)
-    summary_file = run_dir / "summary.json"
+    summary_file = run_dir / SUMMARY_FILE
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         same = (run_dir / "config.yaml").is_file() and _same_config(run_dir, cfg)

@@ -15,12 +15,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.config import did_you_mean
-from painn_ablate.outcome import METRICS, Status
+from painn_ablate.outcome import METRICS, SUMMARY_FILE, Status
 from painn_ablate.sweep import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
 from painn_ablate.sweep_file import SweepError
 
 PathLike = Union[str, Path]
-RUN_SUMMARY_FILE = "summary.json"
 
 
 def resolve_storage(target: str) -> str:
@@ -134,10 +133,10 @@ def resolve_trial_dir(run_dir: Optional[str], url: str) -> Optional[Path]:
     if not run_dir:
         return None
     path = Path(run_dir)
-    if (path / RUN_SUMMARY_FILE).is_file():
+    if (path / SUMMARY_FILE).is_file():
         return path
     if url.startswith("sqlite:///"):
         beside = Path(url[len("sqlite:///"):]).parent / "trials" / path.name
-        if (beside / RUN_SUMMARY_FILE).is_file():
+        if (beside / SUMMARY_FILE).is_file():
             return beside
     return None

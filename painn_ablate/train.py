@@ -40,8 +40,8 @@ from painn_ablate.config import compose, flatten, to_yaml, velocity_weight
 from painn_ablate.data import NBodySplit, load_dataset
 from painn_ablate.model import PaiNN
 from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
-from painn_ablate.outcome import (Criteria, DivergenceTracker, Origin, RunSummary, Status, crossed, first_blow_up, locate,
-                                  metric_name)
+from painn_ablate.outcome import (SUMMARY_FILE, Criteria, DivergenceTracker, Origin, RunSummary, Status, crossed,
+                                  first_blow_up, locate, metric_name)
 from painn_ablate.tracking import (ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason,
                                    write_json_atomic)
 
@@ -70,7 +70,7 @@ def run_name(cfg: DictConfig) -> str:
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
-    if (run_dir / "summary.json").exists():
+    if (run_dir / SUMMARY_FILE).exists():
         raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
     reason = unwritable_reason(run_dir)
     if reason:
@@ -297,7 +297,7 @@ class Trainer:
     # -- records
 
     def write_summary(self) -> None:
-        write_json_atomic(self.run_dir / "summary.json", self.summary)
+        write_json_atomic(self.run_dir / SUMMARY_FILE, self.summary)
 
     def record_nonfinite(self, origin: NonFinite, detail: str = "") -> None:
         self.summary["nonfinite_events"] += 1

@@ -308,10 +308,10 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
     """
     import optuna
 
-    from painn_ablate.studies import resolve_trial_dir, storage_url, study_names
+    from painn_ablate.studies import resolve_storage, resolve_trial_dir, study_names
 
     try:
-        url = storage_url(storage)
+        url = resolve_storage(storage)
     except SweepError as exc:
         raise AnalysisError(str(exc)) from None
     names = study_names(url)

@@ -120,9 +120,9 @@ def sweep_sections(storage: str, source: str, out_folder: Optional[Path] = None)
     import optuna
     import yaml
 
-    from painn_ablate.studies import storage_url, study_names
+    from painn_ablate.studies import resolve_storage, study_names
 
-    url = storage_url(storage)
+    url = resolve_storage(storage)
     sections = []
     for name in study_names(url):
         rows = analysis.load_study(url, name)

@@ -22,8 +22,10 @@ from painn_ablate.sweep_file import SweepError
 PathLike = Union[str, Path]
 
 
-def resolve_storage(target: str) -> str:
-    """A storage URL from a sweep folder, its study.db, or any storage URL (kept as it is)."""
+def resolve_storage(target: PathLike) -> str:
+    """A storage URL from a sweep folder, its study.db, or any storage URL (kept as it is); a SweepError
+    (one line) where there is no study."""
+    target = str(target)
     if "://" in target:
         return target
     path = Path(target).expanduser()
@@ -117,15 +119,8 @@ def summarize(study: optuna.Study) -> dict:
     }
 
 
-def storage_url(storage: PathLike) -> str:
-    """resolve_storage for the loaders: a path or URL, and a SweepError (one line) when there is no study."""
-    return resolve_storage(str(storage))
-
-
 def study_names(storage: PathLike) -> list[str]:
-    import optuna
-
-    return [s.study_name for s in optuna.get_all_study_summaries(storage_url(storage), include_best_trial=False)]
+    return [s.study_name for s in optuna.get_all_study_summaries(resolve_storage(storage), include_best_trial=False)]
 
 
 def resolve_trial_dir(run_dir: Optional[str], url: str) -> Optional[Path]:

@@ -4,7 +4,7 @@
     bash scripts/in-venv python benchmarks/bench.py --quick    # fewer rounds, no cold compile, scaling to 1000
     bash benchmarks/schnetpack_env.sh                          # once: .bench-venv/ for the schnetpack column
 
-A training step is what `painn_ablate.train.Trainer.fit` runs per step: `train_step` (forward,
+A training step is what `painn_ablate.training.trainer.Trainer.fit` runs per step: `train_step` (forward,
 loss, backward, gradient norm and clip, the monitor's non-finite flags, one host sync) plus the
 optimizer step and zero_grad, with the Trainer's own optimizer (`make_optimizer`). Variants that
 are compared are timed in one process, interleaved round by round, so that load from other
@@ -32,15 +32,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-
-from painn_ablate import monitor as _monitor
-from painn_ablate import train as _train
-from painn_ablate.config import compose
-from painn_ablate.data import SPLITS, NBodySplit, knn_edges
-from painn_ablate.simulate import generate_splits
-from painn_ablate.model import PaiNN
-
 from git_tree import extract_package
+
+from painn_ablate.core.config import compose
+from painn_ablate.data.datasets import SPLITS, NBodySplit, knn_edges
+from painn_ablate.data.simulate import generate_splits
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.training import monitor as _monitor
+from painn_ablate.training import trainer as _train
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
@@ -137,7 +136,7 @@ def charged_batches(n_batches: int = 10, batch_size: int = 100):
     """Training batches of charged 5-body samples (generated once, then read from the data cache)."""
     global _CHARGED
     if _CHARGED is None:
-        from painn_ablate.data import load_dataset
+        from painn_ablate.data.datasets import load_dataset
 
         _CHARGED = load_dataset(compose(["data.n_train=1000", "data.n_val=10", "data.n_test=10"]).data)["train"]
     return [_CHARGED.batch(torch.arange(k * batch_size, (k + 1) * batch_size)) for k in range(n_batches)]
@@ -348,8 +347,8 @@ AGGREGATION_SCRIPT = r"""
 import json, sys, time, statistics, torch
 sys.path.insert(0, {bench!r})
 from bench import interleaved, preset
-from painn_ablate.config import compose
-from painn_ablate.model import PaiNN
+from painn_ablate.core.config import compose
+from painn_ablate.model.painn import PaiNN
 sys.path.insert(0, {bench!r})
 from bench_schnetpack import keep_freed_memory
 keep_freed_memory()
@@ -398,7 +397,7 @@ COMPILE_SCRIPT = r"""
 import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 from bench import charged_batches, interleaved, preset, training_step
-from painn_ablate.train import keep_freed_memory
+from painn_ablate.training.trainer import keep_freed_memory
 keep_freed_memory()
 torch.set_num_threads({threads})
 batches = charged_batches()
@@ -459,9 +458,9 @@ SCALING_SCRIPT = r"""
 import json, os, resource, sys, time, numpy as np, torch
 sys.path.insert(0, {bench!r})
 from bench import CLOCK, compose, make_system, preset
-from painn_ablate.model import PaiNN
-from painn_ablate.monitor import Monitor
-from painn_ablate.train import keep_freed_memory, make_optimizer, train_step
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.training.monitor import Monitor
+from painn_ablate.training.trainer import keep_freed_memory, make_optimizer, train_step
 keep_freed_memory()
 torch.set_num_threads({threads})
 n, k, steps = {n}, {k}, {steps}
@@ -489,7 +488,7 @@ print(json.dumps({{"n": n, "edges": big.edge_index.shape[1], "ms": 1e3 * sorted(
 
 def make_system(n: int, k: int):
     """One random gravity-like system of n bodies (N(0, 1) blob at constant density) with its kNN graph."""
-    from painn_ablate.data import Batch
+    from painn_ablate.data.datasets import Batch
 
     rng = np.random.default_rng(0)
     pos = rng.standard_normal((n, 3)) * (n / 100) ** (1 / 3)
@@ -559,7 +558,7 @@ def main() -> None:
     args.steps = args.steps or (5 if args.quick else 10)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from painn_ablate.train import keep_freed_memory
+    from painn_ablate.training.trainer import keep_freed_memory
 
     kept = keep_freed_memory()  # as the Trainer does on CPU; the subprocesses below do the same
     global CLOCK, CLOCK_NAME
@@ -572,7 +571,7 @@ def main() -> None:
     print(f"load average at start: {load()}; times are {CLOCK_NAME} ms (median over rounds; variants interleaved"
           " round by round, so the ratios hold under load)")
     peak = matmul_peak()
-    print(f"glibc keeps freed memory (painn_ablate.train.keep_freed_memory, also in every subprocess): {kept}")
+    print(f"glibc keeps freed memory (painn_ablate.training.trainer.keep_freed_memory, also in every subprocess): {kept}")
     print(f"fp32 matmul peak (2048^3, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
     main_ms = section_main(args, peak) if "main" in sections else {}
     schnetpack = section_schnetpack(args) if "schnetpack" in sections else {}

@@ -32,7 +32,7 @@ import schnetpack.properties as props  # noqa: E402
 
 
 def keep_freed_memory() -> bool:
-    """painn_ablate.train.keep_freed_memory, copied: this environment lacks painn_ablate.train's imports."""
+    """painn_ablate.training.trainer.keep_freed_memory, copied: this environment lacks painn_ablate.training.trainer's imports."""
     import ctypes
     import platform
 
@@ -102,8 +102,8 @@ def main() -> None:
     model = SchnetpackPaiNN(args.F, args.L, args.n_rbf, args.r_cut)
     steps = {"schnetpack": make_step(model, lambda: model(Z, w["pos"], idx_i, idx_j), w)}
     for preset in args.painn_ablate:
-        from painn_ablate.config import compose
-        from painn_ablate.model import PaiNN
+        from painn_ablate.core.config import compose
+        from painn_ablate.model.painn import PaiNN
 
         cfg = compose([f"model={preset}", f"model.F={args.F}", f"model.L={args.L}", f"model.n_rbf={args.n_rbf}",
                        f"model.r_cut={args.r_cut}"])

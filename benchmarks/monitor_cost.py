@@ -2,7 +2,7 @@
 
     bash scripts/in-venv python benchmarks/monitor_cost.py [--steps 60] [--rounds 5] [overrides...]
 
-Times the training step of `painn_ablate.train.train_step` plus the optimizer step on the
+Times the training step of `painn_ablate.training.trainer.train_step` plus the optimizer step on the
 default workload (L=5, F=64, batch 100 of 5-body graphs) three ways:
   off      no hooks at all
   default  non-finite flags every step, full statistics every `monitor.every` steps
@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from painn_ablate.config import compose
-from painn_ablate.model import PaiNN
-from painn_ablate.monitor import Monitor
-from painn_ablate.train import train_step
-from painn_ablate.data import load_dataset
+from painn_ablate.core.config import compose
+from painn_ablate.data.datasets import load_dataset
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.training.monitor import Monitor
+from painn_ablate.training.trainer import train_step
 
 
 def time_steps(model, opt, batches, mon, every: int, clip) -> list[float]:

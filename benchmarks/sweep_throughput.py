@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from git_tree import extract_package
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
-    from painn_ablate.outcome import RunSummary
+    from painn_ablate.core.outcome import RunSummary
 
 # OpenMP threads that find no work sleep instead of spinning (libgomp's default spins), set before
 # torch loads its OpenMP runtime: beside a running sweep, a 2-thread `train` took 113 ms a step
@@ -32,21 +32,21 @@ class InputError(Exception):
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from painn_ablate.analysis import AnalysisError
-    from painn_ablate.config import ConfigError
-    from painn_ablate.dashboard import DashboardError
-    from painn_ablate.data import DataError
-    from painn_ablate.experiments import ExportError
-    from painn_ablate.report import ReportError
-    from painn_ablate.reproduce import ReproduceError
-    from painn_ablate.sweep_file import SweepError
-    from painn_ablate.train import RunDirError
+    from painn_ablate.analysis.loaders import AnalysisError
+    from painn_ablate.analysis.tables import ExportError
+    from painn_ablate.core.config import ConfigError
+    from painn_ablate.data.datasets import DataError
+    from painn_ablate.reporting.dashboard import DashboardError
+    from painn_ablate.reporting.registry import ReportError
+    from painn_ablate.reporting.reproduce import ReproduceError
+    from painn_ablate.sweep.spec import SweepError
+    from painn_ablate.training.trainer import RunDirError
 
     return (InputError, ConfigError, DashboardError, DataError, ExportError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
 
 
 def unwritable_reason(path: Path):
-    from painn_ablate.tracking import unwritable_reason as reason
+    from painn_ablate.training.sinks import unwritable_reason as reason
 
     return reason(path)
 
@@ -84,8 +84,8 @@ def describe(summary: RunSummary) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from painn_ablate.config import compose
-    from painn_ablate.train import run
+    from painn_ablate.core.config import compose
+    from painn_ablate.training.trainer import run
 
     cfg = compose(args.overrides, base=args.config)
     summary = run(cfg)
@@ -189,8 +189,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from painn_ablate import sweep as sw
-    from painn_ablate import sweep_file as sf
+    from painn_ablate.sweep import optuna_engine as sw
+    from painn_ablate.sweep import spec as sf
 
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     spec = sf.load_sweep(args.file, args.overrides)
@@ -200,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if reason:
             raise InputError(f"--out {out} cannot be written: {reason}")
     if args.dry_run:
-        from painn_ablate.wandb_sweep import schema_check
+        from painn_ablate.sweep.wandb_engine import schema_check
 
         violations, notes = schema_check(spec.raw)
         if violations:
@@ -243,7 +243,7 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
     """`sweep --engine wandb`: W&B's own engine, through the server online or in this process offline."""
     from types import SimpleNamespace
 
-    from painn_ablate import wandb_sweep as ws
+    from painn_ablate.sweep import wandb_engine as ws
 
     for flag, given in (("--workers", args.workers != 1), ("--storage", args.storage), ("--prune", args.prune),
                         ("--heartbeat", args.heartbeat is not None)):
@@ -289,7 +289,7 @@ def _first_divergence_cell(row) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from painn_ablate import studies
+    from painn_ablate.sweep import studies
 
     for study in studies.open_studies(args.target, args.study):
         s = studies.summarize(study)
@@ -316,7 +316,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from painn_ablate import dashboard as db
+    from painn_ablate.reporting import dashboard as db
 
     kind, where = db.make(args.target, args.study, args.entity, args.project, args.experiment, args.out,
                           args.offline)
@@ -335,7 +335,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from painn_ablate import reproduce as rp
+    from painn_ablate.reporting import reproduce as rp
 
     if args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
@@ -360,7 +360,7 @@ DEFAULT_RESULTS = "results"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from painn_ablate.experiments import export
+    from painn_ablate.analysis.tables import export
 
     for src in args.sources:
         if not os.path.exists(src):
@@ -375,10 +375,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from painn_ablate import report as rep
+    from painn_ablate.reporting import registry as rep
 
     if args.results or (not args.paths and not args.study and os.path.isdir(DEFAULT_RESULTS)):
-        from painn_ablate.findings import write_findings
+        from painn_ablate.reporting.findings import write_findings
 
         results = args.results or DEFAULT_RESULTS
         if not os.path.isdir(results):
@@ -414,8 +414,8 @@ def _depths(text: str) -> list[int]:
 def cmd_probe(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from painn_ablate.config import compose
-    from painn_ablate.probe import depth_table, layer_table, run_probe
+    from painn_ablate.core.config import compose
+    from painn_ablate.training.probe import depth_table, layer_table, run_probe
 
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from painn_ablate.config import compose
-from painn_ablate.train import run
-
 from support import FAST, TINY, Killed
+
+from painn_ablate.core.config import compose
+from painn_ablate.training.trainer import run
 
 
 def tiny(root: Path, *overrides: str) -> list[str]:
@@ -24,8 +23,8 @@ def sweep_file(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """runs/: original x2 (explode), r2_full x2 (stable), one killed run; sweep/: a 3-trial Optuna grid."""
-    from painn_ablate import sweep as sw
-    from painn_ablate import sweep_file as sf
+    from painn_ablate.sweep import optuna_engine as sw
+    from painn_ablate.sweep import spec as sf
 
     root = tmp_path_factory.mktemp("tiny")
     threads = torch.get_num_threads()

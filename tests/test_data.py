@@ -1,4 +1,4 @@
-"""Tests of painn_ablate.data: generators, physics, cache, files, graphs and batches."""
+"""Tests of painn_ablate.data.datasets: generators, physics, cache, files, graphs and batches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from painn_ablate import data, simulate
-from painn_ablate.config import DataConfig
+from painn_ablate.core.config import DataConfig
+from painn_ablate.data import datasets as data
+from painn_ablate.data import simulate
 
 TINY = {"train": 4, "val": 3, "test": 2}
 
@@ -175,14 +176,14 @@ def test_gravity_stays_in_the_centre_of_mass_frame():
 
 def test_second_load_uses_the_cache(tmp_path, caplog):
     cfg = data_cfg(tmp_path)
-    with caplog.at_level(logging.INFO, logger="painn_ablate.data"):
+    with caplog.at_level(logging.INFO, logger="painn_ablate.data.datasets"):
         first = data.load_dataset(cfg)
     assert "generating" in caplog.text
     files = sorted((tmp_path / "cache").glob("charged-*/*.npz"))
     assert [f.name for f in files] == ["test.npz", "train.npz", "val.npz"]
     mtimes = [f.stat().st_mtime_ns for f in files]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="painn_ablate.data"):
+    with caplog.at_level(logging.INFO, logger="painn_ablate.data.datasets"):
         second = data.load_dataset(cfg)
     assert "cache hit" in caplog.text and "generating" not in caplog.text
     assert [f.stat().st_mtime_ns for f in files] == mtimes
@@ -207,7 +208,7 @@ def test_leftover_temp_files_are_not_taken_as_the_cache(tmp_path, caplog):
     folder.mkdir(parents=True)
     for name in data.SPLITS:  # what a killed write leaves behind
         (folder / f".{name}.npz.tmp-12345").write_bytes(b"PK\x03\x04 half a zip")
-    with caplog.at_level(logging.INFO, logger="painn_ablate.data"):
+    with caplog.at_level(logging.INFO, logger="painn_ablate.data.datasets"):
         splits = data.load_dataset(cfg)
     assert "generating" in caplog.text
     assert len(splits["train"]) == TINY["train"]
@@ -426,7 +427,7 @@ def test_split_moves_to_a_device_and_keeps_float32():
 
 
 def test_generated_sets_are_cached_in_the_users_cache_folder(monkeypatch, tmp_path):
-    from painn_ablate.data import cache_folder, default_cache_dir
+    from painn_ablate.data.datasets import cache_folder, default_cache_dir
 
     monkeypatch.delenv("PAINN_ABLATE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
-
-from painn_ablate import experiments as ex
-from painn_ablate.findings import build_findings, egnn_lines
 from support import TINY
+
+from painn_ablate.analysis import tables as ex
+from painn_ablate.reporting.findings import build_findings, egnn_lines
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
@@ -157,7 +157,7 @@ def test_checkpoint_reevaluation_matches_the_summary(results):
     """The tail an export recomputes for older runs is the one training records: same weights, same split."""
     import json
 
-    from painn_ablate.train import evaluate_checkpoint
+    from painn_ablate.training.trainer import evaluate_checkpoint
 
     run_dir = next(p.parent for p in sorted((results.parent / "map").rglob("summary.json"))
                    if json.loads(p.read_text())["status"] == "stable")

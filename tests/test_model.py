@@ -6,10 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from painn_ablate.model import NORM_EPS, Aggregate, ClipNorm, ClipValue, Saturation, vector_norm
-
 from support import assert_equivariant, overrides_of, random_system, tiny_model, toggle_sets
+
+from painn_ablate.model.painn import Aggregate
+from painn_ablate.model.stabilizers import NORM_EPS, ClipNorm, ClipValue, Saturation, vector_norm
+
 
 @settings(max_examples=25, deadline=None)
 @given(toggles=toggle_sets, seed=st.integers(0, 10_000))

@@ -5,12 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from painn_ablate.config import compose
-from painn_ablate.model import PaiNN
-from painn_ablate.monitor import EarlyWarning, Monitor, backward_nonfinite
-
 from support import random_system
+
+from painn_ablate.core.config import compose
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.training.monitor import EarlyWarning, Monitor, backward_nonfinite
 
 
 def build(overrides=(), L=3, F=8, seed=0):
@@ -153,8 +152,8 @@ def test_early_warning_needs_depthwise_amplification_that_grows():
 def test_every_acting_stabilizer_of_the_schema_is_found_and_reported_by_type():
     """The schema is the one list: each `scale` setting is a model.Stabilizer with that key, the monitor
     finds it by type and reports `acted_stat(key)` for it, on and off."""
-    from painn_ablate.config import ACTING, STABILIZER_FIELDS, acted_stat
-    from painn_ablate.model import Stabilizer
+    from painn_ablate.core.config import ACTING, STABILIZER_FIELDS, acted_stat
+    from painn_ablate.model.stabilizers import Stabilizer
 
     scales = {f.name for f in STABILIZER_FIELDS if f.metadata["kind"] == "scale"}
     assert scales == set(ACTING) - {"grad_clip"}

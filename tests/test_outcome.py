@@ -6,13 +6,12 @@ import math
 import pandas as pd
 import pytest
 import torch
+from support import TINY, random_system, tiny_model
 
-from painn_ablate.config import compose
-from painn_ablate.model import PaiNN
-from painn_ablate.outcome import Criteria, DivergenceTracker, Status, crossed, locate
-from painn_ablate.train import run
-from support import random_system, tiny_model
-from support import TINY
+from painn_ablate.core.config import compose
+from painn_ablate.core.outcome import Criteria, DivergenceTracker, Status, crossed, locate
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.training.trainer import run
 
 CRIT = Criteria(loss_factor=100, val_factor=10, mu=1e3, q=1e4, mu_ratio=100)
 # Original PaiNN at lr 0.05 on the tiny set (checked on this machine's float32 CPU arithmetic):
@@ -164,8 +163,8 @@ def test_zero_initial_vector_state_and_gating_bound():
 
 @pytest.mark.integration
 def test_a_diverged_trial_is_a_complete_result_with_its_metric_and_an_infeasible_constraint(tiny, tmp_path):
-    from painn_ablate import sweep as sw
-    from painn_ablate import sweep_file as sf
+    from painn_ablate.sweep import optuna_engine as sw
+    from painn_ablate.sweep import spec as sf
 
     summary = run(tiny(*DIVERGING, "train.steps=6", "train.val_every=3"))
     spec_file = tmp_path / "s.yaml"

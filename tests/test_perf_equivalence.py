@@ -12,10 +12,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from painn_ablate.model import NORM_EPS, ClipNorm, Saturation, _VectorMessageFn, cosine_cutoff, radial_basis
-
 from support import overrides_of, random_system, stabilizer_sets, tiny_model
+
+from painn_ablate.model.painn import _VectorMessageFn, cosine_cutoff, radial_basis
+from painn_ablate.model.stabilizers import NORM_EPS, ClipNorm, Saturation
 
 RTOL = 1e-10
 
@@ -115,9 +115,9 @@ def test_compiled_training_forward_matches_eager_with_the_monitor():
     """model.compile traces the monitor's hooks into the graph: same outputs, statistics and NaN origin."""
     from omegaconf import OmegaConf
 
-    from painn_ablate.config import compose
-    from painn_ablate.model import PaiNN
-    from painn_ablate.monitor import Monitor
+    from painn_ablate.core.config import compose
+    from painn_ablate.model.painn import PaiNN
+    from painn_ablate.training.monitor import Monitor
 
     cfg = compose(["model=r2_full", "model.F=8", "model.L=3", "model.n_rbf=6", "model.r_cut=4.0"])
     compiled_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model))

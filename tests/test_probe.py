@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
-from painn_ablate.config import compose
-from painn_ablate.probe import depth_table, layer_table, run_probe
-from painn_ablate.train import run
 from support import TINY
+
+from painn_ablate.core.config import compose
+from painn_ablate.training.probe import depth_table, layer_table, run_probe
+from painn_ablate.training.trainer import run
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 

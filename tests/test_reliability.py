@@ -1,11 +1,10 @@
 """Bad input refused up front, one corrupt record never sinks a report (issue 15: items 1, 3, 4)."""
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
-
 from support import TINY
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
@@ -168,7 +167,7 @@ def test_an_interrupted_sweep_gives_its_trial_back_and_prints_the_resume_command
 def test_data_beyond_float32_arithmetic_is_bad_input_naming_file_array_and_value(tmp_path, key, scale):
     import numpy as np
 
-    from painn_ablate import data
+    from painn_ablate.data import datasets as data
 
     rng = np.random.default_rng(0)
     for name in data.SPLITS:
@@ -189,7 +188,7 @@ def test_a_killed_run_loads_as_lost_not_running(tmp_path):
     import signal
     import time
 
-    from painn_ablate import analysis
+    from painn_ablate.analysis import loaders as analysis
 
     out = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "train.steps=100000",
@@ -207,7 +206,7 @@ def test_a_killed_run_loads_as_lost_not_running(tmp_path):
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
-    from painn_ablate import files
+    from painn_ablate.core import files
 
     target = tmp_path / "result.json"
     files.write_text(target, "old")

@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-
-from painn_ablate import analysis, config, reproduce as rp
-from painn_ablate.cli import main
-from painn_ablate.config import compose, flatten
-from painn_ablate.outcome import OUTCOMES
 from support import TINY
+
+from painn_ablate.analysis import loaders as analysis
+from painn_ablate.cli import main
+from painn_ablate.core import config
+from painn_ablate.core.config import compose, flatten
+from painn_ablate.core.outcome import OUTCOMES
+from painn_ablate.reporting import reproduce as rp
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 

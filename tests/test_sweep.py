@@ -20,12 +20,11 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-
-from painn_ablate import sweep as sw
-from painn_ablate import sweep_file as sf
-from painn_ablate.config import ABLATIONS, compose, flatten
-
 from support import SWEEP_COMMAND, write_sweep
+
+from painn_ablate.core.config import ABLATIONS, compose, flatten
+from painn_ablate.sweep import optuna_engine as sw
+from painn_ablate.sweep import spec as sf
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
@@ -280,7 +279,7 @@ def test_sigkilled_worker_trial_is_rerun_on_resume(tmp_path, tiny):
 
 POP_SCRIPT = """
 import sys, optuna
-from painn_ablate import sweep as sw
+from painn_ablate.sweep import optuna_engine as sw
 storage = sw.open_storage(sys.argv[1])
 study = optuna.load_study(study_name="pop", storage=storage)
 taken = []
@@ -317,7 +316,7 @@ def _postgres_reachable() -> str:
 
 
 def test_the_file_format_and_the_wandb_engine_do_not_load_optuna():
-    code = ("import sys, painn_ablate.sweep_file, painn_ablate.wandb_sweep; "
+    code = ("import sys, painn_ablate.sweep.spec, painn_ablate.sweep.wandb_engine; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

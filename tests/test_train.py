@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from painn_ablate.config import compose
-from painn_ablate.train import run
-
 from support import EXPLODING, TINY
+
+from painn_ablate.core.config import compose
+from painn_ablate.training.trainer import run
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 

@@ -1,11 +1,10 @@
 """W&B logging for real, in offline mode, read back with `wandb leet inspect`."""
 
 import pytest
-
-from painn_ablate.config import compose
-from painn_ablate.train import run
-
 from support import EXPLODING, TINY, inspect
+
+from painn_ablate.core.config import compose
+from painn_ablate.training.trainer import run
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 

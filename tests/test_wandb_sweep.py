@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from painn_ablate import sweep_file as sf
-from painn_ablate import wandb_sweep as ws
-from painn_ablate.cli import build_parser, main
-from painn_ablate.config import compose, flatten
-
 from support import inspect, write_sweep
+
+from painn_ablate.cli import build_parser, main
+from painn_ablate.core.config import compose, flatten
+from painn_ablate.sweep import spec as sf
+from painn_ablate.sweep import wandb_engine as ws
 
 pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
@@ -120,7 +119,7 @@ def test_bayes_runs_a_fixed_count_and_resume_reruns_only_a_killed_trial(tmp_path
 
 
 def test_exploded_and_failed_trials_reach_the_engine_without_the_metric(tmp_path):
-    from sweeps.bayes_search import bayes_baseline_validate_and_fill, _construct_gp_data
+    from sweeps.bayes_search import _construct_gp_data, bayes_baseline_validate_and_fill
 
     path = write_sweep(tmp_path, {"train.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}},
                        method="bayes")
@@ -221,7 +220,7 @@ SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys):
     from painn_ablate.cli import main
-    from painn_ablate.config import compose, flatten
+    from painn_ablate.core.config import compose, flatten
 
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -237,7 +236,7 @@ def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_compo
 
 
 def test_python_str_formatting_of_the_agent_is_accepted():
-    from painn_ablate.config import compose
+    from painn_ablate.core.config import compose
 
     cfg = compose(["model.stabilizers.s_msg=None", "model.shared_filters=True", "tracking.tags=['a', 'b']"])
     assert cfg.model.stabilizers.s_msg is None and cfg.model.shared_filters is True

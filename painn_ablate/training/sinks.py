@@ -31,8 +31,8 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from painn_ablate import files
-from painn_ablate.outcome import METRIC_SPLITS, RunSummary, metric_name, outcome_columns
+from painn_ablate.core import files
+from painn_ablate.core.outcome import METRIC_SPLITS, RunSummary, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
 

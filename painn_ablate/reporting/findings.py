@@ -1,7 +1,7 @@
 """runs.md from the committed trial tables (results/): the verdicts, the map, the probe, the mechanism.
 
 `painn-ablate report` (no paths, a results/ folder present) calls `write_findings`. Every
-number is computed here from results/*.parquet through painn_ablate.experiments; the design
+number is computed here from results/*.parquet through painn_ablate.analysis.tables; the design
 and its rules are sweeps/DESIGN.md. Raw run directories are not needed.
 """
 
@@ -16,12 +16,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from painn_ablate import experiments as ex
-from painn_ablate import files
-from painn_ablate.plots import plot_ablation, plot_map, plot_probe_depths, plot_profiles, save_figure
-from painn_ablate.config import MECHANISM_LABELS
-from painn_ablate.report import PACKAGES, ReportError, _cell, markdown_table
-from painn_ablate.train import environment
+from painn_ablate.analysis import tables as ex
+from painn_ablate.core import files
+from painn_ablate.core.config import MECHANISM_LABELS
+from painn_ablate.reporting.plots import plot_ablation, plot_map, plot_probe_depths, plot_profiles, save_figure
+from painn_ablate.reporting.registry import PACKAGES, ReportError, _cell, markdown_table
+from painn_ablate.training.trainer import environment
 
 DEFAULT_RESULTS = "results"
 DESIGN = "sweeps/DESIGN.md"
@@ -92,8 +92,8 @@ def verdict_lines(trials: pd.DataFrame, results: str | Path) -> list[str]:
     """`painn-ablate reproduce`'s regime rule and verdict, applied to the map's trials at that regime: the
     command re-runs exactly these configurations (10 paired seeds per preset, 1000 steps, each ending at
     its first blow-up)."""
-    from painn_ablate import reproduce as rp
-    from painn_ablate.config import compose
+    from painn_ablate.core.config import compose
+    from painn_ablate.reporting import reproduce as rp
 
     maps = sorted(Path(results).glob("map_original.parquet"))
     regime = rp.choose_regime([], maps[0] if maps else None)
@@ -259,7 +259,7 @@ def _mse_of(g: pd.DataFrame) -> str:
 
 def tail_lines(trials: pd.DataFrame) -> list[str]:
     """Per cell with stable runs: the per-sample test error distribution (medians over its stable runs)."""
-    from painn_ablate.train import TAIL
+    from painn_ablate.training.trainer import TAIL
 
     cols = [f"test_pos_mse_{q}" for q in TAIL]
     if not set(cols) <= set(trials.columns):
@@ -278,7 +278,7 @@ def tail_lines(trials: pd.DataFrame) -> list[str]:
 
 def egnn_lines(egnn: pd.DataFrame, trials: pd.DataFrame, L: int, lr: float) -> list[str]:
     """Section 5: the runs in EGNN's setting, per seed and as a t interval, beside EGNN and R2_full's cell."""
-    from painn_ablate.analysis import EGNN_PAPER_MSE
+    from painn_ablate.analysis.loaders import EGNN_PAPER_MSE
 
     def epoch(r: pd.Series) -> Optional[float]:  # the epoch of the tested checkpoint
         if pd.isna(r.get("best_step")) or pd.isna(r.get("epochs")):

@@ -1,6 +1,6 @@
 """N-body data sets: files, cache, bring-your-own data, graphs and batches.
 
-The systems (charged, gravity) are simulated by `painn_ablate.simulate`.
+The systems (charged, gravity) are simulated by `painn_ablate.data.simulate`.
 
 Files: one `.npz` per split with float32 arrays `pos`, `vel` (S, n, 3) at the input frame,
 `charge` (S, n), `pos_next`, `vel_next` (S, n, 3) at the target frame; every value finite, with
@@ -30,8 +30,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from painn_ablate import files
-from painn_ablate.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
+from painn_ablate.core import files
+from painn_ablate.data.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from painn_ablate import analysis, files
-from painn_ablate.analysis import wilson  # noqa: F401  (re-exported: ex.wilson)
-from painn_ablate.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
-from painn_ablate.outcome import OUTCOMES, Status, first_blow_up, metric_name
+from painn_ablate.analysis import loaders as analysis
+from painn_ablate.analysis.loaders import wilson  # noqa: F401  (re-exported: ex.wilson)
+from painn_ablate.core import files
+from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
+from painn_ablate.core.outcome import OUTCOMES, Status, first_blow_up, metric_name
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
@@ -151,7 +152,7 @@ def _grad_clip_activity(run_dir: str, clip) -> dict:
 def _error_tail(r: pd.Series, status: str) -> dict:
     """Quantiles of a stable trial's per-sample test position MSE (train.TAIL): from its summary, or
     recomputed from its checkpoint when the summary predates them."""
-    from painn_ablate.train import TAIL, evaluate_checkpoint
+    from painn_ablate.training.trainer import TAIL, evaluate_checkpoint
 
     keys = [metric_name("test", f"pos_mse_{q}") for q in TAIL]
     if status != Status.STABLE:

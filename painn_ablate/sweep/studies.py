@@ -14,10 +14,10 @@ from typing import Optional, Union
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.config import did_you_mean
-from painn_ablate.outcome import METRICS, SUMMARY_FILE, Status
-from painn_ablate.sweep import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
-from painn_ablate.sweep_file import SweepError
+from painn_ablate.core.config import did_you_mean
+from painn_ablate.core.outcome import METRICS, SUMMARY_FILE, Status
+from painn_ablate.sweep.optuna_engine import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
+from painn_ablate.sweep.spec import SweepError
 
 PathLike = Union[str, Path]
 

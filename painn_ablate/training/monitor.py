@@ -40,7 +40,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from painn_ablate.model import PaiNN, Stabilizer, Tap, vector_norm
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.model.stabilizers import Stabilizer, Tap, vector_norm
 
 log = logging.getLogger(__name__)
 

@@ -143,7 +143,7 @@ class MonitorConfig:
     warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
     warn_window: int = 5  # early warning: statistics snapshots the growth is measured over
     flush_every: int = 50  # steps between writes of the parquet records
-    # Blow-up criteria: a finite run that crosses one is "diverged" (painn_ablate.outcome; README: defaults).
+    # Blow-up criteria: a finite run that crosses one is "diverged" (painn_ablate.core.outcome; README: defaults).
     diverge_loss_factor: float = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
     diverge_val_factor: float = 10.0  # val pos MSE > this x the zero-displacement val pos MSE
     diverge_mu: float = 1000.0  # max ||mu|| after any block

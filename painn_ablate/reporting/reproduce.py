@@ -47,11 +47,13 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from painn_ablate import analysis, config, files, plots
-from painn_ablate.config import compose, flatten
-from painn_ablate.experiments import mcnemar_exact, mean_interval, wilson
-from painn_ablate.outcome import OUTCOMES, STATE_STATS, SUMMARY_FILE, RunSummary, Status, first_blow_up, is_blow_up
-from painn_ablate.tracking import write_json_atomic
+from painn_ablate.analysis import loaders as analysis
+from painn_ablate.analysis.tables import mcnemar_exact, mean_interval, wilson
+from painn_ablate.core import config, files
+from painn_ablate.core.config import compose, flatten
+from painn_ablate.core.outcome import OUTCOMES, STATE_STATS, SUMMARY_FILE, RunSummary, Status, first_blow_up, is_blow_up
+from painn_ablate.reporting import plots
+from painn_ablate.training.sinks import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def _map_cells(path: Path, L: int):
 
 def choose_regime(overrides: list[str], map_path: Optional[str | Path] = None) -> Regime:
     """The regime by the module docstring's rule; map_path None: DEFAULT_MAP where it exists."""
-    from painn_ablate.config import ModelConfig, TrainConfig
+    from painn_ablate.core.config import ModelConfig, TrainConfig
 
     given = {item.split("=", 1)[0] for item in overrides}
     if given & {"model.L", "train.lr"}:
@@ -161,7 +163,7 @@ def choose_regime(overrides: list[str], map_path: Optional[str | Path] = None) -
 
 def horizon(data_cfg: DictConfig) -> Optional[float]:
     """Time between the input and the target frame of the generated protocol; None for data.dir."""
-    from painn_ablate.simulate import CHARGED, GRAVITY
+    from painn_ablate.data.simulate import CHARGED, GRAVITY
 
     if data_cfg.dir:
         return None
@@ -177,7 +179,7 @@ def baselines(data_cfg: DictConfig) -> dict[str, Any]:
     fitted_velocity: pos_next = pos + vel * c with the one scalar c fitted on the training
     split by least squares: EGNN's "Linear" baseline (a learnable time), published 0.0819.
     """
-    from painn_ablate.data import load_dataset
+    from painn_ablate.data.datasets import load_dataset
 
     splits = load_dataset(data_cfg)
     train, test = splits["train"], splits["test"]
@@ -244,7 +246,7 @@ def _finished(run_dir: Path) -> bool:
 
 def run_or_reuse(cfg: DictConfig) -> RunSummary:
     """Train `cfg` unless its run directory already holds the finished run of the same config."""
-    from painn_ablate.train import run
+    from painn_ablate.training.trainer import run
 
     run_dir = Path(cfg.out)
     summary_file = run_dir / SUMMARY_FILE
@@ -510,7 +512,7 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
             on_run(records[i])
 
     summaries = run_all([cfg for _, _, cfg in runs], workers, done)
-    from painn_ablate.train import environment, total_steps
+    from painn_ablate.training.trainer import environment, total_steps
 
     n_train = first_cfg.data.n_train
     steps = total_steps(first_cfg, n_train)

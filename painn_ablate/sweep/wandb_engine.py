@@ -1,6 +1,6 @@
 """W&B sweeps: `painn-ablate sweep FILE --engine wandb`, the same sweep file run by W&B's own engine.
 
-Two modes, chosen as every W&B run here is (`painn_ablate.tracking.wandb_mode`):
+Two modes, chosen as every W&B run here is (`painn_ablate.training.sinks.wandb_mode`):
 
 - online (an API key, or WANDB_MODE=online): `wandb.sweep` creates the sweep on the server
   and `wandb.agent` runs `agent_trial` for each run the server proposes. The server holds
@@ -16,10 +16,10 @@ Two modes, chosen as every W&B run here is (`painn_ablate.tracking.wandb_mode`):
 
 Trials
 ------
-A trial is what the Optuna engine's is (both take it from `painn_ablate.sweep_file`): its parameters go through
+A trial is what the Optuna engine's is (both take it from `painn_ablate.sweep.spec`): its parameters go through
 `trial_overrides` (file's fixed values, the parameters, then the command-line overrides),
 `name` is `trial_label` (`r2_full-s_msg-seed1`), `tracking.group` the sweep name, and it runs
-`painn_ablate.train.run`. Run directory: `<out>/trials/<label>-t<number>` offline,
+`painn_ablate.training.trainer.run`. Run directory: `<out>/trials/<label>-t<number>` offline,
 `<out>/trials/<label>-<W&B run id>` online (agents on several machines share no numbers).
 
 The ledger (offline)
@@ -68,11 +68,11 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from painn_ablate import sweep_file as sf
-from painn_ablate.config import compose
-from painn_ablate.outcome import Status
-from painn_ablate.sweep_file import Sweep, SweepError, pick_best
-from painn_ablate.tracking import wandb_mode
+from painn_ablate.core.config import compose
+from painn_ablate.core.outcome import Status
+from painn_ablate.sweep import spec as sf
+from painn_ablate.sweep.spec import Sweep, SweepError, pick_best
+from painn_ablate.training.sinks import wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Trial:
     run_dir: str
     retry_of: Optional[int] = None  # the killed trial this one runs again
     state: str = "running"  # W&B's run state: running | finished | failed | killed
-    attrs: dict[str, Any] = field(default_factory=dict)  # painn_ablate.sweep_file.result_attrs, or status/error
+    attrs: dict[str, Any] = field(default_factory=dict)  # painn_ablate.sweep.spec.result_attrs, or status/error
     wandb_run: Optional[str] = None  # the offline W&B run folder
 
     @property
@@ -275,7 +275,7 @@ def next_params(sweep: Sweep, ledger: Ledger, total: Optional[int]) -> Optional[
 
 def run_trial(sweep: Sweep, ledger: Ledger, out: Path, params: dict[str, Any], retry_of: Optional[int]) -> Trial:
     """Train one trial with its W&B run (offline) and record its outcome in the ledger."""
-    from painn_ablate.train import run  # torch and the model load only where trials run
+    from painn_ablate.training.trainer import run  # torch and the model load only where trials run
 
     number = len(ledger.trials)
     label = sf.trial_label(sweep, params)
@@ -400,7 +400,7 @@ def agent_trial(sweep: Sweep, out: Path) -> None:
     """
     import wandb
 
-    from painn_ablate.train import run
+    from painn_ablate.training.trainer import run
 
     agent_run = wandb.init(group=sweep.name, dir=str(out), settings=wandb.Settings(**WANDB_SETTINGS))
     params = {name: agent_run.config[name] for name in sweep.swept}

@@ -5,7 +5,7 @@ For each model seed (and each depth with `depths`): build the model as training 
 batch training step 0 sees: probe seed s pairs with training seed s), run the forward pass
 and record per layer and block
 
-    mu_norm_max q_absmax qmu_absmax mu_term_norm_max ...   the monitor's statistics (painn_ablate.monitor)
+    mu_norm_max q_absmax qmu_absmax mu_term_norm_max ...   the monitor's statistics (painn_ablate.training.monitor)
     norm_gain   ||(q, mu) out|| / ||(q, mu) in||, Frobenius norms over the batch
     jvp_gain    ||J v|| for a random unit tangent v of the block's input (q, mu): the block's
                 input-output gain along one direction, by forward-mode AD (torch.func.jvp)
@@ -13,7 +13,7 @@ and record per layer and block
                 I + the update's Jacobian, so jvp_gain sits near 1 while the update may grow)
 
 and per seed whether the forward pass is non-finite or crosses a blow-up criterion
-(painn_ablate.outcome). With `steps=K` the seed also trains K steps at the configured lr and
+(painn_ablate.core.outcome). With `steps=K` the seed also trains K steps at the configured lr and
 the forward statistics of every step are recorded (`step` column; step 0 is initialisation).
 
 Output: a long DataFrame `L, seed, step, layer, block, stat, value` (`probe.parquet`) and a
@@ -32,12 +32,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from painn_ablate.config import velocity_weight
-from painn_ablate.data import load_dataset
-from painn_ablate.model import PaiNN, plain_ops
-from painn_ablate.monitor import Monitor
-from painn_ablate.outcome import Criteria, crossed, locate
-from painn_ablate.train import batch_indices, make_optimizer, pick_device, train_step
+from painn_ablate.core.config import velocity_weight
+from painn_ablate.core.outcome import Criteria, crossed, locate
+from painn_ablate.data.datasets import load_dataset
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.model.stabilizers import plain_ops
+from painn_ablate.training.monitor import Monitor
+from painn_ablate.training.trainer import batch_indices, make_optimizer, pick_device, train_step
 
 GAIN_STATS = ("norm_gain", "jvp_gain", "update_gain")
 SUMMARY_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", *GAIN_STATS)

@@ -28,10 +28,12 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from painn_ablate import analysis, config, files, plots
-from painn_ablate.config import STABILIZER_KEYS
-from painn_ablate.outcome import SUMMARY_FILE
-from painn_ablate.train import environment
+from painn_ablate.analysis import loaders as analysis
+from painn_ablate.core import config, files
+from painn_ablate.core.config import STABILIZER_KEYS
+from painn_ablate.core.outcome import SUMMARY_FILE
+from painn_ablate.reporting import plots
+from painn_ablate.training.trainer import environment
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def sweep_sections(storage: str, source: str, out_folder: Optional[Path] = None)
     import optuna
     import yaml
 
-    from painn_ablate.studies import resolve_storage, study_names
+    from painn_ablate.sweep.studies import resolve_storage, study_names
 
     url = resolve_storage(storage)
     sections = []

@@ -1,6 +1,6 @@
 """The Optuna engine: a W&B sweep file run by Optuna. `painn-ablate sweep sweeps/stabilizers.yaml`.
 
-The file format (parameters, metrics, checks) is `painn_ablate.sweep_file`.
+The file format (parameters, metrics, checks) is `painn_ablate.sweep.spec`.
 
 Engine
 ------
@@ -39,9 +39,9 @@ progress), the file's fixed values, the trial's parameters, then the command-lin
 overrides; `out` is `<out>/trials/<label>-t<number>` (unique per trial number, so a re-run
 never meets the partial directory of a killed attempt), `name` is the label (e.g.
 `r2_full-s_msg-seed1`, `original+g-seed0`, `r2_full-seed0`), `tracking.group` the study name. It
-runs `painn_ablate.train.run`, the code of `painn-ablate train`.
+runs `painn_ablate.training.trainer.run`, the code of `painn-ablate train`.
 
-User attributes of every trial: label, run_dir, status (painn_ablate.outcome.Status: 'running',
+User attributes of every trial: label, run_dir, status (painn_ablate.core.outcome.Status: 'running',
 'stable', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
 first_divergence (dicts or None), episodes, recovered, val_pos_mse,
 val_vel_mse, test_pos_mse, test_vel_mse, steps_completed, early_warning_step, pruned_step,
@@ -79,11 +79,23 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.config import STABILIZER_KEYS
-from painn_ablate.outcome import Status, is_blow_up
-from painn_ablate.sweep_file import (DEFAULT_N_TRIALS, Sweep, SweepError, check_run_options, default_out,
-                                     grid_points, pick_best, result_attrs, signals_ignored, torch_threads, trial_config,
-                                     trial_label, warm_data_cache)
+from painn_ablate.core.config import STABILIZER_KEYS
+from painn_ablate.core.outcome import Status, is_blow_up
+from painn_ablate.sweep.spec import (
+    DEFAULT_N_TRIALS,
+    Sweep,
+    SweepError,
+    check_run_options,
+    default_out,
+    grid_points,
+    pick_best,
+    result_attrs,
+    signals_ignored,
+    torch_threads,
+    trial_config,
+    trial_label,
+    warm_data_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +345,7 @@ def requeue(study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: 
 def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path, prune: bool,
               storage: optuna.storages.RDBStorage) -> FrozenTrial:
     """Train one trial and record its outcome in the storage (see the module docstring)."""
-    from painn_ablate.train import run  # torch and the model load only where trials run
+    from painn_ablate.training.trainer import run  # torch and the model load only where trials run
 
     trial_id = trial._trial_id  # Optuna has no public accessor; heartbeats are keyed by it
     params = suggest(trial, sweep)

@@ -15,8 +15,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.analysis import wilson
-from painn_ablate.experiments import PROFILE_STATS
+from painn_ablate.analysis.loaders import wilson
+from painn_ablate.analysis.tables import PROFILE_STATS
 
 PathLike = Union[str, Path]
 

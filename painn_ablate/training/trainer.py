@@ -1,6 +1,6 @@
 """`run(cfg)`: train one PaiNN configuration and record what happened.
 
-A blow-up is an *outcome* (painn_ablate.outcome): a non-finite loss, activation or
+A blow-up is an *outcome* (painn_ablate.core.outcome): a non-finite loss, activation or
 gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it ends
 there); a finite blow-up by the criteria `monitor.diverge_*` makes it "diverged" (by
 default, `monitor.on_diverged=continue`, it trains on and may recover). Each is located
@@ -12,15 +12,15 @@ holds what was recorded up to then:
     config.yaml      the resolved config; `painn-ablate train --config config.yaml` re-runs it
     summary.json     status, steps, first_nonfinite, val/test metrics, ... (rewritten at each validation)
     checkpoint.pt    weights of the best validation step
-    *.parquet        metrics, per-layer statistics and events (see painn_ablate.tracking)
+    *.parquet        metrics, per-layer statistics and events (see painn_ablate.training.sinks)
 """
 
 from __future__ import annotations
 
 import copy
 import ctypes
-import functools
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -35,15 +35,25 @@ from typing import Callable, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from painn_ablate import __version__, files
-from painn_ablate.config import compose, flatten, to_yaml, velocity_weight
-from painn_ablate.data import NBodySplit, load_dataset
-from painn_ablate.model import PaiNN
-from painn_ablate.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
-from painn_ablate.outcome import (SUMMARY_FILE, Criteria, DivergenceTracker, Origin, RunSummary, Status, crossed,
-                                  first_blow_up, locate, metric_name)
-from painn_ablate.tracking import (ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason,
-                                   write_json_atomic)
+from painn_ablate import __version__
+from painn_ablate.core import files
+from painn_ablate.core.config import compose, flatten, to_yaml, velocity_weight
+from painn_ablate.core.outcome import (
+    SUMMARY_FILE,
+    Criteria,
+    DivergenceTracker,
+    Origin,
+    RunSummary,
+    Status,
+    crossed,
+    first_blow_up,
+    locate,
+    metric_name,
+)
+from painn_ablate.data.datasets import NBodySplit, load_dataset
+from painn_ablate.model.painn import PaiNN
+from painn_ablate.training.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
+from painn_ablate.training.sinks import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +511,7 @@ def build_sinks(cfg: DictConfig, steps: int) -> list[Sink]:
 
 def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
         should_stop: Optional[Callable[[int, dict], Optional[str]]] = None) -> RunSummary:
-    """Train the configuration `cfg` (from `painn_ablate.config.compose`) and return its summary.
+    """Train the configuration `cfg` (from `painn_ablate.core.config.compose`) and return its summary.
 
     sinks: extra record sinks; None builds them from `cfg.tracking` (progress bar, W&B).
     should_stop(step, info) -> reason or None: asked at every statistics snapshot and validation;

@@ -37,11 +37,21 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
-from painn_ablate.outcome import (METRIC_SPLITS, OUTCOMES, SPLIT_METRICS, SUMMARY_FILE,  # noqa: F401
-                                  RunSummary, Status, first_blow_up, is_blow_up, metric_name, outcome_columns)
-from painn_ablate.sweep_file import SweepError
-from painn_ablate.tracking import stat_key
+from painn_ablate.core.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
+from painn_ablate.core.outcome import (  # noqa: F401
+    METRIC_SPLITS,
+    OUTCOMES,
+    SPLIT_METRICS,
+    SUMMARY_FILE,
+    RunSummary,
+    Status,
+    first_blow_up,
+    is_blow_up,
+    metric_name,
+    outcome_columns,
+)
+from painn_ablate.sweep.spec import SweepError
+from painn_ablate.training.sinks import stat_key
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +269,7 @@ def load_layer_stats(paths: Paths, stats: Optional[Iterable[str]] = None,
                      block: Optional[str] = None) -> pd.DataFrame:
     """layer_stats.parquet of every run, long: step, layer, block, stat, value.
 
-    stats / block: read only these statistics (names in painn_ablate.monitor) or this block.
+    stats / block: read only these statistics (names in painn_ablate.training.monitor) or this block.
     """
     filters = []
     if stats is not None:
@@ -308,7 +318,7 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
     """
     import optuna
 
-    from painn_ablate.studies import resolve_storage, resolve_trial_dir, study_names
+    from painn_ablate.sweep.studies import resolve_storage, resolve_trial_dir, study_names
 
     try:
         url = resolve_storage(storage)

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from painn_ablate import files
-from painn_ablate.config import ConfigError, parse_experiment
-from painn_ablate.outcome import Status, metric_name, outcome_columns
-from painn_ablate.tracking import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
+from painn_ablate.core import files
+from painn_ablate.core.config import ConfigError, parse_experiment
+from painn_ablate.core.outcome import Status, metric_name, outcome_columns
+from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
 
 SPEC_FILE = "dashboard.json"
 GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (config.experiment_name)
@@ -61,7 +61,7 @@ class SweepInfo:
 
 def sweep_info(target: str, study: Optional[str] = None) -> SweepInfo:
     """Read the study of a sweep folder, its study.db or a storage URL (studies.open_studies)."""
-    from painn_ablate.studies import open_studies
+    from painn_ablate.sweep.studies import open_studies
 
     studies = open_studies(target, study)
     if len(studies) != 1:
@@ -76,7 +76,7 @@ def sweep_info(target: str, study: Optional[str] = None) -> SweepInfo:
     fixed = params.get("model.L", {}).get("value") if isinstance(params.get("model.L"), dict) else None
     given = [o.split("=", 1)[1] for o in settings.get("overrides") or [] if o.startswith("model.L=")]
     depths = [int(d) for d in [*depths, fixed, *given] if d is not None]
-    from painn_ablate.config import ModelConfig
+    from painn_ablate.core.config import ModelConfig
 
     return SweepInfo(study=s.study_name, project=raw.get("project") or "painn-ablate", entity=raw.get("entity"),
                      metric=settings.get("metric") or metric_name("val", "pos_mse"), swept=swept,

@@ -1,6 +1,6 @@
 """The W&B sweep-file format: reading and checking a sweep file, its grid points, each trial's
 label, overrides and config, and what every engine does with a finished run. No Optuna here:
-`painn_ablate.sweep` runs a sweep file with Optuna, `painn_ablate.wandb_sweep` with W&B.
+`painn_ablate.sweep.optuna_engine` runs a sweep file with Optuna, `painn_ablate.sweep.wandb_engine` with W&B.
 
 Sweep files
 -----------
@@ -17,8 +17,8 @@ A sweep file is a W&B sweep configuration, so the same file also works with
       train.lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
       train.steps: {value: 300}                    # a fixed setting for every trial
 
-Parameter names are config keys (`painn_ablate.config.all_keys`) or `model` (the preset).
-`ablate` names stabilizers to flip relative to the preset (`painn_ablate.config.ABLATIONS`):
+Parameter names are config keys (`painn_ablate.core.config.all_keys`) or `model` (the preset).
+`ablate` names stabilizers to flip relative to the preset (`painn_ablate.core.config.ABLATIONS`):
 on `model=r2_full` that is leave-one-out, on `model=original` add-one-in.
 
 Supported forms of a parameter: `value`, `values` (optionally `distribution: categorical`),
@@ -55,8 +55,8 @@ from typing import Any, Iterable, Iterator, Optional, TypeVar
 
 import yaml
 
-from painn_ablate.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
-from painn_ablate.outcome import METRICS, RunSummary, Status, metric_name
+from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
+from painn_ablate.core.outcome import METRICS, RunSummary, Status, metric_name
 
 T = TypeVar("T")
 
@@ -323,7 +323,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         for name, p in sweep.swept.items():
             if p.kind != "categorical":
                 raise _fail(where, f"parameter '{name}': a grid needs 'values' or 'value', not a '{p.kind}' range")
-    from painn_ablate.data import DataError, check_dir  # torch loads only where data or trials are touched
+    from painn_ablate.data.datasets import DataError, check_dir  # torch loads only where data or trials are touched
 
     composed: dict[str, str] = {}  # a grid point's config (less its name) -> the point, to find duplicates
     for params_point in check_points(sweep):
@@ -490,7 +490,7 @@ def default_out(path: str | Path) -> Path:
 
 def warm_data_cache(sweep: Sweep) -> None:
     """Generate each data set the trials need once, here, before workers race to make it."""
-    from painn_ablate.data import load_dataset
+    from painn_ablate.data.datasets import load_dataset
 
     seen = set()
     for point in check_points(sweep) if sweep.method != "grid" else grid_points(sweep):

@@ -1,4 +1,4 @@
-"""The two N-body simulators, vectorised over all samples in float64 (`painn_ablate.data` saves
+"""The two N-body simulators, vectorised over all samples in float64 (`painn_ablate.data.datasets` saves
 their output in float32, caches it and builds graphs and batches).
 
 charged (EGNN, Satorras et al. 2021, whose generator is NRI's `ChargedParticlesSim`):

@@ -1,0 +1,1 @@
+"""PaiNN with every stabilizer a toggle (`painn`)."""

@@ -84,11 +84,20 @@ def describe(summary: RunSummary) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from painn_ablate.core.config import compose
+    from painn_ablate.core.config import ConfigError, compose
     from painn_ablate.training.trainer import run
 
+    given = {item.split("=", 1)[0] for item in args.overrides}
+    if {"train.epochs", "train.steps"} <= given:
+        raise InputError("train.epochs and train.steps are both given; train.epochs sets the steps "
+                         "(epochs x batches per epoch): give one of them")
+    if args.config:
+        try:
+            compose(base=args.config)  # the file alone: its errors name it
+        except ConfigError as exc:
+            raise InputError(f"--config {args.config}: {exc}") from None
     cfg = compose(args.overrides, base=args.config)
-    summary = run(cfg)
+    summary = run(cfg, overwrite=args.overwrite)
     print(describe(summary))
     return 0
 
@@ -221,6 +230,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         p = sw.run_sweep(spec, out=out, storage_url=args.storage, workers=args.workers, n_trials=args.n_trials,
                          prune=args.prune, heartbeat=sw.DEFAULT_HEARTBEAT if args.heartbeat is None else args.heartbeat,
                          threads=args.threads, on_progress=printer)
+    except Exception as exc:
+        from painn_ablate.training.trainer import NoSpaceError, no_space
+
+        if isinstance(exc, NoSpaceError) or not no_space(exc):
+            raise
+        # the storage itself is full (Optuna's StorageInternalError over SQLite's "database or disk is full")
+        raise InputError(f"{out}: no space left on device (the study's storage); free space and run the same "
+                         "command to resume") from None
     except KeyboardInterrupt:
         printer.close()
         print(f"painn-ablate: sweep interrupted; running trials were given back. Resume with: {resume_command(args, out)}",
@@ -377,6 +394,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from painn_ablate.reporting import registry as rep
 
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise InputError(f"--plots {plots} is a file; name a folder for the figures")
+        reason = unwritable_reason(plots)
+        if reason:
+            raise InputError(f"--plots {plots} cannot be written: {reason}")
     if args.results or (not args.paths and not args.study and os.path.isdir(DEFAULT_RESULTS)):
         from painn_ablate.reporting.findings import write_findings
 
@@ -463,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one configuration",
                        description="Train one configuration: painn-ablate train model=r2_full train.lr=3e-3 seed=1")
     p.add_argument("--config", help="a saved config.yaml to start from (re-run a run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse an out= folder that holds an earlier or a crashed run (its records are removed "
+                        "first); a folder another running process writes is always refused")
     p.add_argument("overrides", nargs="*", help="key=value overrides; model=<preset> selects a preset")
     p.set_defaults(func=cmd_train)
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,11 @@ def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.
     paths = {name: folder / f"{name}.npz" for name in SPLITS}
     if all(f.is_file() for f in paths.values()):
         log.info("data: cache hit, loading %s", folder)
-        return {name: read_split(f) for name, f in paths.items()}
+        try:
+            return {name: read_split(f) for name, f in paths.items()}
+        except DataError as exc:  # a generated file: nothing of the user's is lost by deleting it
+            raise DataError(f"{exc}; it is a cache file: delete {folder} and it is generated again") from None
+    check_cache_writable(folder)  # before minutes of integration, not after
     log.info("data: generating %s (n=%d, %s samples) into %s", system, n_particles,
              "/".join(str(sizes[k]) for k in SPLITS), folder)
     start = time.perf_counter()
@@ -177,6 +182,30 @@ def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.
         write_split(f, splits[name])
     files.write_text(folder / "params.json", json.dumps(params, indent=2, sort_keys=True))
     return splits
+
+
+def check_cache_writable(folder: Path) -> None:
+    """DataError naming the cache (and how to move it) when `folder` cannot be created and written."""
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(f"{ancestor} is a file")
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=ancestor))
+    except OSError as exc:
+        raise DataError(f"data cache {folder.parent} cannot be written ({exc.strerror or exc}); point "
+                        f"{CACHE_ENV} or data.cache_dir at a writable folder") from None
+
+
+def warn_if_edgeless(name: str, edges: "Edges", graph: str, radius: float) -> None:
+    """A radius graph that leaves a sample without edges trains on nothing but the input features."""
+    if not isinstance(edges, VariableEdges):
+        return
+    empty = int(((edges.ptr[1:] - edges.ptr[:-1]) == 0).sum())
+    if empty:
+        log.warning("data: graph=%s with data.radius=%g leaves %d of %d %s samples without any edge; raise "
+                    "data.radius", graph, radius, empty, len(edges.ptr) - 1, name)
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -397,5 +426,7 @@ def load_dataset(cfg: Any, device: Device = None) -> dict[str, NBodySplit]:
     graph = resolve_graph(cfg.graph, cfg.system, arrays["train"]["pos"].shape[1])
     start = time.perf_counter()
     splits = {name: NBodySplit.from_arrays(arrays[name], graph, cfg.k, cfg.radius) for name in SPLITS}
+    for name, split in splits.items():
+        warn_if_edgeless(name, split.edges, graph, cfg.radius)
     log.info("data: %s graphs built in %.1f s", graph, time.perf_counter() - start)
     return splits

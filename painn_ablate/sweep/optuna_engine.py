@@ -68,6 +68,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -345,7 +346,7 @@ def requeue(study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: 
 def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path, prune: bool,
               storage: optuna.storages.RDBStorage) -> FrozenTrial:
     """Train one trial and record its outcome in the storage (see the module docstring)."""
-    from painn_ablate.training.trainer import run  # torch and the model load only where trials run
+    from painn_ablate.training.trainer import NoSpaceError, no_space, run  # torch loads only where trials run
 
     trial_id = trial._trial_id  # Optuna has no public accessor; heartbeats are keyed by it
     params = suggest(trial, sweep)
@@ -367,7 +368,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path,
         with signals_ignored():  # a second Ctrl-C must not cut the trial's return short
             requeue(study, storage, trial_id)
         raise
-    except Exception as exc:  # a real error: FAIL with its message, and the sweep goes on
+    except Exception as exc:
+        if isinstance(exc, NoSpaceError) or no_space(exc):
+            # A full disk fails every trial alike: stop the sweep, give this trial back (where the storage
+            # still takes a write; else its heartbeat goes stale and a resumed sweep re-runs it).
+            with contextlib.suppress(Exception):
+                requeue(study, storage, trial_id)
+            raise NoSpaceError(f"{out}: no space left on device (trial {trial.number}, {run_dir.name}); free "
+                               "space and run the same command to resume") from None
+        # a real error: FAIL with its message, and the sweep goes on
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.error("trial %d (%s) failed: %s", trial.number, label, error)
         return _finish(study, storage, trial, {"status": "error", "error": error}, state=TrialState.FAIL)
@@ -493,6 +502,14 @@ def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
         work(sweep, settings)
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        from painn_ablate.training.trainer import no_space
+
+        if not no_space(exc):
+            raise
+        log.error("%s", str(exc).splitlines()[0] if "no space" in str(exc) else
+                  f"{settings.out}: no space left on device; free space and run the same command to resume")
+        sys.exit(2)
 
 
 # ----------------------------------------------------------------------------- progress

@@ -20,12 +20,15 @@ from __future__ import annotations
 import copy
 import ctypes
 import datetime as dt
+import errno
 import functools
+import json
 import logging
 import math
 import os
 import platform
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import __version__
 from painn_ablate.core import files
-from painn_ablate.core.config import compose, flatten, to_yaml, velocity_weight
+from painn_ablate.core.config import ConfigError, compose, experiment_slug, flatten, to_yaml, velocity_weight
 from painn_ablate.core.outcome import (
     SUMMARY_FILE,
     Criteria,
@@ -64,6 +67,10 @@ class RunDirError(ValueError):
     """The run directory cannot be used (one line, names the path)."""
 
 
+class NoSpaceError(RunDirError):
+    """The disk of the run directory filled up during the run (one line: the folder and "no space left")."""
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -74,18 +81,140 @@ def pick_device(name: str) -> torch.device:
 
 
 def run_name(cfg: DictConfig) -> str:
+    """`r2_full-C_mu-seed0-20250101-120000-ab12`: the experiment (config.experiment_slug), seed, time."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return cfg.name or f"{cfg.model.preset}-seed{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
+    return cfg.name or f"{experiment_slug(cfg.model.preset, cfg.ablate)}-seed{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
 
 
-def resolve_run_dir(cfg: DictConfig) -> Path:
+LOCK_FILE = ".lock"  # a run folder's claim: "<pid> <host>" of the process writing it, while it runs
+# What a run writes into its folder; `overwrite` clears these (and nothing else) before a new run.
+RUN_RECORDS = (SUMMARY_FILE, "config.yaml", "checkpoint.pt", "metrics.parquet", "layer_stats.parquet",
+               "events.parquet", "wandb")
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """What the config asks of this machine and file system, refused (ConfigError) before any folder exists."""
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bad value for 'train.device': {cfg.train.device} was asked for, but this torch "
+                          f"{torch.__version__} sees no CUDA device; use train.device=cpu or auto")
+    if cfg.model.backend == "scatter":
+        try:
+            import torch_scatter  # noqa: F401
+        except ImportError:
+            raise ConfigError("bad value for 'model.backend': scatter needs torch_scatter, which is not installed: "
+                              "pip install 'painn-ablate[scatter]' (or use model.backend=native)") from None
+    if cfg.name is not None and (Path(cfg.name).name != cfg.name or cfg.name in (".", "..") or "/" in cfg.name):
+        raise ConfigError(f"bad value for 'name': {cfg.name!r} is a path, not a name (the run folder is runs/<name>; "
+                          "choose a folder with out=DIR)")
+
+
+def _too_long(run_dir: Path) -> Optional[str]:
+    """Why the file system cannot hold `run_dir`'s name, or None (NAME_MAX per component, PATH_MAX)."""
+    ancestor = run_dir.absolute()
+    while not os.path.exists(ancestor):  # False, not an error, for a name too long to look up
+        ancestor = ancestor.parent
+    try:
+        name_max, path_max = os.pathconf(ancestor, "PC_NAME_MAX"), os.pathconf(ancestor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return None
+    for part in run_dir.absolute().parts:
+        if len(os.fsencode(part)) > name_max:
+            return f"the name {part[:40]}... is {len(os.fsencode(part))} bytes, the file system allows {name_max}"
+    # the longest file a run writes: a parquet part's temporary inside its dataset folder
+    longest = len(os.fsencode(str(run_dir.absolute() / "layer_stats.parquet" / ".part-000000.parquet.tmp-4194304")))
+    if longest > path_max:
+        return f"its files' paths would be {longest} bytes, the file system allows {path_max}"
+    return None
+
+
+def lock_holder(run_dir: Path) -> Optional[str]:
+    """`pid 123 on host h` of a live process holding `run_dir`, or None (no lock, or a stale one: its pid is
+    gone on this host)."""
+    try:
+        pid_text, _, host = (run_dir / LOCK_FILE).read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None if not (run_dir / LOCK_FILE).exists() else "a process (unreadable lock)"
+    if host == platform.node() and (pid == os.getpid() or not _alive(pid)):
+        return None
+    return f"pid {pid} on {host}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _refusal(run_dir: Path, overwrite: bool) -> Optional[str]:
+    holder = lock_holder(run_dir)
+    if holder:
+        return (f"out={run_dir} is being written by {holder} (lock {run_dir / LOCK_FILE}); wait for it to finish "
+                "or choose another out=")
+    if (run_dir / SUMMARY_FILE).exists() and not overwrite:
+        return f"out={run_dir} already holds a run; choose another out=, or --overwrite to replace it"
+    if (run_dir / "config.yaml").exists() and not overwrite:
+        return (f"out={run_dir} holds config.yaml but no {SUMMARY_FILE} (a run that crashed before its first "
+                "record?); choose another out=, or --overwrite to replace it")
+    return None
+
+
+def resolve_run_dir(cfg: DictConfig, overwrite: bool = False) -> Path:
+    """The run folder of `cfg`, checked (RunDirError, one line) before any data loads; `claim_run_dir` takes it."""
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
-    if (run_dir / SUMMARY_FILE).exists():
-        raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
-    reason = unwritable_reason(run_dir)
+    reason = _too_long(run_dir) or unwritable_reason(run_dir)
     if reason:
         raise RunDirError(f"out={run_dir} cannot be written: {reason}")
+    refusal = _refusal(run_dir, overwrite)
+    if refusal:
+        raise RunDirError(refusal)
     return run_dir
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
+    """Take `run_dir` for this process: create its LOCK_FILE exclusively (O_EXCL: of two writers exactly one
+    succeeds) with this pid and host; a stale lock (its pid gone on this host) is taken over. The second
+    writer gets a RunDirError naming the holder. With `overwrite`, a previous run's records are removed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    me = f"{os.getpid()} {platform.node()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if lock_holder(run_dir) is not None:
+                break
+            log.warning("taking over the stale lock %s (%s)", lock, lock.read_text().strip() if lock.exists() else "")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me + "\n")
+        if lock.read_text().strip() == me:  # a racing take-over of the same stale lock: one of us wins
+            refusal = _refusal(run_dir, overwrite)  # under the lock: what a writer before us left
+            if refusal:
+                release_run_dir(run_dir)
+                raise RunDirError(refusal)
+            if overwrite:
+                for name in RUN_RECORDS:
+                    path = run_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            return run_dir
+        break
+    raise RunDirError(_refusal(run_dir, overwrite) or f"out={run_dir} is being claimed by another process")
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Give up the claim of this process (a lock of another is left alone)."""
+    lock = run_dir / LOCK_FILE
+    try:
+        if lock.read_text().split()[0] == str(os.getpid()):
+            lock.unlink()
+    except (OSError, IndexError):
+        pass
 
 
 def total_steps(cfg: DictConfig, n_train: int) -> int:
@@ -509,24 +638,74 @@ def build_sinks(cfg: DictConfig, steps: int) -> list[Sink]:
     return sinks
 
 
+def no_space(exc: BaseException) -> bool:
+    """A full disk, wherever it surfaced (an OSError, or one chained under a library's own error)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(exc):  # SQLite's own words, under SQLAlchemy's and Optuna's
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _finalize_without_space(trainer: Trainer, run_dir: Path) -> None:
+    """The summary of a run that hit a full disk: status error, rewritten in place where a temporary
+    beside it no longer fits (truncating the old file frees its blocks first)."""
+    trainer.summary.update(status=Status.ERROR.value, error="no space left on device")
+    text = json.dumps(trainer.summary, indent=2, default=str) + "\n"
+    try:
+        write_json_atomic(run_dir / SUMMARY_FILE, trainer.summary)
+    except OSError:
+        try:
+            (run_dir / SUMMARY_FILE).write_text(text)
+        except OSError:
+            log.warning("no space left for %s either", run_dir / SUMMARY_FILE)
+
+
 def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
-        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None) -> RunSummary:
+        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None, overwrite: bool = False) -> RunSummary:
     """Train the configuration `cfg` (from `painn_ablate.core.config.compose`) and return its summary.
 
     sinks: extra record sinks; None builds them from `cfg.tracking` (progress bar, W&B).
     should_stop(step, info) -> reason or None: asked at every statistics snapshot and validation;
     a reason ends the run early (a sweep's pruner uses it).
+    overwrite: reuse a folder that holds an earlier run or a crashed one (its records are removed first);
+    without it such a folder is refused. A folder another live process writes is always refused.
+    A full disk ends the run with a RunDirError naming the folder ("no space left"), its summary `error`.
     """
     # Bad output and bad data fail here, before any run directory exists (the output first: loading
     # or generating data can take minutes); a cache miss integrates on the training device.
-    run_dir = resolve_run_dir(cfg)
+    check_runnable(cfg)
+    run_dir = resolve_run_dir(cfg, overwrite)
     splits = load_dataset(cfg.data, device=pick_device(cfg.train.device))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = copy.deepcopy(cfg)
-    cfg.name = cfg.name or run_dir.name
-    cfg.out = str(run_dir)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    steps = total_steps(cfg, len(splits["train"]))
-    trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
-    return trainer.fit()
+    warn_if_out_of_reach(splits["train"], cfg.model.r_cut)
+    claim_run_dir(run_dir, overwrite)
+    trainer = None
+    try:
+        cfg = copy.deepcopy(cfg)
+        cfg.name = cfg.name or run_dir.name
+        cfg.out = str(run_dir)
+        files.write_text(run_dir / "config.yaml", to_yaml(cfg))
+        steps = total_steps(cfg, len(splits["train"]))
+        trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
+        return trainer.fit()
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        if trainer is not None:
+            _finalize_without_space(trainer, run_dir)
+        raise NoSpaceError(f"out={run_dir}: no space left on device; free space and run again "
+                          "(--overwrite replaces this partial run)") from None
+    finally:
+        release_run_dir(run_dir)
 
+
+def warn_if_out_of_reach(split: NBodySplit, r_cut: float, samples: int = 100) -> None:
+    """A cutoff below every edge's length leaves the filters zero: the model then sees no neighbour."""
+    b = split.batch(torch.arange(min(samples, len(split))))
+    length = (b.pos[b.edge_index[0]] - b.pos[b.edge_index[1]]).norm(dim=-1)
+    if length.numel() == 0 or bool((length >= r_cut).all()):
+        shortest = f"{float(length.min()):.3g}" if length.numel() else "none"
+        log.warning("no edge is shorter than model.r_cut=%g (shortest edge: %s in the first %d training samples): "
+                    "the model sees no neighbours; raise model.r_cut", r_cut, shortest, b.n_graphs)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a comma
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141
 
 
 class InputError(Exception):
@@ -65,7 +66,7 @@ def describe(summary: RunSummary) -> str:
                      f"block {f['block']}, tensor {f['tensor']} ({s['nonfinite_events']} event(s)).")
     if s.get("first_divergence"):
         d, div = s["first_divergence"], s.get("divergence") or {}
-        lines.append(f"First divergence at {where_diverged(d)}; {div.get('episodes')} episode(s)"
+        lines.append(f"First divergence: {where_diverged(d)}; {div.get('episodes')} episode(s)"
                      + (", recovered." if div.get("recovered") and s["status"] == "diverged" else "."))
     stats = s.get("last_finite_stats")
     if stats and stats["mu_norm_max"]:
@@ -111,32 +112,47 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# What each blow-up criterion (outcome.Criteria, monitor.diverge_*) tests, in a reader's words.
+CRITERION_WORDS = {"loss": "training loss over its bound (monitor.diverge_loss_factor)",
+                   "val": "validation pos MSE over its bound (monitor.diverge_val_factor)",
+                   "mu": "max ||mu|| over monitor.diverge_mu", "q": "max |q| over monitor.diverge_q",
+                   "ratio": "last/first layer ||mu|| ratio over monitor.diverge_mu_ratio"}
+
+
+def _present(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
 def where_nonfinite(f: dict) -> str:
-    """`step 12 layer 5 mixing/mu`, or `step 1 head/loss` where no layer is involved."""
+    """What went non-finite, then where: `non-finite loss at step 1, first in layer 4 interaction`."""
     layer = f.get("layer")
-    has_layer = layer is not None and not (isinstance(layer, float) and math.isnan(layer))
-    return f"step {int(f['step'])} " + (f"layer {int(layer)} " if has_layer else "") + f"{f['block']}/{f['tensor']}"
+    place = f"layer {int(layer)} {f['block']}" if _present(layer) else str(f["block"])
+    return f"non-finite {f['tensor']} at step {int(f['step'])}, first in {place}"
 
 
 def where_diverged(f: dict) -> str:
-    """`step 2 layer 5 mixing/q_absmax 1.1e+04 (q)`: where a finite blow-up started, and which criterion."""
+    """The criterion, then where it was located: `training loss over its bound (...) at step 2; located at
+    layer 5 mixing, mu_norm_max 2.2e+03`."""
+    criterion = f.get("criterion")
+    words = CRITERION_WORDS.get(criterion, f"criterion {criterion}")
+    located = f"layer {int(f['layer'])} {f.get('block')}" if _present(f.get("layer")) else f.get("block")
     value = f.get("value")
-    shown = f" {float(value):.3g}" if value is not None else ""
-    layer = f" layer {f['layer']}" if f.get("layer") is not None else ""
-    return f"step {f['step']}{layer} {f.get('block')}/{f.get('stat')}{shown} ({f.get('criterion')})"
+    shown = f", {f.get('stat')} {float(value):.3g}" if _present(value) else (f", {f['stat']}" if f.get("stat") else "")
+    return f"{words} at step {int(f['step'])}" + (f"; located at {located}{shown}" if located else "")
 
 
 def trial_line(t, metric: str) -> str:
-    """One finished trial: `#7 r2_full-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`."""
+    """One finished trial: `#7 r2_full-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`, a blow-up with what
+    fired and where: `#3 original-seed0  exploded: non-finite loss at step 1, first in layer 4 interaction`."""
     a = t.user_attrs
     status = a.get("status", t.state.name.lower())
     line = f"#{t.number} {a.get('label', '?')}  {status}"
     if a.get("first_nonfinite"):
-        line += f" at {where_nonfinite(a['first_nonfinite'])}"
+        line += f": {where_nonfinite(a['first_nonfinite'])}"
     elif a.get("first_divergence"):
-        line += f" at {where_diverged(a['first_divergence'])}"
+        line += f": {where_diverged(a['first_divergence'])}"
     elif a.get("pruned_step") is not None:
-        line += f" at step {a['pruned_step']}"
+        line += f" at step {a['pruned_step']} (early warning)"
     if a.get(metric) is not None:
         line += f"  {metric} {a[metric]:.4g}"
     if a.get("error"):
@@ -180,6 +196,14 @@ class SweepProgressPrinter:
             self.bar.close()
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def resume_command(args: argparse.Namespace, out: str) -> str:
     """The command that resumes this sweep: the same file, overrides and storage."""
     import shlex
@@ -218,8 +242,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{args.file}: note: {note}")
         points = sf.grid_points(spec) if spec.method == "grid" else []
         n = len(points) if points else (args.n_trials or spec.run_cap or sf.DEFAULT_N_TRIALS)
+        seconds = sf.estimate_seconds(spec, points) if points else \
+            sf.estimate_seconds(spec, sf.check_points(spec)[:1]) * n
+        workers = max(1, args.workers)
         print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "
-              f"({spec.goal}), out {out}")
+              f"({spec.goal}), out {out}; estimated time at most {_duration(seconds / workers)} with {workers} "
+              f"worker(s) on this machine (blown-up trials end early)")
         for params in points:
             print(f"  {sf.trial_label(spec, params)}: " + " ".join(sf.trial_overrides(spec, params)))
         return 0
@@ -596,7 +624,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)  # finalized like Ctrl-C: the run records `interrupted`
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`status DIR | head -1`): Python's recipe, stdout to devnull so that the
+        # interpreter's final flush meets no pipe either; 141 = 128 + SIGPIPE, as a shell tool's exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except _bad_input_types() as exc:
         print(f"painn-ablate: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT

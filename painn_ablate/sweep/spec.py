@@ -326,10 +326,14 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     from painn_ablate.data.datasets import DataError, check_dir  # torch loads only where data or trials are touched
 
     composed: dict[str, str] = {}  # a grid point's config (less its name) -> the point, to find duplicates
-    for params_point in check_points(sweep):
+    points = validation_points(sweep)
+    base: list = []  # (point, config) of the first point, which the others of a large grid vary one key of
+    for params_point in points:
         shown = ", ".join(f"{k}={v}" for k, v in params_point.items() if k in sweep.swept)
         try:
-            cfg = trial_config(sweep, params_point)
+            cfg = _vary(sweep, base, params_point) if base else trial_config(sweep, params_point)
+            if not base and len(points) > 1:
+                base[:] = [params_point, cfg]
             if cfg.data.dir:
                 check_dir(cfg.data.dir)  # before any study exists: a dry run and a real run fail alike
         except (ConfigError, DataError) as exc:
@@ -342,6 +346,28 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                                    "remove one of them")
             composed[key] = shown
     return sweep
+
+
+def _vary(sweep: Sweep, base: list, point: dict[str, Any]):
+    """The config of `point` from the first point's (`base`), where they differ in one plain config key: that
+    key updated in a copy and the copy validated, ~100x cheaper than composing (a preset or ablation, and
+    anything the update refuses, is composed in full, so its error reads as compose words it)."""
+    from omegaconf import OmegaConf
+
+    from painn_ablate.core.config import validate
+
+    base_point, base_cfg = base
+    changed = [k for k in point if point[k] != base_point.get(k)]
+    if len(changed) != 1 or changed[0] in ("model", "ablate"):
+        return trial_config(sweep, point)
+    cfg = base_cfg.copy()
+    try:
+        OmegaConf.update(cfg, changed[0], point[changed[0]], merge=False)
+        validate(cfg)
+    except Exception:  # noqa: BLE001 - composing again gives the one-line ConfigError
+        return trial_config(sweep, point)
+    cfg.name = trial_label(sweep, point)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- points, labels, configs
@@ -359,10 +385,24 @@ def representative(p: Param) -> Any:
     return p.values[0] if p.values else p.low
 
 
-def check_points(sweep: Sweep) -> list[dict[str, Any]]:
+FULL_CHECK_MAX = 500  # grids up to this size are composed point by point before any trial runs
+
+
+def validation_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """The points `load_sweep` composes: every point of a grid of up to FULL_CHECK_MAX points; of a larger
+    grid (composing 10,000 points takes minutes), and of a random or bayes sweep, each value of each
+    parameter with the others at their first value (`check_points`): every value is checked, and two
+    values of one parameter that compose to the same config are still found."""
+    if sweep.method == "grid" and math.prod(len(p.values) for p in sweep.swept.values()) <= FULL_CHECK_MAX:
+        return grid_points(sweep)
+    return check_points(sweep, every_value=True)
+
+
+def check_points(sweep: Sweep, every_value: bool = False) -> list[dict[str, Any]]:
     """The parameter points composed before any trial runs: the whole grid, or for random and
-    bayes each categorical value and both ends of each range, the others at a first value."""
-    if sweep.method == "grid":
+    bayes each categorical value and both ends of each range, the others at a first value
+    (every_value: that for a grid too)."""
+    if sweep.method == "grid" and not every_value:
         return grid_points(sweep)
     base = {name: representative(p) for name, p in sweep.swept.items()}
     points = [base]
@@ -492,10 +532,82 @@ def warm_data_cache(sweep: Sweep) -> None:
     """Generate each data set the trials need once, here, before workers race to make it."""
     from painn_ablate.data.datasets import load_dataset
 
-    seen = set()
+    seen, data_seen = set(), set()
     for point in check_points(sweep) if sweep.method != "grid" else grid_points(sweep):
+        # only the data.* parameters change a trial's data: compose one point per combination of them
+        data_params = json.dumps({k: v for k, v in point.items() if k.startswith("data.")}, sort_keys=True,
+                                 default=str)
+        if data_params in data_seen:
+            continue
+        data_seen.add(data_params)
         data = trial_config(sweep, point).data
         key = json.dumps(dict(data), sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
             load_dataset(data)
+
+
+SHAPE_KEYS = ("model.L", "model.F", "model.n_rbf", "train.batch_size", "data.n_particles", "data.system")
+MAX_TIMED_SHAPES = 4  # distinct model and batch shapes timed for an estimate; the rest take the slowest
+
+
+def estimate_seconds(sweep: Sweep, points: list[dict[str, Any]], repeats: int = 3) -> float:
+    """An upper bound on one worker's time for these trials: each trial's steps times the time of one
+    training step of its shape, measured here on a synthetic batch (no data are loaded or generated).
+    Blown-up trials end early, so the sweep takes less."""
+    import time
+
+    import torch
+
+    from painn_ablate.data.datasets import resolve_n_particles
+    from painn_ablate.model.painn import PaiNN
+    from painn_ablate.training.trainer import make_optimizer
+
+    base = trial_config(sweep, points[0]) if points else trial_config(sweep, {})
+    step_time: dict[tuple, float] = {}
+
+    base_shape = {k: _select(base, k) for k in SHAPE_KEYS}
+
+    def shape_of(point: dict) -> tuple:
+        return tuple(point.get(k, base_shape[k]) for k in SHAPE_KEYS)
+
+    def time_step(point: dict) -> float:
+        cfg = trial_config(sweep, point)
+        n = resolve_n_particles(cfg.data.system, cfg.data.n_particles)
+        b = cfg.train.batch_size
+        k = n - 1 if (cfg.data.graph in ("auto", "full") and n <= 64) else min(cfg.data.k, n - 1)
+        g = torch.Generator().manual_seed(0)
+        pos, vel = torch.randn(b * n, 3, generator=g), torch.randn(b * n, 3, generator=g)
+        charge = torch.ones(b * n)
+        receiver = torch.arange(b * n).repeat_interleave(k)
+        source = (receiver // n) * n + (receiver % n + 1 + torch.arange(k).repeat(b * n)) % n
+        model = PaiNN(cfg.model)
+        opt = make_optimizer(model, cfg)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            pos_dt, vel_next = model(pos, vel, charge, torch.stack([source, receiver]))
+            ((pos_dt ** 2).mean() + (vel_next ** 2).mean()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])  # the first includes one-off allocation
+
+    total = 0.0
+    for point in points or [{}]:
+        shape = shape_of(point)
+        if shape not in step_time:
+            step_time[shape] = time_step(point) if len(step_time) < MAX_TIMED_SHAPES else max(step_time.values())
+        steps = point.get("train.steps", base.train.steps)
+        epochs = point.get("train.epochs", base.train.epochs)
+        if epochs is not None:
+            n_train = point.get("data.n_train", base.data.n_train)
+            steps = epochs * math.ceil(n_train / point.get("train.batch_size", base.train.batch_size))
+        total += steps * step_time[shape]
+    return total
+
+
+def _select(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key)

@@ -163,10 +163,12 @@ def trial_line(t, metric: str) -> str:
 
 
 class SweepProgressPrinter:
-    """The live view of a sweep: a bar of trials done and a line per finished trial."""
+    """The live view of a sweep: a bar of trials done, a line per finished trial, and the time left by the
+    trials' expected lengths (Progress.eta_seconds), not by trials per second."""
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, workers: int = 1):
         self.metric = metric
+        self.workers = workers
         self.bar = None
         self.seen: set[int] = set()
 
@@ -177,7 +179,9 @@ class SweepProgressPrinter:
             self.seen = {t.number for t in p.finished}
             if self.seen:
                 print(f"resuming: {p.done}/{p.total} trials already done")
-            self.bar = tqdm(total=p.total, unit="trial", dynamic_ncols=True, desc="sweep")
+            # tqdm's own remaining time divides by trials per second, which blown-up trials (ending early) skew
+            self.bar = tqdm(total=p.total, unit="trial", dynamic_ncols=True, desc="sweep",
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         for t in p.finished:
             if t.number not in self.seen:
                 self.seen.add(t.number)
@@ -188,12 +192,44 @@ class SweepProgressPrinter:
             post["errors"] = p.errors
         if p.best_value is not None:
             post["best"] = f"{p.best_value:.4g}"
+        eta = p.eta_seconds(self.workers)
+        if eta is not None:
+            post["left"] = _duration(eta)
         self.bar.set_postfix(post, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def experiment_table(frame):
+    """Per experiment (preset + ablation) of a trials_frame: blow-ups k/n with the 95% Wilson interval,
+    diverged and exploded counts, the median test pos MSE of the stable trials; finished trials only."""
+    import pandas as pd
+
+    from painn_ablate.analysis.loaders import wilson
+    from painn_ablate.core.outcome import OUTCOMES, Status
+
+    done = frame[frame["status"].isin([str(o) for o in OUTCOMES]) & frame["experiment"].notna()] \
+        if "experiment" in frame else frame.iloc[0:0]
+    rows = []
+    for name, g in done.groupby("experiment", sort=False):
+        n, k = len(g), int(g["status"].isin([Status.DIVERGED.value, Status.EXPLODED.value]).sum())
+        lo, hi = wilson(k, n)
+        stable = pd.to_numeric(g.loc[g["status"] == Status.STABLE.value, "test_pos_mse"], errors="coerce").dropna()
+        rows.append({"experiment": name, "blow-ups": f"{k}/{n}", "95% CI": f"{100 * lo:.0f}-{100 * hi:.0f}%",
+                     "diverged": int((g["status"] == Status.DIVERGED.value).sum()),
+                     "exploded": int((g["status"] == Status.EXPLODED.value).sum()),
+                     "median test_pos_mse (stable)": _fmt(float(stable.median())) if len(stable) else "-"})
+    return pd.DataFrame(rows)
+
+
+def next_commands(target: str, url: str) -> list[str]:
+    """What to run after a sweep: its table, the registry, the trial tables, the dashboards."""
+    return [f"painn-ablate status {target}", f"painn-ablate report {target}",
+            f"painn-ablate export {target} --out results", f"painn-ablate dashboard {target}",
+            f"optuna-dashboard {url}"]
 
 
 def _duration(seconds: float) -> str:
@@ -253,7 +289,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if args.engine == "wandb":
         return cmd_sweep_wandb(args, spec, Path(out))
-    printer = SweepProgressPrinter(spec.metric)
+    printer = SweepProgressPrinter(spec.metric, args.workers)
     try:
         p = sw.run_sweep(spec, out=out, storage_url=args.storage, workers=args.workers, n_trials=args.n_trials,
                          prune=args.prune, heartbeat=sw.DEFAULT_HEARTBEAT if args.heartbeat is None else args.heartbeat,
@@ -280,7 +316,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{p.lost} interrupted and re-run); {best}. Run directories in {out}/trials.")
     if p.waiting or p.running:
         print(f"{p.waiting} trial(s) waiting, {p.running} running elsewhere: run the same command to resume.")
-    print(f"Summary: painn-ablate status {args.storage or out}    Dashboard: optuna-dashboard {url}")
+    from painn_ablate.sweep import studies
+
+    table = experiment_table(studies.trials_frame(studies.open_studies(url, spec.name)[0]))
+    if len(table):
+        print(table.to_string(index=False))
+    print("Next:\n" + "\n".join(f"  {c}" for c in next_commands(args.storage or out, url)))
     return 0
 
 
@@ -347,6 +388,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             b = s["best"]
             print(f"best {s['metric'] or 'value'}: {b['value']:.4g} (#{b['number']} {b['label']}) "
                   + " ".join(f"{k}={v}" for k, v in b["params"].items()))
+        table = experiment_table(frame)
+        if len(table):
+            print(table.to_string(index=False))
         if len(frame):
             nonfinite = frame.apply(lambda r: "-" if pd.isna(r["first_nonfinite_step"]) else where_nonfinite(
                 {k: r[f"first_nonfinite_{k}"] for k in ("step", "layer", "block", "tensor")}), axis=1)

@@ -4,6 +4,7 @@ run folder, a full disk, broken pipes, refusals before any folder exists, and wh
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,102 @@ def test_a_run_name_carries_the_ablation(tmp_path):
     assert res.returncode == 0, res.stderr
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("r2_full-C_mu-seed0-")  # before: r2_full-seed0-...
+
+
+# ----------------------------------------------------------------------------- 6: pipes
+
+
+def _many_trials_study(folder: Path, n: int = 600) -> Path:
+    """A sweep folder whose study has n finished trials (status prints a line each: more than a pipe holds)."""
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    folder.mkdir()
+    study = optuna.create_study(study_name="many", storage=f"sqlite:///{folder / 'study.db'}")
+    study.add_trials([optuna.trial.create_trial(
+        params={"seed": i}, distributions={"seed": IntDistribution(0, n)}, value=0.1,
+        user_attrs={"label": f"r2_full-seed{i}", "status": "stable", "model.preset": "r2_full", "ablate": "none",
+                    "test_pos_mse": 0.1, "val_pos_mse": 0.1}) for i in range(n)])
+    return folder
+
+
+@pytest.mark.integration
+def test_status_and_a_dry_run_into_head_end_quietly(tmp_path):
+    folder = _many_trials_study(tmp_path / "sweep")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("method: grid\nparameters:\n  seed: {values: [%s]}\n" % ", ".join(map(str, range(3000))))
+    for command in (f"status {folder}", f"sweep {sweep} --dry-run --out {tmp_path / 'o'}"):
+        res = subprocess.run(["bash", "-c", f"{sys.executable} -m painn_ablate.cli {command} | head -1; "
+                                            "echo \"exit ${PIPESTATUS[0]}\""], capture_output=True, text=True,
+                             timeout=300, env=ENV)
+        assert res.stderr == "", res.stderr  # before: BrokenPipeError and its traceback
+        lines = res.stdout.splitlines()
+        assert len(lines) == 2 and lines[1] in ("exit 0", "exit 141")
+
+
+# ----------------------------------------------------------------------------- 10: what a sweep found
+
+
+def test_status_prints_the_per_experiment_table_above_the_trials(tiny_root, capsys):
+    assert main(["status", str(tiny_root / "sweep")]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "blow-ups" in line)
+    assert "95% CI" in header and "median test_pos_mse (stable)" in header
+    assert out.index("blow-ups") < out.index("first non-finite")  # above the per-trial table
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()[out.splitlines().index(header) + 1:][:3]}
+    assert set(rows) == {"original", "original + alpha", "original + clamps"}
+    assert all("/1 " in line and "%" in line for line in rows.values())
+
+
+@pytest.mark.integration
+def test_the_end_of_a_sweep_prints_each_experiment_and_the_next_commands(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("method: grid\nparameters:\n  model: {value: r2_full}\n  ablate: {values: [none, C_mu]}\n"
+                     "  seed: {values: [0, 1]}\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), *tiny(tmp_path, "train.steps=2"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "r2_full - C_mu" in text and "0/2" in text and "95% CI" in text  # before: only the best trial
+    for command in ("status", "report", "export", "dashboard"):
+        assert f"painn-ablate {command} {out}" in text
+
+
+def test_the_time_left_counts_the_steps_trials_run_not_trials_per_second():
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    from painn_ablate.sweep.optuna_engine import progress
+
+    study = optuna.create_study()
+    dist = {"seed": IntDistribution(0, 9)}
+    done = [({"status": "exploded", "steps_completed": 1, "wall_seconds": 0.1}, 0),
+            ({"status": "stable", "steps_completed": 100, "wall_seconds": 10.0}, 1)]
+    study.add_trials([optuna.trial.create_trial(params={"seed": s}, distributions=dist, value=1.0, user_attrs=a)
+                      for a, s in done])
+    for seed in (2, 3):
+        study.enqueue_trial({"seed": seed})
+    p = progress(study, total=4, default_steps=100)
+    assert p.steps_left == 200 and p.seconds_per_step == pytest.approx(10.1 / 101)
+    assert p.eta_seconds() == pytest.approx(20.0)  # trials per second would say 2 x 5 s: half of it
+    assert p.eta_seconds(workers=2) == pytest.approx(10.0)
+
+
+# ----------------------------------------------------------------------------- 11: trial lines
+
+
+def test_trial_lines_say_what_fired_then_where():
+    from types import SimpleNamespace
+
+    from painn_ablate.cli import trial_line
+
+    def line(**attrs):
+        return trial_line(SimpleNamespace(number=3, state=SimpleNamespace(name="COMPLETE"),
+                                          user_attrs={"label": "original-seed0", **attrs}), "val_pos_mse")
+
+    exploded = line(status="exploded", first_nonfinite={"step": 1, "layer": 4, "block": "interaction",
+                                                        "tensor": "loss", "phase": "loss"})
+    assert exploded == "#3 original-seed0  exploded: non-finite loss at step 1, first in layer 4 interaction"
+    diverged = line(status="diverged", first_divergence={"step": 2, "layer": 5, "block": "mixing",
+                                                         "stat": "mu_norm_max", "value": 2.2e3, "criterion": "loss"})
+    assert diverged == ("#3 original-seed0  diverged: training loss over its bound (monitor.diverge_loss_factor) at "
+                        "step 2; located at layer 5 mixing, mu_norm_max 2.2e+03")

@@ -530,12 +530,37 @@ class Progress:
     best_value: Optional[float] = None
     best_label: Optional[str] = None
     finished: list[FrozenTrial] = field(default_factory=list)  # in order of completion
+    steps_left: Optional[int] = None  # expected training steps of the trials not finished (running ones whole)
+    seconds_per_step: Optional[float] = None  # of the finished trials, over every step they ran
+
+    def eta_seconds(self, workers: int = 1) -> Optional[float]:
+        """The time left by the trials' expected lengths: a blown-up trial counts the steps it ran, not the
+        steps it was given, so the rate does not swing with the mix of outcomes."""
+        if self.steps_left is None or not self.seconds_per_step:
+            return None
+        return self.steps_left * self.seconds_per_step / max(1, workers)
 
 
-def progress(study: optuna.Study, total: Optional[int]) -> Progress:
+def expected_steps(t: FrozenTrial, default: Optional[int]) -> Optional[int]:
+    """A trial's train.steps: recorded when it started, else its (fixed) parameter, else the sweep's."""
+    for source in (t.user_attrs, t.params, t.system_attrs.get("fixed_params") or {}):
+        if source.get("train.steps") is not None:
+            return int(source["train.steps"])
+    return default
+
+
+def progress(study: optuna.Study, total: Optional[int], default_steps: Optional[int] = None) -> Progress:
     trials = study.get_trials(deepcopy=False)
     p = Progress(total=total)
+    ran_steps, ran_seconds, left, unknown = 0, 0.0, 0, False
     for t in trials:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            steps = expected_steps(t, default_steps)
+            unknown |= steps is None
+            left += steps or 0
+        elif t.user_attrs.get("wall_seconds") is not None and t.user_attrs.get("steps_completed"):
+            ran_steps += int(t.user_attrs["steps_completed"])
+            ran_seconds += float(t.user_attrs["wall_seconds"])
         status = str(t.user_attrs.get("status", ""))
         if t.state == TrialState.RUNNING:
             p.running += 1
@@ -550,6 +575,10 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
             p.exploded += status == Status.EXPLODED
             p.finished.append(t)
     p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)
+    not_created = max(0, (total or 0) - originals(trials))  # random/bayes: trials not yet asked for
+    if not unknown and (default_steps is not None or not not_created):
+        p.steps_left = left + not_created * (default_steps or 0)
+    p.seconds_per_step = ran_seconds / ran_steps if ran_steps else None
     best = best_trial(study, trials)
     if best is not None:
         p.best_value, p.best_label = best.value, best.user_attrs.get("label")
@@ -594,7 +623,8 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     warm_data_cache(sweep)  # bad data fails here, before the study exists
     study = prepare_study(sweep, storage)
     total = sweep_total(sweep, study, n_trials)
-    report = (lambda *_: on_progress(progress(study, total))) if on_progress else (lambda *_: None)
+    default_steps = sweep_steps(sweep)
+    report = (lambda *_: on_progress(progress(study, total, default_steps))) if on_progress else (lambda *_: None)
     report()
     settings = WorkerSettings(storage_url=url, out=str(out), n_trials=total if sweep.method != "grid" else None,
                               prune=prune, heartbeat=heartbeat, log_level=logging.getLogger().getEffectiveLevel())
@@ -604,9 +634,19 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     else:
         settings.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         _run_processes(sweep, settings, workers, report, poll)
-    final = progress(study, total)
+    final = progress(study, total, default_steps)
     report()
     return final
+
+
+def sweep_steps(sweep: Sweep) -> Optional[int]:
+    """The training steps of a trial where no parameter sets them (train.epochs: their steps)."""
+    from painn_ablate.sweep.spec import check_points, trial_config
+
+    cfg = trial_config(sweep, check_points(sweep, every_value=True)[0])
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs * math.ceil(cfg.data.n_train / cfg.train.batch_size)
+    return int(cfg.train.steps)
 
 
 def _run_processes(sweep: Sweep, settings: WorkerSettings, workers: int, report: Callable, poll: float) -> None:

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from painn_ablate.core.config import did_you_mean
+from painn_ablate.core.config import did_you_mean, experiment_name
 from painn_ablate.core.outcome import METRICS, SUMMARY_FILE, Status
 from painn_ablate.sweep.optuna_engine import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
 from painn_ablate.sweep.spec import SweepError
@@ -90,7 +90,11 @@ def trials_frame(study: optuna.Study):
         a = t.user_attrs
         nonfinite = a.get("first_nonfinite") or {}
         divergence = a.get("first_divergence") or {}
+        fixed = t.system_attrs.get("fixed_params") or {}
+        preset = a.get("model.preset", t.params.get("model", fixed.get("model")))
+        ablate = a.get("ablate", t.params.get("ablate", fixed.get("ablate", "none")))
         row = {"number": t.number, "state": t.state.name, "label": a.get("label"), "status": trial_status(t, retried),
+               "experiment": experiment_name(preset, ablate) if preset is not None else None,
                "value": t.value, **{m: a.get(m) for m in METRICS}, "steps_completed": a.get("steps_completed"),
                "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
                "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from painn_ablate.sweep.spec import where_diverged, where_nonfinite  # noqa: E402 - the words of a blow-up
+
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
     from painn_ablate.core.outcome import RunSummary
 
@@ -110,35 +112,6 @@ def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-# What each blow-up criterion (outcome.Criteria, monitor.diverge_*) tests, in a reader's words.
-CRITERION_WORDS = {"loss": "training loss over its bound (monitor.diverge_loss_factor)",
-                   "val": "validation pos MSE over its bound (monitor.diverge_val_factor)",
-                   "mu": "max ||mu|| over monitor.diverge_mu", "q": "max |q| over monitor.diverge_q",
-                   "ratio": "last/first layer ||mu|| ratio over monitor.diverge_mu_ratio"}
-
-
-def _present(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
-def where_nonfinite(f: dict) -> str:
-    """What went non-finite, then where: `non-finite loss at step 1, first in layer 4 interaction`."""
-    layer = f.get("layer")
-    place = f"layer {int(layer)} {f['block']}" if _present(layer) else str(f["block"])
-    return f"non-finite {f['tensor']} at step {int(f['step'])}, first in {place}"
-
-
-def where_diverged(f: dict) -> str:
-    """The criterion, then where it was located: `training loss over its bound (...) at step 2; located at
-    layer 5 mixing, mu_norm_max 2.2e+03`."""
-    criterion = f.get("criterion")
-    words = CRITERION_WORDS.get(criterion, f"criterion {criterion}")
-    located = f"layer {int(f['layer'])} {f.get('block')}" if _present(f.get("layer")) else f.get("block")
-    value = f.get("value")
-    shown = f", {f.get('stat')} {float(value):.3g}" if _present(value) else (f", {f['stat']}" if f.get("stat") else "")
-    return f"{words} at step {int(f['step'])}" + (f"; located at {located}{shown}" if located else "")
 
 
 def trial_line(t, metric: str) -> str:

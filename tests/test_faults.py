@@ -2,6 +2,7 @@
 run folder, a full disk, broken pipes, refusals before any folder exists, and what a user reads."""
 
 import json
+import math
 import os
 import platform
 import re
@@ -336,3 +337,42 @@ def test_trial_lines_say_what_fired_then_where():
                                                          "stat": "mu_norm_max", "value": 2.2e3, "criterion": "loss"})
     assert diverged == ("#3 original-seed0  diverged: training loss over its bound (monitor.diverge_loss_factor) at "
                         "step 2; located at layer 5 mixing, mu_norm_max 2.2e+03")
+
+
+# ----------------------------------------------------------------------------- 12: optuna-dashboard
+
+
+def test_optuna_dashboard_tells_the_outcomes_apart(tiny_root):
+    """What optuna-dashboard's API sends for each trial of a real study: the outcome in the note, 0/1 outcome
+    attributes and log10 of the value it can plot (before: every trial just 'Complete', inf not drawn)."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    pytest.importorskip("optuna_dashboard")
+    from optuna_dashboard import wsgi
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", 0, wsgi(f"sqlite:///{tiny_root / 'sweep' / 'study.db'}"), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        (summary,) = json.loads(urllib.request.urlopen(f"{base}/api/studies", timeout=30).read())["study_summaries"]
+        study = json.loads(urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=60).read())
+        assert "Reading this study" in study["note"]["body"]
+        for t in study["trials"]:
+            attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+            status = attrs["status"]
+            assert t["note"]["body"].startswith(f"## {status}")
+            assert attrs["blew_up"] == str(int(status in ("diverged", "exploded")))  # sent as JSON text
+            if status == "exploded":
+                assert "non-finite" in t["note"]["body"] and t["constraints"] == [1.0]
+            if status == "stable":
+                assert float(attrs["log10_value"]) == pytest.approx(math.log10(t["values"][0]))
+        sortable = {a["key"] for a in study["union_user_attrs"] if a["sortable"]}
+        assert {"blew_up", "exploded", "diverged", "log10_value"} <= sortable  # History's y axis offers them
+    finally:
+        server.shutdown()

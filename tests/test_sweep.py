@@ -154,7 +154,7 @@ def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
     assert stable.user_attrs["status"] == "stable" and math.isfinite(stable.value)
     assert stable.value == stable.user_attrs["val_pos_mse"]
     assert exploded.user_attrs["status"] == "exploded" and exploded.value == math.inf
-    assert exploded.constraints == {"blow_up": 1.0} and stable.constraints == {"blow_up": -1.0}
+    assert exploded.constraints["blow_up"] == 1.0 and stable.constraints["blow_up"] == -1.0
     assert exploded.user_attrs["first_nonfinite"]["step"] <= 2
     summary = json.loads((Path(exploded.user_attrs["run_dir"]) / "summary.json").read_text())
     assert summary["status"] == "exploded" and summary["name"].startswith(exploded.user_attrs["label"] + "-t")
@@ -206,7 +206,7 @@ def test_random_and_bayes_run_their_budget_and_resume_without_rerunning(tmp_path
         assert all(1e-4 <= t.params["train.lr"] <= 1e-2 for t in trials)
         sw.run_sweep(spec, out=out, n_trials=4, threads=1)  # a larger budget adds exactly the difference
         assert len(load(out, method).trials) == 4
-        assert all(t.constraints == {"blow_up": -1.0} for t in load(out, method).trials)  # feasible
+        assert all(t.constraints["blow_up"] == -1.0 for t in load(out, method).trials)  # feasible
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny):

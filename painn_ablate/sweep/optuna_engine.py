@@ -81,7 +81,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.core.config import STABILIZER_KEYS
-from painn_ablate.core.outcome import Status, is_blow_up
+from painn_ablate.core.outcome import Status, is_blow_up, outcome_columns
 from painn_ablate.sweep.spec import (
     DEFAULT_N_TRIALS,
     Sweep,
@@ -89,6 +89,7 @@ from painn_ablate.sweep.spec import (
     check_run_options,
     default_out,
     grid_points,
+    outcome_note,
     pick_best,
     result_attrs,
     signals_ignored,
@@ -115,6 +116,34 @@ MAX_RETRY = 3  # re-runs of a trial whose worker was lost
 SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
 READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
 CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a diverged or exploded trial
+# log10 of the objective, a user attribute optuna-dashboard can plot and sort: one diverged trial at 6e7
+# no longer flattens the others (the History plot's own log scale drops nothing either, but is per view)
+LOG_VALUE = "log10_value"
+
+
+STUDY_NOTE = f"""## Reading this study
+
+Every finished trial is *Complete* to Optuna: a blow-up is a result, not a failure. Its outcome is in
+
+- the trial's **note** (stable, diverged or exploded; what fired and where),
+- the user attributes `blew_up`, `diverged`, `exploded` (0/1) and `{LOG_VALUE}`: choose them as the
+  History plot's *y Axis* (an exploded trial's value is inf, which no plot draws; one diverged trial's
+  value can flatten the rest on a linear axis),
+- the constraint `{CONSTRAINT}` (> 0: infeasible, never the best trial).
+"""
+
+
+def note(trial, body: str) -> None:
+    """A trial's or the study's note in optuna-dashboard (its `save_note`; nothing where the `dashboard`
+    extra is absent)."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    try:
+        save_note(trial, body)
+    except Exception as exc:  # noqa: BLE001 - a note is a courtesy; the trial's result must be told
+        log.warning("optuna-dashboard note not saved (%s)", exc)
 
 
 
@@ -269,6 +298,7 @@ def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.
         return study
     study.set_user_attr("settings", sweep.settings())
     study.set_user_attr("sweep_file", sweep.raw)
+    note(study, STUDY_NOTE)
     if sweep.method == "grid":
         points = grid_points(sweep)
         for i, params in enumerate(points):
@@ -392,7 +422,17 @@ def _finish(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: op
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
         if state != TrialState.FAIL:  # feasible (<= 0) means no NaN/Inf event
-            trial.set_constraint(CONSTRAINT, 1.0 if is_blow_up(attrs["status"]) else -1.0)
+            blown = 1.0 if is_blow_up(attrs["status"]) else -1.0
+            trial.set_constraint(CONSTRAINT, blown)
+            # optuna-dashboard (0.21) reads only Optuna's older list form of the constraints: the same value
+            # there shows the trial as infeasible in its plots (Optuna reads both forms)
+            study._storage.set_trial_system_attr(trial._trial_id, "constraints", [blown])
+        if state != TrialState.FAIL:  # numbers optuna-dashboard sorts and plots (History's y axis)
+            for key, flag in outcome_columns(attrs["status"]).items():
+                trial.set_user_attr(key, int(flag))
+        if value is not None and math.isfinite(value) and value > 0:  # absent otherwise: a null is not sortable
+            trial.set_user_attr(LOG_VALUE, math.log10(value))
+        note(trial, outcome_note(attrs))
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker declared this trial lost (its heartbeat was late) and enqueued a re-run.

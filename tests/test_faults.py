@@ -376,3 +376,66 @@ def test_optuna_dashboard_tells_the_outcomes_apart(tiny_root):
         assert {"blew_up", "exploded", "diverged", "log10_value"} <= sortable  # History's y axis offers them
     finally:
         server.shutdown()
+
+
+# ----------------------------------------------------------------------------- 3, 4: records and figures
+
+
+@pytest.mark.integration
+def test_an_unreadable_layer_stats_part_is_skipped_with_one_warning(tmp_path, caplog):
+    from painn_ablate.training.trainer import run
+
+    for name in ("a", "b"):
+        run(compose(tiny(tmp_path, "train.steps=4", "monitor.every=1", "monitor.flush_every=2",
+                         f"out={tmp_path / 'runs' / name}")))
+    bad = sorted((tmp_path / "runs" / "a" / "layer_stats.parquet").glob("part-*.parquet"))[1]
+    bad.write_bytes(b"PAR1 not a parquet part PAR1")
+    for args in (["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p")],
+                 ["export", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]):
+        caplog.clear()
+        assert main(args) == 0  # before: a pyarrow traceback
+        warned = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+        assert warned and all("skipping unreadable record part" in w for w in warned)
+    assert list((tmp_path / "p").glob("*.png"))
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from painn_ablate.reporting.plots import save_figure
+
+real = Figure.savefig
+
+def half_then_killed(self, fname, *args, **kwargs):
+    real(self, fname, *args, **kwargs)
+    with open(fname, "r+b") as fh:
+        fh.truncate(100)  # the bytes written when the kill came
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Figure.savefig = half_then_killed
+fig, ax = plt.subplots()
+ax.plot([0, 1], [1, 0])
+save_figure(fig, sys.argv[1])
+"""
+
+
+@pytest.mark.integration
+def test_a_figure_killed_mid_write_leaves_the_old_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from painn_ablate.reporting.plots import save_figure
+
+    target = tmp_path / "plots" / "outcomes.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    old = save_figure(fig, target).read_bytes()
+    res = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)], capture_output=True, env=ENV,
+                         timeout=120)
+    assert res.returncode == -9
+    assert target.read_bytes() == old  # before: a 100-byte truncated PNG

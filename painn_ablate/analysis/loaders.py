@@ -240,7 +240,9 @@ def _read_table(run_dir: Path, name: str, filters=None) -> pd.DataFrame:
     path = run_dir / name
     if not path.exists():
         return pd.DataFrame()
-    return pd.read_parquet(path, filters=filters)
+    from painn_ablate.training.sinks import read_records  # an unreadable part is skipped with a warning
+
+    return read_records(path, filters=filters)
 
 
 def _load_long(paths: Paths, table: str, filters=None) -> pd.DataFrame:

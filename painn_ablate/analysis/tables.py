@@ -31,6 +31,7 @@ from painn_ablate.analysis.loaders import wilson  # noqa: F401  (re-exported: ex
 from painn_ablate.core import files
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
 from painn_ablate.core.outcome import OUTCOMES, Status, first_blow_up, metric_name
+from painn_ablate.training.sinks import read_records
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
@@ -120,7 +121,7 @@ def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
     out: dict = {}
     if not path.exists():
         return out
-    stats = pd.read_parquet(path)
+    stats = read_records(path)  # an unreadable part is skipped with a warning
     if stats.empty:
         return out
     mix = stats[(stats["block"] == "mixing") & stats["stat"].isin(PROFILE_STATS)]
@@ -145,7 +146,7 @@ def _grad_clip_activity(run_dir: str, clip) -> dict:
     path = Path(run_dir) / "metrics.parquet"
     if clip is None or pd.isna(clip) or not path.exists():
         return {}
-    norms = pd.read_parquet(path, columns=["grad_norm"])["grad_norm"]
+    norms = read_records(path, columns=["grad_norm"])["grad_norm"]
     return {f"act_{acted_stat('grad_clip')}": float((norms > float(clip)).mean())} if len(norms) else {}
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from painn_ablate.analysis.loaders import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
+from painn_ablate.core import files
 
 PathLike = Union[str, Path]
 
@@ -273,11 +274,14 @@ def plot_importances(importances: dict[str, pd.Series]):
 
 
 def save_figure(fig, path: PathLike) -> Path:
-    """Write a figure as PNG and release it."""
+    """Write a figure as PNG, atomically (files.atomic: a kill mid-write leaves the old figure or none, never
+    a truncated one in a tracked plots/), and release it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    try:
+        files.atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        _pyplot().close(fig)
     return path
 
 

@@ -68,6 +68,27 @@ def unwritable_reason(folder: Path) -> Optional[str]:
     return None
 
 
+def read_records(path: Path, columns: Optional[list[str]] = None, filters=None):
+    """One parquet dataset of a run (metrics, layer_stats, events) as a DataFrame; a part that cannot be
+    read (a disk error, a file edited by hand) is skipped with one warning naming it, the rest returned."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_parquet(path, columns=columns, filters=filters)
+    except Exception:  # noqa: BLE001 - find the bad part(s) below; pyarrow raises several types
+        if not path.is_dir():
+            raise
+    frames = []
+    for part in sorted(path.glob("part-*.parquet")):
+        try:
+            frames.append(pd.read_parquet(part, columns=columns, filters=filters))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("skipping unreadable record part %s (%s)", part, " ".join(str(exc).split())[:120])
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     files.write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 

@@ -427,10 +427,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     for src in args.sources:
         if not os.path.exists(src):
             raise InputError(f"no such sweep or probe folder: {src}")
-    _writable_folder(Path(args.out))
+    reason = unwritable_reason(Path(args.out))  # checked, not created: a failing export leaves no empty --out
+    if reason:
+        raise InputError(f"cannot write to {args.out}: {reason}")
+    for src in args.sources:
+        unfinished = _unfinished_trials(src)
+        if unfinished:
+            print(f"painn-ablate: note: {src} is incomplete: {unfinished}; the table holds its finished trials "
+                  "(export again when the sweep is done)", file=sys.stderr)
     for path in export(args.sources, args.out):
         print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
     return 0
+
+
+def _unfinished_trials(src: str) -> str:
+    """'3 of 8 trials waiting or running' for a sweep folder whose study is not done, else ''."""
+    if not (Path(src) / "study.db").is_file():
+        return ""
+    from optuna.trial import TrialState
+
+    from painn_ablate.sweep import studies
+
+    counts = {"running": 0, "waiting": 0, "total": 0}
+    for study in studies.open_studies(src):
+        for t in study.get_trials(deepcopy=False):
+            counts["total"] += 1
+            counts["running"] += t.state == TrialState.RUNNING
+            counts["waiting"] += t.state == TrialState.WAITING
+    if not counts["running"] and not counts["waiting"]:
+        return ""
+    return f"{counts['running']} running and {counts['waiting']} waiting of {counts['total']} trials"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -477,6 +503,9 @@ def _depths(text: str) -> list[int]:
         raise InputError(f"--depths: expected comma-separated integers like 2,3,5, got {text!r}") from None
     if not depths or min(depths) < 1:
         raise InputError(f"--depths: every depth must be >= 1, got {text!r}")
+    twice = sorted({d for d in depths if depths.count(d) > 1})
+    if twice:  # each depth's seeds would be counted twice in its blow-up fraction
+        raise InputError(f"--depths: {', '.join(map(str, twice))} given twice in {text!r}; give each depth once")
     return depths
 
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -439,3 +440,88 @@ def test_a_figure_killed_mid_write_leaves_the_old_figure(tmp_path):
                          timeout=120)
     assert res.returncode == -9
     assert target.read_bytes() == old  # before: a 100-byte truncated PNG
+
+
+# ----------------------------------------------------------------------------- 8: smaller ones
+
+
+def test_probe_depths_given_twice_are_refused(capsys):
+    assert main(["probe", *TINY, "--seeds", "1", "--depths", "2,2"]) == 2  # before: seeds counted twice
+    assert "2 given twice" in capsys.readouterr().err
+
+
+def test_epochs_and_steps_together_are_refused(tmp_path, capsys):
+    assert main(["train", *tiny(tmp_path, "train.epochs=1", "train.steps=5", f"out={tmp_path / 'r'}")]) == 2
+    assert "train.epochs and train.steps are both given" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("model:\n  F: many\n")
+    assert main(["train", "--config", str(bad), f"out={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--config {bad}:" in err and "model.F" in err
+
+
+def test_a_corrupt_cache_file_says_it_can_be_deleted(tmp_path):
+    from painn_ablate.data.datasets import DataError, load_dataset
+
+    cfg = compose(tiny(tmp_path)).data
+    load_dataset(cfg)
+    (npz,) = (tmp_path / "cache").glob("*/train.npz")
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(DataError, match=f"cache file: delete {npz.parent} and it is generated again"):
+        load_dataset(cfg)
+
+
+def test_a_graph_or_cutoff_that_leaves_no_edges_is_warned_about(tmp_path, caplog):
+    from painn_ablate.data.datasets import load_dataset
+    from painn_ablate.training.trainer import warn_if_out_of_reach
+
+    splits = load_dataset(compose(tiny(tmp_path, "data.graph=radius", "data.radius=1e-6")).data)
+    assert any("without any edge" in r.getMessage() and "data.radius" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    warn_if_out_of_reach(load_dataset(compose(tiny(tmp_path)).data)["train"], r_cut=1e-6)
+    assert any("model.r_cut" in r.getMessage() for r in caplog.records)
+    assert splits["train"].edges.ptr[-1] == 0
+
+
+def test_resuming_an_edited_sweep_names_the_parameter_that_changed(tmp_path):
+    from painn_ablate.sweep import optuna_engine as sw
+    from painn_ablate.sweep import spec as sf
+    from support import write_sweep
+
+    storage = sw.open_storage(sw.sqlite_url(tmp_path))
+    sw.prepare_study(sf.load_sweep(write_sweep(tmp_path, {"seed": {"values": [0, 1]}}), TINY), storage)
+    edited = sf.load_sweep(write_sweep(tmp_path, {"seed": {"values": [0, 1, 2]}}), TINY)
+    with pytest.raises(sf.SweepError, match=r"parameter 'seed': \{\"values\": \[0, 1\]\} -> \{\"values\": \[0, 1, 2\]\}"):
+        sw.prepare_study(edited, storage)
+
+
+@pytest.mark.integration
+def test_a_dry_run_of_a_10000_point_grid_answers_in_seconds_with_count_and_time(tmp_path, capsys):
+    sweep = tmp_path / "big.yaml"
+    sweep.write_text("method: grid\nparameters:\n  seed: {values: [%s]}\n  train.lr: {values: [%s]}\n"
+                     % (", ".join(map(str, range(100))), ", ".join(f"{1e-4 * (i + 1):.6f}" for i in range(100))))
+    start = time.perf_counter()
+    assert main(["sweep", str(sweep), *TINY, "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    seconds = time.perf_counter() - start
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "10000 trials" in head and "estimated time at most" in head
+    assert seconds < 60, seconds  # before: over 5 minutes (every point composed)
+
+
+@pytest.mark.integration
+def test_export_of_a_running_sweep_says_it_is_incomplete_and_a_failing_one_leaves_no_out(tiny_root, tmp_path,
+                                                                                       capsys):
+    import optuna
+
+    shutil.copytree(tiny_root / "sweep", tmp_path / "sweep", ignore=shutil.ignore_patterns("trials"))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+    study.enqueue_trial({"ablate": "none"})
+    assert main(["export", str(tmp_path / "sweep"), "--out", str(tmp_path / "results")]) == 0
+    assert "is incomplete: 0 running and 1 waiting of 4 trials" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(tmp_path / "empty"), "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()  # before: an empty --out was left

@@ -310,13 +310,24 @@ def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.
 
 
 def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
-    old, new = study.user_attrs.get("settings"), sweep.settings()
-    if old == json.loads(json.dumps(new)):
+    old, new = study.user_attrs.get("settings"), json.loads(json.dumps(sweep.settings()))
+    if old == new:
         return
-    differs = [k for k in new if (old or {}).get(k) != json.loads(json.dumps(new[k]))]
-    raise SweepError(f"study '{sweep.name}' was started with other {', '.join(differs) or 'settings'} "
-                     f"(then: {json.dumps({k: (old or {}).get(k) for k in differs})[:200]}); resume it with the "
-                     "same file and overrides, or choose another --out/--storage or name")
+    old = old or {}
+    changes = []
+    for key in new:
+        if old.get(key) == new[key]:
+            continue
+        if key == "parameters" and isinstance(old.get(key), dict) and isinstance(new[key], dict):
+            was, now = old[key], new[key]
+            for name in dict.fromkeys([*was, *now]):
+                if was.get(name) != now.get(name):
+                    changes.append(f"parameter '{name}': {json.dumps(was.get(name)) if name in was else 'absent'} "
+                                   f"-> {json.dumps(now.get(name)) if name in now else 'removed'}")
+        else:
+            changes.append(f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new[key])}")
+    raise SweepError(f"study '{sweep.name}' was started with other settings ({'; '.join(changes)[:300]}); resume it "
+                     "with the same file and overrides, or choose another --out/--storage or name")
 
 
 # ----------------------------------------------------------------------------- one trial

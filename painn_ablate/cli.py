@@ -2,7 +2,7 @@
 
 Bad input (config, data, sweep file, run directory) prints one line
 `painn-ablate: error: ...` and exits with code 2; an exploded run is a result
-and exits 0.
+and exits 0. Output into a pipe that closes early (`status DIR | head -1`) ends quietly with 141.
 """
 
 from __future__ import annotations

@@ -275,6 +275,7 @@ def test_status_and_a_dry_run_into_head_end_quietly(tmp_path):
 # ----------------------------------------------------------------------------- 10: what a sweep found
 
 
+@pytest.mark.integration
 def test_status_prints_the_per_experiment_table_above_the_trials(tiny_root, capsys):
     assert main(["status", str(tiny_root / "sweep")]) == 0
     out = capsys.readouterr().out
@@ -343,6 +344,7 @@ def test_trial_lines_say_what_fired_then_where():
 # ----------------------------------------------------------------------------- 12: optuna-dashboard
 
 
+@pytest.mark.integration
 def test_optuna_dashboard_tells_the_outcomes_apart(tiny_root):
     """What optuna-dashboard's API sends for each trial of a real study: the outcome in the note, 0/1 outcome
     attributes and log10 of the value it can plot (before: every trial just 'Complete', inf not drawn)."""
@@ -488,9 +490,10 @@ def test_a_graph_or_cutoff_that_leaves_no_edges_is_warned_about(tmp_path, caplog
 
 
 def test_resuming_an_edited_sweep_names_the_parameter_that_changed(tmp_path):
+    from support import write_sweep
+
     from painn_ablate.sweep import optuna_engine as sw
     from painn_ablate.sweep import spec as sf
-    from support import write_sweep
 
     storage = sw.open_storage(sw.sqlite_url(tmp_path))
     sw.prepare_study(sf.load_sweep(write_sweep(tmp_path, {"seed": {"values": [0, 1]}}), TINY), storage)
@@ -525,3 +528,13 @@ def test_export_of_a_running_sweep_says_it_is_incomplete_and_a_failing_one_leave
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty"), "--out", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()  # before: an empty --out was left
+
+
+@pytest.mark.integration
+def test_dashboard_out_names_a_folder_that_is_created(tiny_root, tmp_path, capsys):
+    pytest.importorskip("wandb_workspaces")
+    out = tmp_path / "new" / "deeper"
+    assert main(["dashboard", str(tiny_root / "sweep"), "--offline", "--out", str(out),
+                 "--experiment", "original+alpha"]) == 0  # before: FileNotFoundError, then the Emoji refusal
+    spec = json.loads((out / "dashboard.json").read_text())
+    assert "original plus alpha" in json.dumps(spec)

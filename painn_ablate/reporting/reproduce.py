@@ -261,7 +261,7 @@ def run_or_reuse(cfg: DictConfig) -> RunSummary:
                                  "choose another --out or remove it")
         log.warning("%s holds an unfinished run (%s); running it again", run_dir, summary.get("status"))
         shutil.rmtree(run_dir)
-    return run(cfg)
+    return run(cfg, overwrite=run_dir.exists())  # left: a config.yaml without summary, a crash at the start
 
 
 def _worker_init(threads: int) -> None:

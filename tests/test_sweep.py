@@ -163,7 +163,8 @@ def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
     assert status.returncode == 0, status.stderr
     assert "exploded 1" in status.stdout and "stable 1" in status.stdout
     first = exploded.user_attrs["first_nonfinite"]
-    assert f"step {first['step']} " in status.stdout and f"{first['block']}/{first['tensor']}" in status.stdout
+    assert f"non-finite {first['tensor']} at step {first['step']}, first in layer {first['layer']} {first['block']}" \
+        in status.stdout
 
 
 def test_pruner_stops_a_trial_at_the_early_warning(tmp_path, tiny):

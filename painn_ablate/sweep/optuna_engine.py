@@ -314,20 +314,24 @@ def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
     if old == new:
         return
     old = old or {}
-    changes = []
+    changes, keys = [], []
     for key in new:
         if old.get(key) == new[key]:
             continue
-        if key == "parameters" and isinstance(old.get(key), dict) and isinstance(new[key], dict):
-            was, now = old[key], new[key]
+        keys.append(key)
+        was, now = old.get(key), new[key]
+        if key == "parameters" and isinstance(was, dict) and isinstance(now, dict):
             for name in dict.fromkeys([*was, *now]):
                 if was.get(name) != now.get(name):
-                    changes.append(f"parameter '{name}': {json.dumps(was.get(name)) if name in was else 'absent'} "
-                                   f"-> {json.dumps(now.get(name)) if name in now else 'removed'}")
+                    changes.append(f"parameter '{name}': {json.dumps(was[name]) if name in was else 'absent'} "
+                                   f"-> {json.dumps(now[name]) if name in now else 'removed'}")
+        elif key == "overrides" and isinstance(was, list):
+            changes.append("overrides: " + " ".join([*(f"-{o}" for o in was if o not in now),
+                                                     *(f"+{o}" for o in now if o not in was)]))
         else:
-            changes.append(f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new[key])}")
-    raise SweepError(f"study '{sweep.name}' was started with other settings ({'; '.join(changes)[:300]}); resume it "
-                     "with the same file and overrides, or choose another --out/--storage or name")
+            changes.append(f"{key}: {json.dumps(was)} -> {json.dumps(now)}")
+    raise SweepError(f"study '{sweep.name}' was started with other {', '.join(keys)} ({'; '.join(changes)[:300]}); "
+                     "resume it with the same file and overrides, or choose another --out/--storage or name")
 
 
 # ----------------------------------------------------------------------------- one trial

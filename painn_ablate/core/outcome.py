@@ -72,11 +72,8 @@ def outcome_columns(status) -> dict[str, bool]:
 # ----------------------------------------------------------------------------- run summary
 
 
-SUMMARY_FILE = "summary.json"  # a run folder's RunSummary; a folder holding one is a run folder
-
-
 class RunSummary(TypedDict, total=False):
-    """A run's summary.json (SUMMARY_FILE): what train writes, every sink reports, both sweep engines record as a
+    """A run's summary.json (runfolder.SUMMARY): what train writes, every sink reports, both sweep engines record as a
     trial's result, and the loaders flatten into columns (analysis.flatten_summary)."""
 
     status: str  # a Status value

@@ -31,6 +31,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from painn_ablate.core import files
+from painn_ablate.core.errors import DataError
 from painn_ablate.data.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ AUTO_FULL_MAX = 64
 MAX_ABS_VALUE = 1e9  # pos, vel, pos_next, vel_next
 MAX_ABS_CHARGE = 1e3  # charges (charged) or masses (gravity); the generators use +-1 and 1
 CACHE_FORMAT_VERSION = 1  # bump when the generators change, so old caches are not reused
-
-class DataError(ValueError):
-    """Unusable data; the message is one line naming the file and, where there is one, the key."""
 
 
 # ----------------------------------------------------------------------------- files

@@ -79,8 +79,10 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from painn_ablate.core import runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
 from painn_ablate.core.outcome import Status, is_blow_up
+from painn_ablate.core.process import keep_freed_memory
 from painn_ablate.sweep.spec import (
     DEFAULT_N_TRIALS,
     Sweep,
@@ -350,7 +352,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path,
     trial_id = trial._trial_id  # Optuna has no public accessor; heartbeats are keyed by it
     params = suggest(trial, sweep)
     label = trial_label(sweep, params)
-    run_dir = out / "trials" / f"{label}-t{trial.number:04d}"
+    run_dir = runfolder.trial_dir(out, label, trial.number)
     try:
         with Heartbeat(storage, trial_id, storage.heartbeat_interval):
             # `attempt` (this trial's own number, also on a re-run that copied the attributes of
@@ -485,6 +487,7 @@ def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
     optuna.logging.set_verbosity(max(settings.log_level, logging.WARNING))
     for sig in (signal.SIGINT, signal.SIGTERM):  # terminate() gives the trial back like Ctrl-C
         signal.signal(sig, _interrupt_once)
+    keep_freed_memory()  # a spawned process starts with glibc's defaults
     if settings.threads:
         import torch
 

@@ -56,13 +56,11 @@ from typing import Any, Iterable, Iterator, Optional, TypeVar
 import yaml
 
 from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
+from painn_ablate.core.errors import SweepError
 from painn_ablate.core.outcome import METRICS, RunSummary, Status, metric_name
 
 T = TypeVar("T")
 
-
-class SweepError(ValueError):
-    """Unusable sweep file, storage or study; the message is one line."""
 
 
 # ----------------------------------------------------------------------------- the file format

@@ -68,11 +68,12 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from painn_ablate.core import runfolder
 from painn_ablate.core.config import compose
 from painn_ablate.core.outcome import Status
 from painn_ablate.sweep import spec as sf
 from painn_ablate.sweep.spec import Sweep, SweepError, pick_best
-from painn_ablate.training.sinks import wandb_mode
+from painn_ablate.training.sinks import wandb_online
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ ENGINE_OFFLINE, ENGINE_ONLINE = "wandb-offline", "wandb-online"
 WANDB_SETTINGS = {"silent": True, "console": "off", "x_disable_stats": True}  # as the WandbSink's runs
 
 
-def online() -> bool:
-    return wandb_mode() == "online"
+online = wandb_online
 
 
 def _sweeps_engine():
@@ -279,7 +279,7 @@ def run_trial(sweep: Sweep, ledger: Ledger, out: Path, params: dict[str, Any], r
 
     number = len(ledger.trials)
     label = sf.trial_label(sweep, params)
-    run_dir = out / "trials" / f"{label}-t{number:04d}"
+    run_dir = runfolder.trial_dir(out, label, number)
     ledger.append({"event": "start", "number": number, "params": params, "label": label, "run_dir": str(run_dir),
                    "retry_of": retry_of})
     log.info("trial %d (%s) starts in %s", number, label, run_dir)
@@ -405,7 +405,7 @@ def agent_trial(sweep: Sweep, out: Path) -> None:
     agent_run = wandb.init(group=sweep.name, dir=str(out), settings=wandb.Settings(**WANDB_SETTINGS))
     params = {name: agent_run.config[name] for name in sweep.swept}
     label = sf.trial_label(sweep, params)
-    run(sf.trial_config(sweep, params, out / "trials" / f"{label}-{agent_run.id}", label))
+    run(sf.trial_config(sweep, params, runfolder.trial_dir(out, label, agent_run.id), label))
 
 
 def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int] = None,

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
 import multiprocessing
@@ -84,9 +83,9 @@ from painn_ablate.core.config import STABILIZER_KEYS
 from painn_ablate.core.outcome import Status, is_blow_up
 from painn_ablate.core.process import keep_freed_memory
 from painn_ablate.sweep.spec import (
-    DEFAULT_N_TRIALS,
     Sweep,
     SweepError,
+    check_resume,
     check_run_options,
     default_out,
     grid_points,
@@ -94,6 +93,7 @@ from painn_ablate.sweep.spec import (
     result_attrs,
     signals_ignored,
     torch_threads,
+    trial_budget,
     trial_config,
     trial_label,
     warm_data_cache,
@@ -281,13 +281,7 @@ def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.
 
 
 def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
-    old, new = study.user_attrs.get("settings"), sweep.settings()
-    if old == json.loads(json.dumps(new)):
-        return
-    differs = [k for k in new if (old or {}).get(k) != json.loads(json.dumps(new[k]))]
-    raise SweepError(f"study '{sweep.name}' was started with other {', '.join(differs) or 'settings'} "
-                     f"(then: {json.dumps({k: (old or {}).get(k) for k in differs})[:200]}); resume it with the "
-                     "same file and overrides, or choose another --out/--storage or name")
+    check_resume(sweep, f"study '{sweep.name}'", study.user_attrs.get("settings"))
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -429,7 +423,7 @@ def next_trial(study: optuna.Study, storage, sweep: Sweep, n_trials: Optional[in
     if sweep.method == "grid":
         return pop_waiting(study, storage)
     trials = study.get_trials(deepcopy=False)
-    if any(t.state == TrialState.WAITING for t in trials) or originals(trials) < (n_trials or DEFAULT_N_TRIALS):
+    if any(t.state == TrialState.WAITING for t in trials) or originals(trials) < trial_budget(sweep, n_trials):
         with quiet_optuna():
             return study.ask()  # pops a WAITING re-run first, else samples a new trial
     return None
@@ -550,9 +544,7 @@ def best_trial(study: optuna.Study, trials: Optional[list[FrozenTrial]] = None) 
 
 
 def sweep_total(sweep: Sweep, study: optuna.Study, n_trials: Optional[int]) -> int:
-    if sweep.method == "grid":
-        return int(study.user_attrs.get("grid_size", len(grid_points(sweep))))
-    return n_trials or sweep.run_cap or DEFAULT_N_TRIALS
+    return trial_budget(sweep, n_trials, study.user_attrs.get("grid_size"))
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -482,6 +482,28 @@ def check_run_options(sweep: Sweep, n_trials: Optional[int] = None, threads: Opt
         raise SweepError(f"--threads must be >= 1, got {threads}")
 
 
+def trial_budget(sweep: Sweep, n_trials: Optional[int] = None, grid_size: Optional[int] = None) -> int:
+    """How many trials a sweep runs, alike in every engine: a grid every point (`grid_size` as a study
+    recorded it, else counted); random and bayes --n-trials, else the file's run_cap, else DEFAULT_N_TRIALS."""
+    if sweep.method == "grid":
+        return grid_size if grid_size is not None else len(grid_points(sweep))
+    return n_trials or sweep.run_cap or DEFAULT_N_TRIALS
+
+
+def check_resume(sweep: Sweep, where: str, old: Optional[dict], old_name: Optional[str] = None) -> None:
+    """A study or folder resumes only the sweep it was started with (`Sweep.settings`), alike in every
+    engine: else SweepError naming what changed, what it was then, and the way out."""
+    new = json.loads(json.dumps(sweep.settings()))
+    old = old or {}
+    differs = [k for k in new if old.get(k) != new[k]]
+    if old_name is not None and old_name != sweep.name:
+        differs = differs or ["name"]
+    if differs:
+        raise SweepError(f"{where} was started with other {', '.join(differs)} "
+                         f"(then: {json.dumps({k: old.get(k) for k in differs})[:200]}); resume it with the same "
+                         "file and overrides, or choose another --out")
+
+
 def default_out(path: str | Path) -> Path:
     return Path("sweeps_out") / Path(path).stem
 

@@ -174,13 +174,7 @@ def check_header(ledger: Ledger, sweep: Sweep, engine: str) -> None:
     if h.get("engine") != engine:
         raise SweepError(f"{ledger.path} belongs to an {h.get('engine')} sweep, not {engine}; "
                          "use another --out (or the WANDB_MODE it was started with)")
-    old, new = h.get("settings") or {}, json.loads(json.dumps(sweep.settings()))
-    differs = [k for k in new if old.get(k) != new[k]]
-    if differs or h.get("name") != sweep.name:
-        differs = differs or ["name"]
-        raise SweepError(f"{ledger.path} holds sweep '{h.get('name')}' started with other {', '.join(differs)} "
-                         f"(then: {json.dumps({k: old.get(k) for k in differs})[:200]}); resume it with the same "
-                         "file and overrides, or choose another --out")
+    sf.check_resume(sweep, f"{ledger.path} (sweep '{h.get('name')}')", h.get("settings"), h.get("name"))
 
 
 @contextlib.contextmanager
@@ -348,7 +342,7 @@ def run_offline(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int
     sf.check_run_options(sweep, n_trials, threads)
     out = Path(out) if out is not None else sf.default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(sf.grid_points(sweep)) if sweep.method == "grid" else n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
+    total = sf.trial_budget(sweep, n_trials)
     check_usable(sweep, out)
     if "early_terminate" in sweep.raw:
         log.warning("early_terminate acts on the W&B server only; offline every trial runs to its end")
@@ -387,7 +381,7 @@ def wandb_sweep_config(sweep: Sweep, n_trials: Optional[int]) -> dict:
         if value is not None:  # `wandb agent` would pass None as the string 'None'
             config["parameters"][key] = {"value": value}
     if sweep.method != "grid":
-        config["run_cap"] = n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
+        config["run_cap"] = sf.trial_budget(sweep, n_trials)
     config["name"] = sweep.name
     return config
 

@@ -104,6 +104,9 @@ class RunSummary(TypedDict, total=False):
     environment: dict  # train.environment()
     host: str
     pid: int  # a "running" summary whose process is gone is lost
+    data_fingerprint: str  # data.datasets.fingerprint of the splits trained and tested on
+    code_version: dict  # core.provenance.CodeVersion: package version, git commit, dirty
+    started_at: str  # ISO 8601, UTC
 
 
 # ----------------------------------------------------------------------------- metric names

@@ -434,7 +434,8 @@ def result_attrs(summary: RunSummary) -> dict[str, Any]:
                              "steps_completed": summary["steps_completed"],
                              "wall_seconds": round(summary["wall_seconds"], 2),
                              "early_warning_step": (summary.get("early_warning") or {}).get("step"),
-                             "pruned_step": None}
+                             "pruned_step": None, "data_fingerprint": summary.get("data_fingerprint"),
+                             "code_version": summary.get("code_version"), "started_at": summary.get("started_at")}
     for metric, (split, key) in METRICS.items():
         attrs[metric] = (summary.get(split) or {}).get(key)
     stopped = summary.get("stopped_early")

@@ -273,7 +273,7 @@ class WandbSink(Sink):
         wandb = self.wandb
         for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "first_divergence",
                     "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",
-                    "run_dir"):
+                    "run_dir", "data_fingerprint", "code_version", "started_at"):
             self.run.summary[key] = summary.get(key)
         # numbers a dashboard can count and plot per experiment (W&B keeps no None and shows no nested keys)
         self.run.summary.update({k: int(v) for k, v in outcome_columns(summary.get("status")).items()})

@@ -49,7 +49,8 @@ from painn_ablate.core.outcome import (
     locate,
     metric_name,
 )
-from painn_ablate.data.datasets import NBodySplit, load_dataset
+from painn_ablate.core.provenance import code_version
+from painn_ablate.data.datasets import NBodySplit, load_dataset, split_fingerprint
 from painn_ablate.model.painn import PaiNN
 from painn_ablate.training.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
 from painn_ablate.training.sinks import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason, write_json_atomic
@@ -505,5 +506,8 @@ def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
     files.write_text(run_dir / runfolder.CONFIG, to_yaml(cfg))  # atomic: a killed start leaves no half-written config
     steps = total_steps(cfg, len(splits["train"]))
     trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
+    # What makes the record re-runnable anywhere: the exact data and code, and when it started.
+    trainer.summary.update(data_fingerprint=split_fingerprint(splits), code_version=code_version(),
+                           started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     return trainer.fit()
 

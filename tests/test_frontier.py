@@ -33,11 +33,6 @@ def test_an_incomplete_walk_has_no_critical_rung():
         fr.critical_rung({0: True, 2: True})
 
 
-def test_an_initialisation_phase_blow_up_does_not_end_the_walk():
-    assert fr.trains(blew_up=True, phase="init") and not fr.trains(blew_up=True, phase="training")
-    assert fr.trains(blew_up=False, phase=None)
-
-
 def test_lr_sensitivity_is_zero_for_a_flat_curve_and_counts_unrun_rungs_as_the_initial_loss():
     flat = {i: 0.1 for i in range(11)}
     assert fr.lr_sensitivity(flat, initial_loss=1.0) == pytest.approx(0.0)
@@ -54,7 +49,8 @@ def _trials(rungs_by_variant: dict, seeds=range(10)) -> pd.DataFrame:
             c = crit(s)
             for i in range(min(c + 2, len(fr.LADDER))):
                 fails = i == c + 1
-                rows.append({"preset": preset, "ablate": ablate, "seed": s, "lr": fr.LADDER[i], "blew_up": fails,
+                rows.append({"preset": preset, "ablate": ablate, "seed": s, "lr": fr.LADDER[i],
+                             "status": "diverged" if fails else "stable",
                              "blow_up_phase": "training" if fails else None,
                              "final_val_loss": 1e3 if fails else 0.01 * (1 + i), "initial_loss": 1.0})
     return pd.DataFrame(rows)
@@ -87,3 +83,11 @@ def test_the_shift_interval_holds_the_median_and_the_sign_test_counts_ties_out()
     s = fr.shift(v, r, "less")
     assert s.lo <= s.median <= s.hi and s.up == 4 and s.down == 3
     assert s.p_sign == pytest.approx(99 / 128)  # P(X >= 3) for 3 of 7 non-tied seeds lower, X ~ Bin(7, 1/2)
+
+
+def test_an_initialisation_phase_blow_up_does_not_lower_the_frontier_and_is_counted_apart():
+    rows = [{"preset": "original", "ablate": "none", "seed": 0, "lr": fr.LADDER[i], "status": status,
+             "blow_up_phase": phase, "final_val_loss": 0.1, "initial_loss": 1.0}
+            for i, (status, phase) in enumerate([("exploded", "init"), ("stable", None), ("diverged", "training")])]
+    crit = fr.critical_table(pd.DataFrame(rows)).iloc[0]
+    assert crit["critical_rung"] == 1 and crit["init_phase_blow_ups"] == 1

@@ -2,8 +2,8 @@
 
 A blow-up rate at one (L, lr) cell saturates (0/10 or 10/10 tells nothing about how far a variant is
 from the edge). The frontier measures the edge itself. On a fixed geometric ladder of learning rates
-(LADDER: 3e-4 to 3e-1 in ten steps of 10^0.3 ~ 2x), a run *trains* at a rung when it has no
-training-phase blow-up there (a blow-up whose network was fine at initialisation on the batch where it
+(LADDER: 3e-4 to 3e-1 in ten steps of 10^0.3 ~ 2x), a run *trains* at a rung (`sweep.spec.trains`) when
+it has no training-phase blow-up there (a blow-up whose network was fine at initialisation on the batch where it
 fired; initialisation-phase blow-ups are counted apart, since no learning rate causes them).
 
     critical rung   per (variant, seed): the highest rung below the first rung, walking up from the
@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from painn_ablate.core.outcome import is_blow_up
+from painn_ablate.sweep.spec import trains  # the one rule of whether a run trained at its rung
+
 LADDER = tuple(float(f"{x:.3g}") for x in np.geomspace(3e-4, 3e-1, 11))  # 3e-4, 5.99e-4, ..., 0.3
 PHASE_INIT = "init"  # the initial network crosses a blow-up criterion on the same batch
 BOOTSTRAP = 10_000  # resamples of the paired seeds for a shift's interval
@@ -43,11 +46,6 @@ def rung(lr: float, ladder: Sequence[float] = LADDER) -> int:
         if math.isclose(lr, x, rel_tol=1e-3):
             return i
     raise ValueError(f"learning rate {lr:g} is not on the ladder {', '.join(f'{x:g}' for x in ladder)}")
-
-
-def trains(blew_up: bool, phase: Optional[str]) -> bool:
-    """A run trains at its rung unless it blew up in training (an initialisation-phase blow-up does not count)."""
-    return not blew_up or phase == PHASE_INIT
 
 
 def next_rung(done: dict[int, bool], ladder: Sequence[float] = LADDER) -> Optional[int]:
@@ -82,14 +80,14 @@ def lr_sensitivity(final_loss: dict[int, float], initial_loss: float, ladder: Se
 
 
 def critical_table(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ablate"), seed: str = "seed",
-                   lr: str = "lr", blew_up: str = "blew_up", phase: str = "blow_up_phase",
+                   lr: str = "lr", status: str = "status", phase: str = "blow_up_phase",
                    final_loss: str = "final_val_loss", initial_loss: str = "initial_loss",
                    ladder: Sequence[float] = LADDER) -> pd.DataFrame:
     """One row per (variant, seed): critical rung and lr, LR sensitivity, the rungs run, and how many
     of them blew up at initialisation. A (variant, seed) whose walk is not complete has NA critical values."""
     rows = []
     for key, g in trials.groupby([*variant, seed], sort=True, dropna=False):
-        done = {rung(r[lr], ladder): trains(bool(r[blew_up]), r.get(phase)) for _, r in g.iterrows()}
+        done = {rung(r[lr], ladder): trains({"status": r[status], "blow_up_phase": r.get(phase)}) for _, r in g.iterrows()}
         try:
             c = critical_rung(done, ladder)
             complete = True
@@ -100,7 +98,7 @@ def critical_table(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ab
         rows.append({**dict(zip([*variant, seed], key)), "critical_rung": c,
                      "critical_lr": ladder[c] if c is not None and c >= 0 else math.nan,
                      "censored": c == len(ladder) - 1, "rungs_run": len(done),
-                     "init_phase_blow_ups": int(sum(bool(r[blew_up]) and r.get(phase) == PHASE_INIT
+                     "init_phase_blow_ups": int(sum(is_blow_up(r[status]) and r.get(phase) == PHASE_INIT
                                                     for _, r in g.iterrows())),
                      "lr_sensitivity": lr_sensitivity(losses, init, ladder) if complete and c is not None else math.nan})
     return pd.DataFrame(rows)

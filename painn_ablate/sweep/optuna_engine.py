@@ -93,9 +93,13 @@ from painn_ablate.sweep.spec import (
     result_attrs,
     signals_ignored,
     torch_threads,
+    trains,
     trial_budget,
     trial_config,
     trial_label,
+    walk_key,
+    walk_next,
+    walk_starts,
     warm_data_cache,
 )
 
@@ -272,12 +276,42 @@ def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.
     study.set_user_attr("sweep_file", sweep.raw)
     if sweep.method == "grid":
         points = grid_points(sweep)
-        for i, params in enumerate(points):
-            study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": i})
-        study.set_user_attr("grid_size", len(points))
-        log.info("created study %s: %d grid points enqueued", sweep.name, len(points))
+        starts = walk_starts(sweep) if sweep.frontier else points
+        for params in starts:
+            _enqueue(study, sweep, params, points)
+        study.set_user_attr("grid_size", len(points))  # a frontier's walks run at most this many
+        log.info("created study %s: %d of %d grid points enqueued%s", sweep.name, len(starts), len(points),
+                 f" (the first rung of each walk up {sweep.frontier})" if sweep.frontier else "")
     study.set_user_attr("ready", True)
     return study
+
+
+def _enqueue(study: optuna.Study, sweep: Sweep, params: dict, points: Optional[list[dict]] = None) -> None:
+    points = points if points is not None else grid_points(sweep)
+    study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": points.index(params)})
+
+
+def advance_walks(study: optuna.Study, sweep: Sweep, only: Optional[dict] = None) -> None:
+    """A frontier sweep's walks (sweep_file.walk_next): enqueue the next rung of every walk whose trials
+    have all finished (`only`: of the walk of these parameters alone, which a worker does after its trial;
+    all of them when a sweep starts or resumes, which also repairs a walk its worker died advancing)."""
+    if not sweep.frontier:
+        return
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    walks: dict[str, list] = {}
+    for t in trials:
+        if t._trial_id not in retried:  # a lost or interrupted trial's re-run stands in for it
+            walks.setdefault(walk_key(sweep, t.params), []).append(t)
+    wanted = None if only is None else walk_key(sweep, only)
+    for key, trials in walks.items():
+        if (wanted is not None and key != wanted) or any(t.state in (TrialState.WAITING, TrialState.RUNNING)
+                                                           for t in trials):
+            continue
+        ran = [(t.params, t.state == TrialState.COMPLETE and trains(t.user_attrs)) for t in trials]
+        following = walk_next(sweep, ran)
+        if following is not None:
+            _enqueue(study, sweep, following)
 
 
 def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
@@ -462,6 +496,7 @@ def work(sweep: Sweep, settings: WorkerSettings, on_trial_end: Optional[Callable
             time.sleep(min(settings.heartbeat, 5))
             continue
         frozen = run_trial(study, trial, sweep, out, settings.prune, storage)
+        advance_walks(study, sweep, only=frozen.params)
         ran += 1
         if on_trial_end is not None:
             on_trial_end(frozen)
@@ -571,6 +606,7 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     storage = open_storage(url, heartbeat)
     warm_data_cache(sweep)  # bad data fails here, before the study exists
     study = prepare_study(sweep, storage)
+    advance_walks(study, sweep)  # a resumed frontier sweep: walks whose worker died advancing them
     total = sweep_total(sweep, study, n_trials)
     report = (lambda *_: on_progress(progress(study, total))) if on_progress else (lambda *_: None)
     report()

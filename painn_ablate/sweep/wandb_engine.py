@@ -458,7 +458,9 @@ def schema_check(raw: dict) -> tuple[list[str], list[str]]:
 
     notes = [f"'{key}' is accepted by W&B's server ({what}) but not by the open-source sweeps schema"
              for key, what in SERVER_ONLY_KEYS.items() if key in raw]
-    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS}
+    notes += [f"'{key}' is painn-ablate's own (W&B's engine runs every rung of the frontier; the Optuna engine walks it)"
+              for key in sf.OWN_KEYS if key in raw]
+    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS and k not in sf.OWN_KEYS}
     try:
         violations = schema_violations_from_proposed_config(copy.deepcopy(checked))
     except ValueError as exc:

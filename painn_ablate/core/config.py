@@ -283,6 +283,17 @@ R2_FULL_STABILIZERS = tuple(name for name, keys in ABLATIONS.items()
                             if len(keys) == 1 and name not in MECHANISM_TOGGLES)
 # Every config key a stabilizer or mechanism toggle lives at (what a trial records beside its outcome).
 STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
+# Groups by what the stabilizers do (leave-group-out, add-group-in). On a full graph of n particles
+# degree-mean aggregation is a gain of 1/(n - 1), and without s_msg and the message clamps g and alpha_inter
+# scale the interaction update alike: three settings of one scale (tests/test_model.py).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "interaction_scale": ("g", "alpha_inter", "aggregation"),  # the interaction update's scale
+    "mixing_scale": ("alpha_mix",),  # the mixing update's scale
+    "bounds": ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"),  # the saturations and clamps
+    "grad_clip": ("grad_clip",),  # the gradient's norm (a group of one, already a name)
+}
+ABLATIONS.update({name: tuple(k for member in members for k in ABLATIONS[member])
+                  for name, members in GROUPS.items() if name not in ABLATIONS})
 
 
 # ----------------------------------------------------------------------------- experiment names

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import assert_equivariant, overrides_of, random_system, tiny_model, toggle_sets
 
+from painn_ablate.core.config import FAIRCHEM_STABILIZERS, compose, flatten, format_override
 from painn_ablate.model.painn import Aggregate
 from painn_ablate.model.stabilizers import NORM_EPS, ClipNorm, ClipValue, Saturation, vector_norm
 
@@ -163,3 +164,18 @@ def test_on_a_full_5_particle_graph_mean_aggregation_g_and_alpha_inter_are_one_s
     mean, gain = (tiny_model(["model=original", extra], seed=5)(*varying)[0]
                   for extra in ("model.aggregation=mean", "model.stabilizers.g=0.25"))
     assert not torch.allclose(mean, gain, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- fairchem's stabilizers
+
+
+@pytest.mark.parametrize("name", FAIRCHEM_STABILIZERS)
+def test_each_fairchem_part_is_an_exact_no_op_at_painn_s_value_and_acts_when_on(name):
+    key = f"model.stabilizers.{name}"
+    system = random_system(n_graphs=2, n=5, seed=1)
+    plain = tiny_model(["model=original"], seed=2)(*system)
+    at_default = tiny_model(["model=original", f"{key}={format_override(flatten(compose([]))[key])}"], seed=2)(*system)
+    switched = tiny_model(["model=original", f"ablate={name}"], seed=2)(*system)
+    for a, b in zip(plain, at_default):
+        assert torch.equal(a, b)
+    assert not torch.allclose(plain[0], switched[0], rtol=1e-6)

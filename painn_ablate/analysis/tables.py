@@ -30,7 +30,7 @@ from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis.loaders import wilson  # noqa: F401  (re-exported: ex.wilson)
 from painn_ablate.core import files
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
-from painn_ablate.core.outcome import OUTCOMES, Status, first_blow_up, metric_name
+from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Status, first_blow_up, metric_name
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
@@ -105,12 +105,20 @@ def _blow_up_origin(row: pd.Series) -> dict:
         step = row.get(f"{prefix}.step")
         if step is None or pd.isna(step):
             return None
-        fields = ("layer", "block", "stat", "criterion", "tensor")
-        return {"step": step, **{f: row.get(f"{prefix}.{f}") for f in fields}}
+        fields = ("layer", "block", "stat", "criterion", "tensor", "phase", PHASE_KEY)
+        return {"step": step, **{f: _value(row.get(f"{prefix}.{f}")) for f in fields}}
 
     first = first_blow_up(origin("first_divergence"), origin("first_nonfinite")) or {}
+    # the phase: the trial attribute (Optuna), else the first origin's; NA in records made before phases
+    phase = _value(row.get(PHASE_KEY)) or first.get("phase")
     return {"blowup_step": first.get("step"), **{f"origin_{k}": first.get(k)
-                                                 for k in ("layer", "block", "stat", "criterion")}}
+                                                 for k in ("layer", "block", "stat", "criterion")},
+            PHASE_KEY: phase if phase is not None else pd.NA}
+
+
+def _value(x):
+    """x, or None for a missing value (NaN, NA)."""
+    return None if x is None or (not isinstance(x, (list, dict)) and pd.isna(x)) else x
 
 
 def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
@@ -215,6 +223,7 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
                "test_pos_mse": r.get("test_pos_mse"), "wall_seconds": r.get("wall_seconds"),
                "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
                "recovered": r.get("divergence.recovered")}
+        row["spikes"] = _value(r.get("spikes", r.get("divergence.spikes")))  # spikes (separate firings)
         if isinstance(r.get("run_dir"), str):
             row.update(_profiles(r["run_dir"], row["blowup_step"], L))
             row.update(_grad_clip_activity(r["run_dir"], r.get("train.grad_clip")))

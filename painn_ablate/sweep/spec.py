@@ -56,7 +56,7 @@ from typing import Any, Iterable, Iterator, Optional, TypeVar
 import yaml
 
 from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
-from painn_ablate.core.outcome import METRICS, RunSummary, Status, metric_name
+from painn_ablate.core.outcome import METRICS, PHASE_KEY, RunSummary, Status, metric_name
 
 T = TypeVar("T")
 
@@ -433,6 +433,10 @@ def result_attrs(summary: RunSummary) -> dict[str, Any]:
     attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],
                              "first_divergence": summary.get("first_divergence"),
                              "episodes": divergence.get("episodes"), "recovered": divergence.get("recovered"),
+                             "spikes": divergence.get("spikes"), "spike_steps": divergence.get("spike_steps"),
+                             "steps_to_recover": divergence.get("steps_to_recover"),
+                             "sustained": divergence.get("sustained"),
+                             PHASE_KEY: (summary.get("first_blow_up") or {}).get("phase"),
                              "steps_completed": summary["steps_completed"],
                              "wall_seconds": round(summary["wall_seconds"], 2),
                              "early_warning_step": (summary.get("early_warning") or {}).get("step"),

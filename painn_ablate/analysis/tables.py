@@ -30,7 +30,7 @@ from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis.loaders import wilson  # noqa: F401  (re-exported: ex.wilson)
 from painn_ablate.core import files
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
-from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Status, first_blow_up, metric_name
+from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, first_blow_up, is_sustained, metric_name
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
@@ -303,16 +303,29 @@ def _label(value) -> str:
 
 
 def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
-    """Per condition: n, blow-ups (diverged + exploded) with the Wilson interval, initialisation
-    events, median step of the first blow-up, origin layers and blocks, test MSE of the stable runs."""
+    """Per condition: n, blow-ups (transient + diverged + exploded, outcome.BLOW_UPS) with the Wilson
+    interval, the sustained ones (diverged + exploded) with theirs, initialisation events (step 0), the
+    first blow-ups' phases (init / training; NA in tables made before phases), median step of the first
+    blow-up, origin layers and blocks, test MSE of the stable runs and the median of the transient ones."""
     rows = []
     for key, g in trials.groupby(list(by), sort=True, dropna=False):
         n, k = len(g), int(g["blew_up"].sum())
         lo, hi = wilson(k, n)
         blown = g[g["blew_up"]]
         mse = mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"])
+        transient = g["status"] == Status.TRANSIENT
+        sustained = int(g["status"].map(is_sustained).sum())
+        s_lo, s_hi = wilson(sustained, n)
+        phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
         rows.append({**dict(zip(by, key)), "n": n, "blew_up": k, "rate": k / n if n else math.nan,
-                     "rate_lo": lo, "rate_hi": hi, "diverged": int(g["diverged"].sum()),
+                     "rate_lo": lo, "rate_hi": hi, "sustained": sustained, "sustained_lo": s_lo,
+                     "sustained_hi": s_hi, "transient": int(transient.sum()),
+                     "phase_init": int((phases == Phase.INIT).sum()),
+                     "phase_training": int((phases == Phase.TRAINING).sum()),
+                     "phase_unknown": int(phases.isna().sum()),
+                     "transient_test_mse_median": float(g.loc[transient, "test_pos_mse"].median())
+                     if transient.any() else math.nan,
+                     "diverged": int(g["diverged"].sum()),
                      "exploded": int(g["exploded"].sum()), "init_events": int((blown["blowup_step"] == 0).sum()),
                      "median_step": float(blown["blowup_step"].median()) if k else math.nan,
                      "origin_layers": _histogram(blown["origin_layer"]),
@@ -339,13 +352,17 @@ def probe_depth_table(seeds: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     for (variant, L), g in s0.groupby(["variant", "L"]):
         m = mu[(mu["variant"] == variant) & (mu["L"] == L)].pivot_table(index="seed", columns="layer",
                                                                          values="value", aggfunc="first")
-        ratio = (m[L] / m[1]) if (L in m and 1 in m) else pd.Series(dtype=float)
-        ratio = ratio.reindex(g["seed"]).fillna(np.inf)  # a non-finite pass has no finite ratio: it counts as inf
+        if "mu_ratio" in g and g["mu_ratio"].notna().any():  # the probe's own outcome.mu_ratio per seed
+            ratio = g["mu_ratio"].fillna(np.inf)
+        else:  # probe folders written before it: the same ratio from the statistics
+            ratio = (m[L] / m[1]) if (L in m and 1 in m) else pd.Series(dtype=float)
+            ratio = ratio.reindex(g["seed"]).fillna(np.inf)  # a non-finite pass has no finite ratio: it counts as inf
         k, n = int(g["blew_up"].sum()), len(g)
         lo, hi = wilson(k, n)
+        frac = g["init_blow_up_frac"].mean() if "init_blow_up_frac" in g else math.nan
         rows.append({"variant": variant, "L": int(L), "seeds": n, "blew_up": k, "rate": k / n, "rate_lo": lo,
                      "rate_hi": hi, "nonfinite": float(g["nonfinite"].mean()),
-                     "median_mu_ratio": float(ratio.median())})
+                     "init_blow_up_frac": float(frac), "median_mu_ratio": float(ratio.median())})
     return pd.DataFrame(rows)
 
 

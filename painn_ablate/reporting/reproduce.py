@@ -7,8 +7,9 @@ learning rate, optimiser and step budget, 10 seeds each of
     r2_full     every stabilizer of R2_full  finding 2: it does not, and reaches a test MSE
 
 paired by seed (seed s: the same initialisation seed and batch order in both presets), two at
-a time in worker processes of one thread each (`workers`). As in the sweeps, a run ends at its
-first blow-up (`monitor.on_diverged=stop`; an override can say otherwise). Each run lives in its own directory
+a time in worker processes of one thread each (`workers`). As in the sweeps, a run ends once a
+blow-up is sustained (`monitor.on_diverged=stop`: still firing monitor.sustained_steps after it began;
+an override can say otherwise); a transient spike trains on. Each run lives in its own directory
 under `<out>/runs/`; `reproduce.json`, `verdict.md` and plots go into `<out>`.
 
 The regime (`choose_regime`), by a rule stated before any run: depth L = 5 (the specification's),
@@ -18,7 +19,7 @@ otherwise the smallest learning rate of the map at L = 5 where it did. Without a
 specification's setting. `model.L=` / `train.lr=` overrides replace the rule.
 
 The verdict (`verdict()`), criterion by criterion, with the numbers it used; a blow-up is a
-run that diverged or exploded (outcome.py), and its origin is its first blow-up's
+run that was transient, diverged or exploded (outcome.py), and its origin is its first blow-up's
 (outcome.first_blow_up):
 
     1  the original blows up: the Wilson 95% lower bound of its blow-up rate is >= 0.5.
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = "reproduce_out"
 # Overrides that would change what is being compared: the comparison sets them per run.
 RESERVED_KEYS = ("model", "ablate", "seed", "out", "name")
-FINISHED = OUTCOMES  # a run that ended with an outcome (stable, diverged, exploded) is reused
+FINISHED = OUTCOMES  # a run that ended with an outcome (stable, transient, diverged, exploded) is reused
 
 
 class ReproduceError(ValueError):

@@ -1,13 +1,15 @@
 """`run(cfg)`: train one PaiNN configuration and record what happened.
 
-A blow-up is an *outcome* (painn_ablate.core.outcome): a non-finite loss, activation or
-gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it ends
-there); a finite blow-up by the criteria `monitor.diverge_*` makes it "diverged" (by
-default, `monitor.on_diverged=continue`, it trains on and may recover). Each is located
-to step, layer, block and statistic from the statistics of the very forward pass where it
-fired (replayed when that step was not a statistics step), and recorded as an event and in
-the summary (`first_nonfinite`, `first_divergence`, `divergence`). The run directory always
-holds what was recorded up to then:
+A blow-up is an *outcome* (painn_ablate.core.outcome), decided by one component, the
+training loop's callback painn_ablate.training.blowup.BlowUpDetector: a non-finite loss,
+activation or gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it
+ends there); a finite one by the criteria `monitor.diverge_*` makes it "transient" when every
+episode recovered, "diverged" when one was sustained (by default, `monitor.on_diverged=continue`,
+it trains on). Each is located to step, layer, block and statistic from the statistics of the
+very forward pass where it fired (replayed when that step was not a statistics step), given its
+phase (init | training) from the initial weights on the same batch, and recorded as an event and
+in the summary (`first_nonfinite`, `first_divergence`, `first_blow_up`, `divergence`). The run
+directory always holds what was recorded up to then:
 
     config.yaml      the resolved config; `painn-ablate train --config config.yaml` re-runs it
     summary.json     status, steps, first_nonfinite, val/test metrics, ... (rewritten at each validation)

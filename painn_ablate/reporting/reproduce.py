@@ -100,8 +100,8 @@ EXPERIMENTS = (
 )
 # Full: 1000 steps of batch 100 (33 epochs of the 3000 training graphs), 10 paired seeds per preset,
 # validation every 100 steps and statistics every 10 (the schema's defaults). At L = 5 an r2_full run
-# takes ~150-250 s on one core and the original's end at their first blow-up, so two workers finish in
-# ~15-20 minutes. Quick: a smoke test of the whole pipeline.
+# takes ~150-250 s on one core and the original's end at a non-finite value or once a divergence is
+# sustained (200 steps after it began: monitor.sustained_steps), so two workers finish in ~15-25 minutes. Quick: a smoke test of the whole pipeline.
 FULL = Budget(steps=1000, seeds=tuple(range(10)))
 QUICK = Budget(steps=40, seeds=(0, 1, 2), overrides=("train.val_every=20", "monitor.every=5"))
 DEFAULT_MAP = "results/map_original.parquet"

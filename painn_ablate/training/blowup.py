@@ -452,6 +452,6 @@ def loss_reference(loss: float, zero: float) -> Optional[float]:
 
 
 def _jsonable(profile: dict) -> dict:
-    """A layer profile with non-finite values as strings (JSON has no inf/nan)."""
-    return {stat: {layer: (v if math.isfinite(v) else str(v)) for layer, v in values.items()}
-            for stat, values in profile.items()}
+    """A layer profile as summary.json keeps it: floats (json writes inf and nan as Infinity and NaN, as it
+    does for last_stats and the peaks), so a table column of them stays numeric."""
+    return {stat: {layer: float(v) for layer, v in values.items()} for stat, values in profile.items()}

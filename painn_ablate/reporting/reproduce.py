@@ -50,9 +50,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis.tables import mcnemar_exact, mean_interval, wilson
-from painn_ablate.core import config, files
+from painn_ablate.core import config, files, runfolder
 from painn_ablate.core.config import compose, flatten
-from painn_ablate.core.outcome import OUTCOMES, STATE_STATS, SUMMARY_FILE, RunSummary, Status, first_blow_up, is_blow_up
+from painn_ablate.core.errors import ReproduceError
+from painn_ablate.core.outcome import OUTCOMES, STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
+from painn_ablate.core.process import keep_freed_memory
 from painn_ablate.reporting import plots
 from painn_ablate.training.sinks import write_json_atomic
 
@@ -63,9 +65,6 @@ DEFAULT_OUT = "reproduce_out"
 RESERVED_KEYS = ("model", "ablate", "seed", "out", "name")
 FINISHED = OUTCOMES  # a run that ended with an outcome (stable, transient, diverged, exploded) is reused
 
-
-class ReproduceError(ValueError):
-    """Unusable reproduce arguments or output folder; one line."""
 
 
 @dataclass(frozen=True)
@@ -234,13 +233,13 @@ def plan(out: Path, quick: bool = False, overrides: Optional[list[str]] = None,
 
 
 def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
-    saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True))
+    saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / runfolder.CONFIG), resolve=True))
     return config.results_view(saved) == config.results_view(flatten(cfg))
 
 
 def _finished(run_dir: Path) -> bool:
     try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") in FINISHED
+        return json.loads((run_dir / runfolder.SUMMARY).read_text()).get("status") in FINISHED
     except (OSError, ValueError):
         return False
 
@@ -250,10 +249,10 @@ def run_or_reuse(cfg: DictConfig) -> RunSummary:
     from painn_ablate.training.trainer import run
 
     run_dir = Path(cfg.out)
-    summary_file = run_dir / SUMMARY_FILE
+    summary_file = run_dir / runfolder.SUMMARY
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
-        same = (run_dir / "config.yaml").is_file() and _same_config(run_dir, cfg)
+        same = (run_dir / runfolder.CONFIG).is_file() and _same_config(run_dir, cfg)
         if summary.get("status") in FINISHED and same:
             log.info("reusing the finished run in %s", run_dir)
             return summary
@@ -268,6 +267,7 @@ def run_or_reuse(cfg: DictConfig) -> RunSummary:
 def _worker_init(threads: int) -> None:
     import torch
 
+    keep_freed_memory()  # a spawned process starts with glibc's defaults
     torch.set_num_threads(threads)
 
 
@@ -312,7 +312,7 @@ def max_finite_loss(run_dir: str) -> Optional[float]:
     """The largest finite training loss: a spike that did not (yet) turn into NaN/Inf."""
     import pandas as pd
 
-    loss = pd.read_parquet(Path(run_dir) / "metrics.parquet", columns=["loss"])["loss"]
+    loss = pd.read_parquet(Path(run_dir) / runfolder.METRICS, columns=["loss"])["loss"]
     loss = loss[loss.map(math.isfinite)]
     return float(loss.max()) if len(loss) else None
 

@@ -39,6 +39,7 @@ from typing import Callable, Optional
 
 import torch
 
+from painn_ablate.core.names import MU_NORM_MAX, Q_ABSMAX
 from painn_ablate.core.outcome import (
     PHASE_KEY,
     STATE_STATS,
@@ -87,7 +88,7 @@ class EarlyWarning:
         ratio = mu_ratio(rows, self.last)
         if ratio is None:
             return None
-        last = next(v for l, b, s, v in rows if l == self.last and b == "mixing" and s == "mu_norm_max")
+        last = next(v for l, b, s, v in rows if l == self.last and b == "mixing" and s == MU_NORM_MAX)
         self.history.append(last)
         growth = last / max(min(self.history), 1e-12) if len(self.history) == self.history.maxlen else 1.0
         if not (math.isfinite(ratio) and math.isfinite(growth)):
@@ -168,8 +169,8 @@ class BlowUpDetector:
     in_spike: bool = False  # criteria fire since the last spike began (its origin is recorded)
     step_bad: bool = False  # the last training step crossed a per-step criterion (by the cheap check)
     val_bad: bool = False  # the last validation crossed the val criterion (it stands until the next one)
-    peaks: dict = field(default_factory=lambda: {"loss": None, "val_pos_mse": None, "mu_norm_max": None,
-                                                 "q_absmax": None})
+    peaks: dict = field(default_factory=lambda: {"loss": None, "val_pos_mse": None, MU_NORM_MAX: None,
+                                                 Q_ABSMAX: None})
 
     def __post_init__(self):
         mon = self.cfg.monitor
@@ -241,7 +242,7 @@ class BlowUpDetector:
         self._peak("loss", loss)
         if self.crit.loss_crossed(loss, self.reference_loss):
             return "loss"
-        mu_bound, q_bound = self.crit.bound("mu_norm_max") / math.sqrt(3), self.crit.bound("q_absmax")
+        mu_bound, q_bound = self.crit.bound(MU_NORM_MAX) / math.sqrt(3), self.crit.bound(Q_ABSMAX)
         for q, mu in absmax.values():
             if mu > mu_bound:
                 return "mu"

@@ -120,9 +120,10 @@ class RunSummary(TypedDict, total=False):
     seed: int
     steps_total: int
     steps_completed: int  # = rows of metrics.parquet, also when interrupted
-    first_nonfinite: Optional[dict]  # monitor.NonFinite.as_dict(): step, layer, block, tensor, phase
+    first_nonfinite: Optional[dict]  # monitor.NonFinite.as_dict(): step, layer, block, tensor, phase (the pass),
+    #                                  and PHASE_KEY (init | training)
     nonfinite_events: int
-    first_divergence: Optional[dict]  # Origin.as_dict(): step, layer, block, stat, value, criterion
+    first_divergence: Optional[dict]  # Origin.as_dict(): step, layer, block, stat, value, criterion, phase
     divergence: Optional[dict]  # BlowUpDetector.divergence(): episodes, spikes, steps_to_recover, sustained, ...
     first_blow_up: Optional[dict]  # first_blow_up(first_divergence, first_nonfinite), with its phase and the
     #                                initial and trained network's per-layer statistics on its batch

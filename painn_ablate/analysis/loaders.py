@@ -44,10 +44,12 @@ from painn_ablate.core.outcome import (  # noqa: F401
     METRIC_SPLITS,
     OUTCOMES,
     SPLIT_METRICS,
+    Phase,
     RunSummary,
     Status,
     first_blow_up,
     is_blow_up,
+    is_sustained,
     metric_name,
     outcome_columns,
 )
@@ -453,9 +455,10 @@ def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -
 
 
 def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd.DataFrame:
-    """Per experiment: runs; blow-ups (diverged or exploded) with the Wilson 95% interval of their rate;
-    the step (median, range) and layers of the first blow-up; val/test MSE over the runs that finished
-    stable (mean and sample sd, ddof = 1, n = `stable`)."""
+    """Per experiment: runs; blow-ups (transient, diverged or exploded: outcome.BLOW_UPS) with the Wilson 95%
+    interval of their rate, and the sustained ones (diverged or exploded) with theirs; the step (median,
+    range), layers and phase counts (init / training) of the first blow-up; val/test MSE over the runs that
+    finished stable (mean and sample sd, ddof = 1, n = `stable`), and the test MSE of the transient ones."""
     by = list(by)
     out = []
     for key, g in runs.groupby(by, sort=False, dropna=False):
@@ -465,10 +468,18 @@ def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd
         blown = g[blew_up]
         steps, layers = _numbers(blown, "first_blow_up.step"), _numbers(blown, "first_blow_up.layer")
         lo, hi = wilson(int(blew_up.sum()), len(g))
+        sustained = g["status"].map(is_sustained)
+        s_lo, s_hi = wilson(int(sustained.sum()), len(g))
+        phases = blown["first_blow_up.phase"] if "first_blow_up.phase" in blown else pd.Series(dtype=object)
+        transient = g[g["status"] == Status.TRANSIENT]
         row = dict(zip(by, key))
         row.update({
             "preset": g["preset"].iloc[0], "ablate": g["ablate"].iloc[0], "runs": len(g),
             "blew_up": int(blew_up.sum()), "blow_up_rate": float(blew_up.mean()), "blow_up_lo": lo, "blow_up_hi": hi,
+            "sustained": int(sustained.sum()), "sustained_lo": s_lo, "sustained_hi": s_hi,
+            "transient": len(transient), "at_init": int((phases == Phase.INIT).sum()),
+            "in_training": int((phases == Phase.TRAINING).sum()),
+            "transient_test_pos_mse_median": _numbers(transient, "test_pos_mse").median() if len(transient) else np.nan,
             "diverged": int((g["status"] == Status.DIVERGED).sum()), "exploded": int(g["exploded"].sum()),
             "stable": len(stable), "unfinished": int((~g["status"].isin(list(OUTCOMES))).sum()),
             "blow_up_step_median": steps.median() if len(steps) else np.nan,

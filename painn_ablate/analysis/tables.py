@@ -31,7 +31,7 @@ from painn_ablate.analysis.loaders import wilson  # noqa: F401  (re-exported: ex
 from painn_ablate.core import files, runfolder
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
 from painn_ablate.core.errors import ExportError
-from painn_ablate.core.outcome import OUTCOMES, Status, first_blow_up, metric_name
+from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, first_blow_up, is_sustained, metric_name
 
 PathLike = Union[str, Path]
 PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
@@ -103,12 +103,20 @@ def _blow_up_origin(row: pd.Series) -> dict:
         step = row.get(f"{prefix}.step")
         if step is None or pd.isna(step):
             return None
-        fields = ("layer", "block", "stat", "criterion", "tensor")
-        return {"step": step, **{f: row.get(f"{prefix}.{f}") for f in fields}}
+        fields = ("layer", "block", "stat", "criterion", "tensor", "phase", PHASE_KEY)
+        return {"step": step, **{f: _value(row.get(f"{prefix}.{f}")) for f in fields}}
 
     first = first_blow_up(origin("first_divergence"), origin("first_nonfinite")) or {}
+    # the phase: the trial attribute (Optuna), else the first origin's; NA in records made before phases
+    phase = _value(row.get(PHASE_KEY)) or first.get("phase")
     return {"blowup_step": first.get("step"), **{f"origin_{k}": first.get(k)
-                                                 for k in ("layer", "block", "stat", "criterion")}}
+                                                 for k in ("layer", "block", "stat", "criterion")},
+            PHASE_KEY: phase if phase is not None else pd.NA}
+
+
+def _value(x):
+    """x, or None for a missing value (NaN, NA)."""
+    return None if x is None or (not isinstance(x, (list, dict)) and pd.isna(x)) else x
 
 
 def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
@@ -213,6 +221,7 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
                "test_pos_mse": r.get("test_pos_mse"), "wall_seconds": r.get("wall_seconds"),
                "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
                "recovered": r.get("divergence.recovered")}
+        row["spikes"] = _value(r.get("spikes", r.get("divergence.spikes")))  # spikes (separate firings)
         if isinstance(r.get("run_dir"), str):
             row.update(_profiles(r["run_dir"], row["blowup_step"], L))
             row.update(_grad_clip_activity(r["run_dir"], r.get("train.grad_clip")))
@@ -292,16 +301,29 @@ def _label(value) -> str:
 
 
 def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
-    """Per condition: n, blow-ups (diverged + exploded) with the Wilson interval, initialisation
-    events, median step of the first blow-up, origin layers and blocks, test MSE of the stable runs."""
+    """Per condition: n, blow-ups (transient + diverged + exploded, outcome.BLOW_UPS) with the Wilson
+    interval, the sustained ones (diverged + exploded) with theirs, initialisation events (step 0), the
+    first blow-ups' phases (init / training; NA in tables made before phases), median step of the first
+    blow-up, origin layers and blocks, test MSE of the stable runs and the median of the transient ones."""
     rows = []
     for key, g in trials.groupby(list(by), sort=True, dropna=False):
         n, k = len(g), int(g["blew_up"].sum())
         lo, hi = wilson(k, n)
         blown = g[g["blew_up"]]
         mse = mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"])
+        transient = g["status"] == Status.TRANSIENT
+        sustained = int(g["status"].map(is_sustained).sum())
+        s_lo, s_hi = wilson(sustained, n)
+        phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
         rows.append({**dict(zip(by, key)), "n": n, "blew_up": k, "rate": k / n if n else math.nan,
-                     "rate_lo": lo, "rate_hi": hi, "diverged": int(g["diverged"].sum()),
+                     "rate_lo": lo, "rate_hi": hi, "sustained": sustained, "sustained_lo": s_lo,
+                     "sustained_hi": s_hi, "transient": int(transient.sum()),
+                     "phase_init": int((phases == Phase.INIT).sum()),
+                     "phase_training": int((phases == Phase.TRAINING).sum()),
+                     "phase_unknown": int(phases.isna().sum()),
+                     "transient_test_mse_median": float(g.loc[transient, "test_pos_mse"].median())
+                     if transient.any() else math.nan,
+                     "diverged": int(g["diverged"].sum()),
                      "exploded": int(g["exploded"].sum()), "init_events": int((blown["blowup_step"] == 0).sum()),
                      "median_step": float(blown["blowup_step"].median()) if k else math.nan,
                      "origin_layers": _histogram(blown["origin_layer"]),
@@ -328,13 +350,17 @@ def probe_depth_table(seeds: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     for (variant, L), g in s0.groupby(["variant", "L"]):
         m = mu[(mu["variant"] == variant) & (mu["L"] == L)].pivot_table(index="seed", columns="layer",
                                                                          values="value", aggfunc="first")
-        ratio = (m[L] / m[1]) if (L in m and 1 in m) else pd.Series(dtype=float)
-        ratio = ratio.reindex(g["seed"]).fillna(np.inf)  # a non-finite pass has no finite ratio: it counts as inf
+        if "mu_ratio" in g and g["mu_ratio"].notna().any():  # the probe's own outcome.mu_ratio per seed
+            ratio = g["mu_ratio"].fillna(np.inf)
+        else:  # probe folders written before it: the same ratio from the statistics
+            ratio = (m[L] / m[1]) if (L in m and 1 in m) else pd.Series(dtype=float)
+            ratio = ratio.reindex(g["seed"]).fillna(np.inf)  # a non-finite pass has no finite ratio: it counts as inf
         k, n = int(g["blew_up"].sum()), len(g)
         lo, hi = wilson(k, n)
+        frac = g["init_blow_up_frac"].mean() if "init_blow_up_frac" in g else math.nan
         rows.append({"variant": variant, "L": int(L), "seeds": n, "blew_up": k, "rate": k / n, "rate_lo": lo,
                      "rate_hi": hi, "nonfinite": float(g["nonfinite"].mean()),
-                     "median_mu_ratio": float(ratio.median())})
+                     "init_blow_up_frac": float(frac), "median_mu_ratio": float(ratio.median())})
     return pd.DataFrame(rows)
 
 

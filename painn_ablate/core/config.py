@@ -204,13 +204,22 @@ class MonitorConfig:
     warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
     warn_window: int = 5  # early warning: statistics snapshots the growth is measured over
     flush_every: int = 50  # steps between writes of the parquet records
-    # Blow-up criteria: a finite run that crosses one is "diverged" (painn_ablate.core.outcome; README: defaults).
-    diverge_loss_factor: float = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
-    diverge_val_factor: float = 10.0  # val pos MSE > this x the zero-displacement val pos MSE
-    diverge_mu: float = 1000.0  # max ||mu|| after any block
-    diverge_q: float = 10000.0  # max |q| after any block
-    diverge_mu_ratio: float = 100.0  # max ||mu|| after the last mixing / after the first mixing
-    on_diverged: OnDiverged = OnDiverged["continue"]  # continue: keep training (a run may recover); stop: end the run
+    # Blow-up criteria (painn_ablate.core.outcome; README: defaults and why); null switches one off.
+    diverge_loss_factor: Optional[float] = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
+    # val pos MSE > this x max(zero-displacement val pos MSE, the initial network's val pos MSE)
+    diverge_val_factor: Optional[float] = 10.0
+    diverge_mu: Optional[float] = 1000.0  # max ||mu|| after any block
+    diverge_q: Optional[float] = 10000.0  # max |q| after any block
+    diverge_mu_ratio: Optional[float] = 100.0  # max ||mu|| after the last mixing / after the first mixing
+    # An episode ends (recovers) when no criterion fired for this many steps. 50: the spikes of one
+    # blow-up come within tens of steps (a record: six in 56 steps), and 50 steps are ~5 time constants
+    # of Adam's first moment (beta1 = 0.9: 0.9^50 = 0.5%), so the spike's gradients have left the update.
+    recover_window: int = 50
+    # An episode still firing this many steps after it began is sustained ("diverged"; a recovered shorter
+    # one is "transient"). 200: two validation intervals (train.val_every = 100: the val criterion is
+    # judged only there, so one bad validation keeps an episode open 100 steps), 4 recovery windows.
+    sustained_steps: int = 200
+    on_diverged: OnDiverged = OnDiverged["continue"]  # continue: keep training (a run may recover); stop: end the run once sustained
 
 
 @dataclass
@@ -554,8 +563,12 @@ def validate(cfg: DictConfig) -> None:
     _check(mo.warn_window >= 2, "monitor.warn_window", f"must be >= 2, got {mo.warn_window}")
     _check(mo.flush_every >= 1, "monitor.flush_every", f"must be >= 1, got {mo.flush_every}")
     for name in ("diverge_loss_factor", "diverge_val_factor", "diverge_mu", "diverge_q", "diverge_mu_ratio"):
+        if mo[name] is None:  # off
+            continue
         _check(mo[name] > 1 if "factor" in name or "ratio" in name else mo[name] > 0, f"monitor.{name}",
-               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'}, got {mo[name]}")
+               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'} or null (off), got {mo[name]}")
+    _check(mo.recover_window >= 1, "monitor.recover_window", f"must be >= 1, got {mo.recover_window}")
+    _check(mo.sustained_steps >= 1, "monitor.sustained_steps", f"must be >= 1, got {mo.sustained_steps}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
 

@@ -4,7 +4,8 @@ Laid out for the question the sweeps ask, top to bottom; runs are filtered to th
 (`tracking.group` = the study name) and grouped by experiment (`model.preset`, `ablate`),
 so every panel shows one line or bar per experiment with its seeds aggregated:
 
-    Outcomes          bar: blew_up, diverged, exploded (0/1 per run, summed per experiment)
+    Outcomes          bar: outcome.outcome_columns (exploded, diverged, transient, blew_up, sustained; 0/1 per run,
+                      summed per experiment)
     Accuracy          bar: val_pos_mse, test_pos_mse (mean per experiment, sd band);
                       line: val_pos_mse over steps
     Per-layer state   line: layer{l}/mixing/mu_norm_max for every layer l (log y); the same for
@@ -124,7 +125,7 @@ def build(info: SweepInfo, entity: str, project: Optional[str] = None, experimen
 
     sections = [
         ws.Section(name="Outcomes per experiment", is_open=True, panels=[
-            wr.BarPlot(title="runs that blew up (diverged or exploded), diverged, exploded",
+            wr.BarPlot(title="runs that blew up (transient, diverged or exploded), sustained, transient, diverged, exploded",
                        metrics=list(OUTCOME_KEYS), groupby_aggfunc="sum", orientation="h")]),
         ws.Section(name="Accuracy per experiment", is_open=True, panels=[
             wr.BarPlot(title="validation and test pos MSE (mean over seeds, sd)", metrics=list(MSE_KEYS),

@@ -61,12 +61,20 @@ def compute_lines(trials: pd.DataFrame) -> list[str]:
     return markdown_table(["study", "trials", "training time (sum over trials)", "median step", "steps run"], rows)
 
 
+def _phases(r) -> str:
+    """`3 / 2` blow-ups at initialisation / in training; `-` where the records have no phase."""
+    init, training = int(r.get("phase_init", 0)), int(r.get("phase_training", 0))
+    return f"{init} / {training}" if init + training else "-"
+
+
 def map_lines(trials: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     base = cells[cells["ablate"] == "none"]
-    header = ["preset", "L", "lr", "blow-ups k/n [Wilson 95%]", "diverged", "exploded", "at step 0",
-              "median step", "origin layers", "origin blocks", "test pos MSE of stable runs: mean ± sd [95% CI]"]
-    rows = [[r["preset"], str(r["L"]), f"{r['lr']:g}", _rate(r), str(r["diverged"]), str(r["exploded"]),
-             str(r["init_events"]), _cell(r["median_step"], ".0f"), r["origin_layers"] or "-",
+    header = ["preset", "L", "lr", "blow-ups k/n [Wilson 95%]", "transient", "diverged", "exploded", "at step 0",
+              "phase init / training", "median step", "origin layers", "origin blocks",
+              "test pos MSE of stable runs: mean ± sd [95% CI]"]
+    rows = [[r["preset"], str(r["L"]), f"{r['lr']:g}", _rate(r), str(r.get("transient", 0)), str(r["diverged"]),
+             str(r["exploded"]), str(r["init_events"]), _phases(r), _cell(r["median_step"], ".0f"),
+             r["origin_layers"] or "-",
              r["origin_blocks"] or "-", _mse(r)] for _, r in base.iterrows()]
     return markdown_table(header, rows)
 
@@ -365,9 +373,12 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
              f"`python -c \"import pandas as pd, glob; print(pd.concat(map(pd.read_parquet, glob.glob('{results}/map_*.parquet'))))\"`.",
              "", f"The design and the pass/fail rules were written before the results: [{DESIGN}]({DESIGN}). "
              "Outcomes: *exploded* = a NaN/Inf; *diverged* = finite but past a blow-up criterion "
-             "(loss > 100x its start, val pos MSE > 10x the zero-displacement MSE, max ||mu|| > 1e3, "
-             "max |q| > 1e4, or last/first-layer max ||mu|| > 100); a *blow-up* is either. Every trial ends at "
-             "its first blow-up. Intervals: Wilson 95% for rates, t 95% for mean MSEs (sample sd, ddof = 1); "
+             "(loss > 100x its start, val pos MSE > 10x max(the zero-displacement MSE, the initial val MSE), "
+             "max ||mu|| > 1e3, max |q| > 1e4, or last/first-layer max ||mu|| > 100) and sustained; *transient* = "
+             "past one, then recovered (no criterion for 50 steps) and trained to the end; a *blow-up* is any of "
+             "the three. Its phase: *init* when the initial weights cross a criterion on the same batch, else "
+             "*training*. Trials recorded before transient existed ended at their first blow-up (their diverged "
+             "is a first spike; their phase is '-'). Intervals: Wilson 95% for rates, t 95% for mean MSEs (sample sd, ddof = 1); "
              "n is given with each. Seeds 0-9 are paired across all cells and variants (same initialisation, "
              "same batch order, same data).", ""]
     if not trials.empty:

@@ -214,7 +214,7 @@ def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def outcome_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     table = analysis.outcome_table(frame)
-    header = ["experiment", "runs", "blow-ups k/n [Wilson 95%]", "diverged", "exploded",
+    header = ["experiment", "runs", "blow-ups k/n [Wilson 95%]", "transient", "diverged", "exploded",
               "first blow-up step: median [first, last]", "origin layers", "test pos MSE of stable runs: mean ± sd (n)"]
     rows = []
     for _, t in table.iterrows():
@@ -223,7 +223,8 @@ def outcome_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         mse = ("-" if math.isnan(t["test_pos_mse_mean"]) else f"{t['test_pos_mse_mean']:.4g}" +
                (f" ± {t['test_pos_mse_sd']:.2g}" if not math.isnan(t["test_pos_mse_sd"]) else "") + f" ({t['stable']})")
         rows.append([_cell(t["experiment"]), str(t["runs"]),
-                     f"{t['blew_up']}/{t['runs']} [{t['blow_up_lo']:.2f}, {t['blow_up_hi']:.2f}]", str(t["diverged"]),
+                     f"{t['blew_up']}/{t['runs']} [{t['blow_up_lo']:.2f}, {t['blow_up_hi']:.2f}]", str(t["transient"]),
+                     str(t["diverged"]),
                      str(t["exploded"]), step, t["blow_up_layers"] or "-", mse])
     return header, rows
 

@@ -7,8 +7,9 @@ learning rate, optimiser and step budget, 10 seeds each of
     r2_full     every stabilizer of R2_full  finding 2: it does not, and reaches a test MSE
 
 paired by seed (seed s: the same initialisation seed and batch order in both presets), two at
-a time in worker processes of one thread each (`workers`). As in the sweeps, a run ends at its
-first blow-up (`monitor.on_diverged=stop`; an override can say otherwise). Each run lives in its own directory
+a time in worker processes of one thread each (`workers`). As in the sweeps, a run ends once a
+blow-up is sustained (`monitor.on_diverged=stop`: still firing monitor.sustained_steps after it began;
+an override can say otherwise); a transient spike trains on. Each run lives in its own directory
 under `<out>/runs/`; `reproduce.json`, `verdict.md` and plots go into `<out>`.
 
 The regime (`choose_regime`), by a rule stated before any run: depth L = 5 (the specification's),
@@ -18,7 +19,7 @@ otherwise the smallest learning rate of the map at L = 5 where it did. Without a
 specification's setting. `model.L=` / `train.lr=` overrides replace the rule.
 
 The verdict (`verdict()`), criterion by criterion, with the numbers it used; a blow-up is a
-run that diverged or exploded (outcome.py), and its origin is its first blow-up's
+run that was transient, diverged or exploded (outcome.py), and its origin is its first blow-up's
 (outcome.first_blow_up):
 
     1  the original blows up: the Wilson 95% lower bound of its blow-up rate is >= 0.5.
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = "reproduce_out"
 # Overrides that would change what is being compared: the comparison sets them per run.
 RESERVED_KEYS = ("model", "ablate", "seed", "out", "name")
-FINISHED = OUTCOMES  # a run that ended with an outcome (stable, diverged, exploded) is reused
+FINISHED = OUTCOMES  # a run that ended with an outcome (stable, transient, diverged, exploded) is reused
 
 
 
@@ -98,8 +99,8 @@ EXPERIMENTS = (
 )
 # Full: 1000 steps of batch 100 (33 epochs of the 3000 training graphs), 10 paired seeds per preset,
 # validation every 100 steps and statistics every 10 (the schema's defaults). At L = 5 an r2_full run
-# takes ~150-250 s on one core and the original's end at their first blow-up, so two workers finish in
-# ~15-20 minutes. Quick: a smoke test of the whole pipeline.
+# takes ~150-250 s on one core and the original's end at a non-finite value or once a divergence is
+# sustained (200 steps after it began: monitor.sustained_steps), so two workers finish in ~15-25 minutes. Quick: a smoke test of the whole pipeline.
 FULL = Budget(steps=1000, seeds=tuple(range(10)))
 QUICK = Budget(steps=40, seeds=(0, 1, 2), overrides=("train.val_every=20", "monitor.every=5"))
 DEFAULT_MAP = "results/map_original.parquet"

@@ -42,8 +42,9 @@ never meets the partial directory of a killed attempt), `name` is the label (e.g
 runs `painn_ablate.training.trainer.run`, the code of `painn-ablate train`.
 
 User attributes of every trial: label, run_dir, status (painn_ablate.core.outcome.Status: 'running',
-'stable', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
-first_divergence (dicts or None), episodes, recovered, val_pos_mse,
+'stable', 'transient', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
+first_divergence (dicts or None), episodes, recovered, spikes, spike_steps, steps_to_recover (per episode),
+sustained, blow_up_phase (init | training: the first blow-up's, outcome.Phase), val_pos_mse,
 val_vel_mse, test_pos_mse, test_vel_mse, steps_completed, early_warning_step, pruned_step,
 wall_seconds, error (for 'error'), worker (host:pid) and attempt (the trial's number, set
 once its first heartbeat is recorded).
@@ -80,7 +81,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
-from painn_ablate.core.outcome import Status, is_blow_up
+from painn_ablate.core.outcome import WITH_METRIC, Status, is_blow_up
 from painn_ablate.core.process import keep_freed_memory
 from painn_ablate.sweep.spec import (
     Sweep,
@@ -119,7 +120,7 @@ GRACE_FACTOR = 3  # a trial is lost after GRACE_FACTOR heartbeats without news
 MAX_RETRY = 3  # re-runs of a trial whose worker was lost
 SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
 READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
-CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a diverged or exploded trial
+CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a blow-up (transient, diverged or exploded)
 
 
 
@@ -329,7 +330,7 @@ def stop_when_exploding(step: int, info: dict) -> Optional[str]:
 
 def objective_value(sweep: Sweep, attrs: dict) -> float:
     value = attrs.get(sweep.metric)
-    if attrs["status"] not in (Status.STABLE, Status.DIVERGED) or value is None or not math.isfinite(value):
+    if attrs["status"] not in WITH_METRIC or value is None or not math.isfinite(value):
         return sweep.worst
     return float(value)
 
@@ -539,6 +540,7 @@ class Progress:
     running: int = 0
     waiting: int = 0
     diverged: int = 0
+    transient: int = 0
     exploded: int = 0
     errors: int = 0
     lost: int = 0  # failed by a lost heartbeat (re-run, unless retries ran out)
@@ -562,6 +564,7 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
             p.done += 1
             p.errors += t.state == TrialState.FAIL
             p.diverged += status == Status.DIVERGED
+            p.transient += status == Status.TRANSIENT
             p.exploded += status == Status.EXPLODED
             p.finished.append(t)
     p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)

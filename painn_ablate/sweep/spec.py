@@ -57,7 +57,7 @@ import yaml
 
 from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
 from painn_ablate.core.errors import SweepError
-from painn_ablate.core.outcome import METRICS, OUTCOMES, RunSummary, Status, is_blow_up, metric_name
+from painn_ablate.core.outcome import METRICS, OUTCOMES, PHASE_KEY, Phase, RunSummary, Status, is_blow_up, metric_name
 
 T = TypeVar("T")
 
@@ -371,7 +371,7 @@ def trains(attrs: dict) -> bool:
     status = attrs.get("status")
     if status not in OUTCOMES:  # raised, pruned or interrupted: no outcome to judge it by
         return False
-    return not is_blow_up(status) or attrs.get("blow_up_phase") == "init"
+    return not is_blow_up(status) or attrs.get(PHASE_KEY) == Phase.INIT
 
 
 def walk_key(sweep: Sweep, params: dict[str, Any]) -> str:
@@ -487,6 +487,10 @@ def result_attrs(summary: RunSummary) -> dict[str, Any]:
     attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],
                              "first_divergence": summary.get("first_divergence"),
                              "episodes": divergence.get("episodes"), "recovered": divergence.get("recovered"),
+                             "spikes": divergence.get("spikes"), "spike_steps": divergence.get("spike_steps"),
+                             "steps_to_recover": divergence.get("steps_to_recover"),
+                             "sustained": divergence.get("sustained"),
+                             PHASE_KEY: (summary.get("first_blow_up") or {}).get("phase"),
                              "steps_completed": summary["steps_completed"],
                              "wall_seconds": round(summary["wall_seconds"], 2),
                              "early_warning_step": (summary.get("early_warning") or {}).get("step"),

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import did_you_mean
-from painn_ablate.core.outcome import METRICS, Status
+from painn_ablate.core.outcome import METRICS, PHASE_KEY, Status
 from painn_ablate.sweep.optuna_engine import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
 from painn_ablate.sweep.spec import SweepError
 
@@ -96,7 +96,8 @@ def trials_frame(study: optuna.Study):
                "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
                "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),
                **{f"first_divergence_{k}": divergence.get(k) for k in ("step", "layer", "block", "stat", "criterion")},
-               "episodes": a.get("episodes"), "recovered": a.get("recovered"),
+               "episodes": a.get("episodes"), "recovered": a.get("recovered"), "sustained": a.get("sustained"),
+               PHASE_KEY: a.get(PHASE_KEY),
                "early_warning_step": a.get("early_warning_step"), "pruned_step": a.get("pruned_step"),
                "wall_seconds": a.get("wall_seconds"), "retry_of": t.system_attrs.get("failed_trial"),
                "run_dir": a.get("run_dir"), "error": a.get("error"), **t.params}

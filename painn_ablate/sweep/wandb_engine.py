@@ -322,6 +322,10 @@ class OfflineSweep:
         return sum(t.status == Status.DIVERGED for t in self.trials)
 
     @property
+    def transient(self) -> int:
+        return sum(t.status == Status.TRANSIENT for t in self.trials)
+
+    @property
     def errors(self) -> int:
         return sum(t.state == "failed" for t in self.trials)
 

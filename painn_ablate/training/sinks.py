@@ -44,7 +44,6 @@ LAYER_STATS_SCHEMA = pa.schema([("step", pa.int64()), ("layer", pa.int64()), ("b
 EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer", pa.int64()),
                            ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
                            ("value", pa.float64()), ("detail", pa.string())])
-EVENT_KINDS = ("nonfinite", "divergence", "early_warning")
 # Flat W&B summary keys (beside `status` and the 0/1 keys of outcome.outcome_columns): the first
 # blow-up's step and layer, and the early warning's lead time in steps (present only when they exist).
 FIRST_BLOW_UP_STEP, FIRST_BLOW_UP_LAYER, EARLY_WARNING_LEAD = "first_blow_up_step", "first_blow_up_layer", \

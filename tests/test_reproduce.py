@@ -229,3 +229,17 @@ def test_full_reproduction_completes_every_run_and_states_its_verdict(tmp_path):
         assert r["steps_completed"] == (r["origin"]["step"] + 1 if r["blew_up"] else r["steps_total"])
     assert [c["id"] for c in result["verdict"]["criteria"]] == ["M1", "M3", "M2", "A1"]
     print(f"\n{rp.verdict_text(result)}\ntraining time {result['train_seconds'] / 60:.1f} min")
+
+
+def test_report_of_paths_writes_the_registry_and_leaves_the_findings_alone(tiny_root, tmp_path, monkeypatch, capsys):
+    """`painn-ablate report PATHS` writes registry.md; runs.md (the findings, from results/) is not touched."""
+    from painn_ablate.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs.md").write_text("the committed findings\n")
+    assert main(["report", str(tiny_root / "runs")]) == 0
+    assert (tmp_path / "runs.md").read_text() == "the committed findings\n"
+    assert (tmp_path / "registry.md").read_text().startswith("# registry.md: the registry of recorded runs")
+    report = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "report")[1]
+    shown = " ".join(report.format_help().split())
+    assert "runs.md, the findings" in shown and "registry.md, the registry of raw run folders" in shown

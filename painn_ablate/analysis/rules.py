@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.analysis.stats import holm, mcnemar_exact, mean_interval, paired_t, wilson
-from painn_ablate.analysis.tables import _histogram, _label, default_setting
+from painn_ablate.analysis.tables import default_setting, histogram, value_label
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
 from painn_ablate.core.outcome import Status
 
@@ -241,7 +241,7 @@ def _m3(trials: pd.DataFrame, cell: Cell, ctx: dict) -> Judgement:
                 else int(r["origin_layer"]), "block": r.get("origin_block"), "stat": r.get("origin_stat")}
                for _, r in blown.iterrows()]
     return (PASS if k >= len(blown) / 2 else MISS), (f"{k}/{len(blown)} in layers {deep[0]}-{deep[1]}; origin "
-                                                     f"layers {_histogram(blown['origin_layer'])}"), {
+                                                     f"layers {histogram(blown['origin_layer'])}"), {
         "in_deep": k, "blow_ups": len(blown), "origins": origins}
 
 
@@ -303,7 +303,7 @@ def _e1(trials: pd.DataFrame, cell: Optional[Cell], ctx: dict) -> Judgement:
         return NOT_TESTED, f"{m['n']} stable runs", {}
     verdict = (AS_ACCURATE if m["hi"] <= EGNN_PAPER_MSE else LESS_ACCURATE if m["lo"] > EGNN_PAPER_MSE
                else NOT_DISTINGUISHABLE)
-    epochs = ", ".join(sorted({_label(e) for e in trials["epochs"].dropna()})) or "?"
+    epochs = ", ".join(sorted({value_label(e) for e in trials["epochs"].dropna()})) or "?"
     return verdict, (f"test pos MSE {m['mean']:.5f} +- {m['sd']:.5f} (sample sd), t 95% {m['lo']:.5f}-{m['hi']:.5f}, "
                      f"n = {m['n']} of {len(trials)} runs, {epochs} epochs (EGNN: ~10^4)"), m
 

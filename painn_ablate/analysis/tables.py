@@ -217,15 +217,16 @@ def load_results(folder: PathLike) -> tuple[pd.DataFrame, Optional[pd.DataFrame]
 # ----------------------------------------------------------------------------- tables
 
 
-def _histogram(values: pd.Series) -> str:
+def histogram(values: pd.Series) -> str:
+    """Counts of each value, in order: `4: 2, 5: 8` (origin layers), empty for no values."""
     values = values.dropna()
     if values.empty:
         return ""
     counts = values.value_counts().sort_index()
-    return ", ".join(f"{_label(k)}: {v}" for k, v in counts.items())
+    return ", ".join(f"{value_label(k)}: {v}" for k, v in counts.items())
 
 
-def _label(value) -> str:
+def value_label(value) -> str:
     """5 for a layer stored as 5.0 (a column with missing values is float), else the value as text."""
     if isinstance(value, (int, float, np.number)) and float(value).is_integer():
         return str(int(value))
@@ -245,8 +246,8 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
                      "rate_lo": lo, "rate_hi": hi, "diverged": int(g["diverged"].sum()),
                      "exploded": int(g["exploded"].sum()), "init_events": int((blown["blowup_step"] == 0).sum()),
                      "median_step": float(blown["blowup_step"].median()) if k else math.nan,
-                     "origin_layers": _histogram(blown["origin_layer"]),
-                     "origin_blocks": _histogram(blown["origin_block"]),
+                     "origin_layers": histogram(blown["origin_layer"]),
+                     "origin_blocks": histogram(blown["origin_block"]),
                      "stable": int((g["status"] == Status.STABLE).sum()),
                      **{f"test_mse_{s}": v for s, v in mse.items() if s != "n"}})
     return pd.DataFrame(rows)

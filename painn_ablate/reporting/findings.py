@@ -127,9 +127,9 @@ def reproduction_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
     lines = [f"- Blow-ups: original {k_o}/{len(orig)} [{lo_o:.2f}, {hi_o:.2f}], r2_full {k_f}/{len(full)} "
              f"[{lo_f:.2f}, {hi_f:.2f}] (Wilson 95%); paired by seed, {a} seeds blew up only in the original and "
              f"{b} only in r2_full: exact McNemar p = {p:.3g}.",
-             f"- Where the original's blow-ups start: layers {ex._histogram(blown['origin_layer']) or '-'}; "
-             f"blocks {ex._histogram(blown['origin_block']) or '-'}; statistics "
-             f"{ex._histogram(blown['origin_stat']) or '-'}; criteria {ex._histogram(blown['origin_criterion']) or '-'}; "
+             f"- Where the original's blow-ups start: layers {ex.histogram(blown['origin_layer']) or '-'}; "
+             f"blocks {ex.histogram(blown['origin_block']) or '-'}; statistics "
+             f"{ex.histogram(blown['origin_stat']) or '-'}; criteria {ex.histogram(blown['origin_criterion']) or '-'}; "
              f"{int((blown['blowup_step'] == 0).sum())} of {len(blown)} at step 0 (initialisation), median step "
              f"{_cell(float(blown['blowup_step'].median()) if len(blown) else math.nan, '.0f')}.",
              f"- r2_full test pos MSE: mean {mse['mean']:.4g}, sample sd {mse['sd']:.2g}, 95% CI "

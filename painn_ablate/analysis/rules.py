@@ -2,7 +2,7 @@
 
 A `Rule` holds its id, its wording as DESIGN.md writes it (`name`, `text`; `{L}`, `{lr}`, `{deep}` are the
 cell it is judged at, so the text at the design's cell is DESIGN.md's own), the cell and the function that
-judges it. `judge(trials, ids, at)` is the only place a verdict is made: runs.md's verdict table and its
+decides it. `judge(trials, ids, at)` is the only place a verdict is made: runs.md's verdict table and its
 sections (painn_ablate.reporting.findings), `painn-ablate reproduce`'s verdict (painn_ablate.reporting.reproduce:
 the rules REPRODUCE at its own cell) and the notebook analysis/findings.ipynb call it.
 
@@ -71,12 +71,14 @@ Judgement = tuple[str, str, dict]  # (verdict, evidence, numbers)
 
 @dataclass(frozen=True)
 class Rule:
+    """One pre-registered rule; `judge` applies its `decide` to the trials at its cell (or at the one asked)."""
+
     id: str
     name: str  # DESIGN.md's parenthesis after the rule's id
     text: str  # DESIGN.md's wording of the rule, with {L}, {lr}, {deep} for the cell
     source: str  # where it is written
     cell: Optional[Cell]  # None: the rule picks its trials otherwise (E1: EGNN's setting)
-    judge: Callable[[pd.DataFrame, Optional[Cell], dict], Judgement]
+    decide: Callable[[pd.DataFrame, Optional[Cell], dict], Judgement]
     egnn_setting: bool = False  # judged on the trials in EGNN's setting instead of the default setting
 
     def claim(self, cell: Optional[Cell] = None) -> str:
@@ -370,7 +372,7 @@ def judge(trials: pd.DataFrame, ids: Sequence[str] = DESIGN_RULES, at: Optional[
     for rule_id in ids:
         rule = RULES[rule_id]
         cell = None if rule.cell is None else (at or rule.cell)
-        verdict, evidence, numbers = rule.judge(egnn if rule.egnn_setting else default, cell, ctx)
+        verdict, evidence, numbers = rule.decide(egnn if rule.egnn_setting else default, cell, ctx)
         verdicts.append(Verdict(rule.id, rule.claim(cell), verdict, evidence, numbers))
     return verdicts
 

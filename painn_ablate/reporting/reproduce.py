@@ -387,7 +387,8 @@ def verdict_text(result: dict) -> str:
              f"of wall time with {result['workers']} worker(s)" + (f" ({result['reused_runs']} runs reused from an "
                                                                    "earlier invocation)" if result["reused_runs"] else "")
              + ". A blow-up is a run that diverged or exploded (see the README for the criteria).", "",
-             "Criteria (written before the runs; pass/fail from the records):", ""]
+             "Rules (written before the runs: M1, M3, M2 of sweeps/DESIGN.md and A1, judged at this cell by the rule "
+             "book painn_ablate.analysis.rules):", ""]
     lines += criteria_lines(v)
     lines += ["", "Per run (origin of the first blow-up: step, layer, block, statistic, criterion; per-layer max "
               "||mu|| and |q| after mixing at the last snapshot before it, or at the end):", ""]

@@ -36,12 +36,13 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.analysis.stats import wilson
+from painn_ablate.core import runfolder
 from painn_ablate.core.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
+from painn_ablate.core.errors import AnalysisError
 from painn_ablate.core.outcome import (  # noqa: F401
     METRIC_SPLITS,
     OUTCOMES,
     SPLIT_METRICS,
-    SUMMARY_FILE,
     RunSummary,
     Status,
     first_blow_up,
@@ -64,9 +65,6 @@ NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"
                  "early_warning": ("step", "risk", "mu_ratio", "mu_growth"),
                  "stopped_early": ("step", "reason")}
 
-
-class AnalysisError(ValueError):
-    """Nothing to analyse at the given path or storage; the message is one line."""
 
 
 # ----------------------------------------------------------------------------- naming
@@ -96,10 +94,10 @@ def find_run_dirs(paths: Paths) -> list[Path]:
         p = Path(p).expanduser()
         if not p.exists():
             raise AnalysisError(f"no such file or folder: {p}")
-        if (p / SUMMARY_FILE).is_file():
+        if (p / runfolder.SUMMARY).is_file():
             found.append(p)
         elif p.is_dir():
-            found += sorted(s.parent for s in p.rglob(SUMMARY_FILE) if not _hidden(s.relative_to(p)))
+            found += sorted(s.parent for s in p.rglob(runfolder.SUMMARY) if not _hidden(s.relative_to(p)))
     seen, unique = set(), []
     for d in found:
         key = d.resolve()
@@ -115,7 +113,7 @@ def _hidden(rel: Path) -> bool:
 
 def _require(dirs: list[Path], paths: Paths) -> list[Path]:
     if not dirs:
-        raise AnalysisError(f"no run directories (folders with {SUMMARY_FILE}) under {paths}")
+        raise AnalysisError(f"no run directories (folders with {runfolder.SUMMARY}) under {paths}")
     return dirs
 
 
@@ -124,7 +122,7 @@ class UnreadableRun(AnalysisError):
 
 
 def read_summary(run_dir: Path) -> RunSummary:
-    path = Path(run_dir) / SUMMARY_FILE
+    path = Path(run_dir) / runfolder.SUMMARY
     try:
         summary = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -170,7 +168,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if summary["status"] == Status.RUNNING and process_gone(summary):
         summary = {**summary, "status": Status.LOST.value}
     row: dict[str, Any] = {}
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / runfolder.CONFIG
     if config_file.is_file():
         from omegaconf import OmegaConf
 
@@ -228,7 +226,7 @@ def _load_long(paths: Paths, table: str, filters=None) -> pd.DataFrame:
 
 def load_metrics(paths: Paths) -> pd.DataFrame:
     """metrics.parquet of every run: step, loss, ..., val_pos_mse (at validation steps)."""
-    return _load_long(paths, "metrics.parquet")
+    return _load_long(paths, runfolder.METRICS)
 
 
 def load_layer_stats(paths: Paths, stats: Optional[Iterable[str]] = None,
@@ -242,12 +240,12 @@ def load_layer_stats(paths: Paths, stats: Optional[Iterable[str]] = None,
         filters.append(("stat", "in", list(stats)))
     if block is not None:
         filters.append(("block", "==", block))
-    return _load_long(paths, "layer_stats.parquet", filters or None)
+    return _load_long(paths, runfolder.LAYER_STATS, filters or None)
 
 
 def load_events(paths: Paths) -> pd.DataFrame:
     """events.parquet of every run: step, kind (nonfinite | early_warning), layer, block, tensor, ..."""
-    return _load_long(paths, "events.parquet")
+    return _load_long(paths, runfolder.EVENTS)
 
 
 # ----------------------------------------------------------------------------- Optuna

@@ -19,8 +19,9 @@ import pandas as pd
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis.stats import mean_interval, wilson
-from painn_ablate.core import files
+from painn_ablate.core import files, runfolder
 from painn_ablate.core.config import ACTING, acted_stat
+from painn_ablate.core.errors import ExportError
 from painn_ablate.core.outcome import OUTCOMES, Status, first_blow_up, metric_name
 
 PathLike = Union[str, Path]
@@ -30,9 +31,6 @@ ACTION_STATS = tuple(acted_stat(k) for k in ACTING if k != "grad_clip")
 PROBE_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "jvp_gain", "update_gain")
 CELL = ("preset", "ablate", "L", "lr")  # one experimental condition; seeds vary within it
 
-
-class ExportError(ValueError):
-    """A source that cannot be exported; one line."""
 
 
 # ----------------------------------------------------------------------------- export
@@ -55,7 +53,7 @@ def _blow_up_origin(row: pd.Series) -> dict:
 def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
     """Per-layer max ||mu|| and |q| after mixing: at the blow-up (its replayed pass) and at the last
     statistics snapshot before it (or, for a stable trial, at its last snapshot); plus stabilizer action."""
-    path = Path(run_dir) / "layer_stats.parquet"
+    path = Path(run_dir) / runfolder.LAYER_STATS
     out: dict = {}
     if not path.exists():
         return out
@@ -81,7 +79,7 @@ def _profiles(run_dir: str, blowup_step: Optional[int], n_layers: int) -> dict:
 
 def _grad_clip_activity(run_dir: str, clip) -> dict:
     """How often gradient clipping acted: the fraction of steps whose gradient norm exceeded the clip."""
-    path = Path(run_dir) / "metrics.parquet"
+    path = Path(run_dir) / runfolder.METRICS
     if clip is None or pd.isna(clip) or not path.exists():
         return {}
     norms = pd.read_parquet(path, columns=["grad_norm"])["grad_norm"]
@@ -98,7 +96,7 @@ def _error_tail(r: pd.Series, status: str) -> dict:
         return {}
     if all(r.get(k) is not None and not pd.isna(r.get(k)) for k in keys):
         return {k: float(r[k]) for k in keys}
-    if not (Path(r["run_dir"]) / "checkpoint.pt").exists():
+    if not (Path(r["run_dir"]) / runfolder.CHECKPOINT).exists():
         return {}
     test = evaluate_checkpoint(r["run_dir"])
     return {metric_name("test", f"pos_mse_{q}"): test[f"pos_mse_{q}"] for q in TAIL}

@@ -9,6 +9,7 @@ raises `ConfigError` whose message is one line naming the offending key.
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,9 +18,56 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from painn_ablate.core import runfolder
+from painn_ablate.core.errors import ConfigError
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key and fits on one line."""
+# ----------------------------------------------------------------------------- choices
+# Settings with fixed choices are enums of the schema, so omegaconf refuses any other value. StrEnum: a
+# member is its value (== "sum", str() and f-strings give "sum", json writes "sum").
+
+
+class Aggregation(enum.StrEnum):
+    sum = "sum"  # original PaiNN
+    mean = "mean"  # divide by the in-degree |N(i)|
+
+
+class Backend(enum.StrEnum):
+    native = "native"  # torch index_add_
+    scatter = "scatter"  # torch_scatter (optional extra)
+
+
+class System(enum.StrEnum):
+    charged = "charged"  # 5 charged particles (EGNN)
+    gravity = "gravity"  # softened gravity
+
+
+class Graph(enum.StrEnum):
+    auto = "auto"  # full for charged (knn above 64 particles), knn for gravity
+    full = "full"
+    knn = "knn"
+    radius = "radius"
+
+
+class Loss(enum.StrEnum):
+    pos_vel = "pos_vel"  # MSE of the displacement + MSE of the next velocity
+    pos = "pos"  # the displacement only (EGNN's)
+
+
+class Schedule(enum.StrEnum):
+    constant = "constant"  # lr throughout
+    cosine = "cosine"  # cosine decay from lr to 0 over the run
+
+
+# "continue" is a keyword, so these two are made by the functional API: omegaconf finds a member by its name.
+# stop: end the run; skip_step: drop the update; continue: keep going
+OnNonfinite = enum.StrEnum("OnNonfinite", [(v, v) for v in ("stop", "skip_step", "continue")])
+# continue: keep training (a run may recover); stop: end the run
+OnDiverged = enum.StrEnum("OnDiverged", [(v, v) for v in ("continue", "stop")])
+
+
+class Mu0(enum.StrEnum):
+    velocity = "velocity"  # mu^(0) = v w^T, a learned lift
+    zero = "zero"  # mu^(0) = 0 (the paper; |v| stays in q)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -67,7 +115,7 @@ class StabilizerConfig:
     s_gating: Optional[float] = _setting(None, "scale", mechanism=5.0,
                                          label="self-gating term norm-saturated at 5")
     # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
-    mu0: str = _setting("velocity", "choice", mechanism="zero", label="mu^(0) = 0", choices=("velocity", "zero"))
+    mu0: Mu0 = _setting(Mu0.velocity, "choice", mechanism=Mu0.zero, label="mu^(0) = 0", choices=tuple(Mu0))
     mu0_scale: float = _setting(1.0, "gain")  # multiplies the lift's default init (U(-1, 1)); 1: the default
 
 
@@ -91,11 +139,11 @@ class ModelConfig:
     n_rbf: int = 20  # radial basis functions sin(n pi r / r_cut) / r
     r_cut: float = 10.0  # cosine cutoff radius
     shared_filters: bool = False  # True: one filter MLP for all layers; False: one per layer
-    aggregation: str = "sum"  # sum: original PaiNN; mean: divide by the in-degree |N(i)|
+    aggregation: Aggregation = Aggregation.sum  # sum: original PaiNN; mean: divide by the in-degree |N(i)|
     # True: the filter also sees the charge product c_i c_j of each edge (EGNN's N-body edge attribute);
     # False: distance only (PaiNN)
     edge_charge: bool = False
-    backend: str = "native"  # native: torch index_add_; scatter: torch_scatter (optional extra)
+    backend: Backend = Backend.native  # native: torch index_add_; scatter: torch_scatter (optional extra)
     # True: the training forward runs through torch.compile (~0.75-0.85x eager step time on CPU, but
     # 1-2 min of compiling per new process; pays off beyond ~1000 steps); False: eager.
     compile: bool = False
@@ -104,14 +152,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    system: str = "charged"  # charged: 5 charged particles (EGNN); gravity: softened gravity
+    system: System = System.charged  # charged: 5 charged particles (EGNN); gravity: softened gravity
     dir: Optional[str] = None  # bring-your-own data: folder with train/val/test .npz
     n_particles: Optional[int] = None  # None: 5 for charged, 100 for gravity
     n_train: int = 3000
     n_val: int = 2000
     n_test: int = 2000
     seed: int = 0  # data seed, independent of the training seed
-    graph: str = "auto"  # auto: full for charged (knn above 64 particles), knn for gravity; full | knn | radius
+    graph: Graph = Graph.auto  # auto: full for charged (knn above 64 particles), knn for gravity; full | knn | radius
     k: int = 16  # neighbours per node for graph=knn
     radius: float = 2.0  # neighbour radius for graph=radius
     # Generated data sets, keyed by their parameters. None: $PAINN_ABLATE_CACHE, else
@@ -127,8 +175,8 @@ class TrainConfig:
     batch_size: int = 100  # graphs per batch
     grad_clip: Optional[float] = None  # max global gradient norm; None: no clipping
     weight_decay: float = 0.0
-    loss: str = "pos_vel"  # pos_vel: MSE of the displacement + MSE of the next velocity; pos: the displacement only (EGNN's)
-    schedule: str = "constant"  # constant: lr throughout; cosine: cosine decay from lr to 0 over the run
+    loss: Loss = Loss.pos_vel  # pos_vel: MSE of the displacement + MSE of the next velocity; pos: the displacement only (EGNN's)
+    schedule: Schedule = Schedule.constant  # constant: lr throughout; cosine: cosine decay from lr to 0 over the run
     val_every: int = 100  # validate every k steps (and at the last step)
     device: str = "auto"  # auto: cuda when available, else cpu
     checkpoint: bool = True  # keep the weights of the best validation step in the run dir
@@ -137,7 +185,7 @@ class TrainConfig:
 @dataclass
 class MonitorConfig:
     every: int = 10  # full per-layer statistics every k steps; NaN/Inf detection runs every step
-    on_nonfinite: str = "stop"  # stop: end the run; skip_step: drop the update; continue: keep going
+    on_nonfinite: OnNonfinite = OnNonfinite.stop  # stop: end the run; skip_step: drop the update; continue: keep going
     quantile: float = 0.99  # high quantile of ||mu|| recorded beside mean and max
     warn_ratio: float = 50.0  # early warning: last-to-first layer ||mu|| max ratio
     warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
@@ -149,7 +197,7 @@ class MonitorConfig:
     diverge_mu: float = 1000.0  # max ||mu|| after any block
     diverge_q: float = 10000.0  # max |q| after any block
     diverge_mu_ratio: float = 100.0  # max ||mu|| after the last mixing / after the first mixing
-    on_diverged: str = "continue"  # continue: keep training (a run may recover); stop: end the run
+    on_diverged: OnDiverged = OnDiverged["continue"]  # continue: keep training (a run may recover); stop: end the run
 
 
 @dataclass
@@ -176,7 +224,7 @@ class Config:
 
 
 # The training loss: the weight of the velocity MSE beside the displacement MSE.
-LOSSES = ("pos_vel", "pos")
+LOSSES = tuple(Loss)
 
 
 def velocity_weight(loss: str) -> float:
@@ -235,6 +283,17 @@ R2_FULL_STABILIZERS = tuple(name for name, keys in ABLATIONS.items()
                             if len(keys) == 1 and name not in MECHANISM_TOGGLES)
 # Every config key a stabilizer or mechanism toggle lives at (what a trial records beside its outcome).
 STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
+# Groups by what the stabilizers do (leave-group-out, add-group-in). On a full graph of n particles
+# degree-mean aggregation is a gain of 1/(n - 1), and without s_msg and the message clamps g and alpha_inter
+# scale the interaction update alike: three settings of one scale (tests/test_model.py).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "interaction_scale": ("g", "alpha_inter", "aggregation"),  # the interaction update's scale
+    "mixing_scale": ("alpha_mix",),  # the mixing update's scale
+    "bounds": ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"),  # the saturations and clamps
+    "grad_clip": ("grad_clip",),  # the gradient's norm (a group of one, already a name)
+}
+ABLATIONS.update({name: tuple(k for member in members for k in ABLATIONS[member])
+                  for name, members in GROUPS.items() if name not in ABLATIONS})
 
 
 # ----------------------------------------------------------------------------- experiment names
@@ -433,21 +492,13 @@ def validate(cfg: DictConfig) -> None:
             _check(v > 0, key, f"must be > 0, got {v}")
         elif kind == "scale":
             _check(v is None or v > 0, key, f"must be > 0 or null (off), got {v}")
-        elif kind == "choice":
-            _choice(cfg, key, f.metadata["choices"])
     m = cfg.model
     _check(m.L >= 1, "model.L", f"must be >= 1, got {m.L}")
     _check(m.F >= 1, "model.F", f"must be >= 1, got {m.F}")
     _check(m.n_rbf >= 1, "model.n_rbf", f"must be >= 1, got {m.n_rbf}")
     _check(m.r_cut > 0, "model.r_cut", f"must be > 0, got {m.r_cut}")
-    _choice(cfg, "model.aggregation", ("sum", "mean"))
-    _choice(cfg, "train.loss", LOSSES)
-    _choice(cfg, "train.schedule", ("constant", "cosine"))
-    _choice(cfg, "model.backend", ("native", "scatter"))
     _check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}")
     d = cfg.data
-    _choice(cfg, "data.system", ("charged", "gravity"))
-    _choice(cfg, "data.graph", ("auto", "full", "knn", "radius"))
     _check(d.n_particles is None or d.n_particles >= 2, "data.n_particles", f"must be >= 2, got {d.n_particles}")
     for name in ("n_train", "n_val", "n_test", "k"):
         _check(d[name] >= 1, f"data.{name}", f"must be >= 1, got {d[name]}")
@@ -464,7 +515,6 @@ def validate(cfg: DictConfig) -> None:
            f"{t.device!r} is not auto, cpu, cuda or cuda:N")
     mo = cfg.monitor
     _check(mo.every >= 1, "monitor.every", f"must be >= 1, got {mo.every}")
-    _choice(cfg, "monitor.on_nonfinite", ("stop", "skip_step", "continue"))
     _check(0 < mo.quantile < 1, "monitor.quantile", f"must be in (0, 1), got {mo.quantile}")
     _check(mo.warn_ratio > 1, "monitor.warn_ratio", f"must be > 1, got {mo.warn_ratio}")
     _check(mo.warn_growth > 1, "monitor.warn_growth", f"must be > 1, got {mo.warn_growth}")
@@ -473,7 +523,6 @@ def validate(cfg: DictConfig) -> None:
     for name in ("diverge_loss_factor", "diverge_val_factor", "diverge_mu", "diverge_q", "diverge_mu_ratio"):
         _check(mo[name] > 1 if "factor" in name or "ratio" in name else mo[name] > 0, f"monitor.{name}",
                f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'}, got {mo[name]}")
-    _choice(cfg, "monitor.on_diverged", ("continue", "stop"))
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
 
@@ -484,7 +533,7 @@ def to_yaml(cfg: DictConfig) -> str:
 def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
     """`{'model.stabilizers.g': 0.5, ...}`: the one flat naming used by W&B, Optuna and pandas (also of run
     summaries, analysis.flatten_summary). A nested empty dict is a value of its own."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -517,7 +566,7 @@ def rerun_overrides(run_dir: str | Path) -> Optional[list[str]]:
     `model=<preset> [ablate=<names>] seed=<k>` and every other key that differs from the
     preset; None when these do not compose to the same config (then re-run from the file).
     """
-    config_file = Path(run_dir) / "config.yaml"
+    config_file = Path(run_dir) / runfolder.CONFIG
     if not config_file.is_file():
         return None
     saved = results_view(flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)))
@@ -541,5 +590,5 @@ def rerun_command(run_dir: str | Path, out: Optional[str] = None) -> str:
     out = out or f"runs/{run_dir.name}-rerun"
     overrides = rerun_overrides(run_dir)
     if overrides is None:
-        return f"painn-ablate train --config {run_dir / 'config.yaml'} out={out}"
+        return f"painn-ablate train --config {run_dir / runfolder.CONFIG} out={out}"
     return " ".join(["painn-ablate train", *overrides, f"out={out}"])

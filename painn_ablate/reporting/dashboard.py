@@ -32,8 +32,9 @@ from typing import Optional
 
 from painn_ablate.core import files
 from painn_ablate.core.config import ConfigError, parse_experiment
+from painn_ablate.core.errors import DashboardError
 from painn_ablate.core.outcome import Status, metric_name, outcome_columns
-from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
+from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key, wandb_online
 
 SPEC_FILE = "dashboard.json"
 GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (config.experiment_name)
@@ -42,9 +43,6 @@ MSE_KEYS = (metric_name("val", "pos_mse"), metric_name("test", "pos_mse"))
 STATE_STATS = ("mu_norm_max", "q_absmax")  # after each mixing block
 FEEDBACK_STATS = ("qmu_absmax", "mu_term_norm_max")  # the mixing block's coupling and self-gating terms
 
-
-class DashboardError(ValueError):
-    """A sweep the dashboard cannot be built for; one line."""
 
 
 @dataclass
@@ -202,17 +200,7 @@ def write_spec(workspace, folder: Path) -> Path:
 
 
 def online() -> bool:
-    """Whether W&B credentials are at hand (an API key in the environment or in ~/.netrc) and not offline."""
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import wandb
-
-    try:
-        return bool(wandb.Api(timeout=10).api_key)
-    except Exception:  # noqa: BLE001 - no key, no network: offline
-        return False
+    return wandb_online()
 
 
 def make(target: str, study: Optional[str] = None, entity: Optional[str] = None, project: Optional[str] = None,

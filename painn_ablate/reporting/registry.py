@@ -33,9 +33,9 @@ from typing import Any, Optional
 import pandas as pd
 
 from painn_ablate.analysis import loaders as analysis
-from painn_ablate.core import config, files
+from painn_ablate.core import config, files, runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
-from painn_ablate.core.outcome import SUMMARY_FILE
+from painn_ablate.core.errors import ReportError
 from painn_ablate.reporting import plots
 from painn_ablate.training.trainer import environment
 
@@ -47,9 +47,6 @@ PACKAGES = ("numpy", "scipy", "pandas", "pyarrow", "omegaconf", "optuna", "wandb
 MAX_PLOTTED_EXPERIMENTS = 6  # heat maps and layer curves of a sweep: the presets and the first exploded designs
 MAX_HEATMAP_RUNS = 9  # a section with at most this many runs shows every run's heat map
 
-
-class ReportError(ValueError):
-    """Nothing to report at the given paths; one line."""
 
 
 @dataclass
@@ -76,7 +73,7 @@ def discover(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(reproduce folders, sweep folders, other run dirs) at or below `path`."""
     if not path.exists():
         raise ReportError(f"no such file or folder: {path}")
-    if (path / SUMMARY_FILE).is_file():
+    if (path / runfolder.SUMMARY).is_file():
         return [], [], [path]
     repro = sorted(p.parent for p in path.rglob("reproduce.json") if _visible(p.parent, path))
     if (path / "reproduce.json").is_file():
@@ -98,8 +95,8 @@ def discover(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
 def reproduce_section(folder: Path) -> Section:
     result = json.loads((folder / "reproduce.json").read_text())
     dirs = [Path(r["run_dir"]) for r in result["runs"]]
-    dirs = [d if (d / SUMMARY_FILE).is_file() else folder / d.parent.name / d.name for d in dirs]
-    rows = analysis.load_runs([d for d in dirs if (d / SUMMARY_FILE).is_file()])
+    dirs = [d if (d / runfolder.SUMMARY).is_file() else folder / d.parent.name / d.name for d in dirs]
+    rows = analysis.load_runs([d for d in dirs if (d / runfolder.SUMMARY).is_file()])
     verdict = (folder / "verdict.md").read_text() if (folder / "verdict.md").is_file() else ""
     intro = [line if not line.startswith("# ") else "**" + line[2:].strip() + "**" for line in verdict.splitlines()]
     b = result.get("baselines", {})
@@ -212,7 +209,7 @@ def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         wall = r.get("wall_seconds")
         run_dir = r.get("run_dir")
         command = (f"`{config.rerun_command(run_dir)}`" if isinstance(run_dir, str) and
-                   (Path(run_dir) / "config.yaml").is_file() else "-")
+                   (Path(run_dir) / runfolder.CONFIG).is_file() else "-")
         rows.append([_cell(r["experiment"]), _cell(_int(r.get("seed"))), *(_cell(r.get(k)) for k in extra),
                      _cell(r.get("status")), where, _cell(r.get("val_pos_mse")), _cell(r.get("test_pos_mse")),
                      "-" if steps is None else f"{steps}/{total}" if total else str(steps),
@@ -293,7 +290,7 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
     slug = f"{index:02d}-{section.kind}"
     paths = [plots.save_figure(plots.plot_outcomes(analysis.outcome_table(rows), section.baselines),
                                   folder / f"{slug}-outcomes.png")]
-    with_dirs = rows[rows["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / SUMMARY_FILE).is_file())]
+    with_dirs = rows[rows["run_dir"].map(lambda d: isinstance(d, str) and (Path(d) / runfolder.SUMMARY).is_file())]
     if with_dirs.empty:
         return paths
     picked = _plotted(with_dirs)

@@ -51,9 +51,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis import rules
-from painn_ablate.core import config, files
+from painn_ablate.core import config, files, runfolder
 from painn_ablate.core.config import compose
-from painn_ablate.core.outcome import STATE_STATS, SUMMARY_FILE, RunSummary, Status, first_blow_up, is_blow_up
+from painn_ablate.core.errors import ReproduceError
+from painn_ablate.core.outcome import STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
 from painn_ablate.reporting import plots
 from painn_ablate.sweep.optuna_engine import Progress
 from painn_ablate.sweep.spec import DEFAULT_METRIC, Param, Sweep, SweepError, trial_config
@@ -66,9 +67,6 @@ DEFAULT_OUT = "reproduce_out"
 RESERVED_KEYS = ("model", "ablate", "seed", "out", "name")
 STUDY = "reproduce"  # the study of the comparison in <out>/study.db (another ablation design: reproduce-<design>)
 
-
-class ReproduceError(ValueError):
-    """Unusable reproduce arguments or output folder; one line."""
 
 
 @dataclass(frozen=True)
@@ -294,7 +292,7 @@ def max_finite_loss(run_dir: str) -> Optional[float]:
     """The largest finite training loss: a spike that did not (yet) turn into NaN/Inf."""
     import pandas as pd
 
-    loss = pd.read_parquet(Path(run_dir) / "metrics.parquet", columns=["loss"])["loss"]
+    loss = pd.read_parquet(Path(run_dir) / runfolder.METRICS, columns=["loss"])["loss"]
     loss = loss[loss.map(math.isfinite)]
     return float(loss.max()) if len(loss) else None
 
@@ -470,8 +468,8 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
             errors.append(f"{t.user_attrs.get('label')}: {t.user_attrs.get('error')}")
             return
         run_dir = Path(t.user_attrs["run_dir"])
-        cfg = OmegaConf.load(run_dir / "config.yaml")
-        summary: RunSummary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        cfg = OmegaConf.load(run_dir / runfolder.CONFIG)
+        summary: RunSummary = json.loads((run_dir / runfolder.SUMMARY).read_text())
         experiment = next(e for e in experiments if e.preset == cfg.model.preset and e.ablate == cfg.ablate)
         stats = analysis.load_layer_stats(run_dir, stats=STATE_STATS)
         record = run_record(experiment, int(cfg.seed), cfg, summary, stats)

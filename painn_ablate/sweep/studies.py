@@ -1,7 +1,7 @@
 """Optuna studies read back: where a sweep's storage is, its studies, and each trial's status, row and
 the best trial, for `painn-ablate status`, the dashboards and `painn_ablate.analysis.loaders.load_study`
-(which joins the rows of `trial_rows` to their run folders as pandas columns). Reading never writes: a file that is no Optuna storage
-is refused before Optuna could create its schema in it.
+(which joins the rows of `trial_rows` to their run folders as pandas columns). Reading never writes: a
+file that is no Optuna storage is refused before Optuna could create its schema in it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Optional, Union
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from painn_ablate.core import runfolder
 from painn_ablate.core.config import did_you_mean
-from painn_ablate.core.outcome import METRICS, SUMMARY_FILE, Status
+from painn_ablate.core.outcome import METRICS, Status
 from painn_ablate.sweep.optuna_engine import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
 from painn_ablate.sweep.spec import SweepError
 
@@ -137,10 +138,10 @@ def resolve_trial_dir(run_dir: Optional[str], url: str) -> Optional[Path]:
     if not run_dir:
         return None
     path = Path(run_dir)
-    if (path / SUMMARY_FILE).is_file():
+    if (path / runfolder.SUMMARY).is_file():
         return path
     if url.startswith("sqlite:///"):
-        beside = Path(url[len("sqlite:///"):]).parent / "trials" / path.name
-        if (beside / SUMMARY_FILE).is_file():
+        beside = Path(url[len("sqlite:///"):]).parent / runfolder.TRIALS / path.name
+        if (beside / runfolder.SUMMARY).is_file():
             return beside
     return None

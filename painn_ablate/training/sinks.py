@@ -31,7 +31,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from painn_ablate.core import files
+from painn_ablate.core import files, runfolder
 from painn_ablate.core.outcome import METRIC_SPLITS, RunSummary, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ class ParquetSink(Sink):
     """metrics / layer_stats / events as parquet datasets in the run directory."""
 
     def start(self, run_dir, cfg, flat_config):
-        self.metrics_w = _PartWriter(run_dir / "metrics.parquet", METRICS_SCHEMA)
-        self.stats_w = _PartWriter(run_dir / "layer_stats.parquet", LAYER_STATS_SCHEMA)
-        self.events_w = _PartWriter(run_dir / "events.parquet", EVENTS_SCHEMA)
+        self.metrics_w = _PartWriter(run_dir / runfolder.METRICS, METRICS_SCHEMA)
+        self.stats_w = _PartWriter(run_dir / runfolder.LAYER_STATS, LAYER_STATS_SCHEMA)
+        self.events_w = _PartWriter(run_dir / runfolder.EVENTS, EVENTS_SCHEMA)
 
     def metrics(self, step, values):
         self.metrics_w.add({"step": step, **{k: float(v) for k, v in values.items()}})
@@ -207,10 +207,25 @@ def stat_key(layer: int, block: str, stat: str) -> str:
 
 
 def wandb_mode() -> str:
-    """W&B's own convention: WANDB_MODE wins; otherwise online only with an API key."""
+    """The one answer to "is W&B online?", W&B's own convention: WANDB_MODE wins; otherwise online only
+    with credentials, an API key in the environment or W&B's entry in ~/.netrc (what `wandb login` writes)."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if os.environ.get("WANDB_API_KEY") or _netrc_key() else "offline"
+
+
+def wandb_online() -> bool:
+    return wandb_mode() == "online"
+
+
+def _netrc_key() -> bool:
+    import netrc
+
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class WandbSink(Sink):
@@ -257,7 +272,7 @@ class WandbSink(Sink):
         wandb = self.wandb
         for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "first_divergence",
                     "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",
-                    "run_dir"):
+                    "run_dir", "data_fingerprint", "code_version", "started_at"):
             self.run.summary[key] = summary.get(key)
         # numbers a dashboard can count and plot per experiment (W&B keeps no None and shows no nested keys)
         self.run.summary.update({k: int(v) for k, v in outcome_columns(summary.get("status")).items()})

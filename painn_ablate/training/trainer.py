@@ -18,7 +18,6 @@ holds what was recorded up to then:
 from __future__ import annotations
 
 import copy
-import ctypes
 import datetime as dt
 import functools
 import logging
@@ -36,10 +35,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import __version__
-from painn_ablate.core import files
+from painn_ablate.core import files, runfolder
 from painn_ablate.core.config import compose, flatten, to_yaml, velocity_weight
+from painn_ablate.core.errors import RunDirError
 from painn_ablate.core.outcome import (
-    SUMMARY_FILE,
     Criteria,
     DivergenceTracker,
     Origin,
@@ -50,7 +49,8 @@ from painn_ablate.core.outcome import (
     locate,
     metric_name,
 )
-from painn_ablate.data.datasets import NBodySplit, load_dataset
+from painn_ablate.core.provenance import code_version
+from painn_ablate.data.datasets import NBodySplit, load_dataset, split_fingerprint
 from painn_ablate.model.painn import PaiNN
 from painn_ablate.training.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
 from painn_ablate.training.sinks import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason, write_json_atomic
@@ -59,9 +59,6 @@ log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500  # graphs per evaluation batch (no gradients, so larger than training batches)
 
-
-class RunDirError(ValueError):
-    """The run directory cannot be used (one line, names the path)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -80,7 +77,7 @@ def run_name(cfg: DictConfig) -> str:
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
-    if (run_dir / SUMMARY_FILE).exists():
+    if (run_dir / runfolder.SUMMARY).exists():
         raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
     reason = unwritable_reason(run_dir)
     if reason:
@@ -141,9 +138,9 @@ def evaluate_checkpoint(run_dir: str | Path, split: str = "test") -> dict[str, O
     """`evaluate(..., tail=True)` of a run folder's checkpoint (the best validation step) on one split:
     the per-sample error tail of a run recorded before the summary kept it."""
     run_dir = Path(run_dir)
-    cfg = compose(base=run_dir / "config.yaml")  # through the schema: older folders spell some values differently
+    cfg = compose(base=run_dir / runfolder.CONFIG)  # through the schema: older folders spell some values differently
     model = PaiNN(cfg.model)
-    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+    model.load_state_dict(torch.load(run_dir / runfolder.CHECKPOINT, map_location="cpu", weights_only=True)["model"])
     return evaluate(model, _cached_split(to_yaml(cfg.data), split), tail=True)
 
 
@@ -184,23 +181,6 @@ def layer_profile(rows: list[tuple[int, str, str, float]]) -> dict[str, dict[int
 
 
 # ----------------------------------------------------------------------------- one step
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for reuse instead of handing it back to the OS (Linux; process-wide).
-
-    Every step allocates and frees the same large activations (the (E, L*3F) filters are 7.7 MB at the
-    default size). By default glibc maps each afresh and the first touch of every page faults: 10-15%
-    of a CPU step on 2 threads (benchmarks/bench.py). Returns whether it applied.
-    """
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def make_optimizer(model: PaiNN, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -274,8 +254,6 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = pick_device(cfg.train.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.splits = {k: v.to(self.device) for k, v in splits.items()}
         torch.manual_seed(cfg.seed)
         self.model = PaiNN(cfg.model).to(self.device)
@@ -307,7 +285,7 @@ class Trainer:
     # -- records
 
     def write_summary(self) -> None:
-        write_json_atomic(self.run_dir / SUMMARY_FILE, self.summary)
+        write_json_atomic(self.run_dir / runfolder.SUMMARY, self.summary)
 
     def record_nonfinite(self, origin: NonFinite, detail: str = "") -> None:
         self.summary["nonfinite_events"] += 1
@@ -379,7 +357,7 @@ class Trainer:
             self.summary.update(val=metrics, best_step=step)
             self.best_state = copy.deepcopy(self.model.state_dict())
             if self.cfg.train.checkpoint:
-                files.atomic(self.run_dir / "checkpoint.pt",
+                files.atomic(self.run_dir / runfolder.CHECKPOINT,
                              lambda tmp: torch.save({"step": step, "model": self.best_state}, tmp))
         return {metric_name("val", k): (v if v is not None else math.nan) for k, v in metrics.items()}
 
@@ -525,8 +503,11 @@ def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
     cfg = copy.deepcopy(cfg)
     cfg.name = cfg.name or run_dir.name
     cfg.out = str(run_dir)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    files.write_text(run_dir / runfolder.CONFIG, to_yaml(cfg))  # atomic: a killed start leaves no half-written config
     steps = total_steps(cfg, len(splits["train"]))
     trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
+    # What makes the record re-runnable anywhere: the exact data and code, and when it started.
+    trainer.summary.update(data_fingerprint=split_fingerprint(splits), code_version=code_version(),
+                           started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     return trainer.fit()
 

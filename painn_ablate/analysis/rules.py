@@ -23,6 +23,7 @@ import pandas as pd
 
 from painn_ablate.analysis.stats import holm, mcnemar_exact, mean_interval, paired_t, wilson
 from painn_ablate.analysis.tables import default_setting, histogram, value_label
+from painn_ablate.core import names
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
 from painn_ablate.core.outcome import Status
 
@@ -37,7 +38,7 @@ PASSING = (PASS, SUPPORTED, AS_ACCURATE)  # the verdicts that say the claim hold
 ALPHA = 0.05  # every test's level (DESIGN.md, "Statistics")
 STABLE_BOUND = 0.31  # M2, M4: a Wilson upper bound <= 0.31 is 0 blow-ups in >= 10 seeds
 FEEDBACK_TOGGLES = ("coupling", "s_coupling", "s_gating")
-MIXING_ORIGIN_STATS = ("mu_norm_max", "q_absmax")  # F1: "located in a mixing block, statistic ... "
+MIXING_ORIGIN_STATS = (names.MU_NORM_MAX, names.Q_ABSMAX)  # F1: "located in a mixing block, statistic ..."
 
 
 @dataclass(frozen=True)

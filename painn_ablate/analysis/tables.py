@@ -19,16 +19,16 @@ import pandas as pd
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis.stats import mean_interval, wilson
-from painn_ablate.core import files, runfolder
+from painn_ablate.core import files, names, runfolder
 from painn_ablate.core.config import ACTING, acted_stat
 from painn_ablate.core.errors import ExportError
 from painn_ablate.core.outcome import OUTCOMES, Status, first_blow_up, metric_name
 
 PathLike = Union[str, Path]
-PROFILE_STATS = ("mu_norm_max", "q_absmax")  # the per-layer profile kept per trial (after each mixing block)
+PROFILE_STATS = names.STATE_STATS  # the per-layer profile kept per trial (after each mixing block)
 # How often each stabilizer in the model acted, averaged over a trial's snapshots (grad_clip's is train's).
 ACTION_STATS = tuple(acted_stat(k) for k in ACTING if k != "grad_clip")
-PROBE_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "jvp_gain", "update_gain")
+PROBE_STATS = names.PROBE_STATS  # the probe statistics a results table keeps
 CELL = ("preset", "ablate", "L", "lr")  # one experimental condition; seeds vary within it
 
 
@@ -255,7 +255,7 @@ def probe_depth_table(seeds: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     """Per probe variant and depth: seeds, fraction blown up at initialisation (Wilson), non-finite,
     and the median last/first-layer max ||mu|| ratio after mixing."""
     s0 = seeds[seeds["step"] == 0]
-    mu = stats[(stats["step"] == 0) & (stats["block"] == "mixing") & (stats["stat"] == "mu_norm_max")]
+    mu = stats[(stats["step"] == 0) & (stats["block"] == "mixing") & (stats["stat"] == names.MU_NORM_MAX)]
     rows = []
     for (variant, L), g in s0.groupby(["variant", "L"]):
         m = mu[(mu["variant"] == variant) & (mu["L"] == L)].pivot_table(index="seed", columns="layer",

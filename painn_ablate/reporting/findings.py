@@ -21,7 +21,7 @@ import pandas as pd
 from painn_ablate.analysis import rules
 from painn_ablate.analysis import tables as ex
 from painn_ablate.analysis.stats import mcnemar_exact, mean_interval, wilson
-from painn_ablate.core import files
+from painn_ablate.core import files, names
 from painn_ablate.core.config import MECHANISM_LABELS
 from painn_ablate.core.outcome import Status
 from painn_ablate.reporting.plots import plot_ablation, plot_map, plot_probe_depths, plot_profiles, save_figure
@@ -87,7 +87,7 @@ def gain_lines(stats: pd.DataFrame, variant: str, L: int) -> list[str]:
     table = ex.probe_gain_table(stats, variant, L)
     if table.empty:
         return []
-    cols = [c for c in ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "update_gain")
+    cols = [c for c in (*names.STATE_STATS, *names.FEEDBACK_STATS, names.NORM_GAIN, names.UPDATE_GAIN)
             if c in table.columns]
     rows = [[str(layer), block, *(_cell(r.get(c), ".3g") for c in cols)] for (layer, block), r in table.iterrows()]
     return markdown_table(["layer", "block", *cols], rows)

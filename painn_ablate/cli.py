@@ -381,6 +381,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from painn_ablate.reporting import registry as rep
 
     if args.results or (not args.paths and not args.study and os.path.isdir(DEFAULT_RESULTS)):
+        from painn_ablate.reporting.findings import DEFAULT_OUT as FINDINGS_OUT
         from painn_ablate.reporting.findings import write_findings
 
         results = args.results or DEFAULT_RESULTS
@@ -388,18 +389,18 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise InputError(f"no results folder '{results}'")
         plots = args.plots or "plots"
         command = " ".join(["painn-ablate report", *([f"--results {results}"] if args.results else []),
-                            *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                            *([f"--out {args.out}"] if args.out else []),
                             *([f"--plots {args.plots}"] if args.plots else [])])
-        out = write_findings(results, args.out, plots, command=command)
+        out = write_findings(results, args.out or FINDINGS_OUT, plots, command=command)
         print(f"wrote {out} and plots in {plots}, from the trial tables in {results}")
         return 0
     paths = args.paths or [p for p in rep.DEFAULT_PATHS if os.path.exists(p)]
     if not paths and not args.study:
         raise InputError(f"no paths given and none of {', '.join(rep.DEFAULT_PATHS)} exists here")
     command = " ".join(["painn-ablate report", *paths, *(f"--study {s}" for s in args.study or []),
-                        *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                        *([f"--out {args.out}"] if args.out else []),
                         *([f"--plots {args.plots}"] if args.plots else [])])
-    out = rep.write_report(paths, tuple(args.study or ()), args.out, args.plots, command=command)
+    out = rep.write_report(paths, tuple(args.study or ()), args.out or rep.DEFAULT_OUT, args.plots, command=command)
     print(f"wrote {out}" + (f" and plots in {args.plots}" if args.plots else ""))
     return 0
 
@@ -541,12 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for probe.parquet and probe_seeds.parquet")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("report", help="regenerate runs.md from run directories, reproductions and sweeps",
-                       description="Regenerate runs.md: painn-ablate report reproduce_out sweeps_out --plots plots")
+    p = sub.add_parser("report", help="write runs.md (the findings, from results/) or registry.md (raw runs)",
+                       description="Two documents. Without paths: runs.md, the findings (verdicts, intervals, "
+                                   "tables) from the committed trial tables in results/. With paths (or "
+                                   "--study): registry.md, the registry of raw run folders, reproductions and "
+                                   "sweeps, one row per run with its re-run command: painn-ablate report "
+                                   "reproduce_out sweeps_out --plots plots")
     p.add_argument("paths", nargs="*", help="run directories or folders holding them, reproduce outputs, sweep "
                                             "folders (default: reproduce_out and sweeps_out where present)")
     p.add_argument("--study", action="append", help="an Optuna storage URL to include (repeatable)")
-    p.add_argument("--out", default="runs.md", help="the Markdown file to write (default runs.md)")
+    p.add_argument("--out", help="the Markdown file to write (default runs.md for the findings, registry.md for "
+                                 "the registry of paths)")
     p.add_argument("--plots", help="also write each section's figures as PNG into this folder and link them")
     p.add_argument("--results", help="write runs.md from the trial tables in this folder (default: results/ "
                                      "when no paths are given and it exists)")

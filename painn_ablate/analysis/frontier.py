@@ -148,7 +148,7 @@ def median_interval(rungs: pd.Series, seed: int = 0) -> tuple[float, float, floa
 
 
 def _holm(p: Sequence[float]) -> list[float]:
-    from painn_ablate.analysis.tables import holm
+    from painn_ablate.analysis.stats import holm  # the statistics' one home
 
     return holm(p)
 

@@ -14,8 +14,7 @@ or a list of such paths:
 Column names are the ones used everywhere else: config keys as `config.flatten` spells
 them (`model.stabilizers.s_msg`), metrics as in W&B and the trials' user attributes
 (`val_pos_mse`, `test_pos_mse`), nested summary fields joined with dots
-(`first_nonfinite.step`, `first_nonfinite.layer`, `last_finite_stats.mu_norm_max.5`), and a
-per-layer statistic in wide form as `tracking.stat_key` names it (`layer5/mixing/mu_norm_max`).
+(`first_nonfinite.step`, `first_nonfinite.layer`, `last_finite_stats.mu_norm_max.5`).
 The long tables carry `run_dir`, `name`, `experiment` and `seed` to join on.
 
 `experiment` names what a run tests: its preset, with an ablation written as what it
@@ -29,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -37,6 +35,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from painn_ablate.analysis.stats import wilson
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
 from painn_ablate.core.errors import AnalysisError
@@ -54,7 +53,6 @@ from painn_ablate.core.outcome import (  # noqa: F401
     outcome_columns,
 )
 from painn_ablate.sweep.spec import SweepError
-from painn_ablate.training.sinks import stat_key
 
 log = logging.getLogger(__name__)
 
@@ -68,42 +66,10 @@ NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"
                  "first_blow_up": ("step", "layer", "block", "stat", "criterion"),
                  "early_warning": ("step", "risk", "mu_ratio", "mu_growth"),
                  "stopped_early": ("step", "reason")}
-# Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
-EGNN_PAPER_MSE = 0.0071
-LINEAR_PAPER_MSE = 0.0819
-Z95 = 1.959963984540054  # the two-sided 95% quantile of the normal distribution (Wilson intervals)
 
-
-
-# ----------------------------------------------------------------------------- rates
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of k successes in n trials (nan, nan for n = 0)."""
-    if n == 0:
-        return math.nan, math.nan
-    if k == 0:
-        return 0.0, _wilson_hi(0, n, z)
-    if k == n:
-        return 1.0 - _wilson_hi(0, n, z), 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _wilson_hi(k: int, n: int, z: float) -> float:
-    p = k / n
-    return (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
 
 
 # ----------------------------------------------------------------------------- naming
-
-
-def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:
-    """Inverse of `tracking.stat_key`: 'layer5/mixing/mu_norm_max' -> (5, 'mixing', 'mu_norm_max')."""
-    m = re.fullmatch(r"layer(\d+)/([^/]+)/([^/]+)", key)
-    return (int(m.group(1)), m.group(2), m.group(3)) if m else None
 
 
 def flatten_summary(summary: dict) -> dict[str, Any]:
@@ -284,31 +250,12 @@ def load_events(paths: Paths) -> pd.DataFrame:
     return _load_long(paths, runfolder.EVENTS)
 
 
-def wide_layer_stats(stats: pd.DataFrame) -> pd.DataFrame:
-    """Long statistics -> one row per (run, step), one column per `stat_key` (as in W&B)."""
-    keyed = stats.assign(key=[stat_key(l, b, s) for l, b, s in zip(stats["layer"], stats["block"], stats["stat"])])
-    index = [c for c in ID_COLUMNS if c in stats.columns] + ["step"]
-    wide = keyed.pivot_table(index=index, columns="key", values="value", aggfunc="last", dropna=False)
-    wide.columns.name = None
-    return wide.reset_index()
-
-
-def long_layer_stats(wide: pd.DataFrame) -> pd.DataFrame:
-    """Columns named `layer{l}/{block}/{stat}` (W&B history, `wide_layer_stats`) -> long format."""
-    keys = [c for c in wide.columns if parse_stat_key(str(c))]
-    index = [c for c in wide.columns if c not in keys]
-    long = wide.melt(id_vars=index, value_vars=keys, var_name="key", value_name="value").dropna(subset=["value"])
-    parsed = [parse_stat_key(k) for k in long["key"]]
-    long = long.assign(layer=[p[0] for p in parsed], block=[p[1] for p in parsed], stat=[p[2] for p in parsed])
-    cols = index + ["layer", "block", "stat", "value"]
-    return long[cols].sort_values(index + ["layer", "block", "stat"], kind="stable", ignore_index=True)
-
-
 # ----------------------------------------------------------------------------- Optuna
 
 
 def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = True) -> pd.DataFrame:
-    """One row per trial of an Optuna study.
+    """One row per trial of an Optuna study: the rows of `painn_ablate.sweep.studies.trial_rows` (the one
+    builder of a study's trials as a table), joined with their run folders.
 
     Columns: study, number, state, value, duration_s, the parameters under their config keys,
     the user attributes (status, label, run_dir, val_pos_mse, first_nonfinite.step, ...), and
@@ -318,7 +265,7 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
     """
     import optuna
 
-    from painn_ablate.sweep.studies import resolve_storage, resolve_trial_dir, study_names
+    from painn_ablate.sweep.studies import resolve_storage, resolve_trial_dir, study_names, trial_rows
 
     try:
         url = resolve_storage(storage)
@@ -333,9 +280,10 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
         raise AnalysisError(f"no study '{name}' in {url}; it holds: {', '.join(names) or 'nothing'}")
     study = optuna.load_study(study_name=name, storage=url)
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"study": name, "number": t.number, "state": t.state.name, "value": t.value,
-                               "duration_s": t.duration.total_seconds() if t.duration else None}
+    for t, base in trial_rows(study):
+        # the status as a Status value (a lost trial's re-run is its own row)
+        status = str(base["status"]).removesuffix(" (re-run)") if base["status"] is not None else None
+        row: dict[str, Any] = {"study": name, **base}
         run_dir = resolve_trial_dir(t.user_attrs.get("run_dir"), url) if configs else None
         if run_dir is not None:
             try:
@@ -345,8 +293,7 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
                 run_dir = None
         row.update(t.params)
         row.update(flatten_summary(t.user_attrs))
-        if t.state.name == "FAIL" and "error" not in t.user_attrs and row.get("status") != Status.INTERRUPTED:
-            row["status"] = Status.LOST.value  # its worker died mid-trial (a sweep re-runs it), as `status` says
+        row["status"] = status
         if run_dir is not None:
             row["run_dir"] = str(run_dir)
         row["preset"] = row.get("model.preset", row.get("model", row.get("preset")))
@@ -403,20 +350,6 @@ def load_wandb(project: str, filters: Optional[dict] = None, api=None) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def load_wandb_layer_stats(run_path: str, api=None) -> pd.DataFrame:
-    """The per-layer statistics of one W&B run ('entity/project/run_id') in load_layer_stats' long format."""
-    import wandb
-
-    api = api or wandb.Api()
-    run = api.run(run_path)
-    rows = [{k: v for k, v in r.items() if k == "_step" or parse_stat_key(k)} for r in run.scan_history()]
-    wide = pd.DataFrame([r for r in rows if len(r) > 1]).rename(columns={"_step": "step"})
-    if wide.empty:
-        return pd.DataFrame(columns=["step", "layer", "block", "stat", "value"])
-    wide.insert(0, "name", run.name)
-    return long_layer_stats(wide)
-
-
 # ----------------------------------------------------------------------------- derived tables
 
 
@@ -433,13 +366,6 @@ def layer_profiles(stats: pd.DataFrame, run_dir: str, stat_names: Sequence[str],
             return int(step), {s: {int(l): float(v) for l, v in zip(g["layer"], g["value"])}
                                for s, g in snap.groupby("stat")}
     return None, {}
-
-
-def layer_profile(stats: pd.DataFrame, run_dir: str, stat: str, before_step: Optional[int] = None,
-                  block: str = "mixing") -> tuple[Optional[int], dict[int, float]]:
-    """Per-layer values of `stat` at the last snapshot (before `before_step`) where all layers are finite."""
-    step, profiles = layer_profiles(stats, run_dir, [stat], before_step, block)
-    return step, profiles.get(stat, {})
 
 
 def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -> pd.DataFrame:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.analysis.loaders import wilson
+from painn_ablate.analysis.stats import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
 
 PathLike = Union[str, Path]

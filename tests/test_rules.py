@@ -5,6 +5,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -34,7 +35,8 @@ def test_each_rule_is_worded_as_the_design_at_its_cell(rule_id):
     rule = rules.RULES[rule_id]
     name, text = rule.claim().split(": ", 1)
     assert name in design_text() and text in design_text(), rule_id
-    assert re.search(rf"Rule {rule_id} \({re.escape(name)}\)", design_text())
+    # "Rule M2 (R2_full is stable there)" in the earlier sections, "D1, scale lowers it:" in amendment 7
+    assert re.search(rf"Rule {rule_id} \({re.escape(name)}\)|{rule_id}, {re.escape(name)}:", design_text())
 
 
 def test_m3_follows_the_depth_of_its_cell():
@@ -112,3 +114,36 @@ def test_wilson_is_scipys_and_the_closed_form_to_1e_12():
             lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
             assert stats.wilson(k, n) == pytest.approx((max(0.0, lo), min(1.0, hi)), abs=1e-12)
     assert stats.wilson(0, 10)[0] == 0.0 and stats.wilson(10, 10)[1] == 1.0
+
+
+# ----------------------------------------------------------------------------- the dose-response (amendment 7)
+
+
+def _dose_seeds(fracs: dict) -> pd.DataFrame:
+    """A probe seeds table: (g, coupling) -> the per-seed init_blow_up_frac of 100 seeds (mu0_scale 1)."""
+    rows = []
+    for (g, coupling), frac in fracs.items():
+        rng = np.random.default_rng(int(g * 1000) + coupling)
+        values = np.clip(rng.normal(frac, 0.05, 100), 0, 1) if frac > 0 else np.zeros(100)
+        for seed, v in enumerate(values):
+            rows.append({"variant": f"g{g}-coupling_{str(coupling).lower()}-mu0_1.0", "L": 5, "seed": seed, "step": 0,
+                         "blew_up": v > 0.5, "init_blow_up_frac": v, "init_batches": 25})
+    return pd.DataFrame(rows)
+
+
+def test_the_dose_rules_judge_a_scale_that_explains_the_blow_up():
+    seeds = _dose_seeds({(1.0, True): 0.6, (0.5, True): 0.3, (0.25, True): 0.0, (0.125, True): 0.0,
+                         (1.0, False): 0.1, (0.25, False): 0.0})
+    table = rules.dose_table(seeds)
+    assert len(table) == 6 and table.iloc[0]["g"] == 1.0 and table.iloc[0]["coupling"]
+    v = {x.rule: x for x in rules.judge(pd.DataFrame(), rules.DOSE_RULES, dose=table)}
+    assert v["D1"].verdict == rules.PASS and v["D2"].verdict == rules.PASS
+    assert v["D3"].verdict == f"{rules.PASS} at g = 1; {rules.MISS} at g = 0.25"  # both 0 at g = 0.25
+    assert v["D4"].verdict == "SCALE EXPLAINS IT"
+
+
+def test_the_dose_rules_miss_where_scale_does_not_lower_it_and_say_what_was_not_run():
+    table = rules.dose_table(_dose_seeds({(1.0, True): 0.5, (0.5, True): 0.55, (0.25, True): 0.5}))
+    v = {x.rule: x for x in rules.judge(pd.DataFrame(), rules.DOSE_RULES, dose=table)}
+    assert v["D1"].verdict == rules.MISS and v["D4"].verdict == "NOT SHOWN"
+    assert v["D2"].verdict == rules.NOT_TESTED and v["D3"].verdict == rules.NOT_TESTED  # g = 0.125, coupling dropped

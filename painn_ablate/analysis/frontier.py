@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from painn_ablate.analysis.stats import bootstrap, holm
 from painn_ablate.core.outcome import is_blow_up
 from painn_ablate.sweep.spec import trains  # the one rule of whether a run trained at its rung
 
 LADDER = tuple(float(f"{x:.3g}") for x in np.geomspace(3e-4, 3e-1, 11))  # 3e-4, 5.99e-4, ..., 0.3
 PHASE_INIT = "init"  # the initial network crosses a blow-up criterion on the same batch
-BOOTSTRAP = 10_000  # resamples of the paired seeds for a shift's interval
 ALPHA = 0.05
 
 
@@ -130,27 +130,13 @@ def shift(variant: pd.Series, reference: pd.Series, alternative: str, seed: int 
     p_sign = float(sps.binomtest(hits, up + down, 0.5, alternative="greater").pvalue) if up + down else 1.0
     p_wil = (float(sps.wilcoxon(d, zero_method="wilcox", alternative=alternative).pvalue)
              if (d != 0).any() else math.nan)
-    rng = np.random.default_rng(seed)
-    medians = np.median(d[rng.integers(0, n, size=(BOOTSTRAP, n))], axis=1)
-    lo, hi = np.quantile(medians, [0.025, 0.975])
-    return Shift(n, float(np.median(d)), float(lo), float(hi), up, down, p_sign, p_wil, alternative)
+    median, lo, hi = bootstrap(d, np.median, seed)
+    return Shift(n, median, lo, hi, up, down, p_sign, p_wil, alternative)
 
 
 def median_interval(rungs: pd.Series, seed: int = 0) -> tuple[float, float, float]:
     """Median critical rung of one variant with a bootstrap 95% interval."""
-    x = rungs.dropna().to_numpy(dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    medians = np.median(x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))], axis=1)
-    lo, hi = np.quantile(medians, [0.025, 0.975])
-    return float(np.median(x)), float(lo), float(hi)
-
-
-def _holm(p: Sequence[float]) -> list[float]:
-    from painn_ablate.analysis.stats import holm  # the statistics' one home
-
-    return holm(p)
+    return bootstrap(rungs.dropna().to_numpy(dtype=float), np.median, seed)
 
 
 DESIGNS = {  # preset -> (the question, the direction a stabilizer moves the frontier when it matters)
@@ -180,7 +166,7 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         family = sorted(set(critical.loc[(critical["preset"] == preset) & (critical["ablate"] != "none"), "ablate"]))
         shifts = {a: shift(by[(by["preset"] == preset) & (by["ablate"] == a)]["critical_rung"], ref, alternative, seed)
                   for a in family}
-        adjusted = dict(zip(family, _holm([shifts[a].p_sign for a in family])))
+        adjusted = dict(zip(family, holm([shifts[a].p_sign for a in family])))
         for a in family:
             s = shifts[a]
             med = median_interval(by[(by["preset"] == preset) & (by["ablate"] == a)]["critical_rung"], seed)

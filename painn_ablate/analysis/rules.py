@@ -15,13 +15,14 @@ the rules are made of are here too: `sufficiency` (add-one-in, DESIGN.md section
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from painn_ablate.analysis.stats import holm, mcnemar_exact, mean_interval, paired_t, wilson
+from painn_ablate.analysis.stats import bootstrap, holm, mcnemar_exact, mean_interval, paired_t, wilson
 from painn_ablate.analysis.tables import default_setting, histogram, value_label
 from painn_ablate.core import names
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
@@ -326,6 +327,88 @@ def _a1(trials: pd.DataFrame, cell: Cell, ctx: dict) -> Judgement:
 
 
 DESIGN = "sweeps/DESIGN.md"
+# ----------------------------------------------------------------------------- the scale dose-response (amendment 7)
+
+# scripts/dose-response names each setting's probe folder so; the exported probe table's `variant` is that name
+DOSE_VARIANT = re.compile(r"g(?P<g>[0-9.]+)-coupling_(?P<coupling>true|false)-mu0_(?P<mu0>[0-9.]+)")
+DOSE_GAINS = (1.0, 0.5, 0.25, 0.125)
+DOSE_REMOVED = 0.05  # D4: an interval wholly below this is the initialisation blow-up removed
+
+
+def dose_table(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per setting (g, coupling, mu0_scale): the mean over seeds of `init_blow_up_frac` (the fraction of the
+    first batches on which the initial network crosses a criterion) with its seed-level bootstrap 95%
+    interval, and the seeds blown up on batch 0 (k/n, Wilson 95%)."""
+    rows = []
+    for variant, g in seeds[seeds["step"] == 0].groupby("variant"):
+        m = DOSE_VARIANT.fullmatch(str(variant))
+        if m is None:
+            continue
+        mean, lo, hi = bootstrap(g["init_blow_up_frac"])
+        k, n = int(g["blew_up"].sum()), len(g)
+        rows.append({"g": float(m["g"]), "coupling": m["coupling"] == "true", "mu0_scale": float(m["mu0"]), "seeds": n,
+                     "batches": int(g["init_batches"].iloc[0]), "frac": mean, "frac_lo": lo, "frac_hi": hi,
+                     "batch0": k, "batch0_lo": wilson(k, n)[0], "batch0_hi": wilson(k, n)[1]})
+    columns = ["g", "coupling", "mu0_scale", "seeds", "batches", "frac", "frac_lo", "frac_hi", "batch0", "batch0_lo",
+               "batch0_hi"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["mu0_scale", "coupling", "g"], ascending=False, ignore_index=True)
+
+
+def _dose(ctx: dict, g: float, coupling: bool) -> Optional[pd.Series]:
+    t = ctx.get("dose")
+    if t is None or t.empty:
+        return None
+    hit = t[np.isclose(t["g"], g) & (t["coupling"] == coupling) & np.isclose(t["mu0_scale"], ctx.get("mu0_scale", 1.0))]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _frac(r: pd.Series) -> str:
+    return f"{r['frac']:.3f} [{r['frac_lo']:.3f}, {r['frac_hi']:.3f}]"
+
+
+def _below(ctx: dict, low: tuple[float, bool], high: tuple[float, bool], what: str) -> Judgement:
+    """PASS when the interval of setting `low` (g, coupling) lies wholly below the interval of `high`."""
+    a, b = _dose(ctx, *low), _dose(ctx, *high)
+    if a is None or b is None:
+        return NOT_TESTED, f"{what}: a setting was not run", {}
+    ok = a["frac_hi"] < b["frac_lo"]
+    return (PASS if ok else MISS), f"{what}: {_frac(a)} vs {_frac(b)}", {"low": a.to_dict(), "high": b.to_dict()}
+
+
+def _d1(trials: pd.DataFrame, cell: Optional[Cell], ctx: dict) -> Judgement:
+    return _below(ctx, (0.25, True), (1.0, True), "g = 0.25 vs g = 1, coupling kept")
+
+
+def _d2(trials: pd.DataFrame, cell: Optional[Cell], ctx: dict) -> Judgement:
+    rows = [_dose(ctx, g, True) for g in DOSE_GAINS]
+    if any(r is None for r in rows):
+        return NOT_TESTED, "a setting was not run", {}
+    means = [float(r["frac"]) for r in rows]
+    ok = all(b <= a for a, b in zip(means, means[1:]))
+    return (PASS if ok else MISS), "g = " + ", ".join(f"{g:g}: {m:.3f}" for g, m in zip(DOSE_GAINS, means)), \
+        {"means": dict(zip(map(str, DOSE_GAINS), means))}
+
+
+def _d3(trials: pd.DataFrame, cell: Optional[Cell], ctx: dict) -> Judgement:
+    judged = {g: _below(ctx, (g, False), (g, True), f"g = {g:g}, coupling dropped vs kept") for g in (1.0, 0.25)}
+    verdicts = [v for v, _, _ in judged.values()]
+    verdict = verdicts[0] if len(set(verdicts)) == 1 else "; ".join(f"{v} at g = {g:g}" for g, v in zip(judged, verdicts))
+    return verdict, "; ".join(e for _, e, _ in judged.values()), {str(g): n for g, (_, _, n) in judged.items()}
+
+
+def _d4(trials: pd.DataFrame, cell: Optional[Cell], ctx: dict) -> Judgement:
+    d1, evidence, _ = _d1(trials, cell, ctx)
+    r = _dose(ctx, 0.25, True)
+    if d1 == NOT_TESTED or r is None:
+        return NOT_TESTED, evidence, {}
+    if d1 == PASS and r["frac_hi"] < DOSE_REMOVED:
+        return "SCALE EXPLAINS IT", f"{evidence}; the upper bound at g = 0.25 is under {DOSE_REMOVED}", {}
+    if d1 == PASS:
+        return "SCALE LOWERS IT BUT DOES NOT REMOVE IT", f"{evidence}; at g = 0.25 the interval reaches {r['frac_hi']:.3f}", {}
+    return "NOT SHOWN", evidence, {}
+
+
 RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("M1", "the original blows up where the specification says",
          "at L = {L}, lr = {lr} the original's blow-up rate has a Wilson lower bound >= 0.5",
@@ -355,20 +438,36 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the upper end of the t 95% interval of r2_full's mean test pos MSE (its stable runs; sample sd) lies "
          "below the constant-velocity baseline pos + vel * dt on the same test split",
          "painn_ablate/reporting/reproduce.py, criterion 4 of `painn-ablate reproduce`", DESIGN_CELL, _a1),
+    Rule("D1", "scale lowers it",
+         "coupling kept, mu0_scale 1: the interval at g = 0.25 lies wholly below the interval at g = 1",
+         f"{DESIGN}, amendment 7", None, _d1),
+    Rule("D2", "a monotone dose-response",
+         "coupling kept, mu0_scale 1: the point estimates do not rise as g falls from 1 to 0.5 to 0.25 to 0.125",
+         f"{DESIGN}, amendment 7", None, _d2),
+    Rule("D3", "the coupling matters apart from scale",
+         "mu0_scale 1: the interval with the coupling dropped lies wholly below the interval with it kept, judged at "
+         "g = 1 and, separately, at g = 0.25", f"{DESIGN}, amendment 7", None, _d3),
+    Rule("D4", "scale explains it",
+         "claimed only when D1 holds and, coupling kept and mu0_scale 1, the interval's upper bound at g = 0.25 is "
+         "below 0.05", f"{DESIGN}, amendment 7", None, _d4),
 )}
 DESIGN_RULES = ("M1", "M2", "M3", "S1", "F1", "M4", "E1")  # runs.md's verdict table, in this order
 REPRODUCE = ("M1", "M3", "M2", "A1")  # `painn-ablate reproduce`, judged at its own cell
+DOSE_RULES = ("D1", "D2", "D3", "D4")  # amendment 7, judged on the dose-response's probe table (`dose=`)
 
 
 def judge(trials: pd.DataFrame, ids: Sequence[str] = DESIGN_RULES, at: Optional[Cell] = None,
-          baselines: Optional[dict[str, Any]] = None) -> list[Verdict]:
+          baselines: Optional[dict[str, Any]] = None, dose: Optional[pd.DataFrame] = None,
+          mu0_scale: float = 1.0) -> list[Verdict]:
     """The rules `ids` judged on `trials`, each at its own cell or all at `at` (reproduce's regime). E1 sees
     only the trials in EGNN's setting, every other rule only those in the default setting.
 
-    baselines: the trivial predictors' test MSEs (reproduce.baselines), which A1 compares with."""
+    baselines: the trivial predictors' test MSEs (reproduce.baselines), which A1 compares with.
+    dose: `dose_table` of amendment 7's probes, which D1-D4 read (at `mu0_scale`; 1 is the rules', 0.25 the
+    descriptive repeat)."""
     default = trials[default_setting(trials)] if len(trials) else trials
     egnn = trials[~default_setting(trials)] if len(trials) else trials
-    ctx = {"baselines": baselines or {}}
+    ctx = {"baselines": baselines or {}, "dose": dose, "mu0_scale": mu0_scale}
     verdicts = []
     for rule_id in ids:
         rule = RULES[rule_id]

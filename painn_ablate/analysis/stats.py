@@ -5,6 +5,7 @@
     mean_interval(x)      mean, sample sd (ddof = 1) and t 95% interval of the mean
     paired_t(a, b)        two-sided paired t-test of two metrics indexed by seed
     holm(p)               Holm-adjusted p-values of a family of tests
+    bootstrap(x, stat)    a statistic of independent units with its percentile bootstrap 95% interval
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from scipy import stats as sps
 
 CONFIDENCE = 0.95
+BOOTSTRAP = 10_000  # resamples
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -74,3 +76,15 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def bootstrap(values: Iterable[float], statistic=np.mean, seed: int = 0) -> tuple[float, float, float]:
+    """(statistic, lo, hi): the statistic of `values` (independent units, e.g. seeds) and its percentile
+    bootstrap 95% interval over BOOTSTRAP resamples (a fixed generator seed: the same numbers every time)."""
+    x = np.asarray([v for v in values if not (isinstance(v, float) and math.isnan(v))], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    resampled = statistic(x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))], axis=1)
+    lo, hi = np.quantile(resampled, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(statistic(x)), float(lo), float(hi)

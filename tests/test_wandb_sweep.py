@@ -212,10 +212,13 @@ SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*
 
 @pytest.mark.integration
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys):
+def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys, monkeypatch):
     from painn_ablate.cli import main
     from painn_ablate.core.config import compose, flatten
 
+    load = sf.load_sweep  # the dry run's loading (every grid point composed) is the session's, done once
+    monkeypatch.setattr(sf, "load_sweep", lambda file, overrides=(): load(file, overrides) if overrides
+                        else shipped_sweep(Path(file)))
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert ("note: 'run_cap' is accepted by W&B's server" in out) == ("run_cap" in path.read_text())

@@ -397,7 +397,7 @@ COMPILE_SCRIPT = r"""
 import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 from bench import charged_batches, interleaved, preset, training_step
-from painn_ablate.training.trainer import keep_freed_memory
+from painn_ablate.core.process import keep_freed_memory
 keep_freed_memory()
 torch.set_num_threads({threads})
 batches = charged_batches()
@@ -460,7 +460,8 @@ sys.path.insert(0, {bench!r})
 from bench import CLOCK, compose, make_system, preset
 from painn_ablate.model.painn import PaiNN
 from painn_ablate.training.monitor import Monitor
-from painn_ablate.training.trainer import keep_freed_memory, make_optimizer, train_step
+from painn_ablate.core.process import keep_freed_memory
+from painn_ablate.training.trainer import make_optimizer, train_step
 keep_freed_memory()
 torch.set_num_threads({threads})
 n, k, steps = {n}, {k}, {steps}
@@ -558,7 +559,7 @@ def main() -> None:
     args.steps = args.steps or (5 if args.quick else 10)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from painn_ablate.training.trainer import keep_freed_memory
+    from painn_ablate.core.process import keep_freed_memory
 
     kept = keep_freed_memory()  # as the Trainer does on CPU; the subprocesses below do the same
     global CLOCK, CLOCK_NAME
@@ -571,7 +572,7 @@ def main() -> None:
     print(f"load average at start: {load()}; times are {CLOCK_NAME} ms (median over rounds; variants interleaved"
           " round by round, so the ratios hold under load)")
     peak = matmul_peak()
-    print(f"glibc keeps freed memory (painn_ablate.training.trainer.keep_freed_memory, also in every subprocess): {kept}")
+    print(f"glibc keeps freed memory (painn_ablate.core.process.keep_freed_memory, also in every subprocess): {kept}")
     print(f"fp32 matmul peak (2048^3, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
     main_ms = section_main(args, peak) if "main" in sections else {}
     schnetpack = section_schnetpack(args) if "schnetpack" in sections else {}

@@ -32,7 +32,7 @@ import schnetpack.properties as props  # noqa: E402
 
 
 def keep_freed_memory() -> bool:
-    """painn_ablate.training.trainer.keep_freed_memory, copied: this environment lacks painn_ablate.training.trainer's imports."""
+    """painn_ablate.core.process.keep_freed_memory, copied: this environment lacks painn_ablate."""
     import ctypes
     import platform
 

@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from painn_ablate.core.errors import InputError
+from painn_ablate.core.process import keep_freed_memory
+
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
     from painn_ablate.core.outcome import RunSummary
 
@@ -25,24 +28,6 @@ if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a comma
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_BAD_INPUT = 2
-
-
-class InputError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from painn_ablate.analysis.loaders import AnalysisError
-    from painn_ablate.analysis.tables import ExportError
-    from painn_ablate.core.config import ConfigError
-    from painn_ablate.data.datasets import DataError
-    from painn_ablate.reporting.dashboard import DashboardError
-    from painn_ablate.reporting.registry import ReportError
-    from painn_ablate.reporting.reproduce import ReproduceError
-    from painn_ablate.sweep.spec import SweepError
-    from painn_ablate.training.trainer import RunDirError
-
-    return (InputError, ConfigError, DashboardError, DataError, ExportError, RunDirError, SweepError, AnalysisError, ReportError, ReproduceError)
 
 
 def unwritable_reason(path: Path):
@@ -56,6 +41,8 @@ def unwritable_reason(path: Path):
 
 def describe(summary: RunSummary) -> str:
     """The one-paragraph summary printed at the end of a run."""
+    from painn_ablate.core.outcome import Status
+
     s = summary
     lines = [f"{s['name']}: {s['status']} after {s['steps_completed']}/{s['steps_total']} steps "
              f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step, preset {s['preset']}, seed {s['seed']})."]
@@ -65,8 +52,16 @@ def describe(summary: RunSummary) -> str:
                      f"block {f['block']}, tensor {f['tensor']} ({s['nonfinite_events']} event(s)).")
     if s.get("first_divergence"):
         d, div = s["first_divergence"], s.get("divergence") or {}
+        spikes = div.get("spike_steps")
         lines.append(f"First divergence at {where_diverged(d)}; {div.get('episodes')} episode(s)"
-                     + (", recovered." if div.get("recovered") and s["status"] == "diverged" else "."))
+                     + (f", {len(spikes)} spike(s) at steps {_steps(spikes)}" if spikes else "")
+                     + (", each recovered (transient)." if s["status"] == Status.TRANSIENT else
+                        ", sustained." if div.get("sustained") else "."))
+    first = s.get("first_blow_up") or {}
+    if first.get("phase"):
+        init = first.get("init_criterion")
+        lines.append(f"Phase of the first blow-up: {first['phase']} (the initial weights on its batch "
+                     + (f"cross the {init} criterion)." if init else "cross no criterion)."))
     stats = s.get("last_finite_stats")
     if stats and stats["mu_norm_max"]:
         mu = ", ".join(f"L{l} {v:.3g}" for l, v in sorted(stats["mu_norm_max"].items(), key=lambda kv: int(kv[0])))
@@ -109,6 +104,12 @@ def where_nonfinite(f: dict) -> str:
     return f"step {int(f['step'])} " + (f"layer {int(layer)} " if has_layer else "") + f"{f['block']}/{f['tensor']}"
 
 
+def _steps(steps: list, shown: int = 8) -> str:
+    """`1, 5, 9` or `1, 5, ... (12)`: a list of steps, cut short."""
+    text = ", ".join(str(x) for x in steps[:shown])
+    return text + (f", ... ({len(steps)})" if len(steps) > shown else "")
+
+
 def where_diverged(f: dict) -> str:
     """`step 2 layer 5 mixing/q_absmax 1.1e+04 (q)`: where a finite blow-up started, and which criterion."""
     value = f.get("value")
@@ -128,6 +129,8 @@ def trial_line(t, metric: str) -> str:
         line += f" at {where_diverged(a['first_divergence'])}"
     elif a.get("pruned_step") is not None:
         line += f" at step {a['pruned_step']}"
+    if a.get("blow_up_phase"):
+        line += f" (phase {a['blow_up_phase']})"
     if a.get(metric) is not None:
         line += f"  {metric} {a[metric]:.4g}"
     if a.get("error"):
@@ -230,7 +233,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         printer.close()
     url = args.storage or sw.sqlite_url(Path(out))
     best = f"best {spec.metric} {p.best_value:.4g} ({p.best_label})" if p.best_value is not None else "no finite result"
-    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.diverged} diverged, {p.exploded} exploded, "
+    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.transient} transient, {p.diverged} diverged, {p.exploded} exploded, "
           f"{p.errors} errors, "
           f"{p.lost} interrupted and re-run); {best}. Run directories in {out}/trials.")
     if p.waiting or p.running:
@@ -268,7 +271,7 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
                        on_trial=on_trial)
     best = s.best
     best = f"best {spec.metric} {best.attrs[spec.metric]:.4g} ({best.label})" if best else "no finite result"
-    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.diverged} diverged, {s.exploded} exploded, "
+    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.transient} transient, {s.diverged} diverged, {s.exploded} exploded, "
           f"{s.errors} errors); {best}. "
           f"Run directories in {out}/trials, state in {out}/{ws.LEDGER}.")
     print(f"W&B runs are offline; upload them: wandb sync {out}/trials/*/wandb/offline-run-*")
@@ -378,6 +381,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from painn_ablate.reporting import registry as rep
 
     if args.results or (not args.paths and not args.study and os.path.isdir(DEFAULT_RESULTS)):
+        from painn_ablate.reporting.findings import DEFAULT_OUT as FINDINGS_OUT
         from painn_ablate.reporting.findings import write_findings
 
         results = args.results or DEFAULT_RESULTS
@@ -385,18 +389,18 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise InputError(f"no results folder '{results}'")
         plots = args.plots or "plots"
         command = " ".join(["painn-ablate report", *([f"--results {results}"] if args.results else []),
-                            *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                            *([f"--out {args.out}"] if args.out else []),
                             *([f"--plots {args.plots}"] if args.plots else [])])
-        out = write_findings(results, args.out, plots, command=command)
+        out = write_findings(results, args.out or FINDINGS_OUT, plots, command=command)
         print(f"wrote {out} and plots in {plots}, from the trial tables in {results}")
         return 0
     paths = args.paths or [p for p in rep.DEFAULT_PATHS if os.path.exists(p)]
     if not paths and not args.study:
         raise InputError(f"no paths given and none of {', '.join(rep.DEFAULT_PATHS)} exists here")
     command = " ".join(["painn-ablate report", *paths, *(f"--study {s}" for s in args.study or []),
-                        *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                        *([f"--out {args.out}"] if args.out else []),
                         *([f"--plots {args.plots}"] if args.plots else [])])
-    out = rep.write_report(paths, tuple(args.study or ()), args.out, args.plots, command=command)
+    out = rep.write_report(paths, tuple(args.study or ()), args.out or rep.DEFAULT_OUT, args.plots, command=command)
     print(f"wrote {out}" + (f" and plots in {args.plots}" if args.plots else ""))
     return 0
 
@@ -415,23 +419,28 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from painn_ablate.core.config import compose
-    from painn_ablate.training.probe import depth_table, layer_table, run_probe
+    from painn_ablate.training.probe import depth_table, layer_table, run_probe, seed_table
 
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps < 0:
         raise InputError(f"--steps must be >= 0, got {args.steps}")
+    if args.batches < 0:
+        raise InputError(f"--batches must be >= 0, got {args.batches}")
     cfg = compose(args.overrides)
     depths = _depths(args.depths) if args.depths else None
     out = Path(args.out) if args.out else None
     if out is not None:
         _writable_folder(out)
-    result = run_probe(cfg, args.seeds, args.steps, depths)
+    result = run_probe(cfg, args.seeds, args.steps, depths, args.batches)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print(f"probe: {cfg.model.preset}" + (f" ablate={cfg.ablate}" if cfg.ablate != "none" else "")
               + f", {args.seeds} seeds, at initialisation" + (f" and {args.steps} steps" if args.steps else "")
               + f" ({result.seconds:.1f} s)")
         print(layer_table(result).to_string())
+        print(f"per seed: blown up on batch 0, and the fraction of the first {args.batches} training batches on "
+              "which the initial network crosses a criterion")
+        print(seed_table(result).to_string(index=False))
         print(depth_table(result).to_string(index=False))
         if args.steps:
             print(f"after {args.steps} steps:")
@@ -528,15 +537,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=100, help="model seeds 0..N-1 (default 100)")
     p.add_argument("--steps", type=int, default=0, help="also train K steps per seed and record each (default 0)")
     p.add_argument("--depths", help="comma-separated depths L to probe instead of model.L, e.g. 2,3,4,5,6,7,8")
+    p.add_argument("--batches", type=int, default=25,
+                   help="per seed, judge the initial network on its first N training batches (default 25; 0: off)")
     p.add_argument("--out", help="folder for probe.parquet and probe_seeds.parquet")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("report", help="regenerate runs.md from run directories, reproductions and sweeps",
-                       description="Regenerate runs.md: painn-ablate report reproduce_out sweeps_out --plots plots")
+    p = sub.add_parser("report", help="write runs.md (the findings, from results/) or registry.md (raw runs)",
+                       description="Two documents. Without paths: runs.md, the findings (verdicts, intervals, "
+                                   "tables) from the committed trial tables in results/. With paths (or "
+                                   "--study): registry.md, the registry of raw run folders, reproductions and "
+                                   "sweeps, one row per run with its re-run command: painn-ablate report "
+                                   "reproduce_out sweeps_out --plots plots")
     p.add_argument("paths", nargs="*", help="run directories or folders holding them, reproduce outputs, sweep "
                                             "folders (default: reproduce_out and sweeps_out where present)")
     p.add_argument("--study", action="append", help="an Optuna storage URL to include (repeatable)")
-    p.add_argument("--out", default="runs.md", help="the Markdown file to write (default runs.md)")
+    p.add_argument("--out", help="the Markdown file to write (default runs.md for the findings, registry.md for "
+                                 "the registry of paths)")
     p.add_argument("--plots", help="also write each section's figures as PNG into this folder and link them")
     p.add_argument("--results", help="write runs.md from the trial tables in this folder (default: results/ "
                                      "when no paths are given and it exists)")
@@ -568,9 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)  # finalized like Ctrl-C: the run records `interrupted`
+    # Every CPU step allocates and frees the same large activations: let glibc keep them (10-15% of a
+    # step on 2 threads; core.process). Process-wide, so the entry point sets it, not a run.
+    keep_freed_memory()
     try:
         return args.func(args)
-    except _bad_input_types() as exc:
+    except InputError as exc:
         print(f"painn-ablate: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

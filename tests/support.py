@@ -104,8 +104,17 @@ MECHANISMS = {
     "model.stabilizers.mu0_scale": st.sampled_from([1.0, 0.1]),
 }
 OPTIONS = {"model.edge_charge": st.booleans()}  # EGNN's charge product as an edge input of the filter
+FAIRCHEM = {  # fairchem's normalisation and fixed scales
+    "model.stabilizers.q_layernorm": st.booleans(),
+    "model.stabilizers.scaled_silu": st.booleans(),
+    "model.stabilizers.vgate_scale": st.sampled_from([1.0, 0.5773502691896257]),
+    "model.stabilizers.vmsg_inv_sqrt_f": st.booleans(),
+    "model.stabilizers.dot_inv_sqrt_f": st.booleans(),
+    "model.stabilizers.q_residual_scale": st.sampled_from([1.0, 0.7071067811865476]),
+    "model.stabilizers.mix_dq_scale": st.sampled_from([1.0, 0.7071067811865476]),
+}
 stabilizer_sets = st.fixed_dictionaries(TOGGLES)  # the stabilizers alone (the reference transcription's scope)
-toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS, **OPTIONS})
+toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS, **OPTIONS, **FAIRCHEM})
 
 
 def tiny_model(overrides=(), seed=0, F=8, L=3) -> PaiNN:

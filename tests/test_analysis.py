@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
 from painn_ablate.analysis import loaders as analysis
+from painn_ablate.analysis import stats
 from painn_ablate.core import config
 from painn_ablate.core.config import STABILIZER_KEYS, compose, flatten
 
@@ -69,13 +70,6 @@ def test_long_tables_carry_run_ids_and_hold_every_parquet_row(tiny_root):
     mu = analysis.load_layer_stats(tiny_root / "runs", stats=["mu_norm_max"], block="mixing")
     assert set(mu["stat"]) == {"mu_norm_max"} and set(mu["block"]) == {"mixing"}
     assert len(mu) == ((stats["stat"] == "mu_norm_max") & (stats["block"] == "mixing")).sum()
-    # wide columns are tracking.stat_key names, and going back to long loses nothing
-    wide = analysis.wide_layer_stats(mu)
-    assert "layer5/mixing/mu_norm_max" in wide.columns
-    back = analysis.long_layer_stats(wide)
-    key = ["run_dir", "step", "layer", "block", "stat"]
-    expect = mu.dropna(subset=["value"]).sort_values(key, ignore_index=True)
-    pd.testing.assert_series_equal(back.sort_values(key, ignore_index=True)["value"], expect["value"])
     metrics = analysis.load_metrics(tiny_root / "runs")
     assert len(metrics) == sum(len(pd.read_parquet(d / "metrics.parquet")) for d in dirs)
 
@@ -151,7 +145,7 @@ def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     original = runs[runs["experiment"] == "original"]
     assert table.loc["original", "blew_up"] == 2 and table.loc["original", "blow_up_rate"] == 1.0
     assert (table.loc["original", "blow_up_lo"], table.loc["original", "blow_up_hi"]) == pytest.approx(
-        analysis.wilson(2, 2))
+        stats.wilson(2, 2))
     # the first blow-up is the earlier of the divergence and the first NaN/Inf
     firsts = [min(s for s in (r["first_divergence.step"], r["first_nonfinite.step"]) if pd.notna(s))
               for _, r in original.iterrows()]
@@ -161,7 +155,7 @@ def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     assert table.loc["r2_full", "test_pos_mse_mean"] == pytest.approx(stable.mean())
     assert table.loc["r2_full", "test_pos_mse_sd"] == pytest.approx(stable.std(ddof=1))
     assert table.loc["r2_full", "blew_up"] == 0 and table.loc["r2_full", "blow_up_hi"] == pytest.approx(
-        analysis.wilson(0, 2)[1])
+        stats.wilson(0, 2)[1])
     assert math.isnan(table.loc["original", "test_pos_mse_mean"])
 
 

@@ -382,3 +382,44 @@ def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
             optuna.delete_study(study_name=name, storage=sw.driver_url(PG_URL))
         except KeyError:
             pass
+
+
+# ----------------------------------------------------------------------------- the frontier walk
+
+
+@pytest.mark.integration
+def test_a_frontier_sweep_walks_each_seed_up_the_ladder_to_its_first_failure(tmp_path, tiny):
+    """lr 10 overflows the original within two steps: each seed's walk runs 1e-3, then 10, and never 1000."""
+    ladder = [0.001, 10.0, 1000.0]
+    path = write_sweep(tmp_path, {"model": {"value": "original"}, "seed": {"values": [0, 1]},
+                                  "train.lr": {"values": ladder}}, frontier="train.lr")
+    sweep = sf.load_sweep(path, tiny)
+    assert sweep.frontier == "train.lr" and len(sf.walk_starts(sweep)) == 2
+    sw.run_sweep(sweep, out=tmp_path / "out", threads=1)
+    trials = load(tmp_path / "out").trials
+    ran = sorted((t.params["seed"], t.params["train.lr"], t.user_attrs["status"]) for t in trials)
+    assert ran == [(0, 0.001, "stable"), (0, 10.0, "exploded"), (1, 0.001, "stable"), (1, 10.0, "exploded")]
+    # resuming enqueues nothing: every walk has ended
+    assert sw.run_sweep(sf.load_sweep(path, tiny), out=tmp_path / "out", threads=1).done == 4
+    assert len(load(tmp_path / "out").trials) == 4
+
+
+def test_the_walk_goes_to_the_next_rung_only_after_a_rung_that_trained(tmp_path):
+    path = write_sweep(tmp_path, {"seed": {"values": [0, 1]}, "train.lr": {"values": [0.001, 0.01, 0.1]}},
+                       frontier="train.lr")
+    sweep = sf.load_sweep(path)
+    start = {"seed": 0, "train.lr": 0.001}
+    assert sf.walk_next(sweep, [(start, True)]) == {"seed": 0, "train.lr": 0.01}
+    assert sf.walk_next(sweep, [(start, False)]) is None
+    assert sf.walk_next(sweep, [(start, True), ({"seed": 0, "train.lr": 0.01}, True),
+                                ({"seed": 0, "train.lr": 0.1}, True)]) is None
+    assert sf.trains({"status": "exploded", "blow_up_phase": "init"}) and not sf.trains({"status": "exploded"})
+    assert not sf.trains({"status": "error"}) and sf.trains({"status": "stable"})
+
+
+@pytest.mark.parametrize("frontier,values,message", [("train.steps", [0.001, 0.01], "must name a swept parameter"),
+                                                     ("train.lr", [0.01, 0.001], "ascending order")])
+def test_a_bad_frontier_is_refused_naming_it(tmp_path, frontier, values, message):
+    path = write_sweep(tmp_path, {"train.lr": {"values": values}}, frontier=frontier)
+    with pytest.raises(sf.SweepError, match=message):
+        sf.load_sweep(path)

@@ -45,6 +45,9 @@ def test_offline_exploded_run_records_the_event(offline):
     assert s["status"] == "exploded"
     assert s["first_nonfinite"]["layer"] == summary["first_nonfinite"]["layer"]
     assert s["events"]["_type"] == "table-file"
+    # the phase of the first blow-up, flat, and the 0/1 outcome keys with sustained and transient
+    assert s["blow_up_phase"] == summary["blow_up_phase"] in ("init", "training")
+    assert (s["exploded"], s["sustained"], s["transient"], s["blew_up"]) == (1, 1, 0, 1)
 
 
 @pytest.mark.integration

@@ -9,6 +9,7 @@ raises `ConfigError` whose message is one line naming the offending key.
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,9 +18,56 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from painn_ablate.core import runfolder
+from painn_ablate.core.errors import ConfigError
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key and fits on one line."""
+# ----------------------------------------------------------------------------- choices
+# Settings with fixed choices are enums of the schema, so omegaconf refuses any other value. StrEnum: a
+# member is its value (== "sum", str() and f-strings give "sum", json writes "sum").
+
+
+class Aggregation(enum.StrEnum):
+    sum = "sum"  # original PaiNN
+    mean = "mean"  # divide by the in-degree |N(i)|
+
+
+class Backend(enum.StrEnum):
+    native = "native"  # torch index_add_
+    scatter = "scatter"  # torch_scatter (optional extra)
+
+
+class System(enum.StrEnum):
+    charged = "charged"  # 5 charged particles (EGNN)
+    gravity = "gravity"  # softened gravity
+
+
+class Graph(enum.StrEnum):
+    auto = "auto"  # full for charged (knn above 64 particles), knn for gravity
+    full = "full"
+    knn = "knn"
+    radius = "radius"
+
+
+class Loss(enum.StrEnum):
+    pos_vel = "pos_vel"  # MSE of the displacement + MSE of the next velocity
+    pos = "pos"  # the displacement only (EGNN's)
+
+
+class Schedule(enum.StrEnum):
+    constant = "constant"  # lr throughout
+    cosine = "cosine"  # cosine decay from lr to 0 over the run
+
+
+# "continue" is a keyword, so these two are made by the functional API: omegaconf finds a member by its name.
+# stop: end the run; skip_step: drop the update; continue: keep going
+OnNonfinite = enum.StrEnum("OnNonfinite", [(v, v) for v in ("stop", "skip_step", "continue")])
+# continue: keep training (a run may recover); stop: end the run
+OnDiverged = enum.StrEnum("OnDiverged", [(v, v) for v in ("continue", "stop")])
+
+
+class Mu0(enum.StrEnum):
+    velocity = "velocity"  # mu^(0) = v w^T, a learned lift
+    zero = "zero"  # mu^(0) = 0 (the paper; |v| stays in q)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -67,8 +115,21 @@ class StabilizerConfig:
     s_gating: Optional[float] = _setting(None, "scale", mechanism=5.0,
                                          label="self-gating term norm-saturated at 5")
     # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
-    mu0: str = _setting("velocity", "choice", mechanism="zero", label="mu^(0) = 0", choices=("velocity", "zero"))
+    mu0: Mu0 = _setting(Mu0.velocity, "choice", mechanism=Mu0.zero, label="mu^(0) = 0", choices=tuple(Mu0))
     mu0_scale: float = _setting(1.0, "gain")  # multiplies the lift's default init (U(-1, 1)); 1: the default
+    # fairchem's PaiNN (src/fairchem/core/models/painn/painn.py): normalisation and fixed scales instead of
+    # saturations and clamps. Each is PaiNN at its default; the `fairchem` preset switches all on.
+    # True: LayerNorm on q before the message MLP; False: q as it is (PaiNN)
+    q_layernorm: bool = _setting(False, "switch")
+    # True: the MLPs' activation is SiLU / 0.6 (fairchem's ScaledSiLU, unit variance for unit inputs); False: SiLU
+    scaled_silu: bool = _setting(False, "switch")
+    vgate_scale: float = _setting(1.0, "gain")  # multiplies the gate x^mu of mu_j in the vector message (1/sqrt(3))
+    # True: the vector messages are divided by sqrt(F); False: not (PaiNN)
+    vmsg_inv_sqrt_f: bool = _setting(False, "switch")
+    # True: the mixing block's <mu_V, mu_W> is divided by sqrt(F); False: not (PaiNN)
+    dot_inv_sqrt_f: bool = _setting(False, "switch")
+    q_residual_scale: float = _setting(1.0, "gain")  # q <- (q + alpha_inter dq) * this after the interaction (1/sqrt(2))
+    mix_dq_scale: float = _setting(1.0, "gain")  # multiplies the mixing block's dq (1/sqrt(2))
 
 
 STABILIZER_FIELDS = fields(StabilizerConfig)
@@ -91,11 +152,11 @@ class ModelConfig:
     n_rbf: int = 20  # radial basis functions sin(n pi r / r_cut) / r
     r_cut: float = 10.0  # cosine cutoff radius
     shared_filters: bool = False  # True: one filter MLP for all layers; False: one per layer
-    aggregation: str = "sum"  # sum: original PaiNN; mean: divide by the in-degree |N(i)|
+    aggregation: Aggregation = Aggregation.sum  # sum: original PaiNN; mean: divide by the in-degree |N(i)|
     # True: the filter also sees the charge product c_i c_j of each edge (EGNN's N-body edge attribute);
     # False: distance only (PaiNN)
     edge_charge: bool = False
-    backend: str = "native"  # native: torch index_add_; scatter: torch_scatter (optional extra)
+    backend: Backend = Backend.native  # native: torch index_add_; scatter: torch_scatter (optional extra)
     # True: the training forward runs through torch.compile (~0.75-0.85x eager step time on CPU, but
     # 1-2 min of compiling per new process; pays off beyond ~1000 steps); False: eager.
     compile: bool = False
@@ -104,14 +165,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    system: str = "charged"  # charged: 5 charged particles (EGNN); gravity: softened gravity
+    system: System = System.charged  # charged: 5 charged particles (EGNN); gravity: softened gravity
     dir: Optional[str] = None  # bring-your-own data: folder with train/val/test .npz
     n_particles: Optional[int] = None  # None: 5 for charged, 100 for gravity
     n_train: int = 3000
     n_val: int = 2000
     n_test: int = 2000
     seed: int = 0  # data seed, independent of the training seed
-    graph: str = "auto"  # auto: full for charged (knn above 64 particles), knn for gravity; full | knn | radius
+    graph: Graph = Graph.auto  # auto: full for charged (knn above 64 particles), knn for gravity; full | knn | radius
     k: int = 16  # neighbours per node for graph=knn
     radius: float = 2.0  # neighbour radius for graph=radius
     # Generated data sets, keyed by their parameters. None: $PAINN_ABLATE_CACHE, else
@@ -127,8 +188,8 @@ class TrainConfig:
     batch_size: int = 100  # graphs per batch
     grad_clip: Optional[float] = None  # max global gradient norm; None: no clipping
     weight_decay: float = 0.0
-    loss: str = "pos_vel"  # pos_vel: MSE of the displacement + MSE of the next velocity; pos: the displacement only (EGNN's)
-    schedule: str = "constant"  # constant: lr throughout; cosine: cosine decay from lr to 0 over the run
+    loss: Loss = Loss.pos_vel  # pos_vel: MSE of the displacement + MSE of the next velocity; pos: the displacement only (EGNN's)
+    schedule: Schedule = Schedule.constant  # constant: lr throughout; cosine: cosine decay from lr to 0 over the run
     val_every: int = 100  # validate every k steps (and at the last step)
     device: str = "auto"  # auto: cuda when available, else cpu
     checkpoint: bool = True  # keep the weights of the best validation step in the run dir
@@ -137,19 +198,28 @@ class TrainConfig:
 @dataclass
 class MonitorConfig:
     every: int = 10  # full per-layer statistics every k steps; NaN/Inf detection runs every step
-    on_nonfinite: str = "stop"  # stop: end the run; skip_step: drop the update; continue: keep going
+    on_nonfinite: OnNonfinite = OnNonfinite.stop  # stop: end the run; skip_step: drop the update; continue: keep going
     quantile: float = 0.99  # high quantile of ||mu|| recorded beside mean and max
     warn_ratio: float = 50.0  # early warning: last-to-first layer ||mu|| max ratio
     warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
     warn_window: int = 5  # early warning: statistics snapshots the growth is measured over
     flush_every: int = 50  # steps between writes of the parquet records
-    # Blow-up criteria: a finite run that crosses one is "diverged" (painn_ablate.core.outcome; README: defaults).
-    diverge_loss_factor: float = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
-    diverge_val_factor: float = 10.0  # val pos MSE > this x the zero-displacement val pos MSE
-    diverge_mu: float = 1000.0  # max ||mu|| after any block
-    diverge_q: float = 10000.0  # max |q| after any block
-    diverge_mu_ratio: float = 100.0  # max ||mu|| after the last mixing / after the first mixing
-    on_diverged: str = "continue"  # continue: keep training (a run may recover); stop: end the run
+    # Blow-up criteria (painn_ablate.core.outcome; README: defaults and why); null switches one off.
+    diverge_loss_factor: Optional[float] = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
+    # val pos MSE > this x max(zero-displacement val pos MSE, the initial network's val pos MSE)
+    diverge_val_factor: Optional[float] = 10.0
+    diverge_mu: Optional[float] = 1000.0  # max ||mu|| after any block
+    diverge_q: Optional[float] = 10000.0  # max |q| after any block
+    diverge_mu_ratio: Optional[float] = 100.0  # max ||mu|| after the last mixing / after the first mixing
+    # An episode ends (recovers) when no criterion fired for this many steps. 50: the spikes of one
+    # blow-up come within tens of steps (a record: six in 56 steps), and 50 steps are ~5 time constants
+    # of Adam's first moment (beta1 = 0.9: 0.9^50 = 0.5%), so the spike's gradients have left the update.
+    recover_window: int = 50
+    # An episode still firing this many steps after it began is sustained ("diverged"; a recovered shorter
+    # one is "transient"). 200: two validation intervals (train.val_every = 100: the val criterion is
+    # judged only there, so one bad validation keeps an episode open 100 steps), 4 recovery windows.
+    sustained_steps: int = 200
+    on_diverged: OnDiverged = OnDiverged["continue"]  # continue: keep training (a run may recover); stop: end the run once sustained
 
 
 @dataclass
@@ -176,7 +246,7 @@ class Config:
 
 
 # The training loss: the weight of the velocity MSE beside the displacement MSE.
-LOSSES = ("pos_vel", "pos")
+LOSSES = tuple(Loss)
 
 
 def velocity_weight(loss: str) -> float:
@@ -205,6 +275,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {"grad_clip": 1.0},
     },
+    # fairchem's PaiNN's stabilizers on this model. Deviations, each for the N-body task or for a clean
+    # comparison: mu^(0) stays the lifted velocity (fairchem starts from 0; here the velocity's direction
+    # must enter); no per-layer ScaleFactor (fairchem fits one to unit variance from a scale file; unfitted it
+    # is the identity, as here); torch's default initialisation (fairchem: Xavier); no gradient clipping
+    # (fairchem's trainer clips at 10; R2_full's clip at 1 is `train.grad_clip`, added the same way).
+    "fairchem": {
+        "model": {
+            "stabilizers": {
+                "q_layernorm": True,
+                "scaled_silu": True,
+                "vgate_scale": 3 ** -0.5,
+                "vmsg_inv_sqrt_f": True,
+                "dot_inv_sqrt_f": True,
+                "q_residual_scale": 2 ** -0.5,
+                "mix_dq_scale": 2 ** -0.5,
+            },
+        },
+    },
 }
 
 
@@ -217,11 +305,12 @@ MECHANISM_LABELS = {f.name: f.metadata["label"] for f in STABILIZER_FIELDS if f.
 
 # Ablation designs. `ablate=<name>` flips the named stabilizers relative to the preset:
 # one that is on is switched off (to the original PaiNN's value) and one that is off is
-# switched on (to R2_full's value, or a mechanism toggle's MECHANISMS_ON). On `model=r2_full` that is
-# leave-one-out, on `model=original` add-one-in. Names join with '+': `ablate=s_msg+s_mix`.
-# Every StabilizerConfig key that R2_full or a mechanism sets is a name; then the groups, and the two
-# stabilizers that live outside model.stabilizers.
-_SWITCHED = {*PRESETS["r2_full"]["model"]["stabilizers"], *MECHANISM_TOGGLES}
+# switched on (to R2_full's or fairchem's value, or a mechanism toggle's MECHANISMS_ON). On `model=r2_full`
+# (or `model=fairchem`) that is leave-one-out, on `model=original` add-one-in. Names join with '+':
+# `ablate=s_msg+s_mix`. Every StabilizerConfig key that R2_full, fairchem or a mechanism sets is a name;
+# then the groups, and the two stabilizers that live outside model.stabilizers.
+FAIRCHEM_STABILIZERS = tuple(PRESETS["fairchem"]["model"]["stabilizers"])  # the fairchem preset's parts
+_SWITCHED = {*PRESETS["r2_full"]["model"]["stabilizers"], *MECHANISM_TOGGLES, *FAIRCHEM_STABILIZERS}
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "none": (),
     **{f.name: (f"model.stabilizers.{f.name}",) for f in STABILIZER_FIELDS if f.name in _SWITCHED},
@@ -232,9 +321,21 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 }
 # R2_full's own stabilizers, each one ablation name (leave-one-out's unit), in schema order.
 R2_FULL_STABILIZERS = tuple(name for name, keys in ABLATIONS.items()
-                            if len(keys) == 1 and name not in MECHANISM_TOGGLES)
+                            if len(keys) == 1 and name not in MECHANISM_TOGGLES and name not in FAIRCHEM_STABILIZERS)
 # Every config key a stabilizer or mechanism toggle lives at (what a trial records beside its outcome).
 STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
+# Groups by what the stabilizers do (leave-group-out, add-group-in). On a full graph of n particles
+# degree-mean aggregation is a gain of 1/(n - 1), and without s_msg and the message clamps g and alpha_inter
+# scale the interaction update alike: three settings of one scale (tests/test_model.py).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "interaction_scale": ("g", "alpha_inter", "aggregation"),  # the interaction update's scale
+    "mixing_scale": ("alpha_mix",),  # the mixing update's scale
+    "bounds": ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"),  # the saturations and clamps
+    "grad_clip": ("grad_clip",),  # the gradient's norm (a group of one, already a name)
+    "fairchem": FAIRCHEM_STABILIZERS,  # fairchem's normalisation and fixed scales, all together
+}
+ABLATIONS.update({name: tuple(k for member in members for k in ABLATIONS[member])
+                  for name, members in GROUPS.items() if name not in ABLATIONS})
 
 
 # ----------------------------------------------------------------------------- experiment names
@@ -278,7 +379,7 @@ def parse_experiment(text: str) -> tuple[str, str]:
 def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
     """The key -> value changes that `ablate=<names>` makes to `cfg` (see ABLATIONS)."""
     off = OmegaConf.structured(Config)
-    on = OmegaConf.merge(off, PRESETS["r2_full"], MECHANISMS_ON)
+    on = OmegaConf.merge(off, PRESETS["fairchem"], PRESETS["r2_full"], MECHANISMS_ON)  # disjoint keys
     changes: dict[str, Any] = {}
     for name in ablate.split("+"):
         if name not in ABLATIONS:
@@ -433,21 +534,13 @@ def validate(cfg: DictConfig) -> None:
             _check(v > 0, key, f"must be > 0, got {v}")
         elif kind == "scale":
             _check(v is None or v > 0, key, f"must be > 0 or null (off), got {v}")
-        elif kind == "choice":
-            _choice(cfg, key, f.metadata["choices"])
     m = cfg.model
     _check(m.L >= 1, "model.L", f"must be >= 1, got {m.L}")
     _check(m.F >= 1, "model.F", f"must be >= 1, got {m.F}")
     _check(m.n_rbf >= 1, "model.n_rbf", f"must be >= 1, got {m.n_rbf}")
     _check(m.r_cut > 0, "model.r_cut", f"must be > 0, got {m.r_cut}")
-    _choice(cfg, "model.aggregation", ("sum", "mean"))
-    _choice(cfg, "train.loss", LOSSES)
-    _choice(cfg, "train.schedule", ("constant", "cosine"))
-    _choice(cfg, "model.backend", ("native", "scatter"))
     _check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}")
     d = cfg.data
-    _choice(cfg, "data.system", ("charged", "gravity"))
-    _choice(cfg, "data.graph", ("auto", "full", "knn", "radius"))
     _check(d.n_particles is None or d.n_particles >= 2, "data.n_particles", f"must be >= 2, got {d.n_particles}")
     for name in ("n_train", "n_val", "n_test", "k"):
         _check(d[name] >= 1, f"data.{name}", f"must be >= 1, got {d[name]}")
@@ -464,16 +557,18 @@ def validate(cfg: DictConfig) -> None:
            f"{t.device!r} is not auto, cpu, cuda or cuda:N")
     mo = cfg.monitor
     _check(mo.every >= 1, "monitor.every", f"must be >= 1, got {mo.every}")
-    _choice(cfg, "monitor.on_nonfinite", ("stop", "skip_step", "continue"))
     _check(0 < mo.quantile < 1, "monitor.quantile", f"must be in (0, 1), got {mo.quantile}")
     _check(mo.warn_ratio > 1, "monitor.warn_ratio", f"must be > 1, got {mo.warn_ratio}")
     _check(mo.warn_growth > 1, "monitor.warn_growth", f"must be > 1, got {mo.warn_growth}")
     _check(mo.warn_window >= 2, "monitor.warn_window", f"must be >= 2, got {mo.warn_window}")
     _check(mo.flush_every >= 1, "monitor.flush_every", f"must be >= 1, got {mo.flush_every}")
     for name in ("diverge_loss_factor", "diverge_val_factor", "diverge_mu", "diverge_q", "diverge_mu_ratio"):
+        if mo[name] is None:  # off
+            continue
         _check(mo[name] > 1 if "factor" in name or "ratio" in name else mo[name] > 0, f"monitor.{name}",
-               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'}, got {mo[name]}")
-    _choice(cfg, "monitor.on_diverged", ("continue", "stop"))
+               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'} or null (off), got {mo[name]}")
+    _check(mo.recover_window >= 1, "monitor.recover_window", f"must be >= 1, got {mo.recover_window}")
+    _check(mo.sustained_steps >= 1, "monitor.sustained_steps", f"must be >= 1, got {mo.sustained_steps}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
 
@@ -484,7 +579,7 @@ def to_yaml(cfg: DictConfig) -> str:
 def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
     """`{'model.stabilizers.g': 0.5, ...}`: the one flat naming used by W&B, Optuna and pandas (also of run
     summaries, analysis.flatten_summary). A nested empty dict is a value of its own."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -517,7 +612,7 @@ def rerun_overrides(run_dir: str | Path) -> Optional[list[str]]:
     `model=<preset> [ablate=<names>] seed=<k>` and every other key that differs from the
     preset; None when these do not compose to the same config (then re-run from the file).
     """
-    config_file = Path(run_dir) / "config.yaml"
+    config_file = Path(run_dir) / runfolder.CONFIG
     if not config_file.is_file():
         return None
     saved = results_view(flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)))
@@ -541,5 +636,5 @@ def rerun_command(run_dir: str | Path, out: Optional[str] = None) -> str:
     out = out or f"runs/{run_dir.name}-rerun"
     overrides = rerun_overrides(run_dir)
     if overrides is None:
-        return f"painn-ablate train --config {run_dir / 'config.yaml'} out={out}"
+        return f"painn-ablate train --config {run_dir / runfolder.CONFIG} out={out}"
     return " ".join(["painn-ablate train", *overrides, f"out={out}"])

@@ -9,6 +9,12 @@ cached in `{cache_dir}/{system}-{hash of the generation parameters}/` (`data.cac
 $PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate); `data.dir` points at
 a folder of the same three files instead.
 
+The default data set (charged, 5 particles, 3000/2000/2000 samples, seed 0) ships with the package
+(`painn_ablate/data/shipped/<same folder name>/`) and is read from there, never regenerated: the
+simulator is chaotic, so another CPU's floating point would give other systems from the same seed
+(a 1e-15 nudge moves hundreds of them). Other seeds and sizes are generated as before. Every data set
+has a `fingerprint`, a hash of its arrays, which runs record (summary.json `data_fingerprint`).
+
 Graphs are built once per split on the input positions. Edge convention everywhere:
 `edge_index[0]` is the source j, `edge_index[1]` the receiver i.
 """
@@ -31,6 +37,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from painn_ablate.core import files
+from painn_ablate.core.errors import DataError
 from painn_ablate.data.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
 
 log = logging.getLogger(__name__)
@@ -46,9 +53,6 @@ AUTO_FULL_MAX = 64
 MAX_ABS_VALUE = 1e9  # pos, vel, pos_next, vel_next
 MAX_ABS_CHARGE = 1e3  # charges (charged) or masses (gravity); the generators use +-1 and 1
 CACHE_FORMAT_VERSION = 1  # bump when the generators change, so old caches are not reused
-
-class DataError(ValueError):
-    """Unusable data; the message is one line naming the file and, where there is one, the key."""
 
 
 # ----------------------------------------------------------------------------- files
@@ -150,10 +154,33 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "painn-ablate"
 
 
-def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> Path:
+def folder_name(params: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{params['system']}-{digest}"
+
+
+def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> Path:
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    return root / f"{params['system']}-{digest}"
+    return root / folder_name(params)
+
+
+SHIPPED = Path(__file__).parent / "shipped"  # data sets that ship with the package, by generation parameters
+
+
+def fingerprint(arrays: dict[str, dict[str, np.ndarray]]) -> str:
+    """A hash of a data set's arrays (every split, key, dtype, shape and byte): equal fingerprints, equal data."""
+    h = hashlib.sha256()
+    for split in sorted(arrays):
+        for key in sorted(arrays[split]):
+            a = np.ascontiguousarray(arrays[split][key])
+            h.update(f"{split}/{key}/{a.dtype.str}/{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def split_fingerprint(splits: dict[str, "NBodySplit"]) -> str:
+    """`fingerprint` of loaded splits (their float32 arrays, as the files hold them)."""
+    return fingerprint({name: {key: getattr(sp, key).cpu().numpy() for key in ARRAY_KEYS} for name, sp in splits.items()})
 
 
 def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.ndarray]]:
@@ -162,6 +189,10 @@ def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.
     n_particles = resolve_n_particles(system, cfg.n_particles)
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     params = generation_params(system, n_particles, sizes, cfg.seed)
+    shipped = SHIPPED / folder_name(params)
+    if all((shipped / f"{name}.npz").is_file() for name in SPLITS):
+        log.info("data: the shipped set %s", shipped.name)
+        return {name: read_split(shipped / f"{name}.npz") for name in SPLITS}
     folder = cache_folder(cfg.cache_dir, params)
     paths = {name: folder / f"{name}.npz" for name in SPLITS}
     if all(f.is_file() for f in paths.values()):

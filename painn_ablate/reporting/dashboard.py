@@ -4,7 +4,8 @@ Laid out for the question the sweeps ask, top to bottom; runs are filtered to th
 (`tracking.group` = the study name) and grouped by experiment (`model.preset`, `ablate`),
 so every panel shows one line or bar per experiment with its seeds aggregated:
 
-    Outcomes          bar: blew_up, diverged, exploded (0/1 per run, summed per experiment)
+    Outcomes          bar: outcome.outcome_columns (exploded, diverged, transient, blew_up, sustained; 0/1 per run,
+                      summed per experiment)
     Accuracy          bar: val_pos_mse, test_pos_mse (mean per experiment, sd band);
                       line: val_pos_mse over steps
     Per-layer state   line: layer{l}/mixing/mu_norm_max for every layer l (log y); the same for
@@ -32,8 +33,9 @@ from typing import Optional
 
 from painn_ablate.core import files
 from painn_ablate.core.config import ConfigError, parse_experiment
+from painn_ablate.core.errors import DashboardError
 from painn_ablate.core.outcome import Status, metric_name, outcome_columns
-from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key
+from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key, wandb_online
 
 SPEC_FILE = "dashboard.json"
 GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (config.experiment_name)
@@ -42,9 +44,6 @@ MSE_KEYS = (metric_name("val", "pos_mse"), metric_name("test", "pos_mse"))
 STATE_STATS = ("mu_norm_max", "q_absmax")  # after each mixing block
 FEEDBACK_STATS = ("qmu_absmax", "mu_term_norm_max")  # the mixing block's coupling and self-gating terms
 
-
-class DashboardError(ValueError):
-    """A sweep the dashboard cannot be built for; one line."""
 
 
 @dataclass
@@ -126,7 +125,7 @@ def build(info: SweepInfo, entity: str, project: Optional[str] = None, experimen
 
     sections = [
         ws.Section(name="Outcomes per experiment", is_open=True, panels=[
-            wr.BarPlot(title="runs that blew up (diverged or exploded), diverged, exploded",
+            wr.BarPlot(title="runs that blew up (transient, diverged or exploded), sustained, transient, diverged, exploded",
                        metrics=list(OUTCOME_KEYS), groupby_aggfunc="sum", orientation="h")]),
         ws.Section(name="Accuracy per experiment", is_open=True, panels=[
             wr.BarPlot(title="validation and test pos MSE (mean over seeds, sd)", metrics=list(MSE_KEYS),
@@ -202,17 +201,7 @@ def write_spec(workspace, folder: Path) -> Path:
 
 
 def online() -> bool:
-    """Whether W&B credentials are at hand (an API key in the environment or in ~/.netrc) and not offline."""
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import wandb
-
-    try:
-        return bool(wandb.Api(timeout=10).api_key)
-    except Exception:  # noqa: BLE001 - no key, no network: offline
-        return False
+    return wandb_online()
 
 
 def make(target: str, study: Optional[str] = None, entity: Optional[str] = None, project: Optional[str] = None,

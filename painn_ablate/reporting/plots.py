@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.analysis.loaders import wilson
+from painn_ablate.analysis.stats import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
 
 PathLike = Union[str, Path]
@@ -218,7 +218,7 @@ def plot_outcomes(table: pd.DataFrame, baselines: Optional[dict[str, float]] = N
     for k, (n, b) in enumerate(zip(table["runs"], table["blew_up"])):
         axes[0].text(0.02, k, f"{b}/{n}", va="center", fontsize=8)
     axes[0].set_xlim(0, 1)
-    axes[0].set_xlabel("blow-up rate (diverged or exploded), Wilson 95%")
+    axes[0].set_xlabel("blow-up rate (transient, diverged or exploded), Wilson 95%")
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
     median = table["blow_up_step_median"]

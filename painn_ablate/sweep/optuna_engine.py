@@ -42,8 +42,9 @@ never meets the partial directory of a killed attempt), `name` is the label (e.g
 runs `painn_ablate.training.trainer.run`, the code of `painn-ablate train`.
 
 User attributes of every trial: label, run_dir, status (painn_ablate.core.outcome.Status: 'running',
-'stable', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
-first_divergence (dicts or None), episodes, recovered, val_pos_mse,
+'stable', 'transient', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
+first_divergence (dicts or None), episodes, recovered, spikes, spike_steps, steps_to_recover (per episode),
+sustained, blow_up_phase (init | training: the first blow-up's, outcome.Phase), val_pos_mse,
 val_vel_mse, test_pos_mse, test_vel_mse, steps_completed, early_warning_step, pruned_step,
 wall_seconds, error (for 'error'), worker (host:pid) and attempt (the trial's number, set
 once its first heartbeat is recorded).
@@ -61,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
 import multiprocessing
@@ -79,12 +79,14 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from painn_ablate.core import runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
-from painn_ablate.core.outcome import Status, is_blow_up
+from painn_ablate.core.outcome import WITH_METRIC, Status, is_blow_up
+from painn_ablate.core.process import keep_freed_memory
 from painn_ablate.sweep.spec import (
-    DEFAULT_N_TRIALS,
     Sweep,
     SweepError,
+    check_resume,
     check_run_options,
     default_out,
     grid_points,
@@ -92,8 +94,13 @@ from painn_ablate.sweep.spec import (
     result_attrs,
     signals_ignored,
     torch_threads,
+    trains,
+    trial_budget,
     trial_config,
     trial_label,
+    walk_key,
+    walk_next,
+    walk_starts,
     warm_data_cache,
 )
 
@@ -113,7 +120,7 @@ GRACE_FACTOR = 3  # a trial is lost after GRACE_FACTOR heartbeats without news
 MAX_RETRY = 3  # re-runs of a trial whose worker was lost
 SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
 READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
-CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a diverged or exploded trial
+CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a blow-up (transient, diverged or exploded)
 
 
 
@@ -270,22 +277,46 @@ def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.
     study.set_user_attr("sweep_file", sweep.raw)
     if sweep.method == "grid":
         points = grid_points(sweep)
-        for i, params in enumerate(points):
-            study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": i})
-        study.set_user_attr("grid_size", len(points))
-        log.info("created study %s: %d grid points enqueued", sweep.name, len(points))
+        starts = walk_starts(sweep) if sweep.frontier else points
+        for params in starts:
+            _enqueue(study, sweep, params, points)
+        study.set_user_attr("grid_size", len(points))  # a frontier's walks run at most this many
+        log.info("created study %s: %d of %d grid points enqueued%s", sweep.name, len(starts), len(points),
+                 f" (the first rung of each walk up {sweep.frontier})" if sweep.frontier else "")
     study.set_user_attr("ready", True)
     return study
 
 
-def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
-    old, new = study.user_attrs.get("settings"), sweep.settings()
-    if old == json.loads(json.dumps(new)):
+def _enqueue(study: optuna.Study, sweep: Sweep, params: dict, points: Optional[list[dict]] = None) -> None:
+    points = points if points is not None else grid_points(sweep)
+    study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": points.index(params)})
+
+
+def advance_walks(study: optuna.Study, sweep: Sweep, only: Optional[dict] = None) -> None:
+    """A frontier sweep's walks (sweep_file.walk_next): enqueue the next rung of every walk whose trials
+    have all finished (`only`: of the walk of these parameters alone, which a worker does after its trial;
+    all of them when a sweep starts or resumes, which also repairs a walk its worker died advancing)."""
+    if not sweep.frontier:
         return
-    differs = [k for k in new if (old or {}).get(k) != json.loads(json.dumps(new[k]))]
-    raise SweepError(f"study '{sweep.name}' was started with other {', '.join(differs) or 'settings'} "
-                     f"(then: {json.dumps({k: (old or {}).get(k) for k in differs})[:200]}); resume it with the "
-                     "same file and overrides, or choose another --out/--storage or name")
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    walks: dict[str, list] = {}
+    for t in trials:
+        if t._trial_id not in retried:  # a lost or interrupted trial's re-run stands in for it
+            walks.setdefault(walk_key(sweep, t.params), []).append(t)
+    wanted = None if only is None else walk_key(sweep, only)
+    for key, trials in walks.items():
+        if (wanted is not None and key != wanted) or any(t.state in (TrialState.WAITING, TrialState.RUNNING)
+                                                           for t in trials):
+            continue
+        ran = [(t.params, t.state == TrialState.COMPLETE and trains(t.user_attrs)) for t in trials]
+        following = walk_next(sweep, ran)
+        if following is not None:
+            _enqueue(study, sweep, following)
+
+
+def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
+    check_resume(sweep, f"study '{sweep.name}'", study.user_attrs.get("settings"))
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -299,7 +330,7 @@ def stop_when_exploding(step: int, info: dict) -> Optional[str]:
 
 def objective_value(sweep: Sweep, attrs: dict) -> float:
     value = attrs.get(sweep.metric)
-    if attrs["status"] not in (Status.STABLE, Status.DIVERGED) or value is None or not math.isfinite(value):
+    if attrs["status"] not in WITH_METRIC or value is None or not math.isfinite(value):
         return sweep.worst
     return float(value)
 
@@ -350,7 +381,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path,
     trial_id = trial._trial_id  # Optuna has no public accessor; heartbeats are keyed by it
     params = suggest(trial, sweep)
     label = trial_label(sweep, params)
-    run_dir = out / "trials" / f"{label}-t{trial.number:04d}"
+    run_dir = runfolder.trial_dir(out, label, trial.number)
     try:
         with Heartbeat(storage, trial_id, storage.heartbeat_interval):
             # `attempt` (this trial's own number, also on a re-run that copied the attributes of
@@ -427,7 +458,7 @@ def next_trial(study: optuna.Study, storage, sweep: Sweep, n_trials: Optional[in
     if sweep.method == "grid":
         return pop_waiting(study, storage)
     trials = study.get_trials(deepcopy=False)
-    if any(t.state == TrialState.WAITING for t in trials) or originals(trials) < (n_trials or DEFAULT_N_TRIALS):
+    if any(t.state == TrialState.WAITING for t in trials) or originals(trials) < trial_budget(sweep, n_trials):
         with quiet_optuna():
             return study.ask()  # pops a WAITING re-run first, else samples a new trial
     return None
@@ -466,6 +497,7 @@ def work(sweep: Sweep, settings: WorkerSettings, on_trial_end: Optional[Callable
             time.sleep(min(settings.heartbeat, 5))
             continue
         frozen = run_trial(study, trial, sweep, out, settings.prune, storage)
+        advance_walks(study, sweep, only=frozen.params)
         ran += 1
         if on_trial_end is not None:
             on_trial_end(frozen)
@@ -485,6 +517,7 @@ def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
     optuna.logging.set_verbosity(max(settings.log_level, logging.WARNING))
     for sig in (signal.SIGINT, signal.SIGTERM):  # terminate() gives the trial back like Ctrl-C
         signal.signal(sig, _interrupt_once)
+    keep_freed_memory()  # a spawned process starts with glibc's defaults
     if settings.threads:
         import torch
 
@@ -507,6 +540,7 @@ class Progress:
     running: int = 0
     waiting: int = 0
     diverged: int = 0
+    transient: int = 0
     exploded: int = 0
     errors: int = 0
     lost: int = 0  # failed by a lost heartbeat (re-run, unless retries ran out)
@@ -530,6 +564,7 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
             p.done += 1
             p.errors += t.state == TrialState.FAIL
             p.diverged += status == Status.DIVERGED
+            p.transient += status == Status.TRANSIENT
             p.exploded += status == Status.EXPLODED
             p.finished.append(t)
     p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)
@@ -547,9 +582,7 @@ def best_trial(study: optuna.Study, trials: Optional[list[FrozenTrial]] = None) 
 
 
 def sweep_total(sweep: Sweep, study: optuna.Study, n_trials: Optional[int]) -> int:
-    if sweep.method == "grid":
-        return int(study.user_attrs.get("grid_size", len(grid_points(sweep))))
-    return n_trials or sweep.run_cap or DEFAULT_N_TRIALS
+    return trial_budget(sweep, n_trials, study.user_attrs.get("grid_size"))
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -576,6 +609,7 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     storage = open_storage(url, heartbeat)
     warm_data_cache(sweep)  # bad data fails here, before the study exists
     study = prepare_study(sweep, storage)
+    advance_walks(study, sweep)  # a resumed frontier sweep: walks whose worker died advancing them
     total = sweep_total(sweep, study, n_trials)
     report = (lambda *_: on_progress(progress(study, total))) if on_progress else (lambda *_: None)
     report()

@@ -56,20 +56,23 @@ from typing import Any, Iterable, Iterator, Optional, TypeVar
 import yaml
 
 from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
-from painn_ablate.core.outcome import METRICS, RunSummary, Status, metric_name
+from painn_ablate.core.errors import SweepError
+from painn_ablate.core.outcome import METRICS, OUTCOMES, PHASE_KEY, Phase, RunSummary, Status, is_blow_up, metric_name
 
 T = TypeVar("T")
 
-
-class SweepError(ValueError):
-    """Unusable sweep file, storage or study; the message is one line."""
 
 
 # ----------------------------------------------------------------------------- the file format
 
 # W&B's documented top-level keys (plus `controller`, for W&B's local controller).
 TOP_LEVEL_KEYS = ("program", "command", "method", "metric", "parameters", "name", "description",
-                  "project", "entity", "run_cap", "early_terminate", "controller")
+                  "project", "entity", "run_cap", "early_terminate", "controller", *("frontier",))
+# painn-ablate's own keys, unknown to W&B: `frontier: <a grid parameter>` walks that parameter's values
+# (a learning-rate ladder, ascending) per point of the other parameters, up to the first rung at which
+# the trial does not train (see `trains`); the Optuna engine walks adaptively, W&B's engine, which
+# cannot, runs every rung (the same critical rung is read off the walk's prefix).
+OWN_KEYS = ("frontier",)
 METHODS = ("grid", "random", "bayes")
 DEFAULT_METRIC = metric_name("val", "pos_mse")
 # Keys a parameter spec may hold, per form.
@@ -119,6 +122,7 @@ class Sweep:
     overrides: list[str] = field(default_factory=list)
     run_cap: Optional[int] = None
     raw: dict = field(default_factory=dict)  # the file as read
+    frontier: Optional[str] = None  # the grid parameter walked up per point (OWN_KEYS), ascending
 
     @property
     def swept(self) -> dict[str, Param]:
@@ -318,11 +322,13 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     overrides = list(overrides)
     _check_names(where, params, overrides)
     sweep = Sweep(path=where, name=raw.get("name") or Path(path).stem, method=raw["method"], metric=metric,
-                  goal=goal, params=params, overrides=overrides, run_cap=raw.get("run_cap"), raw=raw)
+                  goal=goal, params=params, overrides=overrides, run_cap=raw.get("run_cap"), raw=raw,
+                  frontier=raw.get("frontier"))
     if sweep.method == "grid":
         for name, p in sweep.swept.items():
             if p.kind != "categorical":
                 raise _fail(where, f"parameter '{name}': a grid needs 'values' or 'value', not a '{p.kind}' range")
+    _check_frontier(where, sweep)
     from painn_ablate.data.datasets import DataError, check_dir  # torch loads only where data or trials are touched
 
     composed: dict[str, str] = {}  # a grid point's config (less its name) -> the point, to find duplicates
@@ -342,6 +348,54 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                                    "remove one of them")
             composed[key] = shown
     return sweep
+
+
+def _check_frontier(where: str, sweep: Sweep) -> None:
+    name = sweep.frontier
+    if name is None:
+        return
+    p = sweep.swept.get(str(name))
+    if sweep.method != "grid" or p is None:
+        raise _fail(where, f"frontier: {name!r} must name a swept parameter of a grid "
+                           f"(swept here: {', '.join(sweep.swept) or 'none'})")
+    if not all(_is_number(v) for v in p.values) or list(p.values) != sorted(set(p.values)):
+        raise _fail(where, f"frontier: the values of '{name}' must be numbers in ascending order, got {list(p.values)}")
+
+
+# ----------------------------------------------------------------------------- the frontier walk
+
+
+def trains(attrs: dict) -> bool:
+    """Whether a trial trained at its rung: it did not blow up, or its blow-up was present in the initial
+    network already (phase init: no learning rate made it). A trial that raised did not train."""
+    status = attrs.get("status")
+    if status not in OUTCOMES:  # raised, pruned or interrupted: no outcome to judge it by
+        return False
+    return not is_blow_up(status) or attrs.get(PHASE_KEY) == Phase.INIT
+
+
+def walk_key(sweep: Sweep, params: dict[str, Any]) -> str:
+    """The point a trial walks for: its parameters less the frontier's."""
+    return json.dumps({k: v for k, v in params.items() if k != sweep.frontier}, sort_keys=True, default=str)
+
+
+def walk_starts(sweep: Sweep) -> list[dict[str, Any]]:
+    """Each walk's first trial: the grid points at the frontier parameter's lowest value."""
+    first = sweep.swept[sweep.frontier].values[0]
+    return [point for point in grid_points(sweep) if point[sweep.frontier] == first]
+
+
+def walk_next(sweep: Sweep, ran: list[tuple[dict[str, Any], bool]]) -> Optional[dict[str, Any]]:
+    """The next trial of one walk from its trials so far, (params, trained): the next rung above the last
+    one that trained, or None when a rung did not train or the ladder is done."""
+    ladder = list(sweep.swept[sweep.frontier].values)
+    done = {ladder.index(params[sweep.frontier]): ok for params, ok in ran}
+    for i, value in enumerate(ladder):
+        if i not in done:
+            return {**ran[0][0], sweep.frontier: value} if ran else None
+        if not done[i]:
+            return None
+    return None
 
 
 # ----------------------------------------------------------------------------- points, labels, configs
@@ -433,10 +487,15 @@ def result_attrs(summary: RunSummary) -> dict[str, Any]:
     attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],
                              "first_divergence": summary.get("first_divergence"),
                              "episodes": divergence.get("episodes"), "recovered": divergence.get("recovered"),
+                             "spikes": divergence.get("spikes"), "spike_steps": divergence.get("spike_steps"),
+                             "steps_to_recover": divergence.get("steps_to_recover"),
+                             "sustained": divergence.get("sustained"),
+                             PHASE_KEY: (summary.get("first_blow_up") or {}).get("phase"),
                              "steps_completed": summary["steps_completed"],
                              "wall_seconds": round(summary["wall_seconds"], 2),
                              "early_warning_step": (summary.get("early_warning") or {}).get("step"),
-                             "pruned_step": None}
+                             "pruned_step": None, "data_fingerprint": summary.get("data_fingerprint"),
+                             "code_version": summary.get("code_version"), "started_at": summary.get("started_at")}
     for metric, (split, key) in METRICS.items():
         attrs[metric] = (summary.get(split) or {}).get(key)
     stopped = summary.get("stopped_early")
@@ -482,6 +541,28 @@ def check_run_options(sweep: Sweep, n_trials: Optional[int] = None, threads: Opt
                          "a grid runs every combination")
     if threads is not None and threads < 1:
         raise SweepError(f"--threads must be >= 1, got {threads}")
+
+
+def trial_budget(sweep: Sweep, n_trials: Optional[int] = None, grid_size: Optional[int] = None) -> int:
+    """How many trials a sweep runs, alike in every engine: a grid every point (`grid_size` as a study
+    recorded it, else counted); random and bayes --n-trials, else the file's run_cap, else DEFAULT_N_TRIALS."""
+    if sweep.method == "grid":
+        return grid_size if grid_size is not None else len(grid_points(sweep))
+    return n_trials or sweep.run_cap or DEFAULT_N_TRIALS
+
+
+def check_resume(sweep: Sweep, where: str, old: Optional[dict], old_name: Optional[str] = None) -> None:
+    """A study or folder resumes only the sweep it was started with (`Sweep.settings`), alike in every
+    engine: else SweepError naming what changed, what it was then, and the way out."""
+    new = json.loads(json.dumps(sweep.settings()))
+    old = old or {}
+    differs = [k for k in new if old.get(k) != new[k]]
+    if old_name is not None and old_name != sweep.name:
+        differs = differs or ["name"]
+    if differs:
+        raise SweepError(f"{where} was started with other {', '.join(differs)} "
+                         f"(then: {json.dumps({k: old.get(k) for k in differs})[:200]}); resume it with the same "
+                         "file and overrides, or choose another --out")
 
 
 def default_out(path: str | Path) -> Path:

@@ -68,11 +68,12 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from painn_ablate.core import runfolder
 from painn_ablate.core.config import compose
 from painn_ablate.core.outcome import Status
 from painn_ablate.sweep import spec as sf
 from painn_ablate.sweep.spec import Sweep, SweepError, pick_best
-from painn_ablate.training.sinks import wandb_mode
+from painn_ablate.training.sinks import wandb_online
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ ENGINE_OFFLINE, ENGINE_ONLINE = "wandb-offline", "wandb-online"
 WANDB_SETTINGS = {"silent": True, "console": "off", "x_disable_stats": True}  # as the WandbSink's runs
 
 
-def online() -> bool:
-    return wandb_mode() == "online"
+online = wandb_online
 
 
 def _sweeps_engine():
@@ -174,13 +174,7 @@ def check_header(ledger: Ledger, sweep: Sweep, engine: str) -> None:
     if h.get("engine") != engine:
         raise SweepError(f"{ledger.path} belongs to an {h.get('engine')} sweep, not {engine}; "
                          "use another --out (or the WANDB_MODE it was started with)")
-    old, new = h.get("settings") or {}, json.loads(json.dumps(sweep.settings()))
-    differs = [k for k in new if old.get(k) != new[k]]
-    if differs or h.get("name") != sweep.name:
-        differs = differs or ["name"]
-        raise SweepError(f"{ledger.path} holds sweep '{h.get('name')}' started with other {', '.join(differs)} "
-                         f"(then: {json.dumps({k: old.get(k) for k in differs})[:200]}); resume it with the same "
-                         "file and overrides, or choose another --out")
+    sf.check_resume(sweep, f"{ledger.path} (sweep '{h.get('name')}')", h.get("settings"), h.get("name"))
 
 
 @contextlib.contextmanager
@@ -279,7 +273,7 @@ def run_trial(sweep: Sweep, ledger: Ledger, out: Path, params: dict[str, Any], r
 
     number = len(ledger.trials)
     label = sf.trial_label(sweep, params)
-    run_dir = out / "trials" / f"{label}-t{number:04d}"
+    run_dir = runfolder.trial_dir(out, label, number)
     ledger.append({"event": "start", "number": number, "params": params, "label": label, "run_dir": str(run_dir),
                    "retry_of": retry_of})
     log.info("trial %d (%s) starts in %s", number, label, run_dir)
@@ -328,6 +322,10 @@ class OfflineSweep:
         return sum(t.status == Status.DIVERGED for t in self.trials)
 
     @property
+    def transient(self) -> int:
+        return sum(t.status == Status.TRANSIENT for t in self.trials)
+
+    @property
     def errors(self) -> int:
         return sum(t.state == "failed" for t in self.trials)
 
@@ -348,7 +346,7 @@ def run_offline(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int
     sf.check_run_options(sweep, n_trials, threads)
     out = Path(out) if out is not None else sf.default_out(sweep.path)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(sf.grid_points(sweep)) if sweep.method == "grid" else n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
+    total = sf.trial_budget(sweep, n_trials)
     check_usable(sweep, out)
     if "early_terminate" in sweep.raw:
         log.warning("early_terminate acts on the W&B server only; offline every trial runs to its end")
@@ -387,7 +385,7 @@ def wandb_sweep_config(sweep: Sweep, n_trials: Optional[int]) -> dict:
         if value is not None:  # `wandb agent` would pass None as the string 'None'
             config["parameters"][key] = {"value": value}
     if sweep.method != "grid":
-        config["run_cap"] = n_trials or sweep.run_cap or sf.DEFAULT_N_TRIALS
+        config["run_cap"] = sf.trial_budget(sweep, n_trials)
     config["name"] = sweep.name
     return config
 
@@ -405,7 +403,7 @@ def agent_trial(sweep: Sweep, out: Path) -> None:
     agent_run = wandb.init(group=sweep.name, dir=str(out), settings=wandb.Settings(**WANDB_SETTINGS))
     params = {name: agent_run.config[name] for name in sweep.swept}
     label = sf.trial_label(sweep, params)
-    run(sf.trial_config(sweep, params, out / "trials" / f"{label}-{agent_run.id}", label))
+    run(sf.trial_config(sweep, params, runfolder.trial_dir(out, label, agent_run.id), label))
 
 
 def run_online(sweep: Sweep, out: Optional[Path] = None, n_trials: Optional[int] = None,
@@ -464,7 +462,9 @@ def schema_check(raw: dict) -> tuple[list[str], list[str]]:
 
     notes = [f"'{key}' is accepted by W&B's server ({what}) but not by the open-source sweeps schema"
              for key, what in SERVER_ONLY_KEYS.items() if key in raw]
-    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS}
+    notes += [f"'{key}' is painn-ablate's own (W&B's engine runs every rung of the frontier; the Optuna engine walks it)"
+              for key in sf.OWN_KEYS if key in raw]
+    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS and k not in sf.OWN_KEYS}
     try:
         violations = schema_violations_from_proposed_config(copy.deepcopy(checked))
     except ValueError as exc:

@@ -11,7 +11,7 @@ that `pandas.read_parquet(path)` reads whole without this package:
     metrics.parquet      step, loss, loss_pos, loss_vel, lr, grad_norm, grad_norm_clipped, step_time,
                          val_pos_mse, val_vel_mse
     layer_stats.parquet  step, layer, block, stat, value      (long format)
-    events.parquet       step, kind, layer, block, tensor, phase, value, detail
+    events.parquet       step, kind (EVENT_KINDS), layer, block, tensor, phase (the pass), value, detail, blow_up_phase
                          (kind: nonfinite | divergence | early_warning; for a divergence, tensor is the
                          statistic that crossed and detail the criterion)
 
@@ -31,8 +31,8 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from painn_ablate.core import files
-from painn_ablate.core.outcome import METRIC_SPLITS, RunSummary, metric_name, outcome_columns
+from painn_ablate.core import files, runfolder
+from painn_ablate.core.outcome import METRIC_SPLITS, PHASE_KEY, RunSummary, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,15 @@ LAYER_STATS_SCHEMA = pa.schema([("step", pa.int64()), ("layer", pa.int64()), ("b
                                 ("stat", pa.string()), ("value", pa.float64())])
 EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer", pa.int64()),
                            ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
-                           ("value", pa.float64()), ("detail", pa.string())])
-EVENT_KINDS = ("nonfinite", "divergence", "early_warning")
+                           ("value", pa.float64()), ("detail", pa.string()), (PHASE_KEY, pa.string())])
+# recovered: an episode closed (step: its first quiet step, value: steps to recover)
+EVENT_KINDS = ("nonfinite", "divergence", "recovered", "early_warning")
 # Flat W&B summary keys (beside `status` and the 0/1 keys of outcome.outcome_columns): the first
 # blow-up's step and layer, and the early warning's lead time in steps (present only when they exist).
+# blow_up_phase (outcome.PHASE_KEY): init | training; spikes: the number of blow-up episodes.
 FIRST_BLOW_UP_STEP, FIRST_BLOW_UP_LAYER, EARLY_WARNING_LEAD = "first_blow_up_step", "first_blow_up_layer", \
     "early_warning_lead"
+SPIKES = "spikes"
 
 
 def unwritable_reason(folder: Path) -> Optional[str]:
@@ -151,9 +154,9 @@ class ParquetSink(Sink):
     """metrics / layer_stats / events as parquet datasets in the run directory."""
 
     def start(self, run_dir, cfg, flat_config):
-        self.metrics_w = _PartWriter(run_dir / "metrics.parquet", METRICS_SCHEMA)
-        self.stats_w = _PartWriter(run_dir / "layer_stats.parquet", LAYER_STATS_SCHEMA)
-        self.events_w = _PartWriter(run_dir / "events.parquet", EVENTS_SCHEMA)
+        self.metrics_w = _PartWriter(run_dir / runfolder.METRICS, METRICS_SCHEMA)
+        self.stats_w = _PartWriter(run_dir / runfolder.LAYER_STATS, LAYER_STATS_SCHEMA)
+        self.events_w = _PartWriter(run_dir / runfolder.EVENTS, EVENTS_SCHEMA)
 
     def metrics(self, step, values):
         self.metrics_w.add({"step": step, **{k: float(v) for k, v in values.items()}})
@@ -208,10 +211,25 @@ def stat_key(layer: int, block: str, stat: str) -> str:
 
 
 def wandb_mode() -> str:
-    """W&B's own convention: WANDB_MODE wins; otherwise online only with an API key."""
+    """The one answer to "is W&B online?", W&B's own convention: WANDB_MODE wins; otherwise online only
+    with credentials, an API key in the environment or W&B's entry in ~/.netrc (what `wandb login` writes)."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if os.environ.get("WANDB_API_KEY") or _netrc_key() else "offline"
+
+
+def wandb_online() -> bool:
+    return wandb_mode() == "online"
+
+
+def _netrc_key() -> bool:
+    import netrc
+
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class WandbSink(Sink):
@@ -258,13 +276,15 @@ class WandbSink(Sink):
         wandb = self.wandb
         for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "first_divergence",
                     "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",
-                    "run_dir"):
+                    "run_dir", "data_fingerprint", "code_version", "started_at"):
             self.run.summary[key] = summary.get(key)
         # numbers a dashboard can count and plot per experiment (W&B keeps no None and shows no nested keys)
         self.run.summary.update({k: int(v) for k, v in outcome_columns(summary.get("status")).items()})
         first = summary.get("first_blow_up") or {}
+        div = summary.get("divergence") or {}
         flat = {FIRST_BLOW_UP_STEP: first.get("step"), FIRST_BLOW_UP_LAYER: first.get("layer"),
-                EARLY_WARNING_LEAD: summary.get("early_warning_lead")}
+                PHASE_KEY: first.get("phase"), EARLY_WARNING_LEAD: summary.get("early_warning_lead"),
+                SPIKES: div.get("episodes")}
         self.run.summary.update({k: v for k, v in flat.items() if v is not None})
         self.run.tags = (*self.run.tags, f"outcome:{summary.get('status')}")  # filter runs by outcome in the UI
         for split in METRIC_SPLITS:

@@ -1,13 +1,15 @@
 """`run(cfg)`: train one PaiNN configuration and record what happened.
 
-A blow-up is an *outcome* (painn_ablate.core.outcome): a non-finite loss, activation or
-gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it ends
-there); a finite blow-up by the criteria `monitor.diverge_*` makes it "diverged" (by
-default, `monitor.on_diverged=continue`, it trains on and may recover). Each is located
-to step, layer, block and statistic from the statistics of the very forward pass where it
-fired (replayed when that step was not a statistics step), and recorded as an event and in
-the summary (`first_nonfinite`, `first_divergence`, `divergence`). The run directory always
-holds what was recorded up to then:
+A blow-up is an *outcome* (painn_ablate.core.outcome), decided by one component, the
+training loop's callback painn_ablate.training.blowup.BlowUpDetector: a non-finite loss,
+activation or gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it
+ends there); a finite one by the criteria `monitor.diverge_*` makes it "transient" when every
+episode recovered, "diverged" when one was sustained (by default, `monitor.on_diverged=continue`,
+it trains on). Each is located to step, layer, block and statistic from the statistics of the
+very forward pass where it fired (replayed when that step was not a statistics step), given its
+phase (init | training) from the initial weights on the same batch, and recorded as an event and
+in the summary (`first_nonfinite`, `first_divergence`, `first_blow_up`, `divergence`). The run
+directory always holds what was recorded up to then:
 
     config.yaml      the resolved config; `painn-ablate train --config config.yaml` re-runs it
     summary.json     status, steps, first_nonfinite, val/test metrics, ... (rewritten at each validation)
@@ -18,7 +20,6 @@ holds what was recorded up to then:
 from __future__ import annotations
 
 import copy
-import ctypes
 import datetime as dt
 import functools
 import logging
@@ -36,32 +37,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import __version__
-from painn_ablate.core import files
+from painn_ablate.core import files, runfolder
 from painn_ablate.core.config import compose, flatten, to_yaml, velocity_weight
-from painn_ablate.core.outcome import (
-    SUMMARY_FILE,
-    Criteria,
-    DivergenceTracker,
-    Origin,
-    RunSummary,
-    Status,
-    crossed,
-    first_blow_up,
-    locate,
-    metric_name,
-)
-from painn_ablate.data.datasets import NBodySplit, load_dataset
+from painn_ablate.core.errors import RunDirError
+from painn_ablate.core.outcome import PHASE_KEY, RunSummary, Status, first_blow_up, layer_profile, metric_name
+from painn_ablate.core.provenance import code_version
+from painn_ablate.data.datasets import NBodySplit, load_dataset, split_fingerprint
 from painn_ablate.model.painn import PaiNN
-from painn_ablate.training.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
+from painn_ablate.training.blowup import BlowUpDetector
+from painn_ablate.training.monitor import Monitor, NonFinite, backward_nonfinite, layer_grad_norms
 from painn_ablate.training.sinks import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500  # graphs per evaluation batch (no gradients, so larger than training batches)
 
-
-class RunDirError(ValueError):
-    """The run directory cannot be used (one line, names the path)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -80,7 +70,7 @@ def run_name(cfg: DictConfig) -> str:
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
-    if (run_dir / SUMMARY_FILE).exists():
+    if (run_dir / runfolder.SUMMARY).exists():
         raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
     reason = unwritable_reason(run_dir)
     if reason:
@@ -141,9 +131,9 @@ def evaluate_checkpoint(run_dir: str | Path, split: str = "test") -> dict[str, O
     """`evaluate(..., tail=True)` of a run folder's checkpoint (the best validation step) on one split:
     the per-sample error tail of a run recorded before the summary kept it."""
     run_dir = Path(run_dir)
-    cfg = compose(base=run_dir / "config.yaml")  # through the schema: older folders spell some values differently
+    cfg = compose(base=run_dir / runfolder.CONFIG)  # through the schema: older folders spell some values differently
     model = PaiNN(cfg.model)
-    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+    model.load_state_dict(torch.load(run_dir / runfolder.CHECKPOINT, map_location="cpu", weights_only=True)["model"])
     return evaluate(model, _cached_split(to_yaml(cfg.data), split), tail=True)
 
 
@@ -177,30 +167,7 @@ def environment(packages: Sequence[str] = ()) -> dict:
     return env
 
 
-def layer_profile(rows: list[tuple[int, str, str, float]]) -> dict[str, dict[int, float]]:
-    """Per-layer max ||mu|| and max |q| after mixing, from one statistics snapshot."""
-    pick = lambda stat: {l: v for l, b, s, v in rows if b == "mixing" and s == stat}  # noqa: E731
-    return {"mu_norm_max": pick("mu_norm_max"), "q_absmax": pick("q_absmax")}
-
-
 # ----------------------------------------------------------------------------- one step
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for reuse instead of handing it back to the OS (Linux; process-wide).
-
-    Every step allocates and frees the same large activations (the (E, L*3F) filters are 7.7 MB at the
-    default size). By default glibc maps each afresh and the first touch of every page faults: 10-15%
-    of a CPU step on 2 threads (benchmarks/bench.py). Returns whether it applied.
-    """
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def make_optimizer(model: PaiNN, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -274,8 +241,6 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = pick_device(cfg.train.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.splits = {k: v.to(self.device) for k, v in splits.items()}
         torch.manual_seed(cfg.seed)
         self.model = PaiNN(cfg.model).to(self.device)
@@ -285,11 +250,10 @@ class Trainer:
         self.vel_weight = velocity_weight(cfg.train.loss)
         self.recorder = Recorder([ParquetSink(), *sinks])
         self.should_stop = should_stop
-        self.warning = EarlyWarning(cfg.monitor, cfg.model.L)
         self.summary: RunSummary = {
             "status": Status.RUNNING.value, "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
             "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
-            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "early_warning": None,
+            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "blow_up_phase": None, "early_warning": None,
             "stopped_early": None, "val": None, "test": None,
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
@@ -298,75 +262,28 @@ class Trainer:
         }
         self.best_val = math.inf
         self.best_state: Optional[dict] = None
-        self.tracker = DivergenceTracker(Criteria.from_config(cfg.monitor), cfg.model.L)
-        val = self.splits["val"]
-        self.tracker.val_baseline = float(((val.pos_next - val.pos) ** 2).mean())  # zero-displacement MSE
-        self.val_bad = False  # the last validation crossed the val criterion
-        self.step_bad = False  # the last training step crossed a per-step criterion
+        self.detector = BlowUpDetector(cfg, self.summary, self.recorder.event, self.vel_weight)
 
     # -- records
 
     def write_summary(self) -> None:
-        write_json_atomic(self.run_dir / SUMMARY_FILE, self.summary)
+        write_json_atomic(self.run_dir / runfolder.SUMMARY, self.summary)
 
-    def record_nonfinite(self, origin: NonFinite, detail: str = "") -> None:
-        self.summary["nonfinite_events"] += 1
-        if self.summary["first_nonfinite"] is None:
-            self.summary["first_nonfinite"] = origin.as_dict()
-            log.warning("non-finite %s at step %d: layer %s, block %s, tensor %s", origin.phase, origin.step,
-                        origin.layer, origin.block, origin.tensor)
-        self.recorder.event({"kind": "nonfinite", **origin.as_dict(), "detail": detail})
-
-    def snapshot(self, step: int, rows: list) -> None:
-        """Record one set of per-layer statistics and feed the early warning."""
+    def snapshot(self, step: int, rows: list) -> Optional[dict]:
+        """Record one set of per-layer statistics and feed the early warning; returns its signal."""
         self.recorder.layer_stats(step, rows)
         profile = {"step": step, **layer_profile(rows)}
         self.summary["last_stats"] = profile
         if all(math.isfinite(v) for *_, v in rows):
             self.summary["last_finite_stats"] = profile
-        signal = self.warning.update(rows)
-        if signal and signal["fires"] and self.summary["early_warning"] is None:
-            self.summary["early_warning"] = {"step": step, **{k: signal[k] for k in ("risk", "mu_ratio", "mu_growth")}}
-            self.recorder.event({"step": step, "kind": "early_warning", "value": signal["risk"],
-                                 "detail": f"mu_ratio={signal['mu_ratio']:.3g} mu_growth={signal['mu_growth']:.3g}"})
-        return signal
+        return self.detector.on_snapshot(step, rows)
 
     @torch.no_grad()
     def replay_statistics(self, mon: Monitor, batch) -> list:
-        """Statistics of the forward pass just run (weights not yet updated), for locating a blow-up."""
+        """Statistics of a forward pass on `batch` with the current weights, for locating a blow-up."""
         mon.begin_step(full=True)
         self.model(batch.pos, batch.vel, batch.charge, batch.edge_index)
         return mon.collect()
-
-    def record_divergence(self, origin: Origin) -> None:
-        if self.summary["first_divergence"] is None:
-            self.summary["first_divergence"] = origin.as_dict()
-            log.warning("diverged at step %d (%s): layer %s, block %s, %s = %.3g", origin.step, origin.criterion,
-                        origin.layer, origin.block, origin.stat, origin.value if origin.value is not None else math.nan)
-        self.recorder.event({"step": origin.step, "kind": "divergence", "layer": origin.layer, "block": origin.block,
-                             "tensor": origin.stat, "phase": "validation" if origin.criterion == "val" else "forward",
-                             "value": origin.value, "detail": f"criterion={origin.criterion}"})
-
-    def watch_divergence(self, step: int, res: StepResult, rows: list, replay: Callable[[], list]) -> list:
-        """Check this step against the blow-up criteria; returns the statistics to record for it.
-
-        A new episode is located on this forward pass's statistics (`rows`, or replayed).
-        """
-        tr = self.tracker
-        criterion = tr.check_step(res.loss, res.absmax)
-        if criterion is None and rows:
-            criterion = crossed(rows, tr.crit, tr.n_layers)
-        self.step_bad = criterion is not None
-        if criterion is None:
-            if not self.val_bad:
-                tr.leave()
-            return rows
-        if not tr.in_episode:
-            rows = rows or replay()
-            origin = tr.confirm(step, criterion, rows)
-            if origin is not None and tr.enter(origin):
-                self.record_divergence(origin)
-        return rows
 
     def validate(self, step: int) -> dict[str, float]:
         """Evaluate on the validation split, keep the best weights; returns val_* metrics."""
@@ -379,20 +296,9 @@ class Trainer:
             self.summary.update(val=metrics, best_step=step)
             self.best_state = copy.deepcopy(self.model.state_dict())
             if self.cfg.train.checkpoint:
-                files.atomic(self.run_dir / "checkpoint.pt",
+                files.atomic(self.run_dir / runfolder.CHECKPOINT,
                              lambda tmp: torch.save({"step": step, "model": self.best_state}, tmp))
         return {metric_name("val", k): (v if v is not None else math.nan) for k, v in metrics.items()}
-
-    def watch_validation(self, step: int, val_pos_mse: float, batch, mon: Monitor) -> bool:
-        """Check a validation against the val criterion; True when it is crossed."""
-        self.val_bad = self.tracker.check_val(val_pos_mse if math.isfinite(val_pos_mse) else None)
-        if self.val_bad and not self.tracker.in_episode:
-            origin = self.tracker.confirm(step, "val", self.replay_statistics(mon, batch))
-            if self.tracker.enter(origin):
-                self.record_divergence(origin)
-        elif not self.val_bad and not self.step_bad:
-            self.tracker.leave()
-        return self.val_bad
 
     # -- the loop
 
@@ -406,6 +312,10 @@ class Trainer:
         step_times = []
         self.recorder.start(self.run_dir, cfg, flatten(cfg))
         self.write_summary()
+        det = self.detector
+        val = self.splits["val"]
+        # the val criterion's references: the zero-displacement MSE and the initial network's val MSE
+        det.on_start(model, float(((val.pos_next - val.pos) ** 2).mean()), evaluate(model, val)["pos_mse"])
         try:
             with Monitor(model, cfg.monitor) as mon:
                 for step in range(self.steps):
@@ -413,25 +323,10 @@ class Trainer:
                     batch = train.batch(batches.__next__().to(self.device))
                     full = step % every == 0 or step == self.steps - 1
                     res = train_step(model, batch, mon, step, full, clip, self.vel_weight)
-                    origin, stats_rows, g = res.origin, res.stats, res.grad_norm
+                    origin, g = res.origin, res.grad_norm
                     l_all, l_pos, l_vel = res.loss, res.loss_pos, res.loss_vel
                     replay = lambda: self.replay_statistics(mon, batch)  # noqa: E731
-                    if step == 0:
-                        zero = float((batch.pos_dt ** 2).mean() + self.vel_weight * (batch.vel_next ** 2).mean())
-                        self.tracker.set_reference(l_all, zero)
-                    if origin is not None:
-                        stats_rows = stats_rows or replay()
-                        if origin.layer is None and origin.block in ("head", None):
-                            # The loss or a head overflowed with the layers finite: the origin is the first
-                            # layer whose statistics in this forward pass overflowed or crossed a bound.
-                            where = locate(stats_rows, self.tracker.crit)
-                            if where is not None:
-                                origin.layer, origin.block = where[0], where[1]
-                        self.record_nonfinite(origin)
-                    else:
-                        stats_rows = self.watch_divergence(step, res, stats_rows, replay)
-                    self.tracker.observe_stats(stats_rows)
-                    diverged_stop = self.tracker.in_episode and cfg.monitor.on_diverged == "stop"
+                    stats_rows = det.on_step(step, batch, res, res.stats, replay)
                     lr = self.opt.param_groups[0]["lr"]  # the lr this step's update uses
                     if origin is None or policy == "continue":
                         self.opt.step()
@@ -444,11 +339,11 @@ class Trainer:
                                "lr": lr, "grad_norm": g,
                                "grad_norm_clipped": g if clip is None else min(g, clip), "step_time": step_times[-1]}
                     stop = origin is not None and policy == "stop"
-                    if not stop and not diverged_stop and ((step + 1) % cfg.train.val_every == 0
-                                                           or step == self.steps - 1):
+                    if not stop and ((step + 1) % cfg.train.val_every == 0 or step == self.steps - 1):
                         metrics.update(self.validate(step))
-                        if self.watch_validation(step, metrics[metric_name("val", "pos_mse")], batch, mon):
-                            diverged_stop = cfg.monitor.on_diverged == "stop"
+                        det.on_validation(step, metrics[metric_name("val", "pos_mse")], batch, replay)
+                    det.on_step_end(step)
+                    diverged_stop = det.should_stop  # monitor.on_diverged=stop: the divergence became sustained
                     self.recorder.metrics(step, metrics)
                     self.summary["steps_completed"] = step + 1  # = rows of metrics.parquet, also when interrupted
                     signal = self.snapshot(step, stats_rows) if stats_rows else None
@@ -475,19 +370,15 @@ class Trainer:
                 self.summary["ms_per_step"] = 1000 * sorted(step_times)[len(step_times) // 2]
             self.recorder.flush()
             if self.summary["status"] == Status.INTERRUPTED:
-                self.summary["divergence"] = self.tracker.summary()
+                self.summary["divergence"] = det.divergence()
                 self.write_summary()
                 self.recorder.finish(self.summary)
 
-        if self.summary["nonfinite_events"]:
-            self.summary["status"] = Status.EXPLODED.value
-        elif self.tracker.diverged:
-            self.summary["status"] = Status.DIVERGED.value
-        else:
-            self.summary["status"] = Status.STABLE.value
-        self.summary["divergence"] = self.tracker.summary()
-        self.summary["first_blow_up"] = first = first_blow_up(self.summary["first_divergence"],
-                                                              self.summary["first_nonfinite"])
+        self.summary["status"] = det.status().value
+        self.summary["divergence"] = det.divergence()
+        first = first_blow_up(self.summary["first_divergence"], self.summary["first_nonfinite"])
+        self.summary["first_blow_up"] = first and {**first, **det.first_blow_up_detail()}
+        self.summary[PHASE_KEY] = first and first["phase"]
         warning = self.summary["early_warning"]
         # steps from the early warning to the first blow-up (negative: the warning came late)
         self.summary["early_warning_lead"] = first["step"] - warning["step"] if first and warning else None
@@ -525,8 +416,11 @@ def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
     cfg = copy.deepcopy(cfg)
     cfg.name = cfg.name or run_dir.name
     cfg.out = str(run_dir)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    files.write_text(run_dir / runfolder.CONFIG, to_yaml(cfg))  # atomic: a killed start leaves no half-written config
     steps = total_steps(cfg, len(splits["train"]))
     trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
+    # What makes the record re-runnable anywhere: the exact data and code, and when it started.
+    trainer.summary.update(data_fingerprint=split_fingerprint(splits), code_version=code_version(),
+                           started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     return trainer.fit()
 

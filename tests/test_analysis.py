@@ -16,8 +16,6 @@ from painn_ablate.analysis import stats
 from painn_ablate.core import config
 from painn_ablate.core.config import STABILIZER_KEYS, compose, flatten
 
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
-
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
 
 
@@ -29,6 +27,7 @@ def same(a, b) -> bool:
 # ----------------------------------------------------------------------------- loaders
 
 
+@pytest.mark.integration
 def test_load_runs_one_row_per_run_with_config_and_summary_columns(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs")
     assert len(runs) == 5 and runs["run_dir"].is_unique
@@ -52,6 +51,7 @@ def test_load_runs_one_row_per_run_with_config_and_summary_columns(tiny_root):
     assert sorted(trials["experiment"]) == ["original", "original + alpha", "original + clamps"]
 
 
+@pytest.mark.integration
 def test_a_killed_run_loads_as_running_with_its_records(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs" / "killed")
     assert runs["status"].tolist() == ["running"] and runs["steps_completed"].iloc[0] >= 2
@@ -60,6 +60,7 @@ def test_a_killed_run_loads_as_running_with_its_records(tiny_root):
     assert len(stats) and stats["step"].max() <= 6
 
 
+@pytest.mark.integration
 def test_long_tables_carry_run_ids_and_hold_every_parquet_row(tiny_root):
     dirs = analysis.find_run_dirs(tiny_root / "runs")
     stats = analysis.load_layer_stats(tiny_root / "runs")
@@ -73,6 +74,7 @@ def test_long_tables_carry_run_ids_and_hold_every_parquet_row(tiny_root):
     assert len(metrics) == sum(len(pd.read_parquet(d / "metrics.parquet")) for d in dirs)
 
 
+@pytest.mark.integration
 def test_events_locate_the_first_nonfinite_value_of_each_exploded_run(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs").set_index("run_dir")
     events = analysis.load_events(tiny_root / "runs")
@@ -83,6 +85,7 @@ def test_events_locate_the_first_nonfinite_value_of_each_exploded_run(tiny_root)
         assert g["layer"].iloc[0] == runs.loc[run_dir, "first_nonfinite.layer"]
 
 
+@pytest.mark.integration
 def test_load_study_joins_trials_with_their_run_configs(tiny_root):
     trials = analysis.load_study(tiny_root / "sweep")
     assert len(trials) == 3 and set(trials["state"]) == {"COMPLETE"}
@@ -111,6 +114,7 @@ def test_load_study_joins_trials_with_their_run_configs(tiny_root):
         analysis.load_study(tiny_root / "sweep", "nope")
 
 
+@pytest.mark.integration
 def test_wandb_rows_use_the_same_names_as_run_rows(tiny_root):
     run_dir = tiny_root / "runs" / "original-s0"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -133,6 +137,7 @@ def test_wandb_rows_use_the_same_names_as_run_rows(tiny_root):
 # ----------------------------------------------------------------------------- derived tables
 
 
+@pytest.mark.integration
 def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs")
     runs = runs[runs["status"] != "running"]
@@ -172,6 +177,7 @@ def test_importance_ranks_the_parameter_that_decides_the_target_first(evaluator)
         analysis.param_importances(frame.head(1), lambda r: float(r["exploded"]))
 
 
+@pytest.mark.integration
 def test_rerun_command_composes_to_the_saved_config(tiny_root):
     for run_dir in analysis.find_run_dirs([tiny_root / "runs", tiny_root / "sweep"]):
         overrides = config.rerun_overrides(run_dir)
@@ -217,6 +223,7 @@ def test_run_level_notebooks_are_committed_executed():
         assert outputs(book, "image"), name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name, env, needles", [
     ("explosion", {"PAINN_ABLATE_RUNS": "runs"}, ["original runs that blew up: 2 of 2", "qmu_absmax"]),
     ("ablation", {"PAINN_ABLATE_RUNS": "sweep"}, ["3 runs;", "original + clamps", "alpha"]),

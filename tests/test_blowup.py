@@ -176,7 +176,7 @@ def test_the_vocabulary_groups_transient_as_a_blow_up_but_not_sustained():
 @pytest.fixture
 def tiny(tmp_path):
     def make(*overrides, out="run"):
-        return compose([*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / out}", *overrides])
+        return compose([*TINY, f"out={tmp_path / out}", *overrides])  # the data: the session's cache (conftest)
     return make
 
 
@@ -194,7 +194,7 @@ DIVERGING = ["model=original", "train.lr=0.05", "train.steps=20", "seed=6"]  # |
 
 @pytest.mark.integration
 def test_original_L5_seed3_blows_up_at_initialisation(tmp_path):
-    summary = run(compose([*INIT_PHASE, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}"]))
+    summary = run(compose([*INIT_PHASE, f"out={tmp_path / 'run'}"]))  # the data: the session's cache
     assert summary["status"] == Status.DIVERGED and summary["blow_up_phase"] == Phase.INIT
     first = summary["first_blow_up"]
     assert first["step"] == 0 and first["phase"] == "init" and first["init_criterion"] is not None

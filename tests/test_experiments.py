@@ -1,8 +1,6 @@
 """The evidence layer: intervals, paired tests, trial tables from a real sweep, the rules, runs.md."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -10,13 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
-from support import TINY
+from support import TINY, cli
 
 from painn_ablate.analysis import rules, stats
 from painn_ablate.analysis import tables as ex
 from painn_ablate.reporting.findings import build_findings, egnn_lines
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
 
@@ -119,19 +115,18 @@ def results(tmp_path_factory):
         "  model: {values: [original, r2_full]}\n  ablate: {values: [none, C_s]}\n  seed: {values: [0, 1]}\n"
         "  train.lr: {value: 0.001}\n"
         "  monitor.on_diverged: {value: stop}\n")
-    common = [*TINY, f"data.cache_dir={root / 'cache'}"]
-    env = {"OMP_NUM_THREADS": "1"}
+    common = list(TINY)  # the data: the session's cache (conftest)
     for args in (["sweep", str(root / "map.yaml"), *common, "train.steps=6", "train.val_every=3",
                   "--out", str(root / "map")],
                  ["probe", *common, "model=original", "--seeds", "3", "--depths", "2,5", "--out",
                   str(root / "probe" / "original")],
                  ["export", str(root / "map"), str(root / "probe" / "original"), "--out", str(root / "results")]):
-        res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
-                             timeout=600, env={**__import__("os").environ, **env})
+        res = cli(*args)
         assert res.returncode == 0, res.stderr
     return root / "results"
 
 
+@pytest.mark.integration
 def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(results):
     trials, stats, seeds = ex.load_results(results)
     assert len(trials) == 8 and set(trials["preset"]) == {"original", "r2_full"}
@@ -154,6 +149,7 @@ def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(resul
     assert (stable["test_pos_mse_max"] >= stable["test_pos_mse"]).all()
 
 
+@pytest.mark.integration
 def test_checkpoint_reevaluation_matches_the_summary(results):
     """The tail an export recomputes for older runs is the one training records: same weights, same split."""
     import json
@@ -200,6 +196,7 @@ def test_ablation_table_names_necessary_sufficient_and_inert():
     assert table.loc["g", "aoi_p_holm"] == pytest.approx(min(1, 2 * table.loc["g", "aoi_p"]))
 
 
+@pytest.mark.integration
 def test_findings_report_and_cli(results, tmp_path):
     text = build_findings(results, tmp_path / "runs.md", tmp_path / "plots")
     for needle in ("## Verdicts", "| M1 |", "Wilson", "## 1. Explosion map", "### At initialisation",
@@ -207,12 +204,11 @@ def test_findings_report_and_cli(results, tmp_path):
                    "| C_s |", "## Compute", "## Not done"):
         assert needle in text, needle
     assert (tmp_path / "plots" / "map.png").stat().st_size > 0
-    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "report", "--results", str(results),
-                          "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p")],
-                         capture_output=True, text=True, timeout=300)
+    res = cli("report", "--results", str(results), "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p"))
     assert res.returncode == 0 and (tmp_path / "r.md").read_text().startswith("# runs.md")
 
 
+@pytest.mark.integration
 def test_findings_notebook_executes_on_a_tiny_results_folder(results, monkeypatch):
     monkeypatch.setenv("PAINN_ABLATE_RESULTS", str(results))
     book = nbformat.read(NOTEBOOKS / "findings.ipynb", as_version=4)

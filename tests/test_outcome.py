@@ -24,7 +24,7 @@ LOSS_OVERFLOW = ["model=original", "train.lr=0.05", "train.steps=20", "seed=2"]
 @pytest.fixture
 def tiny(tmp_path):
     def make(*overrides, out="run"):
-        return compose([*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / out}", *overrides])
+        return compose([*TINY, f"out={tmp_path / out}", *overrides])  # the data: the session's cache (conftest)
     return make
 
 

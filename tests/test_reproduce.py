@@ -1,7 +1,6 @@
 """`painn-ablate reproduce` and `painn-ablate report` end to end on tiny budgets, and the verdict rules."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from support import TINY
+from support import TINY, cli
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.cli import main
@@ -19,8 +18,6 @@ from painn_ablate.core import config
 from painn_ablate.core.config import compose, flatten
 from painn_ablate.core.outcome import OUTCOMES, Status
 from painn_ablate.reporting import reproduce as rp
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 # At lr 0.05 the tiny original goes non-finite within a few steps (see test_train); r2_full does not.
 REPRO = [*TINY, "train.lr=0.05", "train.steps=8"]
@@ -31,13 +28,12 @@ def reproduced(tmp_path_factory):
     """`painn-ablate reproduce --quick` through the CLI, every run shrunk by overrides."""
     root = tmp_path_factory.mktemp("repro")
     out = root / "out"
-    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "reproduce", "--quick", "--out", str(out), *REPRO,
-                          f"data.cache_dir={root / 'cache'}"], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = cli("reproduce", "--quick", "--out", str(out), *REPRO, f"data.cache_dir={root / 'cache'}")
     assert res.returncode == 0, res.stderr
     return out, res.stdout, [*REPRO, f"data.cache_dir={root / 'cache'}"]
 
 
+@pytest.mark.integration
 def test_reproduce_writes_one_record_per_run_the_verdict_and_plots(reproduced):
     out, stdout, _ = reproduced
     result = json.loads((out / "reproduce.json").read_text())
@@ -71,6 +67,7 @@ def _wilson(k, n, z=1.959963984540054):
     return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
 
 
+@pytest.mark.integration
 def test_verdict_agrees_with_the_records_read_directly(reproduced):
     """Recompute every criterion from summary.json and the test split, without the package's statistics."""
     from scipy import stats as sps
@@ -167,6 +164,7 @@ def test_regime_rule_reads_the_map(tmp_path):
         rp.choose_regime([], tmp_path / "absent.parquet")
 
 
+@pytest.mark.integration
 def test_rerun_reuses_finished_runs_and_refuses_another_configuration(reproduced):
     out, _, overrides = reproduced
     before = json.loads((out / "reproduce.json").read_text())
@@ -184,6 +182,7 @@ def test_reserved_override_is_one_line_of_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 def test_report_lists_every_run_with_a_command_that_recomposes_its_config(reproduced, tiny_root, tmp_path, capsys):
     out, _, _ = reproduced
     md, plots = tmp_path / "runs.md", tmp_path / "plots"
@@ -214,6 +213,7 @@ def test_report_without_anything_to_report_is_bad_input(tmp_path, capsys, monkey
     assert "none of reproduce_out, sweeps_out exists" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_full_reproduction_completes_every_run_and_states_its_verdict(tmp_path):
     """The real thing (~15-20 min on 2 idle cores): `painn-ablate reproduce` on its embedded defaults."""

@@ -12,26 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import EXPLODING, TINY
+from support import EXPLODING, TINY, cli
 
 from painn_ablate.core.config import compose
 from painn_ablate.training.trainer import run
 
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
-
 
 @pytest.fixture
 def tiny(tmp_path):
-    def make(*overrides, out="run"):
-        return compose([*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / out}", *overrides])
+    def make(*overrides, out="run"):  # the data: the session's cache (conftest)
+        return compose([*TINY, f"out={tmp_path / out}", *overrides])
     return make
 
 
-def cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
-
-
+@pytest.mark.integration
 def test_stable_run_writes_every_record(tiny, tmp_path):
     summary = run(tiny("model=r2_full", "train.steps=12", "train.val_every=4", "monitor.every=4"))
     run_dir = tmp_path / "run"
@@ -50,6 +44,7 @@ def test_stable_run_writes_every_record(tiny, tmp_path):
     assert pd.read_parquet(run_dir / "events.parquet").empty
 
 
+@pytest.mark.integration
 def test_position_only_loss_and_cosine_schedule(tiny, tmp_path):
     """EGNN's setting: the loss is the displacement MSE alone, and the lr decays from train.lr to 0."""
     summary = run(tiny("model=r2_full", "train.steps=10", "train.val_every=5", "train.loss=pos",
@@ -67,6 +62,7 @@ def test_position_only_loss_and_cosine_schedule(tiny, tmp_path):
     assert both["status"] == "stable"
 
 
+@pytest.mark.integration
 def test_same_seed_same_numbers_and_saved_config_reruns(tiny, tmp_path):
     a = run(tiny("model=r2_full", "train.steps=6", "train.val_every=3", "seed=4", out="a"))
     rerun_cfg = compose([f"out={tmp_path / 'b'}"], base=tmp_path / "a" / "config.yaml")
@@ -76,6 +72,7 @@ def test_same_seed_same_numbers_and_saved_config_reruns(tiny, tmp_path):
     assert a["final_loss"] != c["final_loss"]
 
 
+@pytest.mark.integration
 def test_explosion_is_an_outcome_located_in_the_deep_layers(tiny, tmp_path):
     summary = run(tiny(*EXPLODING))
     assert summary["status"] == "exploded"
@@ -92,11 +89,13 @@ def test_explosion_is_an_outcome_located_in_the_deep_layers(tiny, tmp_path):
     assert mu.loc[first["layer"] - 1] > mu.loc[1]
 
 
+@pytest.mark.integration
 def test_r2_full_survives_the_learning_rate_that_explodes_original(tiny):
     summary = run(tiny("model=r2_full", "train.lr=0.05", "train.steps=20", "train.val_every=10"))
     assert summary["status"] == "stable" and summary["nonfinite_events"] == 0
 
 
+@pytest.mark.integration
 def test_the_fairchem_preset_trains(tiny):
     # (at lr 0.05, where the original explodes at step 1, this tiny fairchem model diverges: no claim here)
     summary = run(tiny("model=fairchem", "train.steps=20", "train.val_every=10"))
@@ -104,6 +103,7 @@ def test_the_fairchem_preset_trains(tiny):
     assert math.isfinite(summary["test"]["pos_mse"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy", ["skip_step", "continue"])
 def test_nonfinite_policies_keep_going(tiny, policy):
     summary = run(tiny(*EXPLODING, "train.steps=6", f"monitor.on_nonfinite={policy}"))
@@ -111,8 +111,9 @@ def test_nonfinite_policies_keep_going(tiny, policy):
     assert summary["nonfinite_events"] >= 1
 
 
+@pytest.mark.integration
 def test_cli_train_exits_zero_on_explosion_and_prints_a_summary(tmp_path):
-    res = cli("train", *TINY, *EXPLODING, f"data.cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'x'}")
+    res = cli("train", *TINY, *EXPLODING, f"out={tmp_path / 'x'}")
     assert res.returncode == 0, res.stderr
     assert "exploded" in res.stdout and "First non-finite value" in res.stdout
 
@@ -132,17 +133,18 @@ def test_cli_bad_input_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, args, 
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 def test_existing_run_dir_is_refused(tiny, tmp_path):
     run(tiny("train.steps=2"))
-    res = cli("train", *TINY, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}")
+    res = cli("train", *TINY, f"out={tmp_path / 'run'}")
     assert res.returncode == 2 and "already holds a run" in res.stderr
 
 
+@pytest.mark.integration
 def test_killed_run_leaves_readable_records(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "model=r2_full",
-                             "train.steps=100000", "monitor.every=2", "monitor.flush_every=5",
-                             f"data.cache_dir={tmp_path / 'c'}", f"out={out}"],
+                             "train.steps=100000", "monitor.every=2", "monitor.flush_every=5", f"out={out}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
@@ -165,6 +167,7 @@ def test_killed_run_leaves_readable_records(tmp_path):
     assert not any(p.name.endswith(".tmp") and p.stat().st_size == 0 for p in Path(out).rglob("*"))
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU (none here; CI has none)")
 def test_a_gpu_run_records_statistics_and_the_error_tail(tiny, tmp_path):
     """The GPU path: statistics steps mix no CPU tensors in, and the test tail is computed (found on an H200)."""

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from painn_ablate.core import names
 from painn_ablate.core.errors import InputError
 from painn_ablate.core.process import keep_freed_memory
 from painn_ablate.sweep.spec import where_diverged, where_nonfinite  # noqa: E402 - the words of a blow-up
@@ -65,8 +66,8 @@ def describe(summary: RunSummary) -> str:
         lines.append(f"Phase of the first blow-up: {first['phase']} (the initial weights on its batch "
                      + (f"cross the {init} criterion)." if init else "cross no criterion)."))
     stats = s.get("last_finite_stats")
-    if stats and stats["mu_norm_max"]:
-        mu = ", ".join(f"L{l} {v:.3g}" for l, v in sorted(stats["mu_norm_max"].items(), key=lambda kv: int(kv[0])))
+    if stats and stats[names.MU_NORM_MAX]:
+        mu = ", ".join(f"L{l} {v:.3g}" for l, v in sorted(stats[names.MU_NORM_MAX].items(), key=lambda kv: int(kv[0])))
         lines.append(f"Max ||mu|| per layer at step {stats['step']} (last finite statistics): {mu}.")
     if s.get("early_warning"):
         w = s["early_warning"]

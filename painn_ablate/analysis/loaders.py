@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.analysis.stats import wilson
-from painn_ablate.core import runfolder
+from painn_ablate.core import names, runfolder
 from painn_ablate.core.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
 from painn_ablate.core.errors import AnalysisError
 from painn_ablate.core.outcome import (  # noqa: F401
@@ -372,7 +372,7 @@ def layer_profiles(stats: pd.DataFrame, run_dir: str, stat_names: Sequence[str],
 
 def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -> pd.DataFrame:
     """Per group, the run whose deepest layer reached the largest finite max ||mu|| (after mixing)."""
-    deepest = stats[(stats["block"] == "mixing") & (stats["stat"] == "mu_norm_max")
+    deepest = stats[(stats["block"] == "mixing") & (stats["stat"] == names.MU_NORM_MAX)
                     & (stats["layer"] == stats["layer"].max()) & np.isfinite(stats["value"])]
     peak = deepest.groupby("run_dir")["value"].max()
     ranked = runs.assign(_peak=runs["run_dir"].map(peak).fillna(-1.0)).sort_values("_peak", ascending=False,

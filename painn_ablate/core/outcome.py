@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Iterable, Optional, TypedDict
 
+from painn_ablate.core import names
+
 
 class Status(str, Enum):
     """A run's status; compares equal to its string ('stable' == Status.STABLE)."""
@@ -166,7 +168,7 @@ METRICS = {metric_name(s, m): (s, m) for s in METRIC_SPLITS for m in SPLIT_METRI
 
 
 # The statistics a blow-up origin is read from, in the order they are checked per block.
-STATE_STATS = ("mu_norm_max", "q_absmax")
+STATE_STATS = names.STATE_STATS
 
 
 def _opt(x) -> Optional[float]:
@@ -190,7 +192,7 @@ class Criteria:
                    _opt(m.diverge_q), _opt(m.diverge_mu_ratio))
 
     def bound(self, stat: str) -> float:
-        value = {"mu_norm_max": self.mu, "q_absmax": self.q}[stat]
+        value = {names.MU_NORM_MAX: self.mu, names.Q_ABSMAX: self.q}[stat]
         return math.inf if value is None else value
 
     def loss_crossed(self, loss: float, reference: Optional[float]) -> bool:
@@ -255,7 +257,7 @@ def locate(rows: Iterable[Row], crit: Criteria) -> Optional[tuple[int, str, str,
     for layer, block, stat, value in rows:
         if not math.isfinite(value) or value > crit.bound(stat):
             return layer, block, stat, value
-    mu = [r for r in rows if r[2] == "mu_norm_max"]
+    mu = [r for r in rows if r[2] == names.MU_NORM_MAX]
     if not mu:
         return None
     best, best_gain = mu[0], -math.inf
@@ -269,7 +271,7 @@ def locate(rows: Iterable[Row], crit: Criteria) -> Optional[tuple[int, str, str,
 def mu_ratio(rows: Iterable[Row], n_layers: int) -> Optional[float]:
     """Max ||mu|| after the last layer's mixing over that after the first layer's: the one depth-wise ratio
     (the ratio criterion, the early warning, the probe). None when either layer is missing."""
-    mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
+    mu = {l: v for l, b, s, v in rows if b == "mixing" and s == names.MU_NORM_MAX}
     if 1 not in mu or n_layers not in mu:
         return None
     return mu[n_layers] / max(mu[1], 1e-12)
@@ -280,7 +282,7 @@ def crossed(rows: Iterable[Row], crit: Criteria, n_layers: int) -> Optional[str]
     rows = list(rows)
     for _, _, stat, value in rows:
         if stat in STATE_STATS and (not math.isfinite(value) or value > crit.bound(stat)):
-            return "mu" if stat == "mu_norm_max" else "q"
+            return "mu" if stat == names.MU_NORM_MAX else "q"
     ratio = mu_ratio(rows, n_layers) if crit.mu_ratio is not None else None
     if ratio is not None and (not math.isfinite(ratio) or ratio > crit.mu_ratio):
         return "ratio"
@@ -303,4 +305,4 @@ def layer_profile(rows: Iterable[Row]) -> dict[str, dict[int, float]]:
     """Per-layer max ||mu|| and max |q| after mixing, from one forward pass's statistics."""
     rows = list(rows)
     pick = lambda stat: {l: v for l, b, s, v in rows if b == "mixing" and s == stat}  # noqa: E731
-    return {"mu_norm_max": pick("mu_norm_max"), "q_absmax": pick("q_absmax")}
+    return {names.MU_NORM_MAX: pick(names.MU_NORM_MAX), names.Q_ABSMAX: pick(names.Q_ABSMAX)}

@@ -60,6 +60,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from painn_ablate.core import names
 from painn_ablate.model.stabilizers import ClipNorm, ClipValue, NormSaturation, Saturation, Tap, _use_plain_ops, vector_norm
 
 
@@ -180,8 +181,8 @@ class Interaction(nn.Module):
         self.x = Tap("x")  # the MLP's output x_j
         self.s_msg = Saturation(s_msg, key="s_msg", tensor="message")
         self.aggregate = Aggregate(aggregation, backend)
-        self.dq = Tap(stat="dq_absmax")  # aggregated messages, before their clamps
-        self.dmu = Tap(stat="dmu_norm_max", vector=True)
+        self.dq = Tap(stat=names.DQ_ABSMAX)  # aggregated messages, before their clamps
+        self.dmu = Tap(stat=names.DMU_NORM_MAX, vector=True)
         self.C_s = ClipValue(C_s, key="C_s", tensor="dq")
         self.C_v = ClipNorm(C_v, key="C_v", tensor="dmu")
         self.alpha_inter = alpha_inter
@@ -242,8 +243,8 @@ class Mixing(nn.Module):
         self.s_coupling = Saturation(s_coupling, key="s_coupling", tensor="coupling")
         self.s_gating = NormSaturation(s_gating, key="s_gating", tensor="gating")
         # The two feedback terms as they enter the residual.
-        self.qmu_term = Tap(stat="qmu_absmax")
-        self.mu_term = Tap(stat="mu_term_norm_max", vector=True)
+        self.qmu_term = Tap(stat=names.QMU_ABSMAX)
+        self.mu_term = Tap(stat=names.MU_TERM_NORM_MAX, vector=True)
         self.C_q = ClipValue(C_q, key="C_q", tensor="q")
         self.C_mu = ClipNorm(C_mu, key="C_mu", tensor="mu")
         self.alpha_mix = alpha_mix

@@ -32,18 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from painn_ablate.core import files
+from painn_ablate.core import files, names
 from painn_ablate.core.config import ConfigError, experiment_name, parse_experiment
 from painn_ablate.core.errors import DashboardError
+from painn_ablate.core.names import stat_key
 from painn_ablate.core.outcome import Status, metric_name, outcome_columns
-from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key, wandb_online
+from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, wandb_online
 
 SPEC_FILE = "dashboard.json"
 GROUP_KEYS = ("model.preset", "ablate")  # one experiment: a preset and its ablation (config.experiment_name)
 OUTCOME_KEYS = tuple(outcome_columns(Status.STABLE))  # 0/1 summary keys of each run
 MSE_KEYS = (metric_name("val", "pos_mse"), metric_name("test", "pos_mse"))
-STATE_STATS = ("mu_norm_max", "q_absmax")  # after each mixing block
-FEEDBACK_STATS = ("qmu_absmax", "mu_term_norm_max")  # the mixing block's coupling and self-gating terms
+STATE_STATS = names.STATE_STATS  # after each mixing block
+FEEDBACK_STATS = names.FEEDBACK_STATS  # the mixing block's coupling and self-gating terms
 
 
 
@@ -134,9 +135,9 @@ def build(info: SweepInfo, entity: str, project: Optional[str] = None, experimen
             wr.LinePlot(title="validation pos MSE", y=[MSE_KEYS[0]], log_y=True,
                         groupby_aggfunc="mean", groupby_rangefunc="minmax")]),
         ws.Section(name="Per-layer state after mixing", is_open=True, panels=[
-            per_layer("mu_norm_max", "max ||mu|| per layer"), per_layer("q_absmax", "max |q| per layer"),
-            per_layer("qmu_absmax", "coupling term max |dqmu <mu_V, mu_W>| per layer"),
-            per_layer("mu_term_norm_max", "self-gating term max ||dmu mu_W|| per layer")]),
+            per_layer(names.MU_NORM_MAX, "max ||mu|| per layer"), per_layer(names.Q_ABSMAX, "max |q| per layer"),
+            per_layer(names.QMU_ABSMAX, "coupling term max |dqmu <mu_V, mu_W>| per layer"),
+            per_layer(names.MU_TERM_NORM_MAX, "self-gating term max ||dmu mu_W|| per layer")]),
         ws.Section(name="First blow-up", is_open=True, panels=[
             wr.ScatterPlot(title="first blow-up: step and layer, one point per run",
                            x=wr.SummaryMetric(FIRST_BLOW_UP_STEP), y=wr.SummaryMetric(FIRST_BLOW_UP_LAYER)),

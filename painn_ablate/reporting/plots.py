@@ -17,7 +17,7 @@ import pandas as pd
 
 from painn_ablate.analysis.stats import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
-from painn_ablate.core import files
+from painn_ablate.core import files, names
 
 PathLike = Union[str, Path]
 
@@ -55,7 +55,7 @@ def layer_step_grid(stats: pd.DataFrame, run_dir: str, stat: str, block: str = "
     return np.asarray(grid.columns), np.asarray(grid.index), grid.to_numpy(dtype=float)
 
 
-def plot_heatmaps(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = ("mu_norm_max", "q_absmax"),
+def plot_heatmaps(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = names.STATE_STATS,
                   block: str = "mixing", title: str = "", shared_scale: bool = True):
     """Layer x step heat maps of log10 of each statistic (columns) for each run (rows).
 
@@ -112,7 +112,7 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not (isinstance(x, float) and math.isnan(x))
 
 
-def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = ("mu_norm_max", "q_absmax"),
+def plot_layer_curves(stats: pd.DataFrame, runs: pd.DataFrame, stats_names: Sequence[str] = names.STATE_STATS,
                       block: str = "mixing", groups: Optional[Sequence[str]] = None):
     """Per-layer statistic vs step, one panel per (statistic, experiment), every seed drawn.
 
@@ -172,9 +172,9 @@ def plot_feedback(stats: pd.DataFrame, runs: pd.DataFrame):
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n_layers))
     for c, run in runs.iterrows():
         mine = stats[stats["run_dir"] == run["run_dir"]]
-        mu_in = mine[(mine["block"] == "interaction") & (mine["stat"] == "mu_norm_max")]
-        qmu = mine[(mine["block"] == "mixing") & (mine["stat"] == "qmu_absmax")]
-        term = mine[(mine["block"] == "mixing") & (mine["stat"] == "mu_term_norm_max")]
+        mu_in = mine[(mine["block"] == "interaction") & (mine["stat"] == names.MU_NORM_MAX)]
+        qmu = mine[(mine["block"] == "mixing") & (mine["stat"] == names.QMU_ABSMAX)]
+        term = mine[(mine["block"] == "mixing") & (mine["stat"] == names.MU_TERM_NORM_MAX)]
         pairs = mu_in.merge(qmu, on=["step", "layer"], suffixes=("_mu", "_qmu"))
         ax = axes[0, c]
         for layer, g in pairs.groupby("layer"):

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from painn_ablate.analysis import loaders as analysis
-from painn_ablate.core import config, files, runfolder
+from painn_ablate.core import config, files, names, runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
 from painn_ablate.core.errors import ReportError
 from painn_ablate.reporting import plots
@@ -296,11 +296,11 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
         return paths
     picked = _plotted(with_dirs)
     shown = with_dirs if len(with_dirs) <= MAX_HEATMAP_RUNS else picked
-    stats = analysis.load_layer_stats(list(shown["run_dir"]), stats=("mu_norm_max", "q_absmax"), block="mixing")
+    stats = analysis.load_layer_stats(list(shown["run_dir"]), stats=names.STATE_STATS, block="mixing")
     if not stats.empty:
         paths.append(plots.save_figure(plots.plot_heatmaps(stats, shown), folder / f"{slug}-heatmaps.png"))
         members = with_dirs[with_dirs["experiment"].isin(picked["experiment"])]
-        all_stats = analysis.load_layer_stats(list(members["run_dir"]), stats=("mu_norm_max", "q_absmax"),
+        all_stats = analysis.load_layer_stats(list(members["run_dir"]), stats=names.STATE_STATS,
                                               block="mixing")
         paths.append(plots.save_figure(
             plots.plot_layer_curves(all_stats, members, groups=list(picked["experiment"])),
@@ -309,7 +309,7 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
         if len(presets):  # the feedback loop, original vs r2_full: per preset its seed with the largest ||mu||
             strongest = analysis.peak_runs(presets, all_stats)
             feedback = analysis.load_layer_stats(list(strongest["run_dir"]),
-                                                 stats=("mu_norm_max", "qmu_absmax", "mu_term_norm_max"))
+                                                 stats=(names.MU_NORM_MAX, *names.FEEDBACK_STATS))
             paths.append(plots.save_figure(plots.plot_feedback(feedback, strongest),
                                               folder / f"{slug}-feedback.png"))
     return paths

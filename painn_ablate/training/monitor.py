@@ -40,6 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from painn_ablate.core import names
 from painn_ablate.model.painn import PaiNN
 from painn_ablate.model.stabilizers import Stabilizer, Tap, vector_norm
 
@@ -232,13 +233,13 @@ class Monitor:
         norm = vector_norm(mu, dim=-2).flatten()  # (N * F,)
         sample = norm if norm.numel() <= 1_000_000 else norm[:: norm.numel() // 1_000_000 + 1]
         for stat, value in (
-            ("q_mean", q.mean()),
-            ("q_std", q.std()),
-            ("q_absmax", q.abs().max()),
-            ("mu_norm_mean", norm.mean()),
-            ("mu_norm_max", norm.max()),
-            ("mu_norm_q", _quantile(sample, self.quantile)),
-            ("nonfinite_q", (~torch.isfinite(q)).sum()),
+            (names.Q_MEAN, q.mean()),
+            (names.Q_STD, q.std()),
+            (names.Q_ABSMAX, q.abs().max()),
+            (names.MU_NORM_MEAN, norm.mean()),
+            (names.MU_NORM_MAX, norm.max()),
+            (names.MU_NORM_Q, _quantile(sample, self.quantile)),
+            (names.NONFINITE_Q, (~torch.isfinite(q)).sum()),
             ("nonfinite_mu", (~torch.isfinite(mu)).sum()),
         ):
             self._stat(layer, block, stat, value)

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from painn_ablate.core import names
 from painn_ablate.core.config import velocity_weight
 from painn_ablate.core.outcome import Criteria, crossed, locate, mu_ratio
 from painn_ablate.data.datasets import load_dataset
@@ -45,8 +46,8 @@ from painn_ablate.training.blowup import judge_pass, loss_reference, zero_loss
 from painn_ablate.training.monitor import Monitor
 from painn_ablate.training.trainer import batch_indices, make_optimizer, pick_device, train_step
 
-GAIN_STATS = ("norm_gain", "jvp_gain", "update_gain")
-SUMMARY_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", *GAIN_STATS)
+GAIN_STATS = names.GAIN_STATS
+SUMMARY_STATS = names.PROBE_STATS
 SEED_COLUMNS = ["L", "seed", "step", "nonfinite", "blew_up", "criterion", "origin_layer", "origin_block", "mu_ratio",
                 "init_blow_up_frac", "init_batches"]
 DEFAULT_BATCHES = 25  # the initial network's first training batches judged per seed
@@ -85,15 +86,15 @@ def block_gains(seen, generator: torch.Generator) -> list[tuple[int, str, str, f
     rows = []
     for layer, block, module, args, out in seen:
         q, mu, *rest = args
-        rows.append((layer, block, "norm_gain", float(_frob(*out) / _frob(q, mu))))
+        rows.append((layer, block, names.NORM_GAIN, float(_frob(*out) / _frob(q, mu))))
         tq = torch.randn(q.shape, generator=generator, dtype=q.dtype)
         tmu = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
         scale = _frob(tq, tmu).to(q.dtype)
         tq, tmu = tq / scale, tmu / scale
         with plain_ops(), torch.no_grad():
             _, (dq, dmu) = torch.func.jvp(lambda a, b: module(a, b, *rest), (q, mu), (tq, tmu))
-        rows.append((layer, block, "jvp_gain", float(_frob(dq, dmu))))
-        rows.append((layer, block, "update_gain", float(_frob(dq - tq, dmu - tmu))))
+        rows.append((layer, block, names.JVP_GAIN, float(_frob(dq, dmu))))
+        rows.append((layer, block, names.UPDATE_GAIN, float(_frob(dq - tq, dmu - tmu))))
     return rows
 
 

@@ -31,7 +31,8 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from painn_ablate.core import files, runfolder
+from painn_ablate.core import files, names, runfolder
+from painn_ablate.core.names import stat_key
 from painn_ablate.core.outcome import METRIC_SPLITS, PHASE_KEY, RunSummary, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
@@ -220,15 +221,11 @@ class ProgressSink(Sink):
         self.bar.set_postfix(post, refresh=False)
 
     def layer_stats(self, step, rows):
-        self.mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
+        self.mu = {l: v for l, b, s, v in rows if b == "mixing" and s == names.MU_NORM_MAX}
 
     def finish(self, summary: RunSummary) -> None:
         self.bar.close()
 
-
-def stat_key(layer: int, block: str, stat: str) -> str:
-    """The wide name of one per-layer statistic, alike in W&B and in DataFrames: layer5/mixing/mu_norm_max."""
-    return f"layer{layer}/{block}/{stat}"
 
 
 def wandb_mode() -> str:
@@ -286,7 +283,7 @@ class WandbSink(Sink):
 
     def layer_stats(self, step, rows):
         self.run.log({stat_key(l, b, s): v for l, b, s, v in rows}, step=step)
-        self.mu_rows += [(step, l, v) for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"]
+        self.mu_rows += [(step, l, v) for l, b, s, v in rows if b == "mixing" and s == names.MU_NORM_MAX]
 
     def event(self, event):
         self.events.append({name: event.get(name) for name in EVENTS_SCHEMA.names})

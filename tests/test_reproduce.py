@@ -50,8 +50,8 @@ def test_reproduce_writes_one_record_per_run_the_verdict_and_plots(reproduced):
         assert r["test_pos_mse"] == (summary["test"] or {}).get("pos_mse")
         assert set(r["layers_before_blow_up"]["mu_norm_max"]) == {"1", "2", "3", "4", "5"}
         assert r["lr"] == 0.05 and r["L"] == 5 and r["steps_total"] == 8
-        if r["blew_up"]:  # a run ends at its first blow-up
-            assert r["steps_completed"] == r["origin"]["step"] + 1
+        if r["blew_up"]:  # a run ends at a non-finite value or a sustained divergence, not before its first blow-up
+            assert r["origin"]["step"] + 1 <= r["steps_completed"] <= r["steps_total"]
     assert (out / "verdict.md").read_text() == rp.verdict_text(result)
     assert "Reproduction verdict:" in stdout and stdout.count("seed") >= 6
     for name in ("layers_mu_q", "heatmaps", "feedback", "outcomes", "validation"):

@@ -384,6 +384,10 @@ def dose_lines(dose: pd.DataFrame) -> list[str]:
         verdicts = rules.judge(pd.DataFrame(), rules.DOSE_RULES, dose=dose, mu0_scale=mu0)
         lines += [f"Rules at mu0_scale {mu0:g} ({how}):", ""]
         lines += [f"- **{v.rule} ({v.claim.split(':')[0]}): {v.verdict}.** {v.evidence}." for v in verdicts] + [""]
+    lines += ["These rules are about the *initial* network on its first batches: a verdict here says what the scale "
+              "does to the blow-up present before any update, not to blow-ups that training causes (that is the "
+              "critical learning rate's question, the frontier design, not run yet). A MISS where both settings "
+              "are at 0 is a floor: neither blows up, so dropping the coupling cannot lower it further.", ""]
     return lines
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from painn_ablate.core import names
 from painn_ablate.core.errors import InputError
 from painn_ablate.core.process import keep_freed_memory
-from painn_ablate.sweep.spec import where_diverged, where_nonfinite  # noqa: E402 - the words of a blow-up
+from painn_ablate.sweep.words import where_diverged, where_nonfinite  # noqa: E402 - the words of a blow-up
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
     from painn_ablate.core.outcome import RunSummary
@@ -254,8 +254,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{args.file}: note: {note}")
         points = sf.grid_points(spec) if spec.method == "grid" else []
         n = len(points) if points else (args.n_trials or spec.run_cap or sf.DEFAULT_N_TRIALS)
-        seconds = sf.estimate_seconds(spec, points) if points else \
-            sf.estimate_seconds(spec, sf.check_points(spec)[:1]) * n
+        from painn_ablate.sweep.dry_run import estimate_seconds
+
+        seconds = estimate_seconds(spec, points) if points else estimate_seconds(spec, sf.check_points(spec)[:1]) * n
         workers = max(1, args.workers)
         print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "
               f"({spec.goal}), out {out}; estimated time at most {_duration(seconds / workers)} with {workers} "

@@ -304,7 +304,7 @@ def test_the_time_left_counts_the_steps_trials_run_not_trials_per_second():
     import optuna
     from optuna.distributions import IntDistribution
 
-    from painn_ablate.sweep.optuna_engine import progress
+    from painn_ablate.sweep.progress import progress
 
     study = optuna.create_study()
     dist = {"seed": IntDistribution(0, 9)}

@@ -27,6 +27,8 @@ from support import cli as run_cli
 from painn_ablate.core.config import ABLATIONS, compose, flatten
 from painn_ablate.sweep import optuna_engine as sw
 from painn_ablate.sweep import spec as sf
+from painn_ablate.sweep import storage as storage_mod
+from painn_ablate.sweep import walk
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -368,7 +370,7 @@ def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
     try:
         results = [p.communicate(timeout=150) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [r[1][-500:] for r in results]
-        study = optuna.load_study(study_name=name, storage=sw.driver_url(PG_URL))
+        study = optuna.load_study(study_name=name, storage=storage_mod.driver_url(PG_URL))
         grid = sf.grid_points(sf.load_sweep(path, tiny))
         assert len(study.trials) == len(grid) == 6
         assert finished_params(study) == as_tuples(grid)
@@ -380,7 +382,7 @@ def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
             if p.poll() is None:
                 p.kill()
         try:
-            optuna.delete_study(study_name=name, storage=sw.driver_url(PG_URL))
+            optuna.delete_study(study_name=name, storage=storage_mod.driver_url(PG_URL))
         except KeyError:
             pass
 
@@ -395,7 +397,7 @@ def test_a_frontier_sweep_walks_each_seed_up_the_ladder_to_its_first_failure(tmp
     path = write_sweep(tmp_path, {"model": {"value": "original"}, "seed": {"values": [0, 1]},
                                   "train.lr": {"values": ladder}}, frontier="train.lr")
     sweep = sf.load_sweep(path, tiny)
-    assert sweep.frontier == "train.lr" and len(sf.walk_starts(sweep)) == 2
+    assert sweep.frontier == "train.lr" and len(walk.walk_starts(sweep)) == 2
     sw.run_sweep(sweep, out=tmp_path / "out", threads=1)
     trials = load(tmp_path / "out").trials
     ran = sorted((t.params["seed"], t.params["train.lr"], t.user_attrs["status"]) for t in trials)
@@ -410,12 +412,12 @@ def test_the_walk_goes_to_the_next_rung_only_after_a_rung_that_trained(tmp_path)
                        frontier="train.lr")
     sweep = sf.load_sweep(path)
     start = {"seed": 0, "train.lr": 0.001}
-    assert sf.walk_next(sweep, [(start, True)]) == {"seed": 0, "train.lr": 0.01}
-    assert sf.walk_next(sweep, [(start, False)]) is None
-    assert sf.walk_next(sweep, [(start, True), ({"seed": 0, "train.lr": 0.01}, True),
+    assert walk.walk_next(sweep, [(start, True)]) == {"seed": 0, "train.lr": 0.01}
+    assert walk.walk_next(sweep, [(start, False)]) is None
+    assert walk.walk_next(sweep, [(start, True), ({"seed": 0, "train.lr": 0.01}, True),
                                 ({"seed": 0, "train.lr": 0.1}, True)]) is None
-    assert sf.trains({"status": "exploded", "blow_up_phase": "init"}) and not sf.trains({"status": "exploded"})
-    assert not sf.trains({"status": "error"}) and sf.trains({"status": "stable"})
+    assert walk.trains({"status": "exploded", "blow_up_phase": "init"}) and not walk.trains({"status": "exploded"})
+    assert not walk.trains({"status": "error"}) and walk.trains({"status": "stable"})
 
 
 @pytest.mark.parametrize("frontier,values,message", [("train.steps", [0.001, 0.01], "must name a swept parameter"),

@@ -2,7 +2,7 @@
 
 A blow-up rate at one (L, lr) cell saturates (0/10 or 10/10 tells nothing about how far a variant is
 from the edge). The frontier measures the edge itself. On a fixed geometric ladder of learning rates
-(LADDER: 3e-4 to 3e-1 in ten steps of 10^0.3 ~ 2x), a run *trains* at a rung (`sweep.spec.trains`) when
+(LADDER: 3e-4 to 3e-1 in ten steps of 10^0.3 ~ 2x), a run *trains* at a rung (`sweep.walk.trains`) when
 it has no training-phase blow-up there (a blow-up whose network was fine at initialisation on the batch where it
 fired; initialisation-phase blow-ups are counted apart, since no learning rate causes them).
 
@@ -33,7 +33,7 @@ from scipy import stats as sps
 
 from painn_ablate.analysis.stats import bootstrap, holm
 from painn_ablate.core.outcome import is_blow_up
-from painn_ablate.sweep.spec import trains  # the one rule of whether a run trained at its rung
+from painn_ablate.sweep.walk import trains  # the one rule of whether a run trained at its rung
 
 LADDER = tuple(float(f"{x:.3g}") for x in np.geomspace(3e-4, 3e-1, 11))  # 3e-4, 5.99e-4, ..., 0.3
 PHASE_INIT = "init"  # the initial network crosses a blow-up criterion on the same batch

@@ -57,7 +57,7 @@ from painn_ablate.core.config import compose
 from painn_ablate.core.errors import ReproduceError
 from painn_ablate.core.outcome import STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
 from painn_ablate.reporting import plots
-from painn_ablate.sweep.optuna_engine import Progress
+from painn_ablate.sweep.progress import Progress
 from painn_ablate.sweep.spec import DEFAULT_METRIC, Param, Sweep, SweepError, trial_config
 from painn_ablate.training.sinks import write_json_atomic
 

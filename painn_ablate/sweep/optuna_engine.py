@@ -67,14 +67,12 @@ import math
 import multiprocessing
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import optuna
 from omegaconf import OmegaConf
@@ -84,6 +82,7 @@ from painn_ablate.core import runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
 from painn_ablate.core.outcome import WITH_METRIC, Status, is_blow_up, outcome_columns
 from painn_ablate.core.process import keep_freed_memory
+from painn_ablate.sweep.progress import Progress, originals, progress, sweep_total
 from painn_ablate.sweep.spec import (
     Sweep,
     SweepError,
@@ -91,20 +90,23 @@ from painn_ablate.sweep.spec import (
     check_run_options,
     default_out,
     grid_points,
-    outcome_note,
-    pick_best,
     result_attrs,
     signals_ignored,
     torch_threads,
-    trains,
     trial_budget,
     trial_config,
     trial_label,
-    walk_key,
-    walk_next,
-    walk_starts,
     warm_data_cache,
 )
+from painn_ablate.sweep.storage import (
+    DEFAULT_HEARTBEAT,
+    GRACE_FACTOR,
+    open_storage,
+    quiet_optuna,
+    sqlite_url,
+)
+from painn_ablate.sweep.walk import trains, walk_key, walk_next, walk_starts
+from painn_ablate.sweep.words import outcome_note
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +119,6 @@ TRIAL_KEYS = ("model.preset", "ablate", "seed", "model.L", "model.F", "train.lr"
 
 # ----------------------------------------------------------------------------- the file format
 
-DEFAULT_HEARTBEAT = 20  # seconds between heartbeats of a running trial
-GRACE_FACTOR = 3  # a trial is lost after GRACE_FACTOR heartbeats without news
-MAX_RETRY = 3  # re-runs of a trial whose worker was lost
-SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
 READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
 CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a blow-up (transient, diverged or exploded)
 # log10 of the objective, a user attribute optuna-dashboard can plot and sort: one diverged trial at 6e7
@@ -153,7 +151,6 @@ def note(trial, body: str) -> None:
         log.warning("optuna-dashboard note not saved (%s)", exc)
 
 
-
 def suggest(trial: optuna.Trial, sweep: Sweep) -> dict[str, Any]:
     """The trial's parameters; enqueued (grid, re-run) trials return their fixed values."""
     params = {}
@@ -172,106 +169,6 @@ def suggest(trial: optuna.Trial, sweep: Sweep) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- storage and study
-
-
-def sqlite_url(out: Path) -> str:
-    return f"sqlite:///{(out / 'study.db').resolve()}"
-
-
-def _use_wal(url: str) -> None:
-    """SQLite's WAL journal lets readers go on while a worker writes; the setting stays in the file."""
-    path = url[len("sqlite:///"):]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna flags heartbeats, stale-trial handling and the constant liar as experimental."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        yield
-
-
-def shown_url(url: str) -> str:
-    """The URL for messages, with any password masked."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: it holds no password it could mask
-        return url
-
-
-def driver_url(url: str) -> str:
-    """SQLAlchemy 2.1 reads `postgresql://` as psycopg 3; the `postgres` extra installs psycopg2,
-    so a plain PostgreSQL URL names psycopg2 explicitly when only that driver is there. Without
-    either driver: a SweepError that names the extra to install."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgresql", "postgres"):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            try:
-                import psycopg2  # noqa: F401
-            except ImportError:
-                raise SweepError(f"storage {shown_url(url)} needs a PostgreSQL driver: "
-                                 "pip install 'painn-ablate[postgres]' (psycopg2-binary)") from None
-            return f"postgresql+psycopg2://{rest}"
-    return url
-
-
-def _serialize_sqlite(engine) -> None:
-    """Make every SQLite transaction take the write lock at its BEGIN.
-
-    pysqlite opens a transaction only before a write, and SQLite ignores `SELECT ... FOR
-    UPDATE`, so Optuna's read-then-update of a trial runs as two steps and two workers can
-    both move one WAITING trial to RUNNING (measured: 4 processes popping 40 trials ran 11 of
-    them twice). SQLAlchemy's recipe for pysqlite: take transaction control from the driver
-    and BEGIN IMMEDIATE, so that the busy timeout queues the workers instead.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _driver_leaves_transactions_alone(dbapi_connection, record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened while the storage was set up predate the listeners
-
-
-def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage with heartbeats; a lost trial is re-enqueued with the same parameters."""
-    url = driver_url(url)
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        _use_wal(url)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
-    for attempt in range(attempts):
-        try:
-            with quiet_optuna():
-                storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                    grace_period=GRACE_FACTOR * heartbeat,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRY))
-            break
-        except Exception as exc:  # bad URL, server down, missing driver: all one line for the user
-            # Processes that meet a new database at once race to create its tables; a second try
-            # finds them made.
-            racing = "already exists" in str(exc) or type(exc).__name__ == "IntegrityError"
-            if not racing or attempt == attempts - 1:
-                raise SweepError(f"cannot open storage {shown_url(url)}: {' '.join(str(exc).split())[:300]}") from None
-            time.sleep(0.5 + attempt)
-    if url.startswith("sqlite"):
-        _serialize_sqlite(storage.engine)
-    return storage
 
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
@@ -498,11 +395,6 @@ def pop_waiting(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Op
     return None
 
 
-def originals(trials: list[FrozenTrial]) -> int:
-    """Trials counted against n_trials: a re-run of a lost trial is the same trial again."""
-    return sum(1 for t in trials if "failed_trial" not in t.system_attrs)
-
-
 def next_trial(study: optuna.Study, storage, sweep: Sweep, n_trials: Optional[int]) -> Optional[optuna.Trial]:
     if sweep.method == "grid":
         return pop_waiting(study, storage)
@@ -586,89 +478,6 @@ def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
 
 
 # ----------------------------------------------------------------------------- progress
-
-
-@dataclass
-class Progress:
-    """A sweep's state, read from the storage."""
-
-    total: Optional[int]  # grid size or n_trials
-    done: int = 0  # COMPLETE, PRUNED or failed with an error
-    running: int = 0
-    waiting: int = 0
-    diverged: int = 0
-    transient: int = 0
-    exploded: int = 0
-    errors: int = 0
-    lost: int = 0  # failed by a lost heartbeat (re-run, unless retries ran out)
-    best_value: Optional[float] = None
-    best_label: Optional[str] = None
-    finished: list[FrozenTrial] = field(default_factory=list)  # in order of completion
-    steps_left: Optional[int] = None  # expected training steps of the trials not finished (running ones whole)
-    seconds_per_step: Optional[float] = None  # of the finished trials, over every step they ran
-
-    def eta_seconds(self, workers: int = 1) -> Optional[float]:
-        """The time left by the trials' expected lengths: a blown-up trial counts the steps it ran, not the
-        steps it was given, so the rate does not swing with the mix of outcomes."""
-        if self.steps_left is None or not self.seconds_per_step:
-            return None
-        return self.steps_left * self.seconds_per_step / max(1, workers)
-
-
-def expected_steps(t: FrozenTrial, default: Optional[int]) -> Optional[int]:
-    """A trial's train.steps: recorded when it started, else its (fixed) parameter, else the sweep's."""
-    for source in (t.user_attrs, t.params, t.system_attrs.get("fixed_params") or {}):
-        if source.get("train.steps") is not None:
-            return int(source["train.steps"])
-    return default
-
-
-def progress(study: optuna.Study, total: Optional[int], default_steps: Optional[int] = None) -> Progress:
-    trials = study.get_trials(deepcopy=False)
-    p = Progress(total=total)
-    ran_steps, ran_seconds, left, unknown = 0, 0.0, 0, False
-    for t in trials:
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
-            steps = expected_steps(t, default_steps)
-            unknown |= steps is None
-            left += steps or 0
-        elif t.user_attrs.get("wall_seconds") is not None and t.user_attrs.get("steps_completed"):
-            ran_steps += int(t.user_attrs["steps_completed"])
-            ran_seconds += float(t.user_attrs["wall_seconds"])
-        status = str(t.user_attrs.get("status", ""))
-        if t.state == TrialState.RUNNING:
-            p.running += 1
-        elif t.state == TrialState.WAITING:
-            p.waiting += 1
-        elif t.state == TrialState.FAIL and "error" not in t.user_attrs:
-            p.lost += 1
-        else:
-            p.done += 1
-            p.errors += t.state == TrialState.FAIL
-            p.diverged += status == Status.DIVERGED
-            p.transient += status == Status.TRANSIENT
-            p.exploded += status == Status.EXPLODED
-            p.finished.append(t)
-    p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)
-    not_created = max(0, (total or 0) - originals(trials))  # random/bayes: trials not yet asked for
-    if not unknown and (default_steps is not None or not not_created):
-        p.steps_left = left + not_created * (default_steps or 0)
-    p.seconds_per_step = ran_seconds / ran_steps if ran_steps else None
-    best = best_trial(study, trials)
-    if best is not None:
-        p.best_value, p.best_label = best.value, best.user_attrs.get("label")
-    return p
-
-
-def best_trial(study: optuna.Study, trials: Optional[list[FrozenTrial]] = None) -> Optional[FrozenTrial]:
-    """The best COMPLETE trial (sweep_file.pick_best: stable, with a finite value)."""
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    goal = "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
-    return pick_best(((t, t.user_attrs.get("status"), t.value) for t in trials if t.state == TrialState.COMPLETE), goal)
-
-
-def sweep_total(sweep: Sweep, study: optuna.Study, n_trials: Optional[int]) -> int:
-    return trial_budget(sweep, n_trials, study.user_attrs.get("grid_size"))
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -57,10 +57,9 @@ import yaml
 
 from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
 from painn_ablate.core.errors import SweepError
-from painn_ablate.core.outcome import METRICS, OUTCOMES, PHASE_KEY, Phase, RunSummary, Status, is_blow_up, metric_name
+from painn_ablate.core.outcome import METRICS, PHASE_KEY, RunSummary, Status, metric_name
 
 T = TypeVar("T")
-
 
 
 # ----------------------------------------------------------------------------- the file format
@@ -388,42 +387,6 @@ def _check_frontier(where: str, sweep: Sweep) -> None:
         raise _fail(where, f"frontier: the values of '{name}' must be numbers in ascending order, got {list(p.values)}")
 
 
-# ----------------------------------------------------------------------------- the frontier walk
-
-
-def trains(attrs: dict) -> bool:
-    """Whether a trial trained at its rung: it did not blow up, or its blow-up was present in the initial
-    network already (phase init: no learning rate made it). A trial that raised did not train."""
-    status = attrs.get("status")
-    if status not in OUTCOMES:  # raised, pruned or interrupted: no outcome to judge it by
-        return False
-    return not is_blow_up(status) or attrs.get(PHASE_KEY) == Phase.INIT
-
-
-def walk_key(sweep: Sweep, params: dict[str, Any]) -> str:
-    """The point a trial walks for: its parameters less the frontier's."""
-    return json.dumps({k: v for k, v in params.items() if k != sweep.frontier}, sort_keys=True, default=str)
-
-
-def walk_starts(sweep: Sweep) -> list[dict[str, Any]]:
-    """Each walk's first trial: the grid points at the frontier parameter's lowest value."""
-    first = sweep.swept[sweep.frontier].values[0]
-    return [point for point in grid_points(sweep) if point[sweep.frontier] == first]
-
-
-def walk_next(sweep: Sweep, ran: list[tuple[dict[str, Any], bool]]) -> Optional[dict[str, Any]]:
-    """The next trial of one walk from its trials so far, (params, trained): the next rung above the last
-    one that trained, or None when a rung did not train or the ladder is done."""
-    ladder = list(sweep.swept[sweep.frontier].values)
-    done = {ladder.index(params[sweep.frontier]): ok for params, ok in ran}
-    for i, value in enumerate(ladder):
-        if i not in done:
-            return {**ran[0][0], sweep.frontier: value} if ran else None
-        if not done[i]:
-            return None
-    return None
-
-
 # ----------------------------------------------------------------------------- points, labels, configs
 
 
@@ -544,54 +507,6 @@ def result_attrs(summary: RunSummary) -> dict[str, Any]:
     return attrs
 
 
-# What each blow-up criterion (outcome.Criteria, monitor.diverge_*) tests, in a reader's words.
-CRITERION_WORDS = {"loss": "training loss over its bound (monitor.diverge_loss_factor)",
-                   "val": "validation pos MSE over its bound (monitor.diverge_val_factor)",
-                   "mu": "max ||mu|| over monitor.diverge_mu", "q": "max |q| over monitor.diverge_q",
-                   "ratio": "last/first layer ||mu|| ratio over monitor.diverge_mu_ratio"}
-
-
-def _present(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
-def where_nonfinite(f: dict) -> str:
-    """What went non-finite, then where: `non-finite loss at step 1, first in layer 4 interaction`."""
-    layer = f.get("layer")
-    place = f"layer {int(layer)} {f['block']}" if _present(layer) else str(f["block"])
-    return f"non-finite {f['tensor']} at step {int(f['step'])}, first in {place}"
-
-
-def where_diverged(f: dict) -> str:
-    """The criterion, then where it was located: `training loss over its bound (...) at step 2; located at
-    layer 5 mixing, mu_norm_max 2.2e+03`."""
-    criterion = f.get("criterion")
-    words = CRITERION_WORDS.get(criterion, f"criterion {criterion}")
-    located = f"layer {int(f['layer'])} {f.get('block')}" if _present(f.get("layer")) else f.get("block")
-    value = f.get("value")
-    shown = f", {f.get('stat')} {float(value):.3g}" if _present(value) else (f", {f['stat']}" if f.get("stat") else "")
-    return f"{words} at step {int(f['step'])}" + (f"; located at {located}{shown}" if located else "")
-
-
-def outcome_note(attrs: dict[str, Any]) -> str:
-    """A finished trial's outcome as Markdown, for optuna-dashboard's trial note: the status, then what fired
-    and where (every trial there shows 'Complete'; an exploded trial's value, inf, is not drawn)."""
-    status = attrs.get("status")
-    lines = [f"## {status}"]
-    if attrs.get("first_nonfinite"):
-        lines.append(where_nonfinite(attrs["first_nonfinite"]))
-    if attrs.get("first_divergence"):
-        lines.append(("first " if attrs.get("first_nonfinite") else "") + where_diverged(attrs["first_divergence"]))
-    if attrs.get("pruned_step") is not None:
-        lines.append(f"stopped by the early warning at step {attrs['pruned_step']}")
-    for metric in METRICS:
-        if attrs.get(metric) is not None:
-            lines.append(f"{metric} {attrs[metric]:.4g}")
-    if attrs.get("error"):
-        lines.append(str(attrs["error"]))
-    return "\n\n".join(lines)
-
-
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
     """Hold off SIGINT and SIGTERM (in the main thread, the only one that may set handlers)."""
@@ -694,67 +609,3 @@ def warm_data_cache(sweep: Sweep) -> None:
             load_dataset(data)
 
 
-SHAPE_KEYS = ("model.L", "model.F", "model.n_rbf", "train.batch_size", "data.n_particles", "data.system")
-MAX_TIMED_SHAPES = 4  # distinct model and batch shapes timed for an estimate; the rest take the slowest
-
-
-def estimate_seconds(sweep: Sweep, points: list[dict[str, Any]], repeats: int = 3) -> float:
-    """An upper bound on one worker's time for these trials: each trial's steps times the time of one
-    training step of its shape, measured here on a synthetic batch (no data are loaded or generated).
-    Blown-up trials end early, so the sweep takes less."""
-    import time
-
-    import torch
-
-    from painn_ablate.data.datasets import resolve_n_particles
-    from painn_ablate.model.painn import PaiNN
-    from painn_ablate.training.trainer import make_optimizer
-
-    base = trial_config(sweep, points[0]) if points else trial_config(sweep, {})
-    step_time: dict[tuple, float] = {}
-
-    base_shape = {k: _select(base, k) for k in SHAPE_KEYS}
-
-    def shape_of(point: dict) -> tuple:
-        return tuple(point.get(k, base_shape[k]) for k in SHAPE_KEYS)
-
-    def time_step(point: dict) -> float:
-        cfg = trial_config(sweep, point)
-        n = resolve_n_particles(cfg.data.system, cfg.data.n_particles)
-        b = cfg.train.batch_size
-        k = n - 1 if (cfg.data.graph in ("auto", "full") and n <= 64) else min(cfg.data.k, n - 1)
-        g = torch.Generator().manual_seed(0)
-        pos, vel = torch.randn(b * n, 3, generator=g), torch.randn(b * n, 3, generator=g)
-        charge = torch.ones(b * n)
-        receiver = torch.arange(b * n).repeat_interleave(k)
-        source = (receiver // n) * n + (receiver % n + 1 + torch.arange(k).repeat(b * n)) % n
-        model = PaiNN(cfg.model)
-        opt = make_optimizer(model, cfg)
-        times = []
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            pos_dt, vel_next = model(pos, vel, charge, torch.stack([source, receiver]))
-            ((pos_dt ** 2).mean() + (vel_next ** 2).mean()).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
-        return min(times[1:])  # the first includes one-off allocation
-
-    total = 0.0
-    for point in points or [{}]:
-        shape = shape_of(point)
-        if shape not in step_time:
-            step_time[shape] = time_step(point) if len(step_time) < MAX_TIMED_SHAPES else max(step_time.values())
-        steps = point.get("train.steps", base.train.steps)
-        epochs = point.get("train.epochs", base.train.epochs)
-        if epochs is not None:
-            n_train = point.get("data.n_train", base.data.n_train)
-            steps = epochs * math.ceil(n_train / point.get("train.batch_size", base.train.batch_size))
-        total += steps * step_time[shape]
-    return total
-
-
-def _select(cfg, key: str):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.select(cfg, key)

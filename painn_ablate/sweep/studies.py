@@ -17,8 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import did_you_mean, experiment_name
 from painn_ablate.core.outcome import METRICS, PHASE_KEY, Status
-from painn_ablate.sweep.optuna_engine import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
+from painn_ablate.sweep.progress import best_trial
 from painn_ablate.sweep.spec import SweepError
+from painn_ablate.sweep.storage import SQLITE_TIMEOUT, driver_url, shown_url
 
 PathLike = Union[str, Path]
 

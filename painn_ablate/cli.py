@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from painn_ablate.core.errors import InputError
-from painn_ablate.core.process import keep_freed_memory
+from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
     from painn_ablate.core.outcome import RunSummary
@@ -556,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every CPU step allocates and frees the same large activations: let glibc keep them (10-15% of a
     # step on 2 threads; core.process). Process-wide, so the entry point sets it, not a run.
     keep_freed_memory()
+    use_inductor_cache()  # one torch.compile cache for every run and sweep worker (they inherit it)
     try:
         return args.func(args)
     except InputError as exc:

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from painn_ablate.core import files
+from painn_ablate.core.cache import default_cache_dir
 from painn_ablate.core.errors import DataError
 from painn_ablate.data.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
 
@@ -135,17 +135,6 @@ def generation_params(system: str, n_particles: int, sizes: dict[str, int], seed
     protocol = CHARGED if system == "charged" else GRAVITY
     return {"system": system, "n_particles": n_particles, "sizes": {k: int(sizes[k]) for k in SPLITS},
             "seed": int(seed), "protocol": dataclasses.asdict(protocol), "format": CACHE_FORMAT_VERSION}
-
-
-CACHE_ENV = "PAINN_ABLATE_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """$PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "painn-ablate"
 
 
 def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> Path:

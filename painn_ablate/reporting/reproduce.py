@@ -53,7 +53,7 @@ from painn_ablate.core import config, files, runfolder
 from painn_ablate.core.config import compose, flatten
 from painn_ablate.core.errors import ReproduceError
 from painn_ablate.core.outcome import OUTCOMES, STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
-from painn_ablate.core.process import keep_freed_memory
+from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
 from painn_ablate.reporting import plots
 from painn_ablate.training.sinks import write_json_atomic
 
@@ -267,6 +267,7 @@ def _worker_init(threads: int) -> None:
     import torch
 
     keep_freed_memory()  # a spawned process starts with glibc's defaults
+    use_inductor_cache()
     torch.set_num_threads(threads)
 
 

@@ -198,8 +198,12 @@ def inductor_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def eager_and_compiled(tmp_path_factory, inductor_cache):
-    """run() of one configuration eager and compiled: {"stable" | "explodes": {False | True: run folder}}."""
+    """run() of one configuration eager and compiled: {"stable" | "explodes": {False | True: run folder}}.
+
+    The second compiled run starts dynamo afresh (Trainer) and compiles from the session's inductor cache.
+    """
     import torch
+    from torch._dynamo.utils import counters
 
     root = tmp_path_factory.mktemp("compiled")
     threads = torch.get_num_threads()
@@ -209,9 +213,12 @@ def eager_and_compiled(tmp_path_factory, inductor_cache):
         for case, overrides in (("stable", STABLE), ("explodes", EXPLODES)):
             for compiled in (False, True):
                 out = root / f"{case}-{compiled}"
+                hits = counters["aot_autograd"]["autograd_cache_hit"]
                 summary = run(compose([*COMPILED, *overrides, f"model.compile={str(compiled).lower()}",
                                        f"data.cache_dir={root / 'cache'}", f"out={out}"]))
                 assert summary["compiled"] is compiled
+                if compiled and case == "explodes":  # both graphs (steps 0 and 1) from the disk cache
+                    assert counters["aot_autograd"]["autograd_cache_hit"] - hits == 2
                 folders.setdefault(case, {})[compiled] = out
     finally:
         torch.set_num_threads(threads)

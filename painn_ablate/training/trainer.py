@@ -262,6 +262,8 @@ class Trainer:
             # forward silently runs eager, and pass their shapes on (automatic dynamic shapes). The inductor
             # cache on disk makes this run's compile the warm one (~6 s).
             torch._dynamo.reset()
+        log.info("model.compile=%s: %s (%d steps on %s)", cfg.model.compile,
+                 "compiled" if self.compiled else "eager", self.steps, self.device.type)
         torch.manual_seed(cfg.seed)
         self.model = PaiNN(cfg.model, compile=self.compiled).to(self.device)
         self.opt = make_optimizer(self.model, cfg)

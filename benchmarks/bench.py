@@ -1,7 +1,7 @@
 """Training-step benchmark: painn-ablate against itself, schnetpack's PaiNN and the hardware.
 
     bash scripts/in-venv python benchmarks/bench.py            # everything (~15 min on 2 busy cores)
-    bash scripts/in-venv python benchmarks/bench.py --quick    # fewer rounds, no cold compile, scaling to 1000
+    bash scripts/in-venv python benchmarks/bench.py --quick    # fewer rounds, fewer compiles, scaling to 1000
     bash scripts/in-venv python benchmarks/bench.py --sections default   # eager vs compiled vs schnetpack, 1 thread
     bash benchmarks/schnetpack_env.sh                          # once: .bench-venv/ for the schnetpack column
 
@@ -604,7 +604,8 @@ def section_data(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 rounds of 5 steps, warm compile only, scaling to N=1000")
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 5 steps; compiled: section 0 (project cache) and section 4's cold"
+                                                           " process only; scaling to N=1000")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 7, quick 3)")
     ap.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 10, quick 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")

@@ -43,7 +43,8 @@ def describe(summary: RunSummary) -> str:
     """The one-paragraph summary printed at the end of a run."""
     s = summary
     lines = [f"{s['name']}: {s['status']} after {s['steps_completed']}/{s['steps_total']} steps "
-             f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step, preset {s['preset']}, seed {s['seed']})."]
+             f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step{', compiled' if s.get('compiled') else ''},"
+             f" preset {s['preset']}, seed {s['seed']})."]
     if s["first_nonfinite"]:
         f = s["first_nonfinite"]
         lines.append(f"First non-finite value at step {f['step']}: {f['phase']} pass, layer {f['layer']}, "

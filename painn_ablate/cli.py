@@ -2,7 +2,7 @@
 
 Bad input (config, data, sweep file, run directory) prints one line
 `painn-ablate: error: ...` and exits with code 2; an exploded run is a result
-and exits 0.
+and exits 0. Output into a pipe that closes early (`status DIR | head -1`) ends quietly with 141.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from painn_ablate.core.errors import InputError
 from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
+from painn_ablate.sweep.spec import where_diverged, where_nonfinite  # noqa: E402 - the words of a blow-up
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
     from painn_ablate.core.outcome import RunSummary
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a comma
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141
 
 
 def unwritable_reason(path: Path):
@@ -41,6 +43,8 @@ def unwritable_reason(path: Path):
 
 def describe(summary: RunSummary) -> str:
     """The one-paragraph summary printed at the end of a run."""
+    from painn_ablate.core.outcome import Status
+
     s = summary
     lines = [f"{s['name']}: {s['status']} after {s['steps_completed']}/{s['steps_total']} steps "
              f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step{', compiled' if s.get('compiled') else ''},"
@@ -51,8 +55,16 @@ def describe(summary: RunSummary) -> str:
                      f"block {f['block']}, tensor {f['tensor']} ({s['nonfinite_events']} event(s)).")
     if s.get("first_divergence"):
         d, div = s["first_divergence"], s.get("divergence") or {}
-        lines.append(f"First divergence at {where_diverged(d)}; {div.get('episodes')} episode(s)"
-                     + (", recovered." if div.get("recovered") and s["status"] == "diverged" else "."))
+        spikes = div.get("spike_steps")
+        lines.append(f"First divergence: {where_diverged(d)}; {div.get('episodes')} episode(s)"
+                     + (f", {len(spikes)} spike(s) at steps {_steps(spikes)}" if spikes else "")
+                     + (", each recovered (transient)." if s["status"] == Status.TRANSIENT else
+                        ", sustained." if div.get("sustained") else "."))
+    first = s.get("first_blow_up") or {}
+    if first.get("phase"):
+        init = first.get("init_criterion")
+        lines.append(f"Phase of the first blow-up: {first['phase']} (the initial weights on its batch "
+                     + (f"cross the {init} criterion)." if init else "cross no criterion)."))
     stats = s.get("last_finite_stats")
     if stats and stats["mu_norm_max"]:
         mu = ", ".join(f"L{l} {v:.3g}" for l, v in sorted(stats["mu_norm_max"].items(), key=lambda kv: int(kv[0])))
@@ -70,11 +82,20 @@ def describe(summary: RunSummary) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from painn_ablate.core.config import compose
+    from painn_ablate.core.config import ConfigError, compose
     from painn_ablate.training.trainer import run
 
+    given = {item.split("=", 1)[0] for item in args.overrides}
+    if {"train.epochs", "train.steps"} <= given:
+        raise InputError("train.epochs and train.steps are both given; train.epochs sets the steps "
+                         "(epochs x batches per epoch): give one of them")
+    if args.config:
+        try:
+            compose(base=args.config)  # the file alone: its errors name it
+        except ConfigError as exc:
+            raise InputError(f"--config {args.config}: {exc}") from None
     cfg = compose(args.overrides, base=args.config)
-    summary = run(cfg)
+    summary = run(cfg, overwrite=args.overwrite)
     print(describe(summary))
     return 0
 
@@ -88,32 +109,26 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def where_nonfinite(f: dict) -> str:
-    """`step 12 layer 5 mixing/mu`, or `step 1 head/loss` where no layer is involved."""
-    layer = f.get("layer")
-    has_layer = layer is not None and not (isinstance(layer, float) and math.isnan(layer))
-    return f"step {int(f['step'])} " + (f"layer {int(layer)} " if has_layer else "") + f"{f['block']}/{f['tensor']}"
-
-
-def where_diverged(f: dict) -> str:
-    """`step 2 layer 5 mixing/q_absmax 1.1e+04 (q)`: where a finite blow-up started, and which criterion."""
-    value = f.get("value")
-    shown = f" {float(value):.3g}" if value is not None else ""
-    layer = f" layer {f['layer']}" if f.get("layer") is not None else ""
-    return f"step {f['step']}{layer} {f.get('block')}/{f.get('stat')}{shown} ({f.get('criterion')})"
+def _steps(steps: list, shown: int = 8) -> str:
+    """`1, 5, 9` or `1, 5, ... (12)`: a list of steps, cut short."""
+    text = ", ".join(str(x) for x in steps[:shown])
+    return text + (f", ... ({len(steps)})" if len(steps) > shown else "")
 
 
 def trial_line(t, metric: str) -> str:
-    """One finished trial: `#7 r2_full-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`."""
+    """One finished trial: `#7 r2_full-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`, a blow-up with what
+    fired and where: `#3 original-seed0  exploded: non-finite loss at step 1, first in layer 4 interaction`."""
     a = t.user_attrs
     status = a.get("status", t.state.name.lower())
     line = f"#{t.number} {a.get('label', '?')}  {status}"
     if a.get("first_nonfinite"):
-        line += f" at {where_nonfinite(a['first_nonfinite'])}"
+        line += f": {where_nonfinite(a['first_nonfinite'])}"
     elif a.get("first_divergence"):
-        line += f" at {where_diverged(a['first_divergence'])}"
+        line += f": {where_diverged(a['first_divergence'])}"
     elif a.get("pruned_step") is not None:
-        line += f" at step {a['pruned_step']}"
+        line += f" at step {a['pruned_step']} (early warning)"
+    if a.get("blow_up_phase"):
+        line += f" (phase {a['blow_up_phase']})"
     if a.get(metric) is not None:
         line += f"  {metric} {a[metric]:.4g}"
     if a.get("error"):
@@ -124,10 +139,12 @@ def trial_line(t, metric: str) -> str:
 
 
 class SweepProgressPrinter:
-    """The live view of a sweep: a bar of trials done and a line per finished trial."""
+    """The live view of a sweep: a bar of trials done, a line per finished trial, and the time left by the
+    trials' expected lengths (Progress.eta_seconds), not by trials per second."""
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, workers: int = 1):
         self.metric = metric
+        self.workers = workers
         self.bar = None
         self.seen: set[int] = set()
 
@@ -138,7 +155,9 @@ class SweepProgressPrinter:
             self.seen = {t.number for t in p.finished}
             if self.seen:
                 print(f"resuming: {p.done}/{p.total} trials already done")
-            self.bar = tqdm(total=p.total, unit="trial", dynamic_ncols=True, desc="sweep")
+            # tqdm's own remaining time divides by trials per second, which blown-up trials (ending early) skew
+            self.bar = tqdm(total=p.total, unit="trial", dynamic_ncols=True, desc="sweep",
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         for t in p.finished:
             if t.number not in self.seen:
                 self.seen.add(t.number)
@@ -149,12 +168,52 @@ class SweepProgressPrinter:
             post["errors"] = p.errors
         if p.best_value is not None:
             post["best"] = f"{p.best_value:.4g}"
+        eta = p.eta_seconds(self.workers)
+        if eta is not None:
+            post["left"] = _duration(eta)
         self.bar.set_postfix(post, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def experiment_table(frame):
+    """Per experiment (preset + ablation) of a trials_frame: blow-ups k/n with the 95% Wilson interval,
+    diverged and exploded counts, the median test pos MSE of the stable trials; finished trials only."""
+    import pandas as pd
+
+    from painn_ablate.analysis.loaders import wilson
+    from painn_ablate.core.outcome import OUTCOMES, Status
+
+    done = frame[frame["status"].isin([str(o) for o in OUTCOMES]) & frame["experiment"].notna()] \
+        if "experiment" in frame else frame.iloc[0:0]
+    rows = []
+    for name, g in done.groupby("experiment", sort=False):
+        n, k = len(g), int(g["status"].isin([Status.DIVERGED.value, Status.EXPLODED.value]).sum())
+        lo, hi = wilson(k, n)
+        stable = pd.to_numeric(g.loc[g["status"] == Status.STABLE.value, "test_pos_mse"], errors="coerce").dropna()
+        rows.append({"experiment": name, "blow-ups": f"{k}/{n}", "95% CI": f"{100 * lo:.0f}-{100 * hi:.0f}%",
+                     "diverged": int((g["status"] == Status.DIVERGED.value).sum()),
+                     "exploded": int((g["status"] == Status.EXPLODED.value).sum()),
+                     "median test_pos_mse (stable)": _fmt(float(stable.median())) if len(stable) else "-"})
+    return pd.DataFrame(rows)
+
+
+def next_commands(target: str, url: str) -> list[str]:
+    """What to run after a sweep: its table, the registry, the trial tables, the dashboards."""
+    return [f"painn-ablate status {target}", f"painn-ablate report {target}",
+            f"painn-ablate export {target} --out results", f"painn-ablate dashboard {target}",
+            f"optuna-dashboard {url}"]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def resume_command(args: argparse.Namespace, out: str) -> str:
@@ -195,18 +254,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{args.file}: note: {note}")
         points = sf.grid_points(spec) if spec.method == "grid" else []
         n = len(points) if points else (args.n_trials or spec.run_cap or sf.DEFAULT_N_TRIALS)
+        seconds = sf.estimate_seconds(spec, points) if points else \
+            sf.estimate_seconds(spec, sf.check_points(spec)[:1]) * n
+        workers = max(1, args.workers)
         print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "
-              f"({spec.goal}), out {out}")
+              f"({spec.goal}), out {out}; estimated time at most {_duration(seconds / workers)} with {workers} "
+              f"worker(s) on this machine (blown-up trials end early)")
         for params in points:
             print(f"  {sf.trial_label(spec, params)}: " + " ".join(sf.trial_overrides(spec, params)))
         return 0
     if args.engine == "wandb":
         return cmd_sweep_wandb(args, spec, Path(out))
-    printer = SweepProgressPrinter(spec.metric)
+    printer = SweepProgressPrinter(spec.metric, args.workers)
     try:
         p = sw.run_sweep(spec, out=out, storage_url=args.storage, workers=args.workers, n_trials=args.n_trials,
                          prune=args.prune, heartbeat=sw.DEFAULT_HEARTBEAT if args.heartbeat is None else args.heartbeat,
                          threads=args.threads, on_progress=printer)
+    except Exception as exc:
+        from painn_ablate.training.trainer import NoSpaceError, no_space
+
+        if isinstance(exc, NoSpaceError) or not no_space(exc):
+            raise
+        # the storage itself is full (Optuna's StorageInternalError over SQLite's "database or disk is full")
+        raise InputError(f"{out}: no space left on device (the study's storage); free space and run the same "
+                         "command to resume") from None
     except KeyboardInterrupt:
         printer.close()
         print(f"painn-ablate: sweep interrupted; running trials were given back. Resume with: {resume_command(args, out)}",
@@ -216,12 +287,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         printer.close()
     url = args.storage or sw.sqlite_url(Path(out))
     best = f"best {spec.metric} {p.best_value:.4g} ({p.best_label})" if p.best_value is not None else "no finite result"
-    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.diverged} diverged, {p.exploded} exploded, "
+    print(f"{spec.name}: {p.done}/{p.total} trials done ({p.transient} transient, {p.diverged} diverged, {p.exploded} exploded, "
           f"{p.errors} errors, "
           f"{p.lost} interrupted and re-run); {best}. Run directories in {out}/trials.")
     if p.waiting or p.running:
         print(f"{p.waiting} trial(s) waiting, {p.running} running elsewhere: run the same command to resume.")
-    print(f"Summary: painn-ablate status {args.storage or out}    Dashboard: optuna-dashboard {url}")
+    from painn_ablate.sweep import studies
+
+    table = experiment_table(studies.trials_frame(studies.open_studies(url, spec.name)[0]))
+    if len(table):
+        print(table.to_string(index=False))
+    print("Next:\n" + "\n".join(f"  {c}" for c in next_commands(args.storage or out, url)))
     return 0
 
 
@@ -254,7 +330,7 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
                        on_trial=on_trial)
     best = s.best
     best = f"best {spec.metric} {best.attrs[spec.metric]:.4g} ({best.label})" if best else "no finite result"
-    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.diverged} diverged, {s.exploded} exploded, "
+    print(f"{spec.name}: {s.done}/{s.total} trials done ({s.transient} transient, {s.diverged} diverged, {s.exploded} exploded, "
           f"{s.errors} errors); {best}. "
           f"Run directories in {out}/trials, state in {out}/{ws.LEDGER}.")
     print(f"W&B runs are offline; upload them: wandb sync {out}/trials/*/wandb/offline-run-*")
@@ -288,6 +364,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             b = s["best"]
             print(f"best {s['metric'] or 'value'}: {b['value']:.4g} (#{b['number']} {b['label']}) "
                   + " ".join(f"{k}={v}" for k, v in b["params"].items()))
+        table = experiment_table(frame)
+        if len(table):
+            print(table.to_string(index=False))
         if len(frame):
             nonfinite = frame.apply(lambda r: "-" if pd.isna(r["first_nonfinite_step"]) else where_nonfinite(
                 {k: r[f"first_nonfinite_{k}"] for k in ("step", "layer", "block", "tensor")}), axis=1)
@@ -351,10 +430,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     for src in args.sources:
         if not os.path.exists(src):
             raise InputError(f"no such sweep or probe folder: {src}")
-    _writable_folder(Path(args.out))
+    reason = unwritable_reason(Path(args.out))  # checked, not created: a failing export leaves no empty --out
+    if reason:
+        raise InputError(f"cannot write to {args.out}: {reason}")
+    for src in args.sources:
+        unfinished = _unfinished_trials(src)
+        if unfinished:
+            print(f"painn-ablate: note: {src} is incomplete: {unfinished}; the table holds its finished trials "
+                  "(export again when the sweep is done)", file=sys.stderr)
     for path in export(args.sources, args.out):
         print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
     return 0
+
+
+def _unfinished_trials(src: str) -> str:
+    """'3 of 8 trials waiting or running' for a sweep folder whose study is not done, else ''."""
+    if not (Path(src) / "study.db").is_file():
+        return ""
+    from optuna.trial import TrialState
+
+    from painn_ablate.sweep import studies
+
+    counts = {"running": 0, "waiting": 0, "total": 0}
+    for study in studies.open_studies(src):
+        for t in study.get_trials(deepcopy=False):
+            counts["total"] += 1
+            counts["running"] += t.state == TrialState.RUNNING
+            counts["waiting"] += t.state == TrialState.WAITING
+    if not counts["running"] and not counts["waiting"]:
+        return ""
+    return f"{counts['running']} running and {counts['waiting']} waiting of {counts['total']} trials"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -363,7 +468,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from painn_ablate.reporting import registry as rep
 
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise InputError(f"--plots {plots} is a file; name a folder for the figures")
+        reason = unwritable_reason(plots)
+        if reason:
+            raise InputError(f"--plots {plots} cannot be written: {reason}")
     if args.results or (not args.paths and not args.study and os.path.isdir(DEFAULT_RESULTS)):
+        from painn_ablate.reporting.findings import DEFAULT_OUT as FINDINGS_OUT
         from painn_ablate.reporting.findings import write_findings
 
         results = args.results or DEFAULT_RESULTS
@@ -371,18 +484,18 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise InputError(f"no results folder '{results}'")
         plots = args.plots or "plots"
         command = " ".join(["painn-ablate report", *([f"--results {results}"] if args.results else []),
-                            *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                            *([f"--out {args.out}"] if args.out else []),
                             *([f"--plots {args.plots}"] if args.plots else [])])
-        out = write_findings(results, args.out, plots, command=command)
+        out = write_findings(results, args.out or FINDINGS_OUT, plots, command=command)
         print(f"wrote {out} and plots in {plots}, from the trial tables in {results}")
         return 0
     paths = args.paths or [p for p in rep.DEFAULT_PATHS if os.path.exists(p)]
     if not paths and not args.study:
         raise InputError(f"no paths given and none of {', '.join(rep.DEFAULT_PATHS)} exists here")
     command = " ".join(["painn-ablate report", *paths, *(f"--study {s}" for s in args.study or []),
-                        *([f"--out {args.out}"] if args.out != rep.DEFAULT_OUT else []),
+                        *([f"--out {args.out}"] if args.out else []),
                         *([f"--plots {args.plots}"] if args.plots else [])])
-    out = rep.write_report(paths, tuple(args.study or ()), args.out, args.plots, command=command)
+    out = rep.write_report(paths, tuple(args.study or ()), args.out or rep.DEFAULT_OUT, args.plots, command=command)
     print(f"wrote {out}" + (f" and plots in {args.plots}" if args.plots else ""))
     return 0
 
@@ -394,6 +507,9 @@ def _depths(text: str) -> list[int]:
         raise InputError(f"--depths: expected comma-separated integers like 2,3,5, got {text!r}") from None
     if not depths or min(depths) < 1:
         raise InputError(f"--depths: every depth must be >= 1, got {text!r}")
+    twice = sorted({d for d in depths if depths.count(d) > 1})
+    if twice:  # each depth's seeds would be counted twice in its blow-up fraction
+        raise InputError(f"--depths: {', '.join(map(str, twice))} given twice in {text!r}; give each depth once")
     return depths
 
 
@@ -401,23 +517,28 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from painn_ablate.core.config import compose
-    from painn_ablate.training.probe import depth_table, layer_table, run_probe
+    from painn_ablate.training.probe import depth_table, layer_table, run_probe, seed_table
 
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps < 0:
         raise InputError(f"--steps must be >= 0, got {args.steps}")
+    if args.batches < 0:
+        raise InputError(f"--batches must be >= 0, got {args.batches}")
     cfg = compose(args.overrides)
     depths = _depths(args.depths) if args.depths else None
     out = Path(args.out) if args.out else None
     if out is not None:
         _writable_folder(out)
-    result = run_probe(cfg, args.seeds, args.steps, depths)
+    result = run_probe(cfg, args.seeds, args.steps, depths, args.batches)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print(f"probe: {cfg.model.preset}" + (f" ablate={cfg.ablate}" if cfg.ablate != "none" else "")
               + f", {args.seeds} seeds, at initialisation" + (f" and {args.steps} steps" if args.steps else "")
               + f" ({result.seconds:.1f} s)")
         print(layer_table(result).to_string())
+        print(f"per seed: blown up on batch 0, and the fraction of the first {args.batches} training batches on "
+              "which the initial network crosses a criterion")
+        print(seed_table(result).to_string(index=False))
         print(depth_table(result).to_string(index=False))
         if args.steps:
             print(f"after {args.steps} steps:")
@@ -449,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one configuration",
                        description="Train one configuration: painn-ablate train model=r2_full train.lr=3e-3 seed=1")
     p.add_argument("--config", help="a saved config.yaml to start from (re-run a run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse an out= folder that holds an earlier or a crashed run (its records are removed "
+                        "first); a folder another running process writes is always refused")
     p.add_argument("overrides", nargs="*", help="key=value overrides; model=<preset> selects a preset")
     p.set_defaults(func=cmd_train)
 
@@ -514,15 +638,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=100, help="model seeds 0..N-1 (default 100)")
     p.add_argument("--steps", type=int, default=0, help="also train K steps per seed and record each (default 0)")
     p.add_argument("--depths", help="comma-separated depths L to probe instead of model.L, e.g. 2,3,4,5,6,7,8")
+    p.add_argument("--batches", type=int, default=25,
+                   help="per seed, judge the initial network on its first N training batches (default 25; 0: off)")
     p.add_argument("--out", help="folder for probe.parquet and probe_seeds.parquet")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("report", help="regenerate runs.md from run directories, reproductions and sweeps",
-                       description="Regenerate runs.md: painn-ablate report reproduce_out sweeps_out --plots plots")
+    p = sub.add_parser("report", help="write runs.md (the findings, from results/) or registry.md (raw runs)",
+                       description="Two documents. Without paths: runs.md, the findings (verdicts, intervals, "
+                                   "tables) from the committed trial tables in results/. With paths (or "
+                                   "--study): registry.md, the registry of raw run folders, reproductions and "
+                                   "sweeps, one row per run with its re-run command: painn-ablate report "
+                                   "reproduce_out sweeps_out --plots plots")
     p.add_argument("paths", nargs="*", help="run directories or folders holding them, reproduce outputs, sweep "
                                             "folders (default: reproduce_out and sweeps_out where present)")
     p.add_argument("--study", action="append", help="an Optuna storage URL to include (repeatable)")
-    p.add_argument("--out", default="runs.md", help="the Markdown file to write (default runs.md)")
+    p.add_argument("--out", help="the Markdown file to write (default runs.md for the findings, registry.md for "
+                                 "the registry of paths)")
     p.add_argument("--plots", help="also write each section's figures as PNG into this folder and link them")
     p.add_argument("--results", help="write runs.md from the trial tables in this folder (default: results/ "
                                      "when no paths are given and it exists)")
@@ -559,7 +690,14 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     use_inductor_cache()  # one torch.compile cache for every run and sweep worker (they inherit it)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`status DIR | head -1`): Python's recipe, stdout to devnull so that the
+        # interpreter's final flush meets no pipe either; 141 = 128 + SIGPIPE, as a shell tool's exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except InputError as exc:
         print(f"painn-ablate: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -4,9 +4,16 @@ pytest puts this folder on sys.path (rootdir-relative, "prepend" import mode), s
 `from support import ...` it; no test file imports from another.
 """
 
+import contextlib
+import functools
+import io
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +33,45 @@ TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data
 EXPLODING = ["model=original", "train.lr=0.05", "train.steps=20"]
 # The same learning rate in a short run that records statistics often (r2_full stays stable).
 FAST = ["train.lr=0.05", "train.steps=10", "train.val_every=5", "monitor.every=2"]
+
+
+@dataclass
+class Result:
+    """What `painn-ablate ARGS` left: its exit code and what it printed (subprocess.CompletedProcess's names)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args, cwd=None) -> Result:
+    """`painn-ablate ARGS` run in this process, as `python -m painn_ablate.cli` would (no interpreter and
+    torch start-up per call): the exit code (SystemExit included), stdout, and stderr with the warnings
+    the CLI logs, in the CLI's format. Tests of signals, kills, spawned workers and process faults use
+    subprocesses instead."""
+    from painn_ablate.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)  # a fresh process's logging.basicConfig: root handlers exist here
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logging.INFO if "-v" in args or "--verbose" in args else logging.WARNING
+    handler.setLevel(level)
+    root, sigterm = logging.getLogger(), signal.getsignal(signal.SIGTERM)
+    root_level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, root_level or logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                contextlib.chdir(cwd or os.getcwd()):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(root_level)
+        signal.signal(signal.SIGTERM, sigterm)  # main() installs its own
+    return Result(code or 0, out.getvalue(), err.getvalue())
 
 
 class Killed(Exception):
@@ -59,8 +105,17 @@ MECHANISMS = {
     "model.stabilizers.mu0_scale": st.sampled_from([1.0, 0.1]),
 }
 OPTIONS = {"model.edge_charge": st.booleans()}  # EGNN's charge product as an edge input of the filter
+FAIRCHEM = {  # fairchem's normalisation and fixed scales
+    "model.stabilizers.q_layernorm": st.booleans(),
+    "model.stabilizers.scaled_silu": st.booleans(),
+    "model.stabilizers.vgate_scale": st.sampled_from([1.0, 0.5773502691896257]),
+    "model.stabilizers.vmsg_inv_sqrt_f": st.booleans(),
+    "model.stabilizers.dot_inv_sqrt_f": st.booleans(),
+    "model.stabilizers.q_residual_scale": st.sampled_from([1.0, 0.7071067811865476]),
+    "model.stabilizers.mix_dq_scale": st.sampled_from([1.0, 0.7071067811865476]),
+}
 stabilizer_sets = st.fixed_dictionaries(TOGGLES)  # the stabilizers alone (the reference transcription's scope)
-toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS, **OPTIONS})
+toggle_sets = st.fixed_dictionaries({**TOGGLES, **MECHANISMS, **OPTIONS, **FAIRCHEM})
 
 
 def tiny_model(overrides=(), seed=0, F=8, L=3) -> PaiNN:
@@ -136,6 +191,15 @@ def write_sweep(folder: Path, parameters: dict, method: str = "grid", stem: str 
             "metric": {"name": "val_pos_mse", "goal": "minimize"}, "parameters": parameters, **top}
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
+
+
+@functools.cache
+def shipped_sweep(path: Path):
+    """`load_sweep(path)` of a shipped sweep file, loaded once per session and shared (do not modify it):
+    loading composes every grid point, hundreds of configs, and several tests read the same files."""
+    from painn_ablate.sweep.spec import load_sweep
+
+    return load_sweep(path)
 
 
 WANDB = str(Path(sys.executable).parent / "wandb")

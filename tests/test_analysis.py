@@ -12,10 +12,9 @@ from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
 from painn_ablate.analysis import loaders as analysis
+from painn_ablate.analysis import stats
 from painn_ablate.core import config
 from painn_ablate.core.config import STABILIZER_KEYS, compose, flatten
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
 
@@ -28,6 +27,7 @@ def same(a, b) -> bool:
 # ----------------------------------------------------------------------------- loaders
 
 
+@pytest.mark.integration
 def test_load_runs_one_row_per_run_with_config_and_summary_columns(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs")
     assert len(runs) == 5 and runs["run_dir"].is_unique
@@ -51,6 +51,7 @@ def test_load_runs_one_row_per_run_with_config_and_summary_columns(tiny_root):
     assert sorted(trials["experiment"]) == ["original", "original + alpha", "original + clamps"]
 
 
+@pytest.mark.integration
 def test_a_killed_run_loads_as_running_with_its_records(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs" / "killed")
     assert runs["status"].tolist() == ["running"] and runs["steps_completed"].iloc[0] >= 2
@@ -59,6 +60,7 @@ def test_a_killed_run_loads_as_running_with_its_records(tiny_root):
     assert len(stats) and stats["step"].max() <= 6
 
 
+@pytest.mark.integration
 def test_long_tables_carry_run_ids_and_hold_every_parquet_row(tiny_root):
     dirs = analysis.find_run_dirs(tiny_root / "runs")
     stats = analysis.load_layer_stats(tiny_root / "runs")
@@ -68,17 +70,11 @@ def test_long_tables_carry_run_ids_and_hold_every_parquet_row(tiny_root):
     mu = analysis.load_layer_stats(tiny_root / "runs", stats=["mu_norm_max"], block="mixing")
     assert set(mu["stat"]) == {"mu_norm_max"} and set(mu["block"]) == {"mixing"}
     assert len(mu) == ((stats["stat"] == "mu_norm_max") & (stats["block"] == "mixing")).sum()
-    # wide columns are tracking.stat_key names, and going back to long loses nothing
-    wide = analysis.wide_layer_stats(mu)
-    assert "layer5/mixing/mu_norm_max" in wide.columns
-    back = analysis.long_layer_stats(wide)
-    key = ["run_dir", "step", "layer", "block", "stat"]
-    expect = mu.dropna(subset=["value"]).sort_values(key, ignore_index=True)
-    pd.testing.assert_series_equal(back.sort_values(key, ignore_index=True)["value"], expect["value"])
     metrics = analysis.load_metrics(tiny_root / "runs")
     assert len(metrics) == sum(len(pd.read_parquet(d / "metrics.parquet")) for d in dirs)
 
 
+@pytest.mark.integration
 def test_events_locate_the_first_nonfinite_value_of_each_exploded_run(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs").set_index("run_dir")
     events = analysis.load_events(tiny_root / "runs")
@@ -89,6 +85,7 @@ def test_events_locate_the_first_nonfinite_value_of_each_exploded_run(tiny_root)
         assert g["layer"].iloc[0] == runs.loc[run_dir, "first_nonfinite.layer"]
 
 
+@pytest.mark.integration
 def test_load_study_joins_trials_with_their_run_configs(tiny_root):
     trials = analysis.load_study(tiny_root / "sweep")
     assert len(trials) == 3 and set(trials["state"]) == {"COMPLETE"}
@@ -117,6 +114,7 @@ def test_load_study_joins_trials_with_their_run_configs(tiny_root):
         analysis.load_study(tiny_root / "sweep", "nope")
 
 
+@pytest.mark.integration
 def test_wandb_rows_use_the_same_names_as_run_rows(tiny_root):
     run_dir = tiny_root / "runs" / "original-s0"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -139,6 +137,7 @@ def test_wandb_rows_use_the_same_names_as_run_rows(tiny_root):
 # ----------------------------------------------------------------------------- derived tables
 
 
+@pytest.mark.integration
 def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     runs = analysis.load_runs(tiny_root / "runs")
     runs = runs[runs["status"] != "running"]
@@ -146,7 +145,7 @@ def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     original = runs[runs["experiment"] == "original"]
     assert table.loc["original", "blew_up"] == 2 and table.loc["original", "blow_up_rate"] == 1.0
     assert (table.loc["original", "blow_up_lo"], table.loc["original", "blow_up_hi"]) == pytest.approx(
-        analysis.wilson(2, 2))
+        stats.wilson(2, 2))
     # the first blow-up is the earlier of the divergence and the first NaN/Inf
     firsts = [min(s for s in (r["first_divergence.step"], r["first_nonfinite.step"]) if pd.notna(s))
               for _, r in original.iterrows()]
@@ -156,7 +155,7 @@ def test_outcome_table_counts_blow_ups_and_averages_stable_seeds(tiny_root):
     assert table.loc["r2_full", "test_pos_mse_mean"] == pytest.approx(stable.mean())
     assert table.loc["r2_full", "test_pos_mse_sd"] == pytest.approx(stable.std(ddof=1))
     assert table.loc["r2_full", "blew_up"] == 0 and table.loc["r2_full", "blow_up_hi"] == pytest.approx(
-        analysis.wilson(0, 2)[1])
+        stats.wilson(0, 2)[1])
     assert math.isnan(table.loc["original", "test_pos_mse_mean"])
 
 
@@ -178,6 +177,7 @@ def test_importance_ranks_the_parameter_that_decides_the_target_first(evaluator)
         analysis.param_importances(frame.head(1), lambda r: float(r["exploded"]))
 
 
+@pytest.mark.integration
 def test_rerun_command_composes_to_the_saved_config(tiny_root):
     for run_dir in analysis.find_run_dirs([tiny_root / "runs", tiny_root / "sweep"]):
         overrides = config.rerun_overrides(run_dir)
@@ -223,6 +223,7 @@ def test_run_level_notebooks_are_committed_executed():
         assert outputs(book, "image"), name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name, env, needles", [
     ("explosion", {"PAINN_ABLATE_RUNS": "runs"}, ["original runs that blew up: 2 of 2", "qmu_absmax"]),
     ("ablation", {"PAINN_ABLATE_RUNS": "sweep"}, ["3 runs;", "original + clamps", "alpha"]),

@@ -7,6 +7,7 @@ import pytest
 from painn_ablate.core.config import (
     ABLATIONS,
     COMPILE_MIN_STEPS,
+    FAIRCHEM_STABILIZERS,
     MECHANISM_TOGGLES,
     PRESETS,
     ConfigError,
@@ -20,6 +21,9 @@ from painn_ablate.core.config import (
 R2 = {"g": 0.5, "s_msg": 5.0, "s_mix": 5.0, "alpha_inter": 0.5, "alpha_mix": 0.5,
       "C_s": 10.0, "C_v": 10.0, "C_q": 100.0, "C_mu": 20.0}  # the document's R2_full values
 PAINN_MECHANISMS = {"coupling": True, "s_coupling": None, "s_gating": None, "mu0": "velocity", "mu0_scale": 1.0}
+PAINN_FAIRCHEM = {"q_layernorm": False, "scaled_silu": False, "vgate_scale": 1.0, "vmsg_inv_sqrt_f": False,
+                  "dot_inv_sqrt_f": False, "q_residual_scale": 1.0, "mix_dq_scale": 1.0}  # fairchem's parts, off
+FAIRCHEM_NAMES = {*FAIRCHEM_STABILIZERS, "fairchem"}
 
 
 def test_original_is_every_stabilizer_off():
@@ -33,7 +37,7 @@ def test_original_is_every_stabilizer_off():
 
 def test_r2_full_has_the_documents_values():
     cfg = compose(["model=r2_full"])
-    assert dict(cfg.model.stabilizers) == {**R2, **PAINN_MECHANISMS}  # R2_full keeps PaiNN's mechanisms
+    assert dict(cfg.model.stabilizers) == {**R2, **PAINN_MECHANISMS, **PAINN_FAIRCHEM}  # and PaiNN's mechanisms
     assert cfg.model.aggregation == "mean" and cfg.train.grad_clip == 1.0
     assert cfg.model.preset == "r2_full"
 
@@ -50,14 +54,17 @@ def test_single_toggle_on_top_of_preset():
     assert cfg.model.stabilizers.C_q == 100.0
 
 
-@pytest.mark.parametrize("name", [n for n in ABLATIONS if n != "none" and n not in MECHANISM_TOGGLES])
-def test_ablation_is_leave_one_out_on_r2_full_and_add_one_in_on_original(name):
-    base_r2, base_orig = flatten(compose(["model=r2_full"])), flatten(compose(["model=original"]))
-    loo = flatten(compose(["model=r2_full", f"ablate={name}"]))
+@pytest.mark.parametrize("preset,name", [*(("r2_full", n) for n in ABLATIONS
+                                            if n != "none" and n not in MECHANISM_TOGGLES and n not in FAIRCHEM_NAMES),
+                                          *(("fairchem", n) for n in sorted(FAIRCHEM_NAMES))])
+def test_ablation_is_leave_one_out_on_its_preset_and_add_one_in_on_original(preset, name):
+    base_r2, base_orig = flatten(compose([f"model={preset}"])), flatten(compose(["model=original"]))
+    loo = flatten(compose([f"model={preset}", f"ablate={name}"]))
     aoi = flatten(compose(["model=original", f"ablate={name}"]))
     keys = set(ABLATIONS[name])
+    assert keys and all(base_r2[k] != base_orig[k] for k in keys)  # each part is on in its preset
     for key in base_r2:
-        if key == "ablate":
+        if key in ("ablate", "model.preset"):
             continue
         if key in keys:
             assert loo[key] == base_orig[key] and aoi[key] == base_r2[key], key
@@ -109,10 +116,10 @@ def test_bad_input_is_one_line_naming_the_key(overrides, key):
 
 def test_every_schema_key_is_overridable_with_its_own_value():
     """Each leaf key of the schema, set on the command line to the value it has, composes back to it
-    (format_override is compose's inverse), on both presets."""
+    (format_override is compose's inverse), on every preset."""
     keys = all_keys()
     assert "model.stabilizers.C_mu" in keys and "train.grad_clip" in keys and "data.system" in keys
-    assert set(PRESETS) == {"original", "r2_full"}
+    assert set(PRESETS) == {"original", "r2_full", "fairchem"}
     for preset in PRESETS:
         base = flatten(compose([f"model={preset}"]))
         for key in keys:

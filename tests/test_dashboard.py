@@ -9,12 +9,10 @@ import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
-from support import TINY
+from support import TINY, cli
 
 from painn_ablate.cli import main
 from painn_ablate.reporting import dashboard as db
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 WANDB = os.path.join(os.path.dirname(sys.executable), "wandb")  # the CLI of the wandb in this environment
 
@@ -29,11 +27,11 @@ def sweep(tmp_path_factory):
         "parameters:\n  model: {values: [original, r2_full]}\n  seed: {values: [0, 1]}\n"
         "  train.lr: {value: 0.05}\n  monitor.on_diverged: {value: stop}\n  tracking.wandb: {value: true}\n")
     overrides = [o for o in TINY if not o.startswith("tracking.wandb")]
-    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "sweep", str(root / "dash.yaml"), *overrides,
-                          "train.steps=8", "train.val_every=4", "monitor.every=1", "monitor.warn_ratio=1.01",
-                          "monitor.warn_growth=1.01", "monitor.warn_window=2", f"data.cache_dir={root / 'cache'}",
-                          "--out", str(root / "sweep")], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        res = cli("sweep", root / "dash.yaml", *overrides, "train.steps=8", "train.val_every=4", "monitor.every=1",
+                  "monitor.warn_ratio=1.01", "monitor.warn_growth=1.01", "monitor.warn_window=2",
+                  "--out", root / "sweep")
     assert res.returncode == 0, res.stderr
     return root / "sweep"
 
@@ -54,6 +52,7 @@ def logged(sweep) -> tuple[set, set]:
     return metrics, config
 
 
+@pytest.mark.integration
 def test_every_key_a_panel_plots_is_a_key_the_runs_logged(sweep):
     info = db.sweep_info(str(sweep))
     assert (info.study, info.project, info.metric, info.swept, info.n_layers) == (
@@ -67,6 +66,7 @@ def test_every_key_a_panel_plots_is_a_key_the_runs_logged(sweep):
         assert must in keys["metrics"], must
 
 
+@pytest.mark.integration
 def test_offline_dashboard_writes_the_workspace_spec(sweep, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert main(["dashboard", str(sweep), "--experiment", "original"]) == 0
@@ -102,6 +102,7 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+@pytest.mark.integration
 def test_optuna_dashboard_serves_the_study_and_the_trials_outcomes(sweep):
     """The README's `optuna-dashboard sqlite:///...` on a real study: its WSGI app over HTTP."""
     from optuna_dashboard import wsgi

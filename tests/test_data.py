@@ -453,3 +453,39 @@ def test_auto_graph_is_a_neighbour_graph_for_large_systems(tmp_path):
         data.write_split(small / f"{name}.npz", _good_arrays(n_samples=2, n=5))
     batch = data.load_dataset(data_cfg(tmp_path, dir=str(small)))["train"].batch(torch.arange(1))
     assert batch.edge_index.shape[1] == 5 * 4  # charged systems of 5 keep the full graph
+
+
+# ----------------------------------------------------------------------------- the shipped default set
+
+
+def test_the_default_data_set_is_the_shipped_one_and_nothing_is_generated(tmp_path, caplog):
+    """compose()'s data section reads the set shipped with the package: no cache folder is written, and
+    what it loads is byte for byte the shipped files."""
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"cache_dir": str(tmp_path / "cache")})
+    with caplog.at_level(logging.INFO, logger="painn_ablate.data.datasets"):
+        loaded = data.load_or_generate(cfg)
+    assert "shipped" in caplog.text and not (tmp_path / "cache").exists()
+    shipped = [f for f in data.SHIPPED.iterdir() if f.is_dir()]
+    assert len(shipped) == 1
+    files = {name: data.read_split(shipped[0] / f"{name}.npz") for name in simulate.SPLITS}
+    assert data.fingerprint(loaded) == data.fingerprint(files)
+    assert {k: len(v["pos"]) for k, v in loaded.items()} == {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+
+
+def test_a_fingerprint_changes_with_any_value_and_is_the_same_for_loaded_splits(charged_splits):
+    arrays = {name: {k: np.asarray(a[k], np.float32) for k in data.ARRAY_KEYS} for name, a in charged_splits.items()}
+    before = data.fingerprint(arrays)
+    loaded = {name: data.NBodySplit.from_arrays(a, "full") for name, a in arrays.items()}
+    assert data.split_fingerprint(loaded) == before
+    nudged = {name: {k: v.copy() for k, v in a.items()} for name, a in arrays.items()}
+    nudged["test"]["vel"][0, 0, 0] = np.nextafter(nudged["test"]["vel"][0, 0, 0], np.float32(np.inf))
+    assert data.fingerprint(nudged) != before
+
+
+def test_the_code_version_names_this_checkout():
+    from painn_ablate.core.provenance import code_version
+
+    v = code_version()
+    assert v["version"]
+    if v["commit"] is not None:  # a git checkout (CI's clone is one): a full commit hash and a dirty flag
+        assert len(v["commit"]) == 40 and isinstance(v["dirty"], bool)

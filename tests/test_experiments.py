@@ -1,8 +1,6 @@
 """The evidence layer: intervals, paired tests, trial tables from a real sweep, the rules, runs.md."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -10,34 +8,33 @@ import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
-from support import TINY
+from support import TINY, cli
 
+from painn_ablate.analysis import rules, stats
 from painn_ablate.analysis import tables as ex
 from painn_ablate.reporting.findings import build_findings, egnn_lines
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
 
 
 def test_wilson_interval_matches_the_formula_at_known_points():
-    assert ex.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert ex.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
-    assert ex.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert all(math.isnan(x) for x in ex.wilson(0, 0))
+    assert stats.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert stats.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert stats.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert all(math.isnan(x) for x in stats.wilson(0, 0))
 
 
 def test_exact_mcnemar_counts_only_discordant_seeds():
     a = pd.Series([True] * 8 + [False, True], index=range(10))
     b = pd.Series([False] * 8 + [False, True], index=range(10))
-    assert ex.mcnemar_exact(a, b) == (8, 0, pytest.approx(2 * 0.5 ** 8))
-    assert ex.mcnemar_exact(a, a)[2] == 1.0
+    assert stats.mcnemar_exact(a, b) == (8, 0, pytest.approx(2 * 0.5 ** 8))
+    assert stats.mcnemar_exact(a, a)[2] == 1.0
     # seeds present on one side only are not paired
-    assert ex.mcnemar_exact(a, b.drop(index=range(4)))[:2] == (4, 0)
+    assert stats.mcnemar_exact(a, b.drop(index=range(4)))[:2] == (4, 0)
 
 
 def test_mean_interval_uses_the_sample_sd_and_t():
-    r = ex.mean_interval([1.0, 2.0, 3.0, None, float("nan")])
+    r = stats.mean_interval([1.0, 2.0, 3.0, None, float("nan")])
     assert r["n"] == 3 and r["sd"] == pytest.approx(1.0)
     assert r["hi"] - r["mean"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
 
@@ -56,16 +53,16 @@ def test_rules_follow_the_design():
     rows = (synthetic("original", "none", [True] * 9 + [False]) + synthetic("r2_full", "none", [False] * 10)
             + synthetic("original", "coupling", [False] * 10) + synthetic("original", "s_gating", [True] * 10))
     trials = pd.DataFrame(rows)
-    rules = {r.name: r for r in ex.judge(trials)}
-    assert rules["M1"].verdict == "PASS" and rules["M2"].verdict == "PASS" and rules["M3"].verdict == "PASS"
-    assert rules["S1 g"].verdict == "NOT TESTED"
-    assert rules["F1"].verdict == "SUPPORTED" and "coupling: 0/10" in rules["F1"].evidence
-    assert ex.sufficiency(trials, "coupling")["sufficient"] is True
-    assert ex.sufficiency(trials, "s_gating")["sufficient"] is False
+    verdicts = {r.rule: r for r in rules.judge(trials)}
+    assert verdicts["M1"].verdict == "PASS" and verdicts["M2"].verdict == "PASS" and verdicts["M3"].verdict == "PASS"
+    assert verdicts["S1"].verdict == "NOT TESTED"
+    assert verdicts["F1"].verdict == "SUPPORTED" and "coupling: 0/10" in verdicts["F1"].evidence
+    assert rules.sufficiency(trials, "coupling")["sufficient"] is True
+    assert rules.sufficiency(trials, "s_gating")["sufficient"] is False
     # a miss is a miss: the original blowing up in 2 of 10 fails M1
     weak = pd.DataFrame(synthetic("original", "none", [True] * 2 + [False] * 8) + synthetic("r2_full", "none",
                                                                                            [False] * 10))
-    assert {r.name: r.verdict for r in ex.judge(weak)}["M1"] == "MISS"
+    assert {r.rule: r.verdict for r in rules.judge(weak)}["M1"] == "MISS"
 
 
 def test_deep_and_egnn_rules_keep_their_trials_apart():
@@ -73,18 +70,18 @@ def test_deep_and_egnn_rules_keep_their_trials_apart():
     base = synthetic("original", "none", [True] * 10) + synthetic("r2_full", "none", [False] * 10)
     egnn = [{**row, "edge_charge": True, "loss": "pos", "schedule": "cosine", "epochs": 300,
              "test_pos_mse": mse} for row, mse in zip(synthetic("r2_full", "none", [False] * 3), (0.0050, 0.0052, 0.0054))]
-    rules = {r.name: r for r in ex.judge(pd.DataFrame(base + egnn))}
-    assert rules["M4"].verdict == "NOT TESTED"
-    assert rules["E1"].verdict == "AS ACCURATE OR BETTER" and "n = 3 of 3 runs, 300 epochs" in rules["E1"].evidence
-    assert "0/10" in rules["M2"].evidence  # the EGNN runs are not counted in R2_full's map cell
+    verdicts = {r.rule: r for r in rules.judge(pd.DataFrame(base + egnn))}
+    assert verdicts["M4"].verdict == "NOT TESTED"
+    assert verdicts["E1"].verdict == "AS ACCURATE OR BETTER" and "n = 3 of 3 runs, 300 epochs" in verdicts["E1"].evidence
+    assert "0/10" in verdicts["M2"].evidence  # the EGNN runs are not counted in R2_full's map cell
     worse = [{**row, "test_pos_mse": 0.02 + row["test_pos_mse"]} for row in egnn]
-    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(base + worse))}["E1"] == "LESS ACCURATE"
+    assert {r.rule: r.verdict for r in rules.judge(pd.DataFrame(base + worse))}["E1"] == "LESS ACCURATE"
     few = base + synthetic("r2_full", "none", [False] * 6, L=8)
-    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(few))}["M4"] == "UNDECIDED"
+    assert {r.rule: r.verdict for r in rules.judge(pd.DataFrame(few))}["M4"] == "UNDECIDED"
     blown = base + synthetic("r2_full", "none", [False] * 9 + [True], L=8)
-    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(blown))}["M4"] == "MISS"
+    assert {r.rule: r.verdict for r in rules.judge(pd.DataFrame(blown))}["M4"] == "MISS"
     held = base + synthetic("r2_full", "none", [False] * 10, L=8)
-    assert {r.name: r.verdict for r in ex.judge(pd.DataFrame(held))}["M4"] == "PASS"
+    assert {r.rule: r.verdict for r in rules.judge(pd.DataFrame(held))}["M4"] == "PASS"
 
 
 def test_egnn_section_lists_each_seed_beside_the_map_cell():
@@ -103,7 +100,7 @@ def test_cell_table_counts_and_intervals():
     cells = ex.cell_table(pd.DataFrame(synthetic("original", "none", [True] * 3 + [False] * 7)))
     c = cells.iloc[0]
     assert (c["n"], c["blew_up"], c["init_events"], c["stable"]) == (10, 3, 3, 7)
-    assert (c["rate_lo"], c["rate_hi"]) == pytest.approx(ex.wilson(3, 10))
+    assert (c["rate_lo"], c["rate_hi"]) == pytest.approx(stats.wilson(3, 10))
     assert c["origin_layers"] == "5: 3" and c["test_mse_mean"] == pytest.approx(np.mean([0.01 + 0.001 * s
                                                                                         for s in range(3, 10)]))
 
@@ -118,19 +115,18 @@ def results(tmp_path_factory):
         "  model: {values: [original, r2_full]}\n  ablate: {values: [none, C_s]}\n  seed: {values: [0, 1]}\n"
         "  train.lr: {value: 0.001}\n"
         "  monitor.on_diverged: {value: stop}\n")
-    common = [*TINY, f"data.cache_dir={root / 'cache'}"]
-    env = {"OMP_NUM_THREADS": "1"}
+    common = list(TINY)  # the data: the session's cache (conftest)
     for args in (["sweep", str(root / "map.yaml"), *common, "train.steps=6", "train.val_every=3",
                   "--out", str(root / "map")],
                  ["probe", *common, "model=original", "--seeds", "3", "--depths", "2,5", "--out",
                   str(root / "probe" / "original")],
                  ["export", str(root / "map"), str(root / "probe" / "original"), "--out", str(root / "results")]):
-        res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
-                             timeout=600, env={**__import__("os").environ, **env})
+        res = cli(*args)
         assert res.returncode == 0, res.stderr
     return root / "results"
 
 
+@pytest.mark.integration
 def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(results):
     trials, stats, seeds = ex.load_results(results)
     assert len(trials) == 8 and set(trials["preset"]) == {"original", "r2_full"}
@@ -153,6 +149,7 @@ def test_trial_table_has_one_row_per_trial_with_outcome_origin_and_profile(resul
     assert (stable["test_pos_mse_max"] >= stable["test_pos_mse"]).all()
 
 
+@pytest.mark.integration
 def test_checkpoint_reevaluation_matches_the_summary(results):
     """The tail an export recomputes for older runs is the one training records: same weights, same split."""
     import json
@@ -168,11 +165,11 @@ def test_checkpoint_reevaluation_matches_the_summary(results):
 
 
 def test_holm_and_paired_t():
-    assert ex.holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06],
+    assert stats.holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06],
                                                                         nan_ok=True)
     a = pd.Series([1.0, 2.0, 3.0, 4.0], index=[0, 1, 2, 3])
     b = pd.Series([1.5, 2.4, 3.7, 9.0], index=[0, 1, 2, 5])  # seed 5 has no pair; seed 3 neither
-    r = ex.paired_t(a, b)
+    r = stats.paired_t(a, b)
     diff = np.array([0.5, 0.4, 0.7])
     t = diff.mean() / (diff.std(ddof=1) / math.sqrt(3))
     assert r["n"] == 3 and r["mean"] == pytest.approx(diff.mean())
@@ -189,7 +186,7 @@ def test_ablation_table_names_necessary_sufficient_and_inert():
     trials.loc[worse, "test_pos_mse"] += 0.002 + 0.0001 * trials.loc[worse, "seed"]  # worse in every seed
     trials["act_C_s_frac"] = np.where(trials["preset"] == "r2_full", 0.0, np.nan)
     trials["act_s_msg_frac"] = np.where(trials["preset"] == "r2_full", 0.01, np.nan)
-    table = ex.ablation_table(trials).set_index("stabilizer")
+    table = rules.ablation_table(trials).set_index("stabilizer")
     assert table.loc["g", "sufficient"] is True and table.loc["C_s", "sufficient"] is False
     assert table.loc["g", "loo"]["by_rate"] and table.loc["g", "necessary"]  # 7 discordant pairs: p = 0.016
     assert table.loc["s_msg", "loo"]["by_mse"] and not table.loc["s_msg", "loo"]["by_rate"]
@@ -199,6 +196,7 @@ def test_ablation_table_names_necessary_sufficient_and_inert():
     assert table.loc["g", "aoi_p_holm"] == pytest.approx(min(1, 2 * table.loc["g", "aoi_p"]))
 
 
+@pytest.mark.integration
 def test_findings_report_and_cli(results, tmp_path):
     text = build_findings(results, tmp_path / "runs.md", tmp_path / "plots")
     for needle in ("## Verdicts", "| M1 |", "Wilson", "## 1. Explosion map", "### At initialisation",
@@ -206,12 +204,11 @@ def test_findings_report_and_cli(results, tmp_path):
                    "| C_s |", "## Compute", "## Not done"):
         assert needle in text, needle
     assert (tmp_path / "plots" / "map.png").stat().st_size > 0
-    res = subprocess.run([sys.executable, "-m", "painn_ablate.cli", "report", "--results", str(results),
-                          "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p")],
-                         capture_output=True, text=True, timeout=300)
+    res = cli("report", "--results", str(results), "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p"))
     assert res.returncode == 0 and (tmp_path / "r.md").read_text().startswith("# runs.md")
 
 
+@pytest.mark.integration
 def test_findings_notebook_executes_on_a_tiny_results_folder(results, monkeypatch):
     monkeypatch.setenv("PAINN_ABLATE_RESULTS", str(results))
     book = nbformat.read(NOTEBOOKS / "findings.ipynb", as_version=4)

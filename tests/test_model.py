@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import assert_equivariant, overrides_of, random_system, tiny_model, toggle_sets
 
+from painn_ablate.core.config import FAIRCHEM_STABILIZERS, compose, flatten, format_override
 from painn_ablate.model.painn import Aggregate
 from painn_ablate.model.stabilizers import NORM_EPS, ClipNorm, ClipValue, Saturation, vector_norm
 
@@ -150,3 +151,43 @@ def test_compile_setting_of_a_bare_model():
         model = PaiNN(compose([f"model.compile={setting}", "model.F=4", "model.L=1"]).model)
         assert model.compile is compiled and (model._compiled_forward is not None) is compiled
     assert PaiNN(compose(["model.F=4", "model.L=1"]).model, compile=True).compile
+
+
+# ----------------------------------------------------------------------------- one scale in three disguises
+
+
+def test_on_a_full_5_particle_graph_mean_aggregation_g_and_alpha_inter_are_one_scale():
+    """Without s_msg and the message clamps every interaction update is linear in the filter gain g, and
+    on a full graph of 5 particles (every pair inside the cutoff) each node has |N(i)| = 4 neighbours: so
+    degree-mean aggregation, g = 1/4 and alpha_inter = 1/4 are the same operation. What the ablations call
+    the aggregation's effect there is the interaction's scale; only a graph whose degree varies tells them
+    apart (the last assertion)."""
+    system = random_system(n_graphs=2, n=5, seed=3)
+    pos = system[0] * 0.3  # every pair well inside r_cut = 4
+    full = (pos, *system[1:])
+    outputs = [tiny_model([f"model={preset}", *extra], seed=5)(*full)
+               for preset, extra in (("original", ["model.aggregation=mean"]), ("original", ["model.stabilizers.g=0.25"]),
+                                     ("original", ["model.stabilizers.alpha_inter=0.25"]))]
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    varying = random_system(n_graphs=2, n=5, seed=3, full=False)
+    varying = (varying[0] * 0.3, *varying[1:])
+    mean, gain = (tiny_model(["model=original", extra], seed=5)(*varying)[0]
+                  for extra in ("model.aggregation=mean", "model.stabilizers.g=0.25"))
+    assert not torch.allclose(mean, gain, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- fairchem's stabilizers
+
+
+@pytest.mark.parametrize("name", FAIRCHEM_STABILIZERS)
+def test_each_fairchem_part_is_an_exact_no_op_at_painn_s_value_and_acts_when_on(name):
+    key = f"model.stabilizers.{name}"
+    system = random_system(n_graphs=2, n=5, seed=1)
+    plain = tiny_model(["model=original"], seed=2)(*system)
+    at_default = tiny_model(["model=original", f"{key}={format_override(flatten(compose([]))[key])}"], seed=2)(*system)
+    switched = tiny_model(["model=original", f"ablate={name}"], seed=2)(*system)
+    for a, b in zip(plain, at_default):
+        assert torch.equal(a, b)
+    assert not torch.allclose(plain[0], switched[0], rtol=1e-6)

@@ -9,7 +9,8 @@ from support import random_system
 
 from painn_ablate.core.config import compose
 from painn_ablate.model.painn import PaiNN
-from painn_ablate.training.monitor import EarlyWarning, Monitor, backward_nonfinite
+from painn_ablate.training.blowup import EarlyWarning
+from painn_ablate.training.monitor import Monitor, backward_nonfinite
 
 
 def build(overrides=(), L=3, F=8, seed=0):

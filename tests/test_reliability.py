@@ -5,14 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import TINY
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
-
-
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+from support import TINY, cli  # cli: in this process; the signal and kill tests start their own
 
 
 def default_sigint():
@@ -55,10 +48,11 @@ def test_grid_points_composing_to_the_same_config_are_refused(tmp_path):
     assert one_line_exit_2(cli("sweep", str(f), "--dry-run"), "compose to the same config")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("corrupt", ["{}", '{"status": "sta', "not json at all"])
 def test_one_corrupt_run_folder_is_skipped_with_a_warning_and_the_rest_reported(tmp_path, corrupt):
     for name in ("a", "b"):
-        res = cli("train", *TINY, "train.steps=2", f"data.cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'runs' / name}")
+        res = cli("train", *TINY, "train.steps=2", f"out={tmp_path / 'runs' / name}")
         assert res.returncode == 0, res.stderr
     (tmp_path / "runs" / "a" / "summary.json").write_text(corrupt)
     res = cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md"))
@@ -79,6 +73,7 @@ def test_status_never_writes_to_what_it_reads(tmp_path, content):
     assert db.read_bytes() == content  # before: Optuna wrote its 114 KB schema into the 0-byte file
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("given, seen", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_the_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(given, seen):
     import os
@@ -103,6 +98,7 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, where):
     assert one_line_exit_2(cli("sweep", str(sweep), "--out", str(out), "--dry-run"), "cannot be written")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_is_finalized_with_consistent_counts(tmp_path, sig):
     import json
@@ -114,8 +110,7 @@ def test_an_interrupted_run_is_finalized_with_consistent_counts(tmp_path, sig):
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "model=r2_full",
-                             "train.steps=100000", "monitor.flush_every=7", f"data.cache_dir={tmp_path / 'c'}",
-                             f"out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             "train.steps=100000", "monitor.flush_every=7", f"out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -140,6 +135,7 @@ def test_a_bad_data_dir_fails_the_dry_run_and_leaves_no_study(tmp_path):
     assert not (tmp_path / "out").exists()  # before: an empty study.db was left behind
 
 
+@pytest.mark.integration
 def test_an_interrupted_sweep_gives_its_trial_back_and_prints_the_resume_command(tmp_path):
     import os
     import signal
@@ -149,7 +145,7 @@ def test_an_interrupted_sweep_gives_its_trial_back_and_prints_the_resume_command
     sweep.write_text("method: grid\nparameters:\n  seed: {values: [0, 1]}\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "sweep", str(sweep), *TINY, "train.steps=100000",
-                             f"data.cache_dir={tmp_path / 'c'}", "--out", str(out)], stdout=subprocess.DEVNULL,
+                             "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("trials/*/metrics.parquet")):
@@ -182,6 +178,7 @@ def test_data_beyond_float32_arithmetic_is_bad_input_naming_file_array_and_value
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 def test_a_killed_run_loads_as_lost_not_running(tmp_path):
     import json
     import os
@@ -192,7 +189,7 @@ def test_a_killed_run_loads_as_lost_not_running(tmp_path):
 
     out = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "painn_ablate.cli", "train", *TINY, "train.steps=100000",
-                             "monitor.flush_every=5", f"data.cache_dir={tmp_path / 'c'}", f"out={out}"],
+                             "monitor.flush_every=5", f"out={out}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:

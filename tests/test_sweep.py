@@ -2,10 +2,11 @@
 PostgreSQL server), a SIGKILLed worker's trial re-run on resume, exploded trials as results,
 pruning, errors, random/bayes budgets, and bad files refused before any trial runs.
 
-Every training run is tiny (a few steps of F=8, L=2 on 20 samples); the CLI runs in
-subprocesses as a user would run it.
+Every training run is tiny (a few steps of F=8, L=2 on 20 samples); the CLI runs in this
+process (support.cli), and in subprocesses where workers are spawned, killed or compete.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -20,13 +21,12 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from support import SWEEP_COMMAND, write_sweep
+from support import SWEEP_COMMAND, shipped_sweep, write_sweep
+from support import cli as run_cli
 
 from painn_ablate.core.config import ABLATIONS, compose, flatten
 from painn_ablate.sweep import optuna_engine as sw
 from painn_ablate.sweep import spec as sf
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -34,15 +34,18 @@ PG_URL = os.environ.get("PAINN_ABLATE_PG_URL", "postgresql://painn:painn@127.0.0
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> list[str]:
-    """Overrides for a run of a few seconds; the data cache is shared by the whole session."""
-    cache = tmp_path_factory.mktemp("data-cache")
+def tiny() -> list[str]:
+    """Overrides for a run of a few seconds; the data: the session's cache (conftest)."""
     return ["train.steps=3", "train.val_every=3", "model.F=8", "model.L=2", "model.n_rbf=4",
-            "data.n_train=20", "data.n_val=10", "data.n_test=10", f"data.cache_dir={cache}",
+            "data.n_train=20", "data.n_val=10", "data.n_test=10",
             "tracking.wandb=false", "train.checkpoint=false"]
 
 
-def cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+def cli(*args):
+    return run_cli(*args, cwd=ROOT)  # in this process
+
+
+def cli_process(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
 
@@ -62,10 +65,11 @@ def as_tuples(points: list[dict]) -> list[tuple]:
 # ----------------------------------------------------------------------------- sweep files
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_files_load_and_state_their_budget_and_command(path):
     text = path.read_text()
-    spec = sf.load_sweep(path)  # composes every grid point, or every end of every range
+    spec = shipped_sweep(path)  # load_sweep: composes every grid point, or every end of every range
     assert f"painn-ablate sweep sweeps/{path.name}" in text.splitlines()[0]
     budget = [spec.params[k] for k in ("train.steps", "train.epochs") if k in spec.params]
     assert budget and all(p.fixed for p in budget)  # a step or epoch budget, the same for every trial
@@ -80,11 +84,13 @@ def test_shipped_files_are_valid_wandb_sweep_configs(path):
     assert sweeps.schema_violations_from_proposed_config(raw) == []
 
 
+@pytest.mark.integration
 def test_wandb_agent_arguments_compose_the_same_config(tiny):
     """`wandb agent` passes `${args_no_hyphens}` as key=str(value); that must be our trial's config."""
     for path in SHIPPED:
         swept = {k for k, v in yaml.safe_load(path.read_text())["parameters"].items() if "value" not in v}
-        spec = sf.load_sweep(path, [o for o in tiny if o.split("=")[0] not in swept])
+        # as load_sweep(path, overrides) builds it (the loading itself: test_shipped_files_load_...)
+        spec = dataclasses.replace(shipped_sweep(path), overrides=[o for o in tiny if o.split("=")[0] not in swept])
         for params in sf.check_points(spec)[:6]:
             wandb_args = [f"{name}={p.values[0] if p.fixed else params[name]}" for name, p in spec.params.items()]
             ours = flatten(sf.trial_config(spec, params))
@@ -94,8 +100,9 @@ def test_wandb_agent_arguments_compose_the_same_config(tiny):
                 assert ours[key] == theirs[key], (path.name, key)
 
 
+@pytest.mark.integration
 def test_stabilizers_design_covers_every_stabilizer_both_ways():
-    spec = sf.load_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+    spec = shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml")
     points = sf.grid_points(spec)
     assert len(points) == 2 * 8 * 3 and len({sf.trial_label(spec, p) for p in points}) == len(points)
     assert set(spec.params["ablate"].values) <= set(ABLATIONS)
@@ -143,6 +150,7 @@ def test_override_of_a_swept_parameter_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- running
 
 
+@pytest.mark.integration
 def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
     # lr=10 with the original PaiNN overflows within its first two steps, every seed.
     path = write_sweep(tmp_path, {"model": {"value": "original"}, "train.lr": {"values": [0.001, 10.0]}})
@@ -154,7 +162,7 @@ def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
     assert stable.user_attrs["status"] == "stable" and math.isfinite(stable.value)
     assert stable.value == stable.user_attrs["val_pos_mse"]
     assert exploded.user_attrs["status"] == "exploded" and exploded.value == math.inf
-    assert exploded.constraints == {"blow_up": 1.0} and stable.constraints == {"blow_up": -1.0}
+    assert exploded.constraints["blow_up"] == 1.0 and stable.constraints["blow_up"] == -1.0
     assert exploded.user_attrs["first_nonfinite"]["step"] <= 2
     summary = json.loads((Path(exploded.user_attrs["run_dir"]) / "summary.json").read_text())
     assert summary["status"] == "exploded" and summary["name"].startswith(exploded.user_attrs["label"] + "-t")
@@ -163,9 +171,11 @@ def test_exploded_trial_is_a_completed_result(tmp_path, tiny):
     assert status.returncode == 0, status.stderr
     assert "exploded 1" in status.stdout and "stable 1" in status.stdout
     first = exploded.user_attrs["first_nonfinite"]
-    assert f"step {first['step']} " in status.stdout and f"{first['block']}/{first['tensor']}" in status.stdout
+    assert f"non-finite {first['tensor']} at step {first['step']}, first in layer {first['layer']} {first['block']}" \
+        in status.stdout
 
 
+@pytest.mark.integration
 def test_pruner_stops_a_trial_at_the_early_warning(tmp_path, tiny):
     # A warning that fires at the first snapshots with any growth of ||mu||: a stand-in for an explosion.
     path = write_sweep(tmp_path, {"seed": {"values": [0]}, "train.lr": {"value": 0.1},
@@ -180,6 +190,7 @@ def test_pruner_stops_a_trial_at_the_early_warning(tmp_path, tiny):
     assert trial.user_attrs["steps_completed"] == trial.user_attrs["pruned_step"] + 1
 
 
+@pytest.mark.integration
 def test_trial_that_raises_fails_with_its_error_and_the_sweep_goes_on(tmp_path, tiny):
     # A device that does not exist passes config validation and fails inside the run.
     path = write_sweep(tmp_path, {"train.device": {"values": ["cuda:99", "cpu"]}})
@@ -192,6 +203,7 @@ def test_trial_that_raises_fails_with_its_error_and_the_sweep_goes_on(tmp_path, 
     assert by_device["cpu"].state == TrialState.COMPLETE
 
 
+@pytest.mark.integration
 def test_random_and_bayes_run_their_budget_and_resume_without_rerunning(tmp_path, tiny):
     lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     for method in ("random", "bayes"):
@@ -206,9 +218,10 @@ def test_random_and_bayes_run_their_budget_and_resume_without_rerunning(tmp_path
         assert all(1e-4 <= t.params["train.lr"] <= 1e-2 for t in trials)
         sw.run_sweep(spec, out=out, n_trials=4, threads=1)  # a larger budget adds exactly the difference
         assert len(load(out, method).trials) == 4
-        assert all(t.constraints == {"blow_up": -1.0} for t in load(out, method).trials)  # feasible
+        assert all(t.constraints["blow_up"] == -1.0 for t in load(out, method).trials)  # feasible
 
 
+@pytest.mark.integration
 def test_resume_with_other_settings_is_refused(tmp_path, tiny):
     path = write_sweep(tmp_path, {"seed": {"values": [0]}})
     sw.run_sweep(sf.load_sweep(path, tiny), out=tmp_path / "out", threads=1)
@@ -216,11 +229,12 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny):
         sw.run_sweep(sf.load_sweep(path, [*tiny, "train.lr=0.002"]), out=tmp_path / "out", threads=1)
 
 
+@pytest.mark.integration
 def test_two_local_workers_complete_a_grid_exactly_once_and_resume_runs_nothing(tmp_path, tiny):
     path = write_sweep(tmp_path, {"model": {"values": ["original", "r2_full"]},
                                   "ablate": {"values": ["none", "s_msg", "clamps"]}, "seed": {"values": [0]}})
     out = tmp_path / "out"
-    first = cli("sweep", path, *tiny, "--workers", "2", "--out", out)
+    first = cli_process("sweep", path, *tiny, "--workers", "2", "--out", out)  # spawns its workers
     assert first.returncode == 0, first.stderr
     study = load(out)
     grid = sf.grid_points(sf.load_sweep(path, tiny))
@@ -250,6 +264,7 @@ def _wait_for_running(out: Path, name: str, timeout: float = 120) -> optuna.tria
     raise AssertionError("the slow trial never started")
 
 
+@pytest.mark.integration
 def test_sigkilled_worker_trial_is_rerun_on_resume(tmp_path, tiny):
     # The second grid point is slow enough to be killed mid-run; a 1 s heartbeat means 3 s grace.
     path = write_sweep(tmp_path, {"train.steps": {"values": [3, 400]}})
@@ -290,6 +305,7 @@ print(*taken)
 """
 
 
+@pytest.mark.integration
 def test_waiting_trials_are_taken_once_by_competing_processes_on_sqlite(tmp_path):
     # Without BEGIN IMMEDIATE, pysqlite lets two processes move one WAITING trial to RUNNING.
     url = sw.sqlite_url(tmp_path)
@@ -315,6 +331,7 @@ def _postgres_reachable() -> str:
         return f"PostgreSQL at {PG_URL} unreachable ({' '.join(str(exc).split())[:120]}); run scripts/ci-services"
 
 
+@pytest.mark.integration
 def test_the_file_format_and_the_wandb_engine_do_not_load_optuna():
     code = ("import sys, painn_ablate.sweep.spec, painn_ablate.sweep.wandb_engine; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna'))")
@@ -322,20 +339,20 @@ def test_the_file_format_and_the_wandb_engine_do_not_load_optuna():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
-def test_postgres_storage_without_a_driver_names_the_extra(tmp_path, tiny):
+def test_postgres_storage_without_a_driver_names_the_extra(tmp_path, tiny, monkeypatch):
     """Where neither psycopg nor psycopg2 can be imported, one line names the extra to install."""
     path = write_sweep(tmp_path, {"model": {"values": ["original"]}, "seed": {"values": [0]}})
-    code = ("import sys; sys.modules['psycopg'] = sys.modules['psycopg2'] = None; sys.argv[0] = 'painn-ablate'; "
-            "from painn_ablate.cli import main; sys.exit(main())")
-    proc = subprocess.run([sys.executable, "-c", code, "sweep", str(path), *tiny, "--storage",
-                           "postgresql://user:secret@localhost/db", "--out", str(tmp_path / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=150)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    proc = cli("sweep", str(path), *tiny, "--storage", "postgresql://user:secret@localhost/db",
+               "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'painn-ablate[postgres]'" in lines[0] and "secret" not in lines[0]
     assert not (tmp_path / "out" / "trials").exists()
 
 
+@pytest.mark.integration
 def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
     reason = _postgres_reachable()
     if reason and "PAINN_ABLATE_PG_URL" in os.environ:  # a server was asked for (.ci/run asks): its absence fails
@@ -366,3 +383,44 @@ def test_two_processes_join_one_study_through_postgres(tmp_path, tiny):
             optuna.delete_study(study_name=name, storage=sw.driver_url(PG_URL))
         except KeyError:
             pass
+
+
+# ----------------------------------------------------------------------------- the frontier walk
+
+
+@pytest.mark.integration
+def test_a_frontier_sweep_walks_each_seed_up_the_ladder_to_its_first_failure(tmp_path, tiny):
+    """lr 10 overflows the original within two steps: each seed's walk runs 1e-3, then 10, and never 1000."""
+    ladder = [0.001, 10.0, 1000.0]
+    path = write_sweep(tmp_path, {"model": {"value": "original"}, "seed": {"values": [0, 1]},
+                                  "train.lr": {"values": ladder}}, frontier="train.lr")
+    sweep = sf.load_sweep(path, tiny)
+    assert sweep.frontier == "train.lr" and len(sf.walk_starts(sweep)) == 2
+    sw.run_sweep(sweep, out=tmp_path / "out", threads=1)
+    trials = load(tmp_path / "out").trials
+    ran = sorted((t.params["seed"], t.params["train.lr"], t.user_attrs["status"]) for t in trials)
+    assert ran == [(0, 0.001, "stable"), (0, 10.0, "exploded"), (1, 0.001, "stable"), (1, 10.0, "exploded")]
+    # resuming enqueues nothing: every walk has ended
+    assert sw.run_sweep(sf.load_sweep(path, tiny), out=tmp_path / "out", threads=1).done == 4
+    assert len(load(tmp_path / "out").trials) == 4
+
+
+def test_the_walk_goes_to_the_next_rung_only_after_a_rung_that_trained(tmp_path):
+    path = write_sweep(tmp_path, {"seed": {"values": [0, 1]}, "train.lr": {"values": [0.001, 0.01, 0.1]}},
+                       frontier="train.lr")
+    sweep = sf.load_sweep(path)
+    start = {"seed": 0, "train.lr": 0.001}
+    assert sf.walk_next(sweep, [(start, True)]) == {"seed": 0, "train.lr": 0.01}
+    assert sf.walk_next(sweep, [(start, False)]) is None
+    assert sf.walk_next(sweep, [(start, True), ({"seed": 0, "train.lr": 0.01}, True),
+                                ({"seed": 0, "train.lr": 0.1}, True)]) is None
+    assert sf.trains({"status": "exploded", "blow_up_phase": "init"}) and not sf.trains({"status": "exploded"})
+    assert not sf.trains({"status": "error"}) and sf.trains({"status": "stable"})
+
+
+@pytest.mark.parametrize("frontier,values,message", [("train.steps", [0.001, 0.01], "must name a swept parameter"),
+                                                     ("train.lr", [0.01, 0.001], "ascending order")])
+def test_a_bad_frontier_is_refused_naming_it(tmp_path, frontier, values, message):
+    path = write_sweep(tmp_path, {"train.lr": {"values": values}}, frontier=frontier)
+    with pytest.raises(sf.SweepError, match=message):
+        sf.load_sweep(path)

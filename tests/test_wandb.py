@@ -6,7 +6,6 @@ from support import EXPLODING, TINY, inspect
 from painn_ablate.core.config import compose
 from painn_ablate.training.trainer import run
 
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
@@ -17,9 +16,10 @@ def offline(monkeypatch, tmp_path):
 
 def tiny(tmp_path, *overrides, out="run"):
     base = [o for o in TINY if not o.startswith("tracking.wandb")]
-    return compose([*base, f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / out}", *overrides])
+    return compose([*base, f"out={tmp_path / out}", *overrides])  # the data: the session's cache (conftest)
 
 
+@pytest.mark.integration
 def test_offline_run_holds_config_layer_keys_and_status(offline):
     summary = run(tiny(offline, "model=r2_full", "ablate=s_msg", "train.steps=8", "train.val_every=4",
                        "monitor.every=4", "name=r2_full-s_msg-seed0", "tracking.group=stabilizers"))
@@ -38,14 +38,19 @@ def test_offline_run_holds_config_layer_keys_and_status(offline):
     assert s["mu_norm_max_heatmap"]["format"] == "png"
 
 
+@pytest.mark.integration
 def test_offline_exploded_run_records_the_event(offline):
     summary = run(tiny(offline, *EXPLODING))
     s = inspect(offline / "run")["summary"]
     assert s["status"] == "exploded"
     assert s["first_nonfinite"]["layer"] == summary["first_nonfinite"]["layer"]
     assert s["events"]["_type"] == "table-file"
+    # the phase of the first blow-up, flat, and the 0/1 outcome keys with sustained and transient
+    assert s["blow_up_phase"] == summary["blow_up_phase"] in ("init", "training")
+    assert (s["exploded"], s["sustained"], s["transient"], s["blew_up"]) == (1, 1, 0, 1)
 
 
+@pytest.mark.integration
 def test_wandb_failure_never_breaks_a_run(offline, monkeypatch, caplog):
     monkeypatch.setenv("WANDB_MODE", "no-such-mode")  # wandb.init refuses this
     summary = run(tiny(offline, "model=r2_full", "train.steps=4", "train.val_every=2"))

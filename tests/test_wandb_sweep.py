@@ -7,21 +7,18 @@ tested of it is its trial function, in the environment `wandb.agent` gives it, a
 `command` as the agent renders it.
 """
 
+import dataclasses
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import inspect, write_sweep
+from support import cli, inspect, shipped_sweep, write_sweep
 
 from painn_ablate.cli import build_parser, main
 from painn_ablate.core.config import compose, flatten
 from painn_ablate.sweep import spec as sf
 from painn_ablate.sweep import wandb_engine as ws
-
-pytestmark = pytest.mark.integration  # the unit layer: pytest -m 'not slow and not integration'
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -34,27 +31,18 @@ FIVE_LAYERS = ["model.F=16", "model.L=5", "model.n_rbf=8", "data.n_train=40", "d
                "train.steps=4", "train.val_every=2"]
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data-cache")
-
-
 @pytest.fixture
-def tiny(cache, monkeypatch) -> list[str]:
+def tiny(monkeypatch) -> list[str]:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    return [*TINY, f"data.cache_dir={cache}"]
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "painn_ablate.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    return list(TINY)  # the data: the session's cache (conftest)
 
 
 def events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / ws.LEDGER).read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_grid_runs_each_point_once_logs_it_offline_and_resume_runs_nothing(tmp_path, tiny):
     path = write_sweep(tmp_path, {"model": {"values": ["original", "r2_full"]},
                                   "ablate": {"values": ["none", "s_msg"]}, "train.lr": {"value": 0.05}})
@@ -89,6 +77,7 @@ def test_grid_runs_each_point_once_logs_it_offline_and_resume_runs_nothing(tmp_p
     assert len(events(out)) == 1 + 2 * 4 and len(list((out / "trials").iterdir())) == 4
 
 
+@pytest.mark.integration
 def test_bayes_runs_a_fixed_count_and_resume_reruns_only_a_killed_trial(tmp_path, tiny):
     lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     path = write_sweep(tmp_path, {"model": {"value": "r2_full"}, "train.lr": lr,
@@ -140,6 +129,7 @@ def test_exploded_and_failed_trials_reach_the_engine_without_the_metric(tmp_path
     assert 1e-4 <= proposal["train.lr"] <= 1e-2 and not math.isnan(proposal["train.lr"])
 
 
+@pytest.mark.integration
 def test_agent_trial_logs_into_the_run_the_agent_made(tmp_path, tiny, monkeypatch):
     """Online, `wandb.agent` sets these variables and calls the function; its wandb.init() is the trial's run."""
     import wandb
@@ -173,13 +163,14 @@ def test_agent_trial_logs_into_the_run_the_agent_made(tmp_path, tiny, monkeypatc
     assert (out / "trials" / "r2_full-s_msg-seed0-agentrun1" / "summary.json").is_file()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_file_command_as_wandb_agent_renders_it_composes_the_trial(path):
     """`wandb agent` runs the file's `command` for a run W&B's engine proposes: rendered by W&B's
     own code, it must be a `painn-ablate train` argv that composes our trial's config."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-    spec = sf.load_sweep(path)
+    spec = shipped_sweep(path)
     proposal = ws._sweeps_engine().next_run(ws.engine_config(spec), [])
     sweep_vars = {**create_sweep_command_args({"args": proposal.config}), "env": ["/usr/bin/env"]}
     argv = [arg for chunk in create_sweep_command(list(spec.raw["command"]))  # as Agent._command_run
@@ -202,30 +193,36 @@ def test_optuna_only_options_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.integration
 def test_online_sweep_config_fixes_the_overrides_and_the_budget():
     """What `wandb.sweep` gets: the server locks its parameters in each run's config, so the
     command-line overrides go in as typed fixed values, and random/bayes get their run_cap."""
     sweeps = ws._sweeps_engine()
-    grid = ws.wandb_sweep_config(sf.load_sweep(ROOT / "sweeps" / "stabilizers.yaml", ["train.steps=20",
-                                                                                     "train.lr=3e-3"]), None)
+    # the shipped spec with these overrides, as load_sweep(path, overrides) builds it
+    grid = ws.wandb_sweep_config(dataclasses.replace(shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml"),
+                                                     overrides=["train.steps=20", "train.lr=3e-3"]), None)
     assert grid["parameters"]["train.steps"] == {"value": 20} and grid["parameters"]["train.lr"] == {"value": 0.003}
     assert "run_cap" not in grid and sweeps.schema_violations_from_proposed_config(grid) == []
-    bayes = ws.wandb_sweep_config(sf.load_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
+    bayes = ws.wandb_sweep_config(shipped_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
     assert bayes["run_cap"] == 5 and bayes["name"] == "tune_r2"
 
 
 SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys):
+def test_every_sweep_file_passes_wandbs_schema_and_the_agents_command_line_composes_alike(path, capsys, monkeypatch):
     from painn_ablate.cli import main
     from painn_ablate.core.config import compose, flatten
 
+    load = sf.load_sweep  # the dry run's loading (every grid point composed) is the session's, done once
+    monkeypatch.setattr(sf, "load_sweep", lambda file, overrides=(): load(file, overrides) if overrides
+                        else shipped_sweep(Path(file)))
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert ("note: 'run_cap' is accepted by W&B's server" in out) == ("run_cap" in path.read_text())
-    spec = sf.load_sweep(path)
+    spec = shipped_sweep(path)
     assert ws.schema_check(spec.raw)[0] == []
     bookkeeping = ("name", "out", "tracking.progress", "tracking.group", "tracking.tags")
     for params in sf.check_points(spec)[:12]:

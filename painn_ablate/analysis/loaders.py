@@ -14,8 +14,7 @@ or a list of such paths:
 Column names are the ones used everywhere else: config keys as `config.flatten` spells
 them (`model.stabilizers.s_msg`), metrics as in W&B and the trials' user attributes
 (`val_pos_mse`, `test_pos_mse`), nested summary fields joined with dots
-(`first_nonfinite.step`, `first_nonfinite.layer`, `last_finite_stats.mu_norm_max.5`), and a
-per-layer statistic in wide form as `tracking.stat_key` names it (`layer5/mixing/mu_norm_max`).
+(`first_nonfinite.step`, `first_nonfinite.layer`, `last_finite_stats.mu_norm_max.5`).
 The long tables carry `run_dir`, `name`, `experiment` and `seed` to join on.
 
 `experiment` names what a run tests: its preset, with an ablation written as what it
@@ -29,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -37,6 +35,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from painn_ablate.analysis.stats import wilson
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
 from painn_ablate.core.errors import AnalysisError
@@ -44,15 +43,16 @@ from painn_ablate.core.outcome import (  # noqa: F401
     METRIC_SPLITS,
     OUTCOMES,
     SPLIT_METRICS,
+    Phase,
     RunSummary,
     Status,
     first_blow_up,
     is_blow_up,
+    is_sustained,
     metric_name,
     outcome_columns,
 )
 from painn_ablate.sweep.spec import SweepError
-from painn_ablate.training.sinks import stat_key
 
 log = logging.getLogger(__name__)
 
@@ -66,42 +66,10 @@ NESTED_FIELDS = {"first_nonfinite": ("step", "layer", "block", "tensor", "phase"
                  "first_blow_up": ("step", "layer", "block", "stat", "criterion"),
                  "early_warning": ("step", "risk", "mu_ratio", "mu_growth"),
                  "stopped_early": ("step", "reason")}
-# Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
-EGNN_PAPER_MSE = 0.0071
-LINEAR_PAPER_MSE = 0.0819
-Z95 = 1.959963984540054  # the two-sided 95% quantile of the normal distribution (Wilson intervals)
 
-
-
-# ----------------------------------------------------------------------------- rates
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of k successes in n trials (nan, nan for n = 0)."""
-    if n == 0:
-        return math.nan, math.nan
-    if k == 0:
-        return 0.0, _wilson_hi(0, n, z)
-    if k == n:
-        return 1.0 - _wilson_hi(0, n, z), 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _wilson_hi(k: int, n: int, z: float) -> float:
-    p = k / n
-    return (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
 
 
 # ----------------------------------------------------------------------------- naming
-
-
-def parse_stat_key(key: str) -> Optional[tuple[int, str, str]]:
-    """Inverse of `tracking.stat_key`: 'layer5/mixing/mu_norm_max' -> (5, 'mixing', 'mu_norm_max')."""
-    m = re.fullmatch(r"layer(\d+)/([^/]+)/([^/]+)", key)
-    return (int(m.group(1)), m.group(2), m.group(3)) if m else None
 
 
 def flatten_summary(summary: dict) -> dict[str, Any]:
@@ -238,7 +206,9 @@ def _read_table(run_dir: Path, name: str, filters=None) -> pd.DataFrame:
     path = run_dir / name
     if not path.exists():
         return pd.DataFrame()
-    return pd.read_parquet(path, filters=filters)
+    from painn_ablate.training.sinks import read_records  # an unreadable part is skipped with a warning
+
+    return read_records(path, filters=filters)
 
 
 def _load_long(paths: Paths, table: str, filters=None) -> pd.DataFrame:
@@ -282,31 +252,12 @@ def load_events(paths: Paths) -> pd.DataFrame:
     return _load_long(paths, runfolder.EVENTS)
 
 
-def wide_layer_stats(stats: pd.DataFrame) -> pd.DataFrame:
-    """Long statistics -> one row per (run, step), one column per `stat_key` (as in W&B)."""
-    keyed = stats.assign(key=[stat_key(l, b, s) for l, b, s in zip(stats["layer"], stats["block"], stats["stat"])])
-    index = [c for c in ID_COLUMNS if c in stats.columns] + ["step"]
-    wide = keyed.pivot_table(index=index, columns="key", values="value", aggfunc="last", dropna=False)
-    wide.columns.name = None
-    return wide.reset_index()
-
-
-def long_layer_stats(wide: pd.DataFrame) -> pd.DataFrame:
-    """Columns named `layer{l}/{block}/{stat}` (W&B history, `wide_layer_stats`) -> long format."""
-    keys = [c for c in wide.columns if parse_stat_key(str(c))]
-    index = [c for c in wide.columns if c not in keys]
-    long = wide.melt(id_vars=index, value_vars=keys, var_name="key", value_name="value").dropna(subset=["value"])
-    parsed = [parse_stat_key(k) for k in long["key"]]
-    long = long.assign(layer=[p[0] for p in parsed], block=[p[1] for p in parsed], stat=[p[2] for p in parsed])
-    cols = index + ["layer", "block", "stat", "value"]
-    return long[cols].sort_values(index + ["layer", "block", "stat"], kind="stable", ignore_index=True)
-
-
 # ----------------------------------------------------------------------------- Optuna
 
 
 def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = True) -> pd.DataFrame:
-    """One row per trial of an Optuna study.
+    """One row per trial of an Optuna study: the rows of `painn_ablate.sweep.studies.trial_rows` (the one
+    builder of a study's trials as a table), joined with their run folders.
 
     Columns: study, number, state, value, duration_s, the parameters under their config keys,
     the user attributes (status, label, run_dir, val_pos_mse, first_nonfinite.step, ...), and
@@ -316,7 +267,7 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
     """
     import optuna
 
-    from painn_ablate.sweep.studies import resolve_storage, resolve_trial_dir, study_names
+    from painn_ablate.sweep.studies import resolve_storage, resolve_trial_dir, study_names, trial_rows
 
     try:
         url = resolve_storage(storage)
@@ -331,9 +282,10 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
         raise AnalysisError(f"no study '{name}' in {url}; it holds: {', '.join(names) or 'nothing'}")
     study = optuna.load_study(study_name=name, storage=url)
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"study": name, "number": t.number, "state": t.state.name, "value": t.value,
-                               "duration_s": t.duration.total_seconds() if t.duration else None}
+    for t, base in trial_rows(study):
+        # the status as a Status value (a lost trial's re-run is its own row)
+        status = str(base["status"]).removesuffix(" (re-run)") if base["status"] is not None else None
+        row: dict[str, Any] = {"study": name, **base}
         run_dir = resolve_trial_dir(t.user_attrs.get("run_dir"), url) if configs else None
         if run_dir is not None:
             try:
@@ -343,8 +295,7 @@ def load_study(storage: PathLike, name: Optional[str] = None, configs: bool = Tr
                 run_dir = None
         row.update(t.params)
         row.update(flatten_summary(t.user_attrs))
-        if t.state.name == "FAIL" and "error" not in t.user_attrs and row.get("status") != Status.INTERRUPTED:
-            row["status"] = Status.LOST.value  # its worker died mid-trial (a sweep re-runs it), as `status` says
+        row["status"] = status
         if run_dir is not None:
             row["run_dir"] = str(run_dir)
         row["preset"] = row.get("model.preset", row.get("model", row.get("preset")))
@@ -401,20 +352,6 @@ def load_wandb(project: str, filters: Optional[dict] = None, api=None) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def load_wandb_layer_stats(run_path: str, api=None) -> pd.DataFrame:
-    """The per-layer statistics of one W&B run ('entity/project/run_id') in load_layer_stats' long format."""
-    import wandb
-
-    api = api or wandb.Api()
-    run = api.run(run_path)
-    rows = [{k: v for k, v in r.items() if k == "_step" or parse_stat_key(k)} for r in run.scan_history()]
-    wide = pd.DataFrame([r for r in rows if len(r) > 1]).rename(columns={"_step": "step"})
-    if wide.empty:
-        return pd.DataFrame(columns=["step", "layer", "block", "stat", "value"])
-    wide.insert(0, "name", run.name)
-    return long_layer_stats(wide)
-
-
 # ----------------------------------------------------------------------------- derived tables
 
 
@@ -433,13 +370,6 @@ def layer_profiles(stats: pd.DataFrame, run_dir: str, stat_names: Sequence[str],
     return None, {}
 
 
-def layer_profile(stats: pd.DataFrame, run_dir: str, stat: str, before_step: Optional[int] = None,
-                  block: str = "mixing") -> tuple[Optional[int], dict[int, float]]:
-    """Per-layer values of `stat` at the last snapshot (before `before_step`) where all layers are finite."""
-    step, profiles = layer_profiles(stats, run_dir, [stat], before_step, block)
-    return step, profiles.get(stat, {})
-
-
 def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -> pd.DataFrame:
     """Per group, the run whose deepest layer reached the largest finite max ||mu|| (after mixing)."""
     deepest = stats[(stats["block"] == "mixing") & (stats["stat"] == "mu_norm_max")
@@ -453,9 +383,10 @@ def peak_runs(runs: pd.DataFrame, stats: pd.DataFrame, by: str = "experiment") -
 
 
 def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd.DataFrame:
-    """Per experiment: runs; blow-ups (diverged or exploded) with the Wilson 95% interval of their rate;
-    the step (median, range) and layers of the first blow-up; val/test MSE over the runs that finished
-    stable (mean and sample sd, ddof = 1, n = `stable`)."""
+    """Per experiment: runs; blow-ups (transient, diverged or exploded: outcome.BLOW_UPS) with the Wilson 95%
+    interval of their rate, and the sustained ones (diverged or exploded) with theirs; the step (median,
+    range), layers and phase counts (init / training) of the first blow-up; val/test MSE over the runs that
+    finished stable (mean and sample sd, ddof = 1, n = `stable`), and the test MSE of the transient ones."""
     by = list(by)
     out = []
     for key, g in runs.groupby(by, sort=False, dropna=False):
@@ -465,10 +396,18 @@ def outcome_table(runs: pd.DataFrame, by: Sequence[str] = ("experiment",)) -> pd
         blown = g[blew_up]
         steps, layers = _numbers(blown, "first_blow_up.step"), _numbers(blown, "first_blow_up.layer")
         lo, hi = wilson(int(blew_up.sum()), len(g))
+        sustained = g["status"].map(is_sustained)
+        s_lo, s_hi = wilson(int(sustained.sum()), len(g))
+        phases = blown["first_blow_up.phase"] if "first_blow_up.phase" in blown else pd.Series(dtype=object)
+        transient = g[g["status"] == Status.TRANSIENT]
         row = dict(zip(by, key))
         row.update({
             "preset": g["preset"].iloc[0], "ablate": g["ablate"].iloc[0], "runs": len(g),
             "blew_up": int(blew_up.sum()), "blow_up_rate": float(blew_up.mean()), "blow_up_lo": lo, "blow_up_hi": hi,
+            "sustained": int(sustained.sum()), "sustained_lo": s_lo, "sustained_hi": s_hi,
+            "transient": len(transient), "at_init": int((phases == Phase.INIT).sum()),
+            "in_training": int((phases == Phase.TRAINING).sum()),
+            "transient_test_pos_mse_median": _numbers(transient, "test_pos_mse").median() if len(transient) else np.nan,
             "diverged": int((g["status"] == Status.DIVERGED).sum()), "exploded": int(g["exploded"].sum()),
             "stable": len(stable), "unfinished": int((~g["status"].isin(list(OUTCOMES))).sum()),
             "blow_up_step_median": steps.median() if len(steps) else np.nan,

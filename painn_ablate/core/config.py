@@ -117,6 +117,19 @@ class StabilizerConfig:
     # velocity: mu^(0) = v w^T, a learned lift; zero: mu^(0) = 0 (the paper; |v| stays in q)
     mu0: Mu0 = _setting(Mu0.velocity, "choice", mechanism=Mu0.zero, label="mu^(0) = 0", choices=tuple(Mu0))
     mu0_scale: float = _setting(1.0, "gain")  # multiplies the lift's default init (U(-1, 1)); 1: the default
+    # fairchem's PaiNN (src/fairchem/core/models/painn/painn.py): normalisation and fixed scales instead of
+    # saturations and clamps. Each is PaiNN at its default; the `fairchem` preset switches all on.
+    # True: LayerNorm on q before the message MLP; False: q as it is (PaiNN)
+    q_layernorm: bool = _setting(False, "switch")
+    # True: the MLPs' activation is SiLU / 0.6 (fairchem's ScaledSiLU, unit variance for unit inputs); False: SiLU
+    scaled_silu: bool = _setting(False, "switch")
+    vgate_scale: float = _setting(1.0, "gain")  # multiplies the gate x^mu of mu_j in the vector message (1/sqrt(3))
+    # True: the vector messages are divided by sqrt(F); False: not (PaiNN)
+    vmsg_inv_sqrt_f: bool = _setting(False, "switch")
+    # True: the mixing block's <mu_V, mu_W> is divided by sqrt(F); False: not (PaiNN)
+    dot_inv_sqrt_f: bool = _setting(False, "switch")
+    q_residual_scale: float = _setting(1.0, "gain")  # q <- (q + alpha_inter dq) * this after the interaction (1/sqrt(2))
+    mix_dq_scale: float = _setting(1.0, "gain")  # multiplies the mixing block's dq (1/sqrt(2))
 
 
 STABILIZER_FIELDS = fields(StabilizerConfig)
@@ -193,13 +206,22 @@ class MonitorConfig:
     warn_growth: float = 4.0  # early warning: growth of the last layer's ||mu|| max over the window
     warn_window: int = 5  # early warning: statistics snapshots the growth is measured over
     flush_every: int = 50  # steps between writes of the parquet records
-    # Blow-up criteria: a finite run that crosses one is "diverged" (painn_ablate.core.outcome; README: defaults).
-    diverge_loss_factor: float = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
-    diverge_val_factor: float = 10.0  # val pos MSE > this x the zero-displacement val pos MSE
-    diverge_mu: float = 1000.0  # max ||mu|| after any block
-    diverge_q: float = 10000.0  # max |q| after any block
-    diverge_mu_ratio: float = 100.0  # max ||mu|| after the last mixing / after the first mixing
-    on_diverged: OnDiverged = OnDiverged["continue"]  # continue: keep training (a run may recover); stop: end the run
+    # Blow-up criteria (painn_ablate.core.outcome; README: defaults and why); null switches one off.
+    diverge_loss_factor: Optional[float] = 100.0  # loss > this x min(loss at step 0, zero-prediction loss)
+    # val pos MSE > this x max(zero-displacement val pos MSE, the initial network's val pos MSE)
+    diverge_val_factor: Optional[float] = 10.0
+    diverge_mu: Optional[float] = 1000.0  # max ||mu|| after any block
+    diverge_q: Optional[float] = 10000.0  # max |q| after any block
+    diverge_mu_ratio: Optional[float] = 100.0  # max ||mu|| after the last mixing / after the first mixing
+    # An episode ends (recovers) when no criterion fired for this many steps. 50: the spikes of one
+    # blow-up come within tens of steps (a record: six in 56 steps), and 50 steps are ~5 time constants
+    # of Adam's first moment (beta1 = 0.9: 0.9^50 = 0.5%), so the spike's gradients have left the update.
+    recover_window: int = 50
+    # An episode still firing this many steps after it began is sustained ("diverged"; a recovered shorter
+    # one is "transient"). 200: two validation intervals (train.val_every = 100: the val criterion is
+    # judged only there, so one bad validation keeps an episode open 100 steps), 4 recovery windows.
+    sustained_steps: int = 200
+    on_diverged: OnDiverged = OnDiverged["continue"]  # continue: keep training (a run may recover); stop: end the run once sustained
 
 
 @dataclass
@@ -277,6 +299,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {"grad_clip": 1.0},
     },
+    # fairchem's PaiNN's stabilizers on this model. Deviations, each for the N-body task or for a clean
+    # comparison: mu^(0) stays the lifted velocity (fairchem starts from 0; here the velocity's direction
+    # must enter); no per-layer ScaleFactor (fairchem fits one to unit variance from a scale file; unfitted it
+    # is the identity, as here); torch's default initialisation (fairchem: Xavier); no gradient clipping
+    # (fairchem's trainer clips at 10; R2_full's clip at 1 is `train.grad_clip`, added the same way).
+    "fairchem": {
+        "model": {
+            "stabilizers": {
+                "q_layernorm": True,
+                "scaled_silu": True,
+                "vgate_scale": 3 ** -0.5,
+                "vmsg_inv_sqrt_f": True,
+                "dot_inv_sqrt_f": True,
+                "q_residual_scale": 2 ** -0.5,
+                "mix_dq_scale": 2 ** -0.5,
+            },
+        },
+    },
 }
 
 
@@ -289,11 +329,12 @@ MECHANISM_LABELS = {f.name: f.metadata["label"] for f in STABILIZER_FIELDS if f.
 
 # Ablation designs. `ablate=<name>` flips the named stabilizers relative to the preset:
 # one that is on is switched off (to the original PaiNN's value) and one that is off is
-# switched on (to R2_full's value, or a mechanism toggle's MECHANISMS_ON). On `model=r2_full` that is
-# leave-one-out, on `model=original` add-one-in. Names join with '+': `ablate=s_msg+s_mix`.
-# Every StabilizerConfig key that R2_full or a mechanism sets is a name; then the groups, and the two
-# stabilizers that live outside model.stabilizers.
-_SWITCHED = {*PRESETS["r2_full"]["model"]["stabilizers"], *MECHANISM_TOGGLES}
+# switched on (to R2_full's or fairchem's value, or a mechanism toggle's MECHANISMS_ON). On `model=r2_full`
+# (or `model=fairchem`) that is leave-one-out, on `model=original` add-one-in. Names join with '+':
+# `ablate=s_msg+s_mix`. Every StabilizerConfig key that R2_full, fairchem or a mechanism sets is a name;
+# then the groups, and the two stabilizers that live outside model.stabilizers.
+FAIRCHEM_STABILIZERS = tuple(PRESETS["fairchem"]["model"]["stabilizers"])  # the fairchem preset's parts
+_SWITCHED = {*PRESETS["r2_full"]["model"]["stabilizers"], *MECHANISM_TOGGLES, *FAIRCHEM_STABILIZERS}
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "none": (),
     **{f.name: (f"model.stabilizers.{f.name}",) for f in STABILIZER_FIELDS if f.name in _SWITCHED},
@@ -304,9 +345,21 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 }
 # R2_full's own stabilizers, each one ablation name (leave-one-out's unit), in schema order.
 R2_FULL_STABILIZERS = tuple(name for name, keys in ABLATIONS.items()
-                            if len(keys) == 1 and name not in MECHANISM_TOGGLES)
+                            if len(keys) == 1 and name not in MECHANISM_TOGGLES and name not in FAIRCHEM_STABILIZERS)
 # Every config key a stabilizer or mechanism toggle lives at (what a trial records beside its outcome).
 STABILIZER_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ABLATIONS.values() for k in keys))
+# Groups by what the stabilizers do (leave-group-out, add-group-in). On a full graph of n particles
+# degree-mean aggregation is a gain of 1/(n - 1), and without s_msg and the message clamps g and alpha_inter
+# scale the interaction update alike: three settings of one scale (tests/test_model.py).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "interaction_scale": ("g", "alpha_inter", "aggregation"),  # the interaction update's scale
+    "mixing_scale": ("alpha_mix",),  # the mixing update's scale
+    "bounds": ("s_msg", "s_mix", "C_s", "C_v", "C_q", "C_mu"),  # the saturations and clamps
+    "grad_clip": ("grad_clip",),  # the gradient's norm (a group of one, already a name)
+    "fairchem": FAIRCHEM_STABILIZERS,  # fairchem's normalisation and fixed scales, all together
+}
+ABLATIONS.update({name: tuple(k for member in members for k in ABLATIONS[member])
+                  for name, members in GROUPS.items() if name not in ABLATIONS})
 
 
 # ----------------------------------------------------------------------------- experiment names
@@ -350,7 +403,7 @@ def parse_experiment(text: str) -> tuple[str, str]:
 def ablation_overrides(cfg: DictConfig, ablate: str) -> dict[str, Any]:
     """The key -> value changes that `ablate=<names>` makes to `cfg` (see ABLATIONS)."""
     off = OmegaConf.structured(Config)
-    on = OmegaConf.merge(off, PRESETS["r2_full"], MECHANISMS_ON)
+    on = OmegaConf.merge(off, PRESETS["fairchem"], PRESETS["r2_full"], MECHANISMS_ON)  # disjoint keys
     changes: dict[str, Any] = {}
     for name in ablate.split("+"):
         if name not in ABLATIONS:
@@ -535,8 +588,12 @@ def validate(cfg: DictConfig) -> None:
     _check(mo.warn_window >= 2, "monitor.warn_window", f"must be >= 2, got {mo.warn_window}")
     _check(mo.flush_every >= 1, "monitor.flush_every", f"must be >= 1, got {mo.flush_every}")
     for name in ("diverge_loss_factor", "diverge_val_factor", "diverge_mu", "diverge_q", "diverge_mu_ratio"):
+        if mo[name] is None:  # off
+            continue
         _check(mo[name] > 1 if "factor" in name or "ratio" in name else mo[name] > 0, f"monitor.{name}",
-               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'}, got {mo[name]}")
+               f"must be {'> 1' if 'factor' in name or 'ratio' in name else '> 0'} or null (off), got {mo[name]}")
+    _check(mo.recover_window >= 1, "monitor.recover_window", f"must be >= 1, got {mo.recover_window}")
+    _check(mo.sustained_steps >= 1, "monitor.sustained_steps", f"must be >= 1, got {mo.sustained_steps}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
 

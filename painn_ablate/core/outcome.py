@@ -5,8 +5,14 @@ status (train, the sinks, both sweep engines, analysis, report, cli) takes the n
 from `Status` and the groupings below; nothing else spells them.
 
     exploded   a non-finite value (NaN/Inf) in the forward pass, the loss or a gradient
-    diverged   every value finite, but a blow-up criterion fired (`Criteria`, keys monitor.diverge_*)
-    stable     neither
+    diverged   every value finite, a blow-up criterion fired (`Criteria`, keys monitor.diverge_*), and the
+               divergence was sustained: still firing at the end of the run (its episode open: a criterion
+               fired within the last monitor.recover_window steps), or firing monitor.sustained_steps or
+               more steps after its episode began
+    transient  every value finite, a criterion fired, and every episode recovered: no criterion fired for
+               monitor.recover_window steps, within monitor.sustained_steps of its start, and the run
+               trained on to its end below every criterion (it keeps its final test MSE)
+    stable     none of these
     pruned     stopped by a sweep's pruner on the early warning, before any blow-up (censored)
     running    still training
     lost       killed without a word (SIGKILL, a lost machine): its summary still said running, and its
@@ -15,18 +21,26 @@ from `Status` and the groupings below; nothing else spells them.
     error      the trial raised (a sweep records the message)
 
 A run that diverged and then went non-finite is `exploded`, with both origins recorded
-(`first_divergence` before `first_nonfinite`). A run that diverged and came back below every
-criterion stays `diverged`, with `recovered: true`.
+(`first_divergence` before `first_nonfinite`). A blow-up is any of transient, diverged, exploded
+(`BLOW_UPS`, the "blow-up rate"); a sustained one is diverged or exploded (`SUSTAINED`).
+
+Every blow-up has a phase (`Phase`): the initial weights, evaluated on the batch of the step where it
+fired, cross a criterion there too (`init`: the failure was there before any update) or do not
+(`training`). training.blowup.BlowUpDetector decides it.
 
 Blow-up criteria (defaults in config.MonitorConfig, reasons in the README):
 
     loss   training loss > diverge_loss_factor x reference, reference = min(loss at step 0,
            the zero-prediction loss of that batch): a model already blown up at
            initialisation does not raise its own bar
-    val    validation pos MSE > diverge_val_factor x the zero-displacement MSE of the val split
+    val    validation pos MSE > diverge_val_factor x max(the zero-displacement MSE of the val split, the
+           initial network's val pos MSE): a data set whose baseline is tiny does not make a run that
+           barely moved "diverged"
     mu     max ||mu|| after any block > diverge_mu
     q      max |q| after any block > diverge_q
-    ratio  max ||mu|| after the last mixing / after the first mixing > diverge_mu_ratio
+    ratio  max ||mu|| after the last mixing / after the first mixing > diverge_mu_ratio (`mu_ratio`)
+
+A criterion set to None (null in the config) is off.
 
 No torch here: the sweep engines and the analysis read this without loading the model.
 """
@@ -34,7 +48,7 @@ No torch here: the sweep engines and the analysis read this without loading the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Iterable, Optional, TypedDict
 
@@ -45,6 +59,7 @@ class Status(str, Enum):
     RUNNING = "running"
     STABLE = "stable"
     DIVERGED = "diverged"
+    TRANSIENT = "transient"
     EXPLODED = "exploded"
     PRUNED = "pruned"
     INTERRUPTED = "interrupted"
@@ -55,18 +70,40 @@ class Status(str, Enum):
         return self.value
 
 
-OUTCOMES = (Status.STABLE, Status.DIVERGED, Status.EXPLODED)  # a finished run is one of these
-BLOW_UPS = (Status.DIVERGED, Status.EXPLODED)
+OUTCOMES = (Status.STABLE, Status.TRANSIENT, Status.DIVERGED, Status.EXPLODED)  # a finished run is one of these
+BLOW_UPS = (Status.TRANSIENT, Status.DIVERGED, Status.EXPLODED)  # the blow-up rate counts these
+SUSTAINED = (Status.DIVERGED, Status.EXPLODED)  # blow-ups that did not recover
+WITH_METRIC = (Status.STABLE, Status.TRANSIENT, Status.DIVERGED)  # finite to the end: their val/test metric stands
 
 
 def is_blow_up(status) -> bool:
     return status in BLOW_UPS
 
 
+def is_sustained(status) -> bool:
+    return status in SUSTAINED
+
+
 def outcome_columns(status) -> dict[str, bool]:
-    """The boolean outcome columns of a run or trial (tables, W&B summary): exploded, diverged, blew_up."""
+    """The boolean outcome columns of a run or trial (tables, W&B summary): exploded, diverged, transient,
+    blew_up (any of the three), sustained (diverged or exploded)."""
     return {"exploded": status == Status.EXPLODED, "diverged": status == Status.DIVERGED,
-            "blew_up": is_blow_up(status)}
+            "transient": status == Status.TRANSIENT, "blew_up": is_blow_up(status),
+            "sustained": is_sustained(status)}
+
+
+class Phase(str, Enum):
+    """When a blow-up's cause was there: the initial weights cross a criterion on the same batch (INIT),
+    or only the trained ones do (TRAINING). Compares equal to its string."""
+
+    INIT = "init"
+    TRAINING = "training"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PHASE_KEY = "blow_up_phase"  # the phase's flat name: events column, Optuna attribute, W&B key, table column
 
 
 # ----------------------------------------------------------------------------- run summary
@@ -83,11 +120,14 @@ class RunSummary(TypedDict, total=False):
     seed: int
     steps_total: int
     steps_completed: int  # = rows of metrics.parquet, also when interrupted
-    first_nonfinite: Optional[dict]  # monitor.NonFinite.as_dict(): step, layer, block, tensor, phase
+    first_nonfinite: Optional[dict]  # monitor.NonFinite.as_dict(): step, layer, block, tensor, phase (the pass),
+    #                                  and PHASE_KEY (init | training)
     nonfinite_events: int
-    first_divergence: Optional[dict]  # Origin.as_dict(): step, layer, block, stat, value, criterion
-    divergence: Optional[dict]  # DivergenceTracker.summary(): episodes, recovered, peaks, reference_loss, ...
-    first_blow_up: Optional[dict]  # first_blow_up(first_divergence, first_nonfinite)
+    first_divergence: Optional[dict]  # Origin.as_dict(): step, layer, block, stat, value, criterion, phase
+    divergence: Optional[dict]  # BlowUpDetector.divergence(): episodes, spikes, steps_to_recover, sustained, ...
+    first_blow_up: Optional[dict]  # first_blow_up(first_divergence, first_nonfinite), with its phase and the
+    #                                initial and trained network's per-layer statistics on its batch
+    blow_up_phase: Optional[str]  # a Phase value: that of the first blow-up
     early_warning: Optional[dict]  # step, risk, mu_ratio, mu_growth
     early_warning_lead: Optional[int]  # steps between the warning and the first blow-up
     stopped_early: Optional[dict]  # step, reason
@@ -105,6 +145,9 @@ class RunSummary(TypedDict, total=False):
     environment: dict  # train.environment()
     host: str
     pid: int  # a "running" summary whose process is gone is lost
+    data_fingerprint: str  # data.datasets.fingerprint of the splits trained and tested on
+    code_version: dict  # core.provenance.CodeVersion: package version, git commit, dirty
+    started_at: str  # ISO 8601, UTC
 
 
 # ----------------------------------------------------------------------------- metric names
@@ -127,22 +170,38 @@ METRICS = {metric_name(s, m): (s, m) for s in METRIC_SPLITS for m in SPLIT_METRI
 STATE_STATS = ("mu_norm_max", "q_absmax")
 
 
+def _opt(x) -> Optional[float]:
+    return None if x is None else float(x)
+
+
 @dataclass(frozen=True)
 class Criteria:
-    loss_factor: float
-    val_factor: float
-    mu: float
-    q: float
-    mu_ratio: float
+    """The blow-up criteria's bounds (keys monitor.diverge_*); None switches one off."""
+
+    loss_factor: Optional[float]
+    val_factor: Optional[float]
+    mu: Optional[float]
+    q: Optional[float]
+    mu_ratio: Optional[float]
 
     @classmethod
     def from_config(cls, monitor_cfg) -> "Criteria":
         m = monitor_cfg
-        return cls(float(m.diverge_loss_factor), float(m.diverge_val_factor), float(m.diverge_mu),
-                   float(m.diverge_q), float(m.diverge_mu_ratio))
+        return cls(_opt(m.diverge_loss_factor), _opt(m.diverge_val_factor), _opt(m.diverge_mu),
+                   _opt(m.diverge_q), _opt(m.diverge_mu_ratio))
 
     def bound(self, stat: str) -> float:
-        return {"mu_norm_max": self.mu, "q_absmax": self.q}[stat]
+        value = {"mu_norm_max": self.mu, "q_absmax": self.q}[stat]
+        return math.inf if value is None else value
+
+    def loss_crossed(self, loss: float, reference: Optional[float]) -> bool:
+        """The loss criterion: loss > loss_factor x reference (a non-finite loss is not finite, not this)."""
+        return self.loss_factor is not None and reference is not None and loss > self.loss_factor * reference
+
+    def val_crossed(self, val_pos_mse: Optional[float], reference: Optional[float]) -> bool:
+        """The val criterion: val pos MSE (None: non-finite) > val_factor x reference."""
+        value = math.inf if val_pos_mse is None else val_pos_mse
+        return self.val_factor is not None and reference is not None and value > self.val_factor * reference
 
 
 @dataclass
@@ -158,6 +217,7 @@ class Origin:
     stat: Optional[str]
     value: Optional[float]
     criterion: str
+    phase: Optional[str] = None  # a Phase value, once the initial network was evaluated on its batch
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -168,15 +228,17 @@ class Origin:
 
 def first_blow_up(first_divergence: Optional[dict], first_nonfinite: Optional[dict]) -> Optional[dict]:
     """A run's first blow-up, the earlier of its two recorded origins (a divergence on the same step
-    comes first), as {step, layer, block, stat, criterion}; None when it never blew up. A non-finite
-    origin names the tensor that went non-finite first as its statistic, and 'nonfinite' as criterion."""
+    comes first), as {step, layer, block, stat, criterion, phase}; None when it never blew up. A non-finite
+    origin names the tensor that went non-finite first as its statistic, and 'nonfinite' as criterion.
+    phase: the origin's `phase` (a divergence) or PHASE_KEY (a non-finite origin, whose `phase` is the pass);
+    None in records made before phases existed."""
     div, nan = first_divergence or None, first_nonfinite or None
     if div is not None and (nan is None or div["step"] <= nan["step"]):
         return {"step": int(div["step"]), "layer": div.get("layer"), "block": div.get("block"),
-                "stat": div.get("stat"), "criterion": div.get("criterion")}
+                "stat": div.get("stat"), "criterion": div.get("criterion"), "phase": div.get("phase")}
     if nan is not None:
         return {"step": int(nan["step"]), "layer": nan.get("layer"), "block": nan.get("block"),
-                "stat": nan.get("tensor"), "criterion": "nonfinite"}
+                "stat": nan.get("tensor"), "criterion": "nonfinite", "phase": nan.get(PHASE_KEY)}
     return None
 
 
@@ -206,7 +268,8 @@ def locate(rows: Iterable[Row], crit: Criteria) -> Optional[tuple[int, str, str,
 
 
 def mu_ratio(rows: Iterable[Row], n_layers: int) -> Optional[float]:
-    """Max ||mu|| after the last layer's mixing over that after the first layer's."""
+    """Max ||mu|| after the last layer's mixing over that after the first layer's: the one depth-wise ratio
+    (the ratio criterion, the early warning, the probe). None when either layer is missing."""
     mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
     if 1 not in mu or n_layers not in mu:
         return None
@@ -219,98 +282,26 @@ def crossed(rows: Iterable[Row], crit: Criteria, n_layers: int) -> Optional[str]
     for _, _, stat, value in rows:
         if stat in STATE_STATS and (not math.isfinite(value) or value > crit.bound(stat)):
             return "mu" if stat == "mu_norm_max" else "q"
-    ratio = mu_ratio(rows, n_layers)
+    ratio = mu_ratio(rows, n_layers) if crit.mu_ratio is not None else None
     if ratio is not None and (not math.isfinite(ratio) or ratio > crit.mu_ratio):
         return "ratio"
     return None
 
 
-@dataclass
-class DivergenceTracker:
-    """Follows one run's blow-up criteria step by step: episodes, peaks, the first origin.
+def pass_criterion(rows: Iterable[Row], crit: Criteria, n_layers: int, loss: Optional[float] = None,
+                   reference: Optional[float] = None, nonfinite: bool = False) -> Optional[str]:
+    """Which criterion one forward pass on one batch crosses: nonfinite, loss (loss > factor x reference),
+    mu, q or ratio; None when none. What decides a blow-up's phase (the initial network's pass on the
+    blow-up's batch) and the probe's per-batch verdict."""
+    if nonfinite or (loss is not None and not math.isfinite(loss)):
+        return "nonfinite"
+    if loss is not None and crit.loss_crossed(loss, reference):
+        return "loss"
+    return crossed(rows, crit, n_layers)
 
-    Per step the training loop calls `check_step` with the loss and the per-block absolute
-    maxima of q and mu components (cheap, from the non-finite flags); a component over the
-    bound means the norm is too (a norm under it can still have been over, so a step that
-    fires is confirmed on the statistics of its replayed forward pass: `confirm`).
-    """
 
-    crit: Criteria
-    n_layers: int
-    reference_loss: Optional[float] = None
-    val_baseline: Optional[float] = None
-    in_episode: bool = False
-    episodes: int = 0
-    first: Optional[Origin] = None
-    peaks: dict = field(default_factory=lambda: {"loss": None, "val_pos_mse": None, "mu_norm_max": None,
-                                                 "q_absmax": None})
-
-    def set_reference(self, loss: float, zero_loss: float) -> None:
-        finite = [x for x in (loss, zero_loss) if math.isfinite(x)]
-        self.reference_loss = min(finite) if finite else None
-
-    def _peak(self, key: str, value: float) -> None:
-        if value is None or math.isnan(value):
-            return
-        old = self.peaks[key]
-        self.peaks[key] = value if old is None else max(old, value)
-
-    def check_step(self, loss: float, absmax: dict[tuple[int, str], tuple[float, float]]) -> Optional[str]:
-        """The criterion this step's cheap signals cross (loss, mu, q), or None.
-
-        absmax: (layer, block) -> (max |q|, max |mu component|).
-        """
-        self._peak("loss", loss)
-        if self.reference_loss is not None and loss > self.crit.loss_factor * self.reference_loss:
-            return "loss"
-        for q, mu in absmax.values():
-            if mu > self.crit.mu / math.sqrt(3):  # ||mu|| >= |component| >= this can still be under crit.mu
-                return "mu"
-            if q > self.crit.q:
-                return "q"
-        return None
-
-    def check_val(self, val_pos_mse: Optional[float]) -> bool:
-        value = math.inf if val_pos_mse is None else val_pos_mse
-        self._peak("val_pos_mse", value)
-        return self.val_baseline is not None and value > self.crit.val_factor * self.val_baseline
-
-    def observe_stats(self, rows: Iterable[Row]) -> None:
-        for _, block, stat, value in rows:
-            if stat in STATE_STATS:
-                self._peak(stat, value)
-
-    def confirm(self, step: int, criterion: str, rows: list[Row]) -> Optional[Origin]:
-        """Given the replayed statistics of a step whose cheap check fired, the origin, or None.
-
-        loss and val criteria stand on their own; mu and q are confirmed on the exact norms.
-        """
-        if criterion in ("mu", "q"):
-            criterion = crossed(rows, self.crit, self.n_layers)
-            if criterion is None:
-                return None
-        where = locate(rows, self.crit)
-        layer, block, stat, value = where if where else (None, None, None, None)
-        return Origin(step, layer, block, stat, value, criterion)
-
-    def enter(self, origin: Origin) -> bool:
-        """A criterion fired; returns True when this starts a new episode."""
-        if self.first is None:
-            self.first = origin
-        if self.in_episode:
-            return False
-        self.in_episode = True
-        self.episodes += 1
-        return True
-
-    def leave(self) -> None:
-        self.in_episode = False
-
-    @property
-    def diverged(self) -> bool:
-        return self.first is not None
-
-    def summary(self) -> dict:
-        return {"episodes": self.episodes, "recovered": self.diverged and not self.in_episode,
-                "peaks": dict(self.peaks),
-                "reference_loss": self.reference_loss, "val_baseline": self.val_baseline}
+def layer_profile(rows: Iterable[Row]) -> dict[str, dict[int, float]]:
+    """Per-layer max ||mu|| and max |q| after mixing, from one forward pass's statistics."""
+    rows = list(rows)
+    pick = lambda stat: {l: v for l, b, s, v in rows if b == "mixing" and s == stat}  # noqa: E731
+    return {"mu_norm_max": pick("mu_norm_max"), "q_absmax": pick("q_absmax")}

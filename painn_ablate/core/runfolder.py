@@ -6,6 +6,7 @@
     layer_stats.parquet  long format: step, layer, block, stat, value
     events.parquet       NaN/Inf events, divergence episodes, early warnings
     checkpoint.pt        weights at the best validation step
+    .lock                pid and host of the process writing the folder, while it runs
 
 A sweep's trials live in `<sweep out>/trials/<label>-<tag>/`.
 """
@@ -22,6 +23,7 @@ LAYER_STATS = "layer_stats.parquet"
 EVENTS = "events.parquet"
 CHECKPOINT = "checkpoint.pt"
 TRIALS = "trials"
+LOCK = ".lock"  # "<pid> <host>" of the process writing the folder, while it runs (training.trainer.claim_run_dir)
 
 
 def trial_dir(sweep_out: Union[str, Path], label: str, tag: Union[int, str]) -> Path:

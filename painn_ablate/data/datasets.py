@@ -9,6 +9,12 @@ cached in `{cache_dir}/{system}-{hash of the generation parameters}/` (`data.cac
 $PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate); `data.dir` points at
 a folder of the same three files instead.
 
+The default data set (charged, 5 particles, 3000/2000/2000 samples, seed 0) ships with the package
+(`painn_ablate/data/shipped/<same folder name>/`) and is read from there, never regenerated: the
+simulator is chaotic, so another CPU's floating point would give other systems from the same seed
+(a 1e-15 nudge moves hundreds of them). Other seeds and sizes are generated as before. Every data set
+has a `fingerprint`, a hash of its arrays, which runs record (summary.json `data_fingerprint`).
+
 Graphs are built once per split on the input positions. Edge convention everywhere:
 `edge_index[0]` is the source j, `edge_index[1]` the receiver i.
 """
@@ -19,6 +25,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +38,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from painn_ablate.core import files
-from painn_ablate.core.cache import default_cache_dir
+from painn_ablate.core.cache import CACHE_ENV, default_cache_dir
 from painn_ablate.core.errors import DataError
 from painn_ablate.data.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
 
@@ -137,10 +145,33 @@ def generation_params(system: str, n_particles: int, sizes: dict[str, int], seed
             "seed": int(seed), "protocol": dataclasses.asdict(protocol), "format": CACHE_FORMAT_VERSION}
 
 
-def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> Path:
+def folder_name(params: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{params['system']}-{digest}"
+
+
+def cache_folder(cache_dir: Union[str, Path, None], params: dict[str, Any]) -> Path:
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    return root / f"{params['system']}-{digest}"
+    return root / folder_name(params)
+
+
+SHIPPED = Path(__file__).parent / "shipped"  # data sets that ship with the package, by generation parameters
+
+
+def fingerprint(arrays: dict[str, dict[str, np.ndarray]]) -> str:
+    """A hash of a data set's arrays (every split, key, dtype, shape and byte): equal fingerprints, equal data."""
+    h = hashlib.sha256()
+    for split in sorted(arrays):
+        for key in sorted(arrays[split]):
+            a = np.ascontiguousarray(arrays[split][key])
+            h.update(f"{split}/{key}/{a.dtype.str}/{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def split_fingerprint(splits: dict[str, "NBodySplit"]) -> str:
+    """`fingerprint` of loaded splits (their float32 arrays, as the files hold them)."""
+    return fingerprint({name: {key: getattr(sp, key).cpu().numpy() for key in ARRAY_KEYS} for name, sp in splits.items()})
 
 
 def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.ndarray]]:
@@ -149,11 +180,19 @@ def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.
     n_particles = resolve_n_particles(system, cfg.n_particles)
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     params = generation_params(system, n_particles, sizes, cfg.seed)
+    shipped = SHIPPED / folder_name(params)
+    if all((shipped / f"{name}.npz").is_file() for name in SPLITS):
+        log.info("data: the shipped set %s", shipped.name)
+        return {name: read_split(shipped / f"{name}.npz") for name in SPLITS}
     folder = cache_folder(cfg.cache_dir, params)
     paths = {name: folder / f"{name}.npz" for name in SPLITS}
     if all(f.is_file() for f in paths.values()):
         log.info("data: cache hit, loading %s", folder)
-        return {name: read_split(f) for name, f in paths.items()}
+        try:
+            return {name: read_split(f) for name, f in paths.items()}
+        except DataError as exc:  # a generated file: nothing of the user's is lost by deleting it
+            raise DataError(f"{exc}; it is a cache file: delete {folder} and it is generated again") from None
+    check_cache_writable(folder)  # before minutes of integration, not after
     log.info("data: generating %s (n=%d, %s samples) into %s", system, n_particles,
              "/".join(str(sizes[k]) for k in SPLITS), folder)
     start = time.perf_counter()
@@ -164,6 +203,30 @@ def load_or_generate(cfg: Any, device: Device = None) -> dict[str, dict[str, np.
         write_split(f, splits[name])
     files.write_text(folder / "params.json", json.dumps(params, indent=2, sort_keys=True))
     return splits
+
+
+def check_cache_writable(folder: Path) -> None:
+    """DataError naming the cache (and how to move it) when `folder` cannot be created and written."""
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(f"{ancestor} is a file")
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=ancestor))
+    except OSError as exc:
+        raise DataError(f"data cache {folder.parent} cannot be written ({exc.strerror or exc}); point "
+                        f"{CACHE_ENV} or data.cache_dir at a writable folder") from None
+
+
+def warn_if_edgeless(name: str, edges: "Edges", graph: str, radius: float) -> None:
+    """A radius graph that leaves a sample without edges trains on nothing but the input features."""
+    if not isinstance(edges, VariableEdges):
+        return
+    empty = int(((edges.ptr[1:] - edges.ptr[:-1]) == 0).sum())
+    if empty:
+        log.warning("data: graph=%s with data.radius=%g leaves %d of %d %s samples without any edge; raise "
+                    "data.radius", graph, radius, empty, len(edges.ptr) - 1, name)
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -384,5 +447,7 @@ def load_dataset(cfg: Any, device: Device = None) -> dict[str, NBodySplit]:
     graph = resolve_graph(cfg.graph, cfg.system, arrays["train"]["pos"].shape[1])
     start = time.perf_counter()
     splits = {name: NBodySplit.from_arrays(arrays[name], graph, cfg.k, cfg.radius) for name in SPLITS}
+    for name, split in splits.items():
+        warn_if_edgeless(name, split.edges, graph, cfg.radius)
     log.info("data: %s graphs built in %.1f s", graph, time.perf_counter() - start)
     return splits

@@ -22,6 +22,17 @@ and the mechanism toggles, which isolate the feedback loop the specification bla
     mu0          mu^(0): lifted v, or zero   PaiNN.mu0
     mu0_scale    init scale of the lift      PaiNN.vel_lift
 
+and fairchem's PaiNN's normalisation and fixed scales (the `fairchem` preset; they act on every input
+alike, so the monitor has nothing to count for them):
+
+    q_layernorm       LayerNorm(q) before the message MLP    Interaction.q_norm
+    scaled_silu       SiLU / 0.6 in both MLPs                ScaledSiLU
+    vgate_scale       x~^mu x 1/sqrt(3)                      Interaction.vgate_scale
+    vmsg_inv_sqrt_f   vector message / sqrt(F)               Interaction.vmsg_scale
+    q_residual_scale  q x 1/sqrt(2) after the interaction    Interaction.q_residual_scale
+    dot_inv_sqrt_f    <mu_V, mu_W> / sqrt(F)                 Mixing.dot_scale
+    mix_dq_scale      the mixing dq x 1/sqrt(2)              Mixing.mix_dq_scale
+
 Each stabilizer that acts on a tensor is a `Stabilizer` that knows its config key, the tensor it acts
 on and when it counts as acting; each other tensor the monitor reads passes through a `Tap`. The
 monitor finds both by type, so a new stabilizer is added here and in the schema, and nowhere else.
@@ -131,8 +142,16 @@ def cosine_cutoff(r: Tensor, r_cut: float) -> Tensor:
     return 0.5 * (torch.cos(math.pi * r / r_cut) + 1.0) * (r < r_cut).to(r.dtype)
 
 
-def mlp(n_in: int, n_out: int, n_hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_out))
+class ScaledSiLU(nn.SiLU):
+    """SiLU(x) / 0.6 (fairchem's): about unit variance for unit-variance inputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) * (1 / 0.6)
+
+
+def mlp(n_in: int, n_out: int, n_hidden: int, scaled_silu: bool = False) -> nn.Sequential:
+    """Linear, SiLU (scaled_silu: SiLU / 0.6), Linear."""
+    return nn.Sequential(nn.Linear(n_in, n_hidden), ScaledSiLU() if scaled_silu else nn.SiLU(), nn.Linear(n_hidden, n_out))
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -145,13 +164,19 @@ class Interaction(nn.Module):
         dq_i  = C_s-clip( agg_j x~^q_ij )                             (eqs. 3, 4)
         dmu_i = C_v-clip_norm( agg_j x~^R_ij dir_ij + x~^mu_ij mu_j )
         q += alpha_inter dq,   mu += alpha_inter dmu                  (eq. 5)
+
+    fairchem's options (each PaiNN at its default): x_j = MLP(LayerNorm(q_j)) (q_layernorm), SiLU / 0.6 in
+    the MLP (scaled_silu), x~^mu scaled by vgate_scale, the vector message divided by sqrt(F)
+    (vmsg_inv_sqrt_f), and q <- q * q_residual_scale after the residual.
     """
 
     def __init__(self, F: int, *, aggregation: str, backend: str, s_msg: Optional[float], C_s: Optional[float],
-                 C_v: Optional[float], alpha_inter: float):
+                 C_v: Optional[float], alpha_inter: float, q_layernorm: bool = False, scaled_silu: bool = False,
+                 vgate_scale: float = 1.0, vmsg_inv_sqrt_f: bool = False, q_residual_scale: float = 1.0):
         super().__init__()
         self.F = F
-        self.inter_mlp = mlp(F, 3 * F, F)
+        self.q_norm = nn.LayerNorm(F) if q_layernorm else None
+        self.inter_mlp = mlp(F, 3 * F, F, scaled_silu)
         self.x = Tap("x")  # the MLP's output x_j
         self.s_msg = Saturation(s_msg, key="s_msg", tensor="message")
         self.aggregate = Aggregate(aggregation, backend)
@@ -160,20 +185,31 @@ class Interaction(nn.Module):
         self.C_s = ClipValue(C_s, key="C_s", tensor="dq")
         self.C_v = ClipNorm(C_v, key="C_v", tensor="dmu")
         self.alpha_inter = alpha_inter
+        self.vgate_scale = vgate_scale
+        self.vmsg_scale = F ** -0.5 if vmsg_inv_sqrt_f else 1.0
+        self.q_residual_scale = q_residual_scale
 
     def forward(self, q: Tensor, mu: Tensor, W_ij: Tensor, dir_ij: Tensor, edge_index: Tensor,
                 inv_degree: Tensor) -> tuple[Tensor, Tensor]:
         # q: (N, F), mu: (N, 3, F), W_ij: (E, 3F), dir_ij: (E, 3)
         j, i = edge_index[0], edge_index[1]
-        x = self.x(self.inter_mlp(q))  # (N, 3F)
+        x = self.x(self.inter_mlp(q if self.q_norm is None else self.q_norm(q)))  # (N, 3F)
         x_ij = self.s_msg(W_ij * x.index_select(0, j))  # (E, 3F)
         x_q, x_R, x_mu = torch.split(x_ij, self.F, dim=-1)
+        if self.vgate_scale != 1.0:
+            x_mu = x_mu * self.vgate_scale
         mu_j = mu.index_select(0, j)  # (E, 3, F); index_select's backward is index_add_, x[j]'s a slower index_put_
         dmu_ij = vector_message(x_R, x_mu, dir_ij, mu_j)  # (E, 3, F)
         n = q.shape[0]
         dq = self.C_s(self.dq(self.aggregate(x_q, i, n, inv_degree)))  # (N, F)
-        dmu = self.C_v(self.dmu(self.aggregate(dmu_ij, i, n, inv_degree)))  # (N, 3, F)
-        return torch.add(q, dq, alpha=self.alpha_inter), torch.add(mu, dmu, alpha=self.alpha_inter)
+        dmu = self.aggregate(dmu_ij, i, n, inv_degree)  # (N, 3, F)
+        if self.vmsg_scale != 1.0:  # on the aggregate: the same as on each message (aggregation is linear), N not E
+            dmu = dmu * self.vmsg_scale
+        dmu = self.C_v(self.dmu(dmu))
+        q = torch.add(q, dq, alpha=self.alpha_inter)
+        if self.q_residual_scale != 1.0:
+            q = q * self.q_residual_scale
+        return q, torch.add(mu, dmu, alpha=self.alpha_inter)
 
 
 class Mixing(nn.Module):
@@ -188,16 +224,19 @@ class Mixing(nn.Module):
 
     The mechanism toggles act on the two feedback terms alone: `coupling=False` drops the first,
     `s_coupling` saturates it (elementwise), `s_gating` bounds the second's norm per feature.
+    fairchem's options: SiLU / 0.6 in the MLP (scaled_silu), <mu_V, mu_W> divided by sqrt(F)
+    (dot_inv_sqrt_f), dq multiplied by mix_dq_scale.
     """
 
     def __init__(self, F: int, *, s_mix: Optional[float], C_q: Optional[float], C_mu: Optional[float],
                  alpha_mix: float, coupling: bool = True, s_coupling: Optional[float] = None,
-                 s_gating: Optional[float] = None):
+                 s_gating: Optional[float] = None, scaled_silu: bool = False, dot_inv_sqrt_f: bool = False,
+                 mix_dq_scale: float = 1.0):
         super().__init__()
         self.F = F
         self.mu_linear = nn.Linear(F, 2 * F, bias=False)
         self.mu_VW = Tap("mu_VW")  # [mu_V, mu_W]
-        self.intra_mlp = mlp(2 * F, 3 * F, F)
+        self.intra_mlp = mlp(2 * F, 3 * F, F, scaled_silu)
         self.s_mix = Saturation(s_mix, key="s_mix", tensor="mixing_mlp")
         self.coupling = coupling
         self.s_coupling = Saturation(s_coupling, key="s_coupling", tensor="coupling")
@@ -208,6 +247,8 @@ class Mixing(nn.Module):
         self.C_q = ClipValue(C_q, key="C_q", tensor="q")
         self.C_mu = ClipNorm(C_mu, key="C_mu", tensor="mu")
         self.alpha_mix = alpha_mix
+        self.dot_scale = F ** -0.5 if dot_inv_sqrt_f else 1.0
+        self.mix_dq_scale = mix_dq_scale
 
     def forward(self, q: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
         mu_V, mu_W = torch.split(self.mu_VW(self.mu_linear(mu)), self.F, dim=-1)  # (N, 3, F) each
@@ -215,9 +256,14 @@ class Mixing(nn.Module):
         a = self.s_mix(self.intra_mlp(torch.cat([q, s_V], dim=-1)))  # (N, 3F)
         a_qq, a_mu, a_qmu = torch.split(a, self.F, dim=-1)
         if self.coupling:
-            dq = a_qq + self.qmu_term(self.s_coupling(a_qmu * torch.sum(mu_V * mu_W, dim=-2)))  # (N, F)
+            dot = torch.sum(mu_V * mu_W, dim=-2)  # (N, F)
+            if self.dot_scale != 1.0:
+                dot = dot * self.dot_scale
+            dq = a_qq + self.qmu_term(self.s_coupling(a_qmu * dot))  # (N, F)
         else:
             dq = a_qq
+        if self.mix_dq_scale != 1.0:
+            dq = dq * self.mix_dq_scale
         dmu = self.mu_term(self.s_gating(a_mu[:, None, :] * mu_W))  # (N, 3, F)
         return self.C_q(torch.add(q, dq, alpha=self.alpha_mix)), self.C_mu(torch.add(mu, dmu, alpha=self.alpha_mix))
 
@@ -261,9 +307,13 @@ class PaiNN(nn.Module):
         self.layers = nn.ModuleList(
             Layer(
                 Interaction(F, aggregation=cfg.aggregation, backend=cfg.backend, s_msg=st.s_msg, C_s=st.C_s,
-                            C_v=st.C_v, alpha_inter=float(st.alpha_inter)),
+                            C_v=st.C_v, alpha_inter=float(st.alpha_inter), q_layernorm=bool(st.q_layernorm),
+                            scaled_silu=bool(st.scaled_silu), vgate_scale=float(st.vgate_scale),
+                            vmsg_inv_sqrt_f=bool(st.vmsg_inv_sqrt_f), q_residual_scale=float(st.q_residual_scale)),
                 Mixing(F, s_mix=st.s_mix, C_q=st.C_q, C_mu=st.C_mu, alpha_mix=float(st.alpha_mix),
-                       coupling=bool(st.coupling), s_coupling=st.s_coupling, s_gating=st.s_gating),
+                       coupling=bool(st.coupling), s_coupling=st.s_coupling, s_gating=st.s_gating,
+                       scaled_silu=bool(st.scaled_silu), dot_inv_sqrt_f=bool(st.dot_inv_sqrt_f),
+                       mix_dq_scale=float(st.mix_dq_scale)),
             )
             for _ in range(L)
         )

@@ -4,7 +4,8 @@ Laid out for the question the sweeps ask, top to bottom; runs are filtered to th
 (`tracking.group` = the study name) and grouped by experiment (`model.preset`, `ablate`),
 so every panel shows one line or bar per experiment with its seeds aggregated:
 
-    Outcomes          bar: blew_up, diverged, exploded (0/1 per run, summed per experiment)
+    Outcomes          bar: outcome.outcome_columns (exploded, diverged, transient, blew_up, sustained; 0/1 per run,
+                      summed per experiment)
     Accuracy          bar: val_pos_mse, test_pos_mse (mean per experiment, sd band);
                       line: val_pos_mse over steps
     Per-layer state   line: layer{l}/mixing/mu_norm_max for every layer l (log y); the same for
@@ -26,12 +27,13 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from painn_ablate.core import files
-from painn_ablate.core.config import ConfigError, parse_experiment
+from painn_ablate.core.config import ConfigError, experiment_name, parse_experiment
 from painn_ablate.core.errors import DashboardError
 from painn_ablate.core.outcome import Status, metric_name, outcome_columns
 from painn_ablate.training.sinks import EARLY_WARNING_LEAD, FIRST_BLOW_UP_LAYER, FIRST_BLOW_UP_STEP, stat_key, wandb_online
@@ -124,7 +126,7 @@ def build(info: SweepInfo, entity: str, project: Optional[str] = None, experimen
 
     sections = [
         ws.Section(name="Outcomes per experiment", is_open=True, panels=[
-            wr.BarPlot(title="runs that blew up (diverged or exploded), diverged, exploded",
+            wr.BarPlot(title="runs that blew up (transient, diverged or exploded), sustained, transient, diverged, exploded",
                        metrics=list(OUTCOME_KEYS), groupby_aggfunc="sum", orientation="h")]),
         ws.Section(name="Accuracy per experiment", is_open=True, panels=[
             wr.BarPlot(title="validation and test pos MSE (mean over seeds, sd)", metrics=list(MSE_KEYS),
@@ -151,10 +153,21 @@ def build(info: SweepInfo, entity: str, project: Optional[str] = None, experimen
                     expr.Config(_flat_config("ablate")) == (ablate or "none")]
     return ws.Workspace(
         entity=entity, project=project or info.project,
-        name=f"{info.study}" + (f" ({experiment})" if experiment else ""), sections=sections,
+        name=workspace_name(f"{info.study}" + (f" ({experiment_name(preset, ablate)})" if experiment else "")),
+        sections=sections,
         runset_settings=ws.RunsetSettings(groupby=[expr.Config(_flat_config(k)) for k in GROUP_KEYS],
                                           filters=filters),
         settings=ws.WorkspaceSettings(x_axis="Step", max_runs=100))
+
+
+def workspace_name(text: str) -> str:
+    """A name wandb-workspaces accepts: its validator (utils.validators.validate_no_emoji) refuses every symbol
+    character (Unicode categories So, Sk, Sm, Sc) and surrogates, which takes in the '+' of add-one-in names:
+    `original + alpha` becomes `original plus alpha`; any other symbol becomes '_'."""
+    out = []
+    for char in text.replace(" + ", " plus ").replace("+", " plus "):
+        out.append("_" if unicodedata.category(char).startswith(("So", "Sk", "Sm", "Sc", "Cs")) else char)
+    return "".join(out)
 
 
 def plotted_keys(workspace) -> dict[str, set[str]]:
@@ -215,6 +228,10 @@ def make(target: str, study: Optional[str] = None, entity: Optional[str] = None,
     if offline or not online():
         folder = Path(out) if out else Path(target) if Path(target).is_dir() else \
             Path(target).parent if Path(target).is_file() else Path(".")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # --out names where the spec goes; it need not exist yet
+        except OSError as exc:
+            raise DashboardError(f"--out {folder} cannot be created: {exc.strerror or exc}") from None
         workspace = build(info, entity or info.entity or os.environ.get("WANDB_ENTITY") or "offline", project,
                           experiment)
         return "spec", str(write_spec(workspace, folder))

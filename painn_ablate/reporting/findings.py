@@ -1,8 +1,10 @@
 """runs.md from the committed trial tables (results/): the verdicts, the map, the probe, the mechanism.
 
 `painn-ablate report` (no paths, a results/ folder present) calls `write_findings`. Every
-number is computed here from results/*.parquet through painn_ablate.analysis.tables; the design
-and its rules are sweeps/DESIGN.md. Raw run directories are not needed.
+number is computed here from results/*.parquet through painn_ablate.analysis.tables, and every
+verdict by the rule book painn_ablate.analysis.rules (`rules.judge`); the design and its rules are
+sweeps/DESIGN.md. Raw run directories are not needed. (`painn-ablate report PATHS`, on raw run
+folders, writes another document, the registry: painn_ablate.reporting.registry.)
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from painn_ablate.analysis import rules
 from painn_ablate.analysis import tables as ex
-from painn_ablate.core import files
+from painn_ablate.analysis.stats import mcnemar_exact, mean_interval, wilson
+from painn_ablate.core import files, names
 from painn_ablate.core.config import MECHANISM_LABELS
+from painn_ablate.core.outcome import Status
 from painn_ablate.reporting.plots import plot_ablation, plot_map, plot_probe_depths, plot_profiles, save_figure
 from painn_ablate.reporting.registry import PACKAGES, ReportError, _cell, markdown_table
 from painn_ablate.training.trainer import environment
 
 DEFAULT_RESULTS = "results"
+DEFAULT_OUT = "runs.md"  # the findings; the registry of raw runs is registry.md (painn_ablate.reporting.registry)
 DESIGN = "sweeps/DESIGN.md"
-REGIME = {"L": 5, "lr": 1e-3}  # the cell sweeps/DESIGN.md names for the reproduction and the mechanism
 
 
 def _rate(r: pd.Series) -> str:
@@ -33,7 +38,7 @@ def _rate(r: pd.Series) -> str:
 
 
 def _interval(m: dict) -> str:
-    """mean ± sample sd [t 95% interval] (n) of an ex.mean_interval result."""
+    """mean ± sample sd [t 95% interval] (n) of a stats.mean_interval result."""
     if m["n"] == 0:
         return "-"
     if m["n"] == 1:
@@ -61,12 +66,20 @@ def compute_lines(trials: pd.DataFrame) -> list[str]:
     return markdown_table(["study", "trials", "training time (sum over trials)", "median step", "steps run"], rows)
 
 
+def _phases(r) -> str:
+    """`3 / 2` blow-ups at initialisation / in training; `-` where the records have no phase."""
+    init, training = int(r.get("phase_init", 0)), int(r.get("phase_training", 0))
+    return f"{init} / {training}" if init + training else "-"
+
+
 def map_lines(trials: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     base = cells[cells["ablate"] == "none"]
-    header = ["preset", "L", "lr", "blow-ups k/n [Wilson 95%]", "diverged", "exploded", "at step 0",
-              "median step", "origin layers", "origin blocks", "test pos MSE of stable runs: mean ± sd [95% CI]"]
-    rows = [[r["preset"], str(r["L"]), f"{r['lr']:g}", _rate(r), str(r["diverged"]), str(r["exploded"]),
-             str(r["init_events"]), _cell(r["median_step"], ".0f"), r["origin_layers"] or "-",
+    header = ["preset", "L", "lr", "blow-ups k/n [Wilson 95%]", "transient", "diverged", "exploded", "at step 0",
+              "phase init / training", "median step", "origin layers", "origin blocks",
+              "test pos MSE of stable runs: mean ± sd [95% CI]"]
+    rows = [[r["preset"], str(r["L"]), f"{r['lr']:g}", _rate(r), str(r.get("transient", 0)), str(r["diverged"]),
+             str(r["exploded"]), str(r["init_events"]), _phases(r), _cell(r["median_step"], ".0f"),
+             r["origin_layers"] or "-",
              r["origin_blocks"] or "-", _mse(r)] for _, r in base.iterrows()]
     return markdown_table(header, rows)
 
@@ -82,58 +95,49 @@ def gain_lines(stats: pd.DataFrame, variant: str, L: int) -> list[str]:
     table = ex.probe_gain_table(stats, variant, L)
     if table.empty:
         return []
-    cols = [c for c in ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", "norm_gain", "update_gain")
+    cols = [c for c in (*names.STATE_STATS, *names.FEEDBACK_STATS, names.NORM_GAIN, names.UPDATE_GAIN)
             if c in table.columns]
     rows = [[str(layer), block, *(_cell(r.get(c), ".3g") for c in cols)] for (layer, block), r in table.iterrows()]
     return markdown_table(["layer", "block", *cols], rows)
 
 
 def verdict_lines(trials: pd.DataFrame, results: str | Path) -> list[str]:
-    """`painn-ablate reproduce`'s regime rule and verdict, applied to the map's trials at that regime: the
-    command re-runs exactly these configurations (10 paired seeds per preset, 1000 steps, each ending at
-    its first blow-up)."""
+    """`painn-ablate reproduce`'s regime rule and verdict (`reproduce.verdict`: the rule book's REPRODUCE rules at
+    that cell), applied to the map's trials at that regime: the command re-runs exactly these configurations (10
+    paired seeds per preset, 1000 steps, each ending at its first blow-up)."""
     from painn_ablate.core.config import compose
     from painn_ablate.reporting import reproduce as rp
 
     maps = sorted(Path(results).glob("map_original.parquet"))
     regime = rp.choose_regime([], maps[0] if maps else None)
-    records = []
-    for _, r in trials[(trials["ablate"] == "none") & (trials["L"] == regime.L)
-                       & np.isclose(trials["lr"], regime.lr)].iterrows():
-        origin = ({"step": int(r["blowup_step"]), "layer": None if pd.isna(r["origin_layer"]) else int(r["origin_layer"]),
-                   "block": r["origin_block"], "stat": r["origin_stat"], "criterion": r["origin_criterion"]}
-                  if r["blew_up"] else None)
-        records.append({"preset": r["preset"], "ablate": "none", "seed": int(r["seed"]), "status": r["status"],
-                        "blew_up": bool(r["blew_up"]), "origin": origin, "test_pos_mse": r["test_pos_mse"]})
-    if not records:
+    cell = trials[(trials["ablate"] == "none") & (trials["L"] == regime.L) & np.isclose(trials["lr"], regime.lr)]
+    if cell.empty:
         return [f"No trials at the regime L = {regime.L}, lr = {regime.lr:g}.", ""]
-    v = rp.verdict(records, rp.baselines(compose([]).data), regime.L)
+    v = rp.verdict(cell, rp.baselines(compose([]).data), regime)
     lines = [f"Command: `painn-ablate reproduce` (about 15-20 min on 2 cores). Regime: L = {regime.L}, lr = "
              f"{regime.lr:g}; rule: {regime.rule}. The command re-runs exactly the map's trials of this cell "
              "(10 paired seeds per preset, 1000 steps, each ending at its first blow-up); its verdict on them:", "",
              f"**{'REPRODUCED' if v['passed'] else 'NOT REPRODUCED'}**", ""]
-    lines += [f"- **{'PASS' if c['passed'] else 'FAIL'}** ({c['id']}) {c['claim']}: {c['observed']}."
-              for c in v["criteria"]]
-    return lines + [""]
+    return lines + rp.criteria_lines(v) + [""]
 
 
 def reproduction_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
-    orig = ex._cell(trials, "original", "none", L, lr)
-    full = ex._cell(trials, "r2_full", "none", L, lr)
+    orig = rules.at_cell(trials, "original", "none", L, lr)
+    full = rules.at_cell(trials, "r2_full", "none", L, lr)
     if orig.empty or full.empty:
         return ["Not run: one of the two presets has no trials at this regime.", ""]
-    a, b, p = ex.mcnemar_exact(orig.set_index("seed")["blew_up"], full.set_index("seed")["blew_up"])
+    a, b, p = mcnemar_exact(orig.set_index("seed")["blew_up"], full.set_index("seed")["blew_up"])
     k_o, k_f = int(orig["blew_up"].sum()), int(full["blew_up"].sum())
-    lo_o, hi_o = ex.wilson(k_o, len(orig))
-    lo_f, hi_f = ex.wilson(k_f, len(full))
-    mse = ex.mean_interval(full.loc[full["status"] == "stable", "test_pos_mse"])
+    lo_o, hi_o = wilson(k_o, len(orig))
+    lo_f, hi_f = wilson(k_f, len(full))
+    mse = mean_interval(full.loc[full["status"] == Status.STABLE, "test_pos_mse"])
     blown = orig[orig["blew_up"]]
     lines = [f"- Blow-ups: original {k_o}/{len(orig)} [{lo_o:.2f}, {hi_o:.2f}], r2_full {k_f}/{len(full)} "
              f"[{lo_f:.2f}, {hi_f:.2f}] (Wilson 95%); paired by seed, {a} seeds blew up only in the original and "
              f"{b} only in r2_full: exact McNemar p = {p:.3g}.",
-             f"- Where the original's blow-ups start: layers {ex._histogram(blown['origin_layer']) or '-'}; "
-             f"blocks {ex._histogram(blown['origin_block']) or '-'}; statistics "
-             f"{ex._histogram(blown['origin_stat']) or '-'}; criteria {ex._histogram(blown['origin_criterion']) or '-'}; "
+             f"- Where the original's blow-ups start: layers {ex.histogram(blown['origin_layer']) or '-'}; "
+             f"blocks {ex.histogram(blown['origin_block']) or '-'}; statistics "
+             f"{ex.histogram(blown['origin_stat']) or '-'}; criteria {ex.histogram(blown['origin_criterion']) or '-'}; "
              f"{int((blown['blowup_step'] == 0).sum())} of {len(blown)} at step 0 (initialisation), median step "
              f"{_cell(float(blown['blowup_step'].median()) if len(blown) else math.nan, '.0f')}.",
              f"- r2_full test pos MSE: mean {mse['mean']:.4g}, sample sd {mse['sd']:.2g}, 95% CI "
@@ -165,7 +169,7 @@ def mechanism_lines(trials: pd.DataFrame, depths: Optional[pd.DataFrame], L: int
         if c.empty:
             continue
         r = c.iloc[0]
-        s = ex.sufficiency(trials, name, L, lr) if name != "none" else None
+        s = rules.sufficiency(trials, name, L, lr) if name != "none" else None
         init = None
         if depths is not None:
             d = depths[(depths["variant"] == ("original" if name == "none" else f"original-{name}"))
@@ -190,7 +194,7 @@ def _p(p: float, holm: float) -> str:
 
 def ablation_lines(trials: pd.DataFrame, table: pd.DataFrame, L: int, lr: float) -> list[str]:
     """Section 3: per stabilizer, add-one-in (sufficient?) beside leave-one-out (necessary?) and its activity;
-    table: ex.ablation_table(trials, L, lr)."""
+    table: rules.ablation_table(trials, L, lr)."""
     if table.empty:
         return ["Not run.", ""]
     rows = []
@@ -202,7 +206,7 @@ def ablation_lines(trials: pd.DataFrame, table: pd.DataFrame, L: int, lr: float)
             mse = _interval(m)
             change = "-" if c["n"] < 2 else (f"{c['mean']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}] (n={c['n']}), "
                                                f"p = {_p(r['mse_p'], r['mse_p_holm'])}")
-        acted = ("every pass" if ex.STABILIZER_ACTIVITY[r["stabilizer"]] is None else
+        acted = ("every pass" if rules.STABILIZER_ACTIVITY[r["stabilizer"]] is None else
                  "-" if math.isnan(r["activity_mean"]) else
                  f"{r['activity_mean']:.3g} (max {r['activity_max']:.3g})" + (" **inert**" if r["inert"] else ""))
         rows.append([r["stabilizer"],
@@ -218,9 +222,9 @@ def ablation_lines(trials: pd.DataFrame, table: pd.DataFrame, L: int, lr: float)
               "vs r2_full (paired): only r2_full / only variant, McNemar", "test pos MSE without it (stable runs)",
               "paired change in test pos MSE vs r2_full [95% CI], t-test", "necessary",
               "how often it acted in r2_full (fraction; mean over runs)"]
-    full = ex._cell(trials, "r2_full", "none", L, lr)
-    orig = ex._cell(trials, "original", "none", L, lr)
-    return ([f"Reference cells: original {ex._rate(orig)}, r2_full {ex._rate(full)} blow-ups; r2_full test pos MSE "
+    full = rules.at_cell(trials, "r2_full", "none", L, lr)
+    orig = rules.at_cell(trials, "original", "none", L, lr)
+    return ([f"Reference cells: original {rules.rate_text(orig)}, r2_full {rules.rate_text(full)} blow-ups; r2_full test pos MSE "
              f"{_mse_of(full)}.", ""] + markdown_table(header, rows) + [""] + identical_lines(trials, L, lr))
 
 
@@ -236,14 +240,14 @@ def _same_runs(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, int]:
 def identical_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
     """Variants whose runs equal another's seed by seed: an inert stabilizer, or two spellings of one operation."""
     lines = []
-    full = ex._cell(trials, "r2_full", "none", L, lr)
-    for name in ex.STABILIZER_ACTIVITY:
-        loo = ex._cell(trials, "r2_full", name, L, lr)
+    full = rules.at_cell(trials, "r2_full", "none", L, lr)
+    for name in rules.STABILIZER_ACTIVITY:
+        loo = rules.at_cell(trials, "r2_full", name, L, lr)
         same, n = _same_runs(loo, full)
         if n and same == n:
             lines.append(f"- Without {name}, r2_full's runs are identical to r2_full's in {same} of {n} paired seeds "
                          "(same outcome, bit-identical test MSE): it never changed a forward pass.")
-    g, alpha = ex._cell(trials, "original", "g", L, lr), ex._cell(trials, "original", "alpha_inter", L, lr)
+    g, alpha = rules.at_cell(trials, "original", "g", L, lr), rules.at_cell(trials, "original", "alpha_inter", L, lr)
     same, n = _same_runs(g, alpha)
     if n:
         lines.append(f"- On the original, g = 0.5 and alpha_inter = 0.5 gave identical runs in {same} of {n} paired seeds. "
@@ -254,7 +258,7 @@ def identical_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
 
 
 def _mse_of(g: pd.DataFrame) -> str:
-    return _interval(ex.mean_interval(g.loc[g["status"] == "stable", "test_pos_mse"]))
+    return _interval(mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"]))
 
 
 def tail_lines(trials: pd.DataFrame) -> list[str]:
@@ -264,7 +268,7 @@ def tail_lines(trials: pd.DataFrame) -> list[str]:
     cols = [f"test_pos_mse_{q}" for q in TAIL]
     if not set(cols) <= set(trials.columns):
         return ["The trial tables predate the per-sample error columns: re-export them.", ""]
-    stable = trials[(trials["status"] == "stable") & trials[cols].notna().all(axis=1)]
+    stable = trials[(trials["status"] == Status.STABLE) & trials[cols].notna().all(axis=1)]
     rows = []
     for key, g in stable.groupby(list(ex.CELL), sort=True):
         label = dict(zip(ex.CELL, key))
@@ -278,7 +282,7 @@ def tail_lines(trials: pd.DataFrame) -> list[str]:
 
 def egnn_lines(egnn: pd.DataFrame, trials: pd.DataFrame, L: int, lr: float) -> list[str]:
     """Section 5: the runs in EGNN's setting, per seed and as a t interval, beside EGNN and R2_full's cell."""
-    from painn_ablate.analysis.loaders import EGNN_PAPER_MSE
+    from painn_ablate.analysis.rules import EGNN_PAPER_MSE
 
     def epoch(r: pd.Series) -> Optional[float]:  # the epoch of the tested checkpoint
         if pd.isna(r.get("best_step")) or pd.isna(r.get("epochs")):
@@ -293,7 +297,7 @@ def egnn_lines(egnn: pd.DataFrame, trials: pd.DataFrame, L: int, lr: float) -> l
     rows = [[str(r["seed"]), r["status"], _cell(r["epochs"], ".0f"), str(r["steps_completed"]), best(r),
              _cell(r["test_pos_mse"], ".5f"), _cell(r.get("test_pos_mse_q99"), ".4f"),
              f"{r['wall_seconds'] / 60:.0f} min"] for _, r in egnn.sort_values("seed").iterrows()]
-    cell = ex._cell(trials, "r2_full", "none", L, lr)
+    cell = rules.at_cell(trials, "r2_full", "none", L, lr)
     steps = ", ".join(sorted({str(s) for s in cell["steps"]})) or "?"
     epochs = [e for _, r in egnn.iterrows() if (e := epoch(r)) is not None]
     early = (["", f"The tested checkpoints come from epochs {min(epochs):.0f}-{max(epochs):.0f} of "
@@ -346,7 +350,44 @@ def not_done_lines(trials: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "runs.md",
+DOSE = "dose_response"  # results/<DOSE>/probe_seeds.parquet: amendment 7's probes (painn-ablate export --out)
+
+
+def _dose_table(results: str | Path) -> Optional[pd.DataFrame]:
+    path = Path(results) / DOSE / "probe_seeds.parquet"
+    return rules.dose_table(pd.read_parquet(path)) if path.exists() else None
+
+
+def dose_lines(dose: pd.DataFrame) -> list[str]:
+    """Section 6: amendment 7's table of settings and its rules, at mu0_scale 1 (judged) and 0.25 (described)."""
+    n = int(dose["seeds"].max()) if len(dose) else 0
+    batches = int(dose["batches"].max()) if len(dose) else 0
+    lines = ["## 6. The scale dose-response at initialisation (sweeps/DESIGN.md, amendment 7)", "",
+             "Command: `bash scripts/dose-response probe/dose_response 05:15`, then `painn-ablate export "
+             f"probe/dose_response/* --out results/{DOSE}`. The original at L = 5, {n} seeds per setting; *init "
+             f"fraction*: the mean over seeds of the fraction of each seed's first {batches} training batches on which "
+             "the initial network crosses a blow-up criterion (seed-level bootstrap 95% interval); *batch 0*: the "
+             "seeds blown up on their first batch (Wilson 95%). On this 5-particle full graph g = 0.25 is exactly the "
+             "old degree-mean aggregation's scale.", ""]
+    rows = [[f"{r['g']:g}", "kept" if r["coupling"] else "dropped", f"{r['mu0_scale']:g}", str(int(r["seeds"])),
+             f"{r['frac']:.3f} [{r['frac_lo']:.3f}, {r['frac_hi']:.3f}]",
+             f"{int(r['batch0'])}/{int(r['seeds'])} [{r['batch0_lo']:.2f}, {r['batch0_hi']:.2f}]"]
+            for _, r in dose.iterrows()]
+    lines += markdown_table(["g", "coupling term", "mu0_scale", "seeds", "init fraction [95%]", "batch 0 k/n [Wilson 95%]"],
+                            rows) + [""]
+    run = {(float(r["g"]), bool(r["coupling"]), float(r["mu0_scale"])) for _, r in dose.iterrows()}
+    missing = [f"g = {g:g}, coupling {'kept' if c else 'dropped'}, mu0_scale {m:g}" for m in (1.0, 0.25)
+               for c in (True, False) for g in rules.DOSE_GAINS if (g, c, m) not in run]
+    if missing:
+        lines += [f"Not run by the amendment's deadline: {'; '.join(missing)}.", ""]
+    for mu0, how in ((1.0, "judged"), (0.25, "described, not judged")):
+        verdicts = rules.judge(pd.DataFrame(), rules.DOSE_RULES, dose=dose, mu0_scale=mu0)
+        lines += [f"Rules at mu0_scale {mu0:g} ({how}):", ""]
+        lines += [f"- **{v.rule} ({v.claim.split(':')[0]}): {v.verdict}.** {v.evidence}." for v in verdicts] + [""]
+    return lines
+
+
+def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFAULT_OUT,
                    plots: Optional[str | Path] = "plots", command: str = "painn-ablate report") -> str:
     every, probe_stats, probe_seeds = ex.load_results(results)
     if every.empty and probe_seeds is None:
@@ -355,7 +396,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
     egnn = every[~ex.default_setting(every)] if not every.empty else every
     base = Path(out).resolve().parent
     figures = Path(plots) if plots is not None else None
-    L, lr = REGIME["L"], REGIME["lr"]
+    L, lr = rules.DESIGN_CELL.L, rules.DESIGN_CELL.lr  # the cell DESIGN.md names for the reproduction, the mechanism
     cells = ex.cell_table(trials) if not trials.empty else pd.DataFrame()
     depths = ex.probe_depth_table(probe_seeds, probe_stats) if probe_seeds is not None else None
     lines = ["# runs.md: what the experiments say", "",
@@ -365,16 +406,20 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
              f"`python -c \"import pandas as pd, glob; print(pd.concat(map(pd.read_parquet, glob.glob('{results}/map_*.parquet'))))\"`.",
              "", f"The design and the pass/fail rules were written before the results: [{DESIGN}]({DESIGN}). "
              "Outcomes: *exploded* = a NaN/Inf; *diverged* = finite but past a blow-up criterion "
-             "(loss > 100x its start, val pos MSE > 10x the zero-displacement MSE, max ||mu|| > 1e3, "
-             "max |q| > 1e4, or last/first-layer max ||mu|| > 100); a *blow-up* is either. Every trial ends at "
-             "its first blow-up. Intervals: Wilson 95% for rates, t 95% for mean MSEs (sample sd, ddof = 1); "
+             "(loss > 100x its start, val pos MSE > 10x max(the zero-displacement MSE, the initial val MSE), "
+             "max ||mu|| > 1e3, max |q| > 1e4, or last/first-layer max ||mu|| > 100) and sustained; *transient* = "
+             "past one, then recovered (no criterion for 50 steps) and trained to the end; a *blow-up* is any of "
+             "the three. Its phase: *init* when the initial weights cross a criterion on the same batch, else "
+             "*training*. Trials recorded before transient existed ended at their first blow-up (their diverged "
+             "is a first spike; their phase is '-'). Intervals: Wilson 95% for rates, t 95% for mean MSEs (sample sd, ddof = 1); "
              "n is given with each. Seeds 0-9 are paired across all cells and variants (same initialisation, "
              "same batch order, same data).", ""]
     if not trials.empty:
         lines += ["## Verdicts", ""]
-        rules = ex.judge(every, L, lr)
-        lines += markdown_table(["rule", "claim", "verdict", "evidence"],
-                                [[r.name, r.claim, f"**{r.verdict}**", r.evidence] for r in rules]) + [""]
+        dose = _dose_table(results)
+        verdicts = rules.judge(every, rules.DESIGN_RULES + (rules.DOSE_RULES if dose is not None else ()), dose=dose)
+        lines += markdown_table(["rule", "claim (sweeps/DESIGN.md)", "verdict", "evidence"],
+                                [[v.rule, v.claim, f"**{v.verdict}**", v.evidence] for v in verdicts]) + [""]
         lines += ["## 1. Explosion map", "",
                   "Commands: `painn-ablate sweep sweeps/map_original.yaml --workers 2`, "
                   "`painn-ablate sweep sweeps/map_r2_full.yaml --workers 2`, `painn-ablate sweep sweeps/map_r2_full_L8.yaml`, then "
@@ -416,7 +461,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                   "t-test over seeds stable in both, n >= 3, p < 0.05); *inert* = it never acted in r2_full's runs. "
                   "p-values are unadjusted; the Holm-adjusted value over the stabilizers tested is shown beside "
                   "each. n differs between variants where the sweeps were stopped at the session's deadline.", ""]
-        ablation = ex.ablation_table(trials, L, lr, names=list(ex.STABILIZER_ACTIVITY))
+        ablation = rules.ablation_table(trials, L, lr, names=list(rules.STABILIZER_ACTIVITY))
         lines += ablation_lines(trials, ablation, L, lr)
         if figures is not None and len(ablation):
             lines += [_fig(plot_ablation(ablation), figures, "ablation", base), ""]
@@ -429,14 +474,14 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                       "amendment 5). R2_full was re-run there as its own reference, and every pair is formed on that "
                       "machine; runs the time limit cut short are left out, so n differs by variant. Same rules as "
                       "above.", ""]
-            lines += ablation_lines(gpu, ex.ablation_table(gpu, L, lr, names=list(ex.STABILIZER_ACTIVITY)), L, lr)
+            lines += ablation_lines(gpu, rules.ablation_table(gpu, L, lr, names=list(rules.STABILIZER_ACTIVITY)), L, lr)
             lines += compute_lines(gpu) + [""]
         lines += [f"## 4. The mechanism (add-one-in on the original at L = {L}, lr = {lr:g})", "",
                   "Command: `painn-ablate sweep sweeps/mechanism.yaml --workers 2`. *Sufficient*: the variant's "
                   "blow-up rate lies inside R2_full's Wilson interval and the paired McNemar test against the "
                   "original gives p < 0.05.", ""]
         lines += mechanism_lines(trials, depths, L, lr)
-        f1 = ex.feedback_rule(trials, L, lr)
+        f1 = rules.judged(verdicts, "F1")
         lines += [f"**Does the data support the specification's feedback-loop explanation? {f1.verdict}.** "
                   f"{f1.evidence}.", ""]
     if not egnn.empty:
@@ -446,6 +491,9 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
                   "positions alone, `train.loss=pos`; a cosine learning-rate schedule; the checkpoint of the best "
                   "validation step tested). Rule E1 (sweeps/DESIGN.md, amendment 6) is in the verdicts above.", ""]
         lines += egnn_lines(egnn, trials, L, lr)
+    dose = _dose_table(results)
+    if dose is not None:
+        lines += dose_lines(dose)
     if not every.empty:
         lines += ["## Compute", ""] + compute_lines(every) + [""]
     lines += ["## Not done", ""] + not_done_lines(every)
@@ -460,7 +508,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "run
     return "\n".join(lines)
 
 
-def write_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = "runs.md",
+def write_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFAULT_OUT,
                    plots: Optional[str | Path] = "plots", command: str = "painn-ablate report") -> Path:
     text = build_findings(results, out, plots, command)
     return files.write_text(out, text)

@@ -15,8 +15,9 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from painn_ablate.analysis.loaders import wilson
+from painn_ablate.analysis.stats import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
+from painn_ablate.core import files
 
 PathLike = Union[str, Path]
 
@@ -218,7 +219,7 @@ def plot_outcomes(table: pd.DataFrame, baselines: Optional[dict[str, float]] = N
     for k, (n, b) in enumerate(zip(table["runs"], table["blew_up"])):
         axes[0].text(0.02, k, f"{b}/{n}", va="center", fontsize=8)
     axes[0].set_xlim(0, 1)
-    axes[0].set_xlabel("blow-up rate (diverged or exploded), Wilson 95%")
+    axes[0].set_xlabel("blow-up rate (transient, diverged or exploded), Wilson 95%")
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
     median = table["blow_up_step_median"]
@@ -273,11 +274,14 @@ def plot_importances(importances: dict[str, pd.Series]):
 
 
 def save_figure(fig, path: PathLike) -> Path:
-    """Write a figure as PNG and release it."""
+    """Write a figure as PNG, atomically (files.atomic: a kill mid-write leaves the old figure or none, never
+    a truncated one in a tracked plots/), and release it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    try:
+        files.atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        _pyplot().close(fig)
     return path
 
 

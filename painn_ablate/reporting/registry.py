@@ -1,4 +1,8 @@
-"""`painn-ablate report`: regenerate runs.md, the registry of reproduced runs, from their records.
+"""`painn-ablate report PATHS`: the registry of raw runs, `registry.md`, from their records.
+
+Another document than runs.md: runs.md holds the findings, made from the committed trial tables in
+results/ (`painn-ablate report` without paths; painn_ablate.reporting.findings); the registry lists raw
+run folders, reproductions and sweeps run by run, with the command that re-runs each.
 
 Sources (each becomes one section with its own table):
 
@@ -12,7 +16,7 @@ first non-finite step/layer, val/test position MSE, steps, wall time) and the ex
 that re-runs it (`config.rerun_command`: the override list that composes to the saved
 config, checked, else `--config <run_dir>/config.yaml`). The environment the runs were
 recorded on (from their summaries) and the one the report was made on close the file.
-`--plots DIR` also writes each section's figures as PNG and links them from runs.md.
+`--plots DIR` also writes each section's figures as PNG and links them from the registry.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from painn_ablate.training.trainer import environment
 log = logging.getLogger(__name__)
 
 DEFAULT_PATHS = ("reproduce_out", "sweeps_out")
-DEFAULT_OUT = "runs.md"
+DEFAULT_OUT = "registry.md"  # runs.md is the findings' (painn_ablate.reporting.findings)
 PACKAGES = ("numpy", "scipy", "pandas", "pyarrow", "omegaconf", "optuna", "wandb", "matplotlib")
 MAX_PLOTTED_EXPERIMENTS = 6  # heat maps and layer curves of a sweep: the presets and the first exploded designs
 MAX_HEATMAP_RUNS = 9  # a section with at most this many runs shows every run's heat map
@@ -47,7 +51,7 @@ MAX_HEATMAP_RUNS = 9  # a section with at most this many runs shows every run's 
 
 @dataclass
 class Section:
-    """One experiment of runs.md."""
+    """One section of the registry: a reproduction, a study or a folder of runs."""
 
     title: str
     kind: str  # reproduce | sweep | runs
@@ -77,6 +81,8 @@ def discover(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
     sweeps = sorted(p.parent for p in path.rglob("study.db") if _visible(p.parent, path))
     if (path / "study.db").is_file():
         sweeps = [path] + [p for p in sweeps if p != path]
+    # a reproduction's own study (its runs are a sweep) is reported as the reproduction
+    sweeps = [s for s in sweeps if not any(r == s or r in s.parents for r in repro)]
     claimed = [r.resolve() for r in repro + sweeps]
     others = [d for d in analysis.find_run_dirs(path)
               if not any(c == d.resolve() or c in d.resolve().parents for c in claimed)]
@@ -89,7 +95,7 @@ def discover(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
 def reproduce_section(folder: Path) -> Section:
     result = json.loads((folder / "reproduce.json").read_text())
     dirs = [Path(r["run_dir"]) for r in result["runs"]]
-    dirs = [d if (d / runfolder.SUMMARY).is_file() else folder / "runs" / d.name for d in dirs]
+    dirs = [d if (d / runfolder.SUMMARY).is_file() else folder / d.parent.name / d.name for d in dirs]
     rows = analysis.load_runs([d for d in dirs if (d / runfolder.SUMMARY).is_file()])
     verdict = (folder / "verdict.md").read_text() if (folder / "verdict.md").is_file() else ""
     intro = [line if not line.startswith("# ") else "**" + line[2:].strip() + "**" for line in verdict.splitlines()]
@@ -214,7 +220,7 @@ def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def outcome_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     table = analysis.outcome_table(frame)
-    header = ["experiment", "runs", "blow-ups k/n [Wilson 95%]", "diverged", "exploded",
+    header = ["experiment", "runs", "blow-ups k/n [Wilson 95%]", "transient", "diverged", "exploded",
               "first blow-up step: median [first, last]", "origin layers", "test pos MSE of stable runs: mean ± sd (n)"]
     rows = []
     for _, t in table.iterrows():
@@ -223,7 +229,8 @@ def outcome_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         mse = ("-" if math.isnan(t["test_pos_mse_mean"]) else f"{t['test_pos_mse_mean']:.4g}" +
                (f" ± {t['test_pos_mse_sd']:.2g}" if not math.isnan(t["test_pos_mse_sd"]) else "") + f" ({t['stable']})")
         rows.append([_cell(t["experiment"]), str(t["runs"]),
-                     f"{t['blew_up']}/{t['runs']} [{t['blow_up_lo']:.2f}, {t['blow_up_hi']:.2f}]", str(t["diverged"]),
+                     f"{t['blew_up']}/{t['runs']} [{t['blow_up_lo']:.2f}, {t['blow_up_hi']:.2f}]", str(t["transient"]),
+                     str(t["diverged"]),
                      str(t["exploded"]), step, t["blow_up_layers"] or "-", mse])
     return header, rows
 
@@ -313,13 +320,14 @@ def section_plots(section: Section, folder: Path, index: int) -> list[Path]:
 
 def build_report(paths: list[str], studies: tuple[str, ...] = (), out: str | Path = DEFAULT_OUT,
                  plots: Optional[str | Path] = None, command: Optional[str] = None) -> str:
-    """runs.md as text (and the PNGs under `plots`, when given)."""
+    """The registry as text (and the PNGs under `plots`, when given)."""
     sections = collect(paths, studies)
     base = Path(out).resolve().parent
-    lines = ["# runs.md: reproduced runs", "",
+    lines = [f"# {Path(out).name}: the registry of recorded runs", "",
              f"Generated by `{command or 'painn-ablate report'}` on {dt.date.today().isoformat()} from the run "
              "directories and Optuna storages listed below; do not edit by hand, re-run the command. Each "
-             "row's re-run command composes to the run's saved config.yaml (checked when this file was written).",
+             "row's re-run command composes to the run's saved config.yaml (checked when this file was written). "
+             "What the experiments found is in runs.md (`painn-ablate report`, from the trial tables in results/).",
              "", "Columns: *experiment* is the preset, `r2_full - X` is R2_full without stabilizer X "
              "(leave-one-out), `original + X` the original with only X (add-one-in); *first NaN/Inf* is where "
              "the monitor first saw a non-finite value (layer 1-based, block interaction or mixing); MSEs are of "

@@ -6,10 +6,13 @@ learning rate, optimiser and step budget, 10 seeds each of
     original    the original PaiNN           finding 1: it blows up, starting in layers 4-5
     r2_full     every stabilizer of R2_full  finding 2: it does not, and reaches a test MSE
 
-paired by seed (seed s: the same initialisation seed and batch order in both presets), two at
-a time in worker processes of one thread each (`workers`). As in the sweeps, a run ends at its
-first blow-up (`monitor.on_diverged=stop`; an override can say otherwise). Each run lives in its own directory
-under `<out>/runs/`; `reproduce.json`, `verdict.md` and plots go into `<out>`.
+paired by seed (seed s: the same initialisation seed and batch order in both presets). The runs are
+a grid sweep (`comparison_sweeps`, in memory) run by the sweep engine
+(painn_ablate.sweep.optuna_engine.run_sweep), `workers` processes of one torch thread each; the study
+is `<out>/study.db` and each run lives in `<out>/trials/<label>-t<number>/`. As in the sweeps, a run
+ends once a blow-up is sustained (`monitor.on_diverged=stop`: still firing monitor.sustained_steps after
+it began; an override can say otherwise); a transient spike trains on.
+`reproduce.json`, `verdict.md` and plots go into `<out>`.
 
 The regime (`choose_regime`), by a rule stated before any run: depth L = 5 (the specification's),
 and the specification's learning rate (train.lr's default, 1e-3) when the original blew up there
@@ -17,20 +20,20 @@ in at least half its seeds in the explosion map (`results/map_original.parquet`,
 otherwise the smallest learning rate of the map at L = 5 where it did. Without a map, the
 specification's setting. `model.L=` / `train.lr=` overrides replace the rule.
 
-The verdict (`verdict()`), criterion by criterion, with the numbers it used; a blow-up is a
-run that diverged or exploded (outcome.py), and its origin is its first blow-up's
-(outcome.first_blow_up):
+The verdict (`verdict()`) is the rule book's (painn_ablate.analysis.rules, `rules.REPRODUCE`) judged at
+the regime's cell, rule by rule, with the numbers it used; a blow-up is a run that was transient,
+diverged or exploded (core/outcome.py), and its origin is its first blow-up's (outcome.first_blow_up):
 
-    1  the original blows up: the Wilson 95% lower bound of its blow-up rate is >= 0.5.
-    2  where: at least half of its blow-ups start in layer L-1 or L.
-    3  r2_full does not: its rate's Wilson upper bound lies below the original's lower bound, and
-       the exact McNemar test of the paired outcomes gives p < 0.05.
-    4  accuracy: the upper end of the t 95% interval of r2_full's mean test pos MSE (its stable
-       runs; sample sd) lies below the constant-velocity baseline pos + vel * dt on the same test
-       split; EGNN's published 0.0071 (Satorras et al. 2021, ~10^4 epochs) is printed beside it.
+    M1  the original blows up: the Wilson 95% lower bound of its blow-up rate is >= 0.5.
+    M3  where: at least half of its blow-ups are located in layer L-1 or L.
+    M2  r2_full does not: its rate's Wilson upper bound is <= 0.31 (0/10), and the exact McNemar
+        test of the paired outcomes gives p < 0.05 (sweeps/DESIGN.md's M2; note of 2026-12-02).
+    A1  accuracy: the upper end of the t 95% interval of r2_full's mean test pos MSE (its stable
+        runs; sample sd) lies below the constant-velocity baseline pos + vel * dt on the same test
+        split; EGNN's published 0.0071 (Satorras et al. 2021, ~10^4 epochs) is printed beside it.
 
-A run directory that already holds a finished run of the same configuration is reused, so
-an interrupted reproduction continues where it stopped; an unfinished one is run again.
+The study remembers the comparison's settings: re-running the command with the same `--out` resumes
+it, reusing every finished run (an interrupted one runs again); other settings are refused.
 """
 
 from __future__ import annotations
@@ -39,22 +42,23 @@ import datetime as dt
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.analysis import loaders as analysis
-from painn_ablate.analysis.tables import mcnemar_exact, mean_interval, wilson
+from painn_ablate.analysis import rules
 from painn_ablate.core import config, files, runfolder
-from painn_ablate.core.config import compose, flatten
+from painn_ablate.core.config import compose
 from painn_ablate.core.errors import ReproduceError
-from painn_ablate.core.outcome import OUTCOMES, STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
-from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
+from painn_ablate.core.outcome import STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
 from painn_ablate.reporting import plots
+from painn_ablate.sweep.optuna_engine import Progress
+from painn_ablate.sweep.spec import DEFAULT_METRIC, Param, Sweep, SweepError, trial_config
 from painn_ablate.training.sinks import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = "reproduce_out"
 # Overrides that would change what is being compared: the comparison sets them per run.
 RESERVED_KEYS = ("model", "ablate", "seed", "out", "name")
-FINISHED = OUTCOMES  # a run that ended with an outcome (stable, diverged, exploded) is reused
+STUDY = "reproduce"  # the study of the comparison in <out>/study.db (another ablation design: reproduce-<design>)
 
 
 
@@ -98,8 +102,8 @@ EXPERIMENTS = (
 )
 # Full: 1000 steps of batch 100 (33 epochs of the 3000 training graphs), 10 paired seeds per preset,
 # validation every 100 steps and statistics every 10 (the schema's defaults). At L = 5 an r2_full run
-# takes ~150-250 s on one core and the original's end at their first blow-up, so two workers finish in
-# ~15-20 minutes. Quick: a smoke test of the whole pipeline.
+# takes ~150-250 s on one core and the original's end at a non-finite value or once a divergence is
+# sustained (200 steps after it began: monitor.sustained_steps), so two workers finish in ~15-25 minutes. Quick: a smoke test of the whole pipeline.
 FULL = Budget(steps=1000, seeds=tuple(range(10)))
 QUICK = Budget(steps=40, seeds=(0, 1, 2), overrides=("train.val_every=20", "monitor.every=5"))
 DEFAULT_MAP = "results/map_original.parquet"
@@ -171,7 +175,7 @@ def horizon(data_cfg: DictConfig) -> Optional[float]:
 
 
 def baselines(data_cfg: DictConfig) -> dict[str, Any]:
-    """Test position MSE of trivial predictors, per coordinate as `train.evaluate` computes it.
+    """Test position MSE of trivial predictors, per coordinate as `painn_ablate.training.trainer.evaluate` computes it.
 
     zero_displacement: pos_next = pos. constant_velocity: pos_next = pos + vel * dt, with dt
     the time between the input and the target frame (1.0 for the charged protocol).
@@ -191,8 +195,8 @@ def baselines(data_cfg: DictConfig) -> dict[str, Any]:
             "constant_velocity_test_pos_mse": const_vel,
             "fitted_velocity_test_pos_mse": float(((displacement - test.vel * c) ** 2).mean()),
             "fitted_velocity_c": c, "horizon": dt_, "n_test": len(test),
-            "egnn_paper_test_pos_mse": analysis.EGNN_PAPER_MSE,
-            "linear_paper_test_pos_mse": analysis.LINEAR_PAPER_MSE}
+            "egnn_paper_test_pos_mse": rules.EGNN_PAPER_MSE,
+            "linear_paper_test_pos_mse": rules.LINEAR_PAPER_MSE}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -206,99 +210,76 @@ def check_overrides(overrides: list[str]) -> None:
                                  "use painn-ablate train or a sweep for other designs")
 
 
-def run_overrides(experiment: Experiment, seed: int, budget: Budget, regime: Regime, overrides: list[str],
-                  run_dir: Path) -> list[str]:
-    return [f"model={experiment.preset}", f"ablate={experiment.ablate}", f"seed={seed}", f"model.L={regime.L}",
-            f"train.lr={regime.lr}", f"train.steps={budget.steps}", "monitor.on_diverged=stop", "tracking.wandb=false",
-            *budget.overrides,
-            *overrides, f"name={run_dir.name}", f"out={run_dir}"]
+def comparison_sweeps(budget: Budget, regime: Regime, overrides: list[str],
+                      experiments: tuple[Experiment, ...] = EXPERIMENTS) -> list[Sweep]:
+    """The comparison as grid sweeps (in memory) for the sweep engine: per ablation design one study, its presets x
+    the budget's seeds (presets outer, as EXPERIMENTS lists them), every run at the regime, ending at its first
+    blow-up; the user's overrides last. The study remembers these settings, so a re-run resumes it and a re-run
+    with other settings is refused."""
+    fixed = [f"model.L={regime.L}", f"train.lr={regime.lr}", f"train.steps={budget.steps}", "monitor.on_diverged=stop",
+             "tracking.wandb=false", *budget.overrides]
+    sweeps = []
+    for ablate in dict.fromkeys(e.ablate for e in experiments):
+        presets = [e.preset for e in experiments if e.ablate == ablate]
+        name = STUDY if ablate == "none" else f"{STUDY}-{ablate}"
+        raw = {"name": name, "method": "grid", "metric": {"name": DEFAULT_METRIC, "goal": "minimize"},
+               "parameters": {"model": {"values": presets}, "ablate": {"value": ablate},
+                              "seed": {"values": list(budget.seeds)}}}
+        params = {"model": Param("model", "categorical", tuple(presets)), "ablate": Param("ablate", "constant", (ablate,)),
+                  "seed": Param("seed", "categorical", tuple(budget.seeds))}
+        sweeps.append(Sweep(path=f"<painn-ablate reproduce: {name}>", name=name, method="grid", metric=DEFAULT_METRIC,
+                            goal="minimize", params=params, overrides=[*fixed, *overrides], raw=raw))
+    return sweeps
 
 
 def plan(out: Path, quick: bool = False, overrides: Optional[list[str]] = None,
          experiments: tuple[Experiment, ...] = EXPERIMENTS,
          regime: Optional[Regime] = None) -> list[tuple[Experiment, int, DictConfig]]:
-    """Every run of the comparison with its resolved config (ConfigError on bad overrides)."""
+    """Every run of the comparison with its resolved config (ConfigError on bad overrides), in the order of
+    reproduce.json; the run folder is the sweep engine's (`<out>/trials/<label>-t<number>`), known once it runs."""
     overrides = list(overrides or [])
     check_overrides(overrides)
     regime = regime or choose_regime(overrides)
     budget = QUICK if quick else FULL
-    runs = []
-    for experiment in experiments:
-        for seed in budget.seeds:
-            run_dir = out / "runs" / f"{experiment.slug}-seed{seed}"
-            runs.append((experiment, seed, compose(run_overrides(experiment, seed, budget, regime, overrides,
-                                                                 run_dir))))
-    return runs
+    sweeps = {s.raw["parameters"]["ablate"]["value"]: s for s in comparison_sweeps(budget, regime, overrides, experiments)}
+    return [(e, seed, trial_config(sweeps[e.ablate], {"model": e.preset, "ablate": e.ablate, "seed": seed}))
+            for e in experiments for seed in budget.seeds]
 
 
-def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
-    saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / runfolder.CONFIG), resolve=True))
-    return config.results_view(saved) == config.results_view(flatten(cfg))
+def run_comparison(sweeps: list[Sweep], out: Path, workers: int,
+                   on_trial: Callable[[FrozenTrial], None]) -> tuple[list[FrozenTrial], int]:
+    """Run the comparison's sweeps with the sweep engine, `workers` processes of one torch thread each, into
+    `<out>/study.db` and `<out>/trials/`; a trial finished by an earlier invocation is not run again.
 
+    on_trial(trial) is called once per finished trial (reused ones first), in the order they finish.
+    Returns (the finished trials, how many were finished before this call)."""
+    from painn_ablate.sweep.optuna_engine import run_sweep
 
-def _finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / runfolder.SUMMARY).read_text()).get("status") in FINISHED
-    except (OSError, ValueError):
-        return False
+    seen: set[tuple[str, int]] = set()
+    reused = 0
+    finished: list[FrozenTrial] = []
+    for sweep in sweeps:
+        first = True
 
+        def report(p: Progress, sweep: Sweep = sweep) -> None:
+            nonlocal first, reused
+            if first:
+                reused += p.done
+                first = False
+            for t in p.finished:
+                if (sweep.name, t.number) not in seen:
+                    seen.add((sweep.name, t.number))
+                    finished.append(t)
+                    on_trial(t)
 
-def run_or_reuse(cfg: DictConfig) -> RunSummary:
-    """Train `cfg` unless its run directory already holds the finished run of the same config."""
-    from painn_ablate.training.trainer import run
-
-    run_dir = Path(cfg.out)
-    summary_file = run_dir / runfolder.SUMMARY
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        same = (run_dir / runfolder.CONFIG).is_file() and _same_config(run_dir, cfg)
-        if summary.get("status") in FINISHED and same:
-            log.info("reusing the finished run in %s", run_dir)
-            return summary
-        if summary.get("status") in FINISHED:
-            raise ReproduceError(f"{run_dir} holds a finished run of another configuration; "
-                                 "choose another --out or remove it")
-        log.warning("%s holds an unfinished run (%s); running it again", run_dir, summary.get("status"))
-        shutil.rmtree(run_dir)
-    return run(cfg)
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-
-    keep_freed_memory()  # a spawned process starts with glibc's defaults
-    use_inductor_cache()
-    torch.set_num_threads(threads)
-
-
-def run_all(cfgs: list[DictConfig], workers: int, on_done: Callable[[int, dict], None]) -> list[dict]:
-    """run_or_reuse every config, `workers` at a time in spawned processes of one thread each (1: here).
-
-    on_done(index, summary) is called in the order the runs finish.
-    """
-    summaries: list[Optional[dict]] = [None] * len(cfgs)
-    if workers <= 1:
-        for i, cfg in enumerate(cfgs):
-            summaries[i] = run_or_reuse(cfg)
-            on_done(i, summaries[i])
-        return summaries
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, as_completed, wait
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(1,)) as pool:
-        futures = {pool.submit(run_or_reuse, cfg): i for i, cfg in enumerate(cfgs)}
         try:
-            for future in as_completed(futures):
-                i = futures[future]
-                summaries[i] = future.result()
-                on_done(i, summaries[i])
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            wait(futures, return_when=FIRST_EXCEPTION)
+            run_sweep(sweep, out=out, workers=workers, threads=1, on_progress=report)
+        except SweepError as exc:
+            if "was started with other" in str(exc):
+                raise ReproduceError(f"{out} holds a comparison of another configuration ({exc}); choose another "
+                                     "--out or remove it") from None
             raise
-    return summaries
+    return finished, reused
 
 
 # ----------------------------------------------------------------------------- records
@@ -327,7 +308,7 @@ def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: RunS
     profile = {"step": step, **{stat: _layer_dict(values.get(stat, {})) for stat in STATE_STATS}}
     mine = stats[(stats["run_dir"] == run_dir) & (stats["block"] == "mixing")]
     at = None
-    if origin is not None:  # the blow-up's own forward pass (train.py records or replays its statistics)
+    if origin is not None:  # the blow-up's own forward pass (the trainer records or replays its statistics)
         snap = mine[mine["step"] == origin["step"]]
         at = {"step": origin["step"], **{
             stat: _layer_dict({int(l): (float(v) if math.isfinite(v) else None)
@@ -355,56 +336,34 @@ def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: RunS
 # ----------------------------------------------------------------------------- verdict
 
 
-def _rate(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
-    return f"{k}/{n} [{lo:.2f}, {hi:.2f}]" if n else "0/0"
-
-
-def verdict(records: list[dict], baseline: dict, n_layers: int) -> dict[str, Any]:
-    """Pass/fail per criterion (module docstring) with the evidence, computed from run records."""
+def record_trials(records: list[dict], regime: Optional[Regime] = None):
+    """Run records as rows of a trial table (the columns the rule book reads; L and lr default to the regime's)."""
     import pandas as pd
 
-    original = [r for r in records if r["preset"] == "original" and r["ablate"] == "none"]
-    full = [r for r in records if r["preset"] == "r2_full" and r["ablate"] == "none"]
-    k_o, n_o = sum(r["blew_up"] for r in original), len(original)
-    k_f, n_f = sum(r["blew_up"] for r in full), len(full)
-    lo_o, hi_o = wilson(k_o, n_o)
-    lo_f, hi_f = wilson(k_f, n_f)
-    criteria = []
-    criteria.append({"id": 1, "claim": "the original blows up (Wilson 95% lower bound of its blow-up rate >= 0.5)",
-                     "passed": bool(n_o) and lo_o >= 0.5, "observed": _rate(k_o, n_o)})
+    return pd.DataFrame([{
+        "preset": r["preset"], "ablate": r.get("ablate", "none"), "L": r.get("L", regime.L if regime else None),
+        "lr": r.get("lr", regime.lr if regime else None), "seed": r["seed"], "status": r["status"],
+        "blew_up": bool(r["blew_up"]), "test_pos_mse": r.get("test_pos_mse"),
+        **{f"origin_{k}": (r.get("origin") or {}).get(k) for k in ("layer", "block", "stat", "criterion")},
+    } for r in records], columns=["preset", "ablate", "L", "lr", "seed", "status", "blew_up", "test_pos_mse",
+                                  "origin_layer", "origin_block", "origin_stat", "origin_criterion"])
 
-    deep = (n_layers - 1, n_layers)
-    blown = [r for r in original if r["blew_up"]]
-    in_deep = sum((r["origin"] or {}).get("layer") in deep for r in blown)
-    where = [{"seed": r["seed"], **(r["origin"] or {})} for r in blown]
-    criteria.append({"id": 2, "claim": f"at least half of the original's blow-ups start in layer {deep[0]} or {deep[1]}",
-                     "passed": bool(blown) and in_deep >= len(blown) / 2,
-                     "observed": f"{in_deep} of {len(blown)} blow-ups", "evidence": where})
 
-    by_seed = lambda rs: pd.Series({r["seed"]: r["blew_up"] for r in rs}, dtype=bool)  # noqa: E731
-    only_o, only_f, p = mcnemar_exact(by_seed(original), by_seed(full))
-    criteria.append({"id": 3, "claim": "r2_full does not: its rate's Wilson upper bound lies below the original's "
-                                       "lower bound, and the exact McNemar test of the paired seeds gives p < 0.05",
-                     "passed": bool(n_f and n_o) and hi_f < lo_o and p < 0.05,
-                     "observed": f"r2_full {_rate(k_f, n_f)} vs original {_rate(k_o, n_o)}; seeds blowing up only "
-                                 f"in the original {only_o}, only in r2_full {only_f}, McNemar p = {p:.3g}",
-                     "evidence": {"mcnemar_p": p, "only_original": only_o, "only_r2_full": only_f}})
+def verdict(trials, baseline: dict, regime: Regime) -> dict[str, Any]:
+    """The rule book's REPRODUCE rules (M1, M3, M2, A1: painn_ablate.analysis.rules) judged at the regime's cell,
+    on run records (a list of `run_record` dicts) or a trial table; with the rates of both presets."""
+    trials = record_trials(trials, regime) if isinstance(trials, list) else trials
+    cell = rules.Cell(int(regime.L), float(regime.lr))
+    verdicts = rules.judge(trials, rules.REPRODUCE, at=cell, baselines=baseline)
+    criteria = [{"id": v.rule, "claim": v.claim, "verdict": v.verdict, "passed": v.passed, "observed": v.evidence,
+                 "evidence": v.numbers} for v in verdicts]
+    rates = {p: rules.rate_numbers(rules.at_cell(trials, p, "none", cell.L, cell.lr)) for p in ("original", "r2_full")}
+    return {"passed": all(c["passed"] for c in criteria), "criteria": criteria, "rates": rates}
 
-    mse = mean_interval(r["test_pos_mse"] for r in full if r["status"] == Status.STABLE)
-    const_vel = baseline.get("constant_velocity_test_pos_mse")
-    criteria.append({
-        "id": 4, "claim": "r2_full's mean test pos MSE (stable runs; t 95% interval) lies below the "
-                          "constant-velocity baseline",
-        "passed": mse["n"] >= 2 and const_vel is not None and mse["hi"] < const_vel,
-        "observed": (f"mean {mse['mean']:.4g}, sample sd {mse['sd']:.2g}, 95% CI [{mse['lo']:.4g}, {mse['hi']:.4g}] "
-                     f"(n = {mse['n']}) vs constant velocity {_fmt(const_vel, '.4g')}") if mse["n"] else "no stable run",
-        "evidence": {**mse, "test_pos_mse": {str(r["seed"]): r["test_pos_mse"] for r in full},
-                     "constant_velocity": const_vel, "zero_displacement": baseline.get("zero_displacement_test_pos_mse"),
-                     "fitted_velocity": baseline.get("fitted_velocity_test_pos_mse"),
-                     "egnn_paper": baseline.get("egnn_paper_test_pos_mse")}})
-    return {"passed": all(c["passed"] for c in criteria), "criteria": criteria,
-            "rates": {"original": [k_o, n_o, lo_o, hi_o], "r2_full": [k_f, n_f, lo_f, hi_f]}}
+
+def criteria_lines(v: dict) -> list[str]:
+    """One Markdown line per criterion of a `verdict`: verdict, rule, claim, evidence."""
+    return [f"- **{c['verdict']}** ({c['id']}) {c['claim']}: {c['observed']}." for c in v["criteria"]]
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
@@ -427,9 +386,9 @@ def verdict_text(result: dict) -> str:
              f"of wall time with {result['workers']} worker(s)" + (f" ({result['reused_runs']} runs reused from an "
                                                                    "earlier invocation)" if result["reused_runs"] else "")
              + ". A blow-up is a run that diverged or exploded (see the README for the criteria).", "",
-             "Criteria (written before the runs; pass/fail from the records):", ""]
-    for c in v["criteria"]:
-        lines.append(f"- **{'PASS' if c['passed'] else 'FAIL'}** ({c['id']}) {c['claim']}: {c['observed']}.")
+             "Rules (written before the runs: M1, M3, M2 of sweeps/DESIGN.md and A1, judged at this cell by the rule "
+             "book painn_ablate.analysis.rules):", ""]
+    lines += criteria_lines(v)
     lines += ["", "Per run (origin of the first blow-up: step, layer, block, statistic, criterion; per-layer max "
               "||mu|| and |q| after mixing at the last snapshot before it, or at the end):", ""]
     for r in result["runs"]:
@@ -446,7 +405,7 @@ def verdict_text(result: dict) -> str:
                 f" (per sample: median {tail['pos_mse_q50']:.3g}, q99 {tail['pos_mse_q99']:.3g}, max "
                 f"{tail['pos_mse_max']:.3g})" if tail.get("pos_mse_q99") is not None else "")
         lines.append(line + ".")
-    ev = v["criteria"][3]["evidence"]
+    ev = next(c for c in v["criteria"] if c["id"] == "A1")["evidence"]
     lines += ["", f"Test position MSE of r2_full's stable runs: mean {_fmt(ev['mean'], '.4g')}, sample sd "
               f"{_fmt(ev['sd'], '.2g')}, t 95% interval [{_fmt(ev['lo'], '.4g')}, {_fmt(ev['hi'], '.4g')}], "
               f"n = {ev['n']}; constant velocity {_fmt(b['constant_velocity_test_pos_mse'], '.4g')}; zero "
@@ -494,25 +453,36 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
     overrides = list(overrides or [])
     check_overrides(overrides)
     regime = choose_regime(overrides, map_path)
-    runs = plan(out, quick, overrides, experiments, regime)  # every config composes before anything runs
+    planned = plan(out, quick, overrides, experiments, regime)  # every config composes before anything runs
     budget = QUICK if quick else FULL
-    first_cfg = runs[0][2]
+    first_cfg = planned[0][2]
     command = command or " ".join(["painn-ablate reproduce", *(["--quick"] if quick else []), f"--out {out}",
                                    *([f"--map {map_path}"] if map_path else []), *overrides])
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     baseline = baselines(first_cfg.data)  # also generates (or loads) the one data set every run uses
-    reused = sum(_finished(Path(cfg.out)) for _, _, cfg in runs)
-    records: list[Optional[dict]] = [None] * len(runs)
+    by_key: dict[tuple[str, str, int], dict] = {}
+    errors: list[str] = []
 
-    def done(i: int, summary: RunSummary) -> None:
-        experiment, seed, cfg = runs[i]
-        stats = analysis.load_layer_stats(cfg.out, stats=STATE_STATS)
-        records[i] = run_record(experiment, seed, cfg, summary, stats)
+    def done(t: FrozenTrial) -> None:
+        if t.state == TrialState.FAIL:
+            errors.append(f"{t.user_attrs.get('label')}: {t.user_attrs.get('error')}")
+            return
+        run_dir = Path(t.user_attrs["run_dir"])
+        cfg = OmegaConf.load(run_dir / runfolder.CONFIG)
+        summary: RunSummary = json.loads((run_dir / runfolder.SUMMARY).read_text())
+        experiment = next(e for e in experiments if e.preset == cfg.model.preset and e.ablate == cfg.ablate)
+        stats = analysis.load_layer_stats(run_dir, stats=STATE_STATS)
+        record = run_record(experiment, int(cfg.seed), cfg, summary, stats)
+        by_key[(experiment.preset, experiment.ablate, int(cfg.seed))] = record
         if on_run is not None:
-            on_run(records[i])
+            on_run(record)
 
-    summaries = run_all([cfg for _, _, cfg in runs], workers, done)
+    sweeps = comparison_sweeps(budget, regime, overrides, experiments)
+    _, reused = run_comparison(sweeps, out, workers, done)
+    if errors:
+        raise ReproduceError(f"{len(errors)} run(s) failed, e.g. {errors[0]}; fix it and run the command again")
+    records = [by_key[(e.preset, e.ablate, seed)] for e, seed, _ in planned]
     from painn_ablate.training.trainer import environment, total_steps
 
     n_train = first_cfg.data.n_train
@@ -527,18 +497,20 @@ def reproduce(out: str | Path = DEFAULT_OUT, quick: bool = False, overrides: Opt
                            f"n_test={first_cfg.data.n_test} seed={first_cfg.data.seed}",
                    "per_run_overrides": list(budget.overrides)},
         "experiments": [asdict(e) | {"name": e.name} for e in experiments],
+        "studies": [s.name for s in sweeps],
         "environment": environment(),
         "baselines": baseline,
         "runs": records,
     }
-    result["verdict"] = verdict(records, baseline, int(first_cfg.model.L))
+    result["verdict"] = verdict(records, baseline, regime)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    result["train_seconds"] = round(sum(s["wall_seconds"] for s in summaries), 1)
+    result["train_seconds"] = round(sum(r["wall_seconds"] for r in records), 1)
     result["reused_runs"] = reused
     if plots:
-        frame = analysis.load_runs([cfg.out for _, _, cfg in runs])
-        stats = analysis.load_layer_stats([cfg.out for _, _, cfg in runs])
-        metrics = analysis.load_metrics([cfg.out for _, _, cfg in runs])
+        run_dirs = [r["run_dir"] for r in records]
+        frame = analysis.load_runs(run_dirs)
+        stats = analysis.load_layer_stats(run_dirs)
+        metrics = analysis.load_metrics(run_dirs)
         result["plots"] = [str(p) for p in write_plots(frame, stats, metrics, baseline, out / "plots")]
     write_json_atomic(out / "reproduce.json", result)
     files.write_text(out / "verdict.md", verdict_text(result))

@@ -42,8 +42,9 @@ never meets the partial directory of a killed attempt), `name` is the label (e.g
 runs `painn_ablate.training.trainer.run`, the code of `painn-ablate train`.
 
 User attributes of every trial: label, run_dir, status (painn_ablate.core.outcome.Status: 'running',
-'stable', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
-first_divergence (dicts or None), episodes, recovered, val_pos_mse,
+'stable', 'transient', 'diverged', 'exploded', 'pruned', 'error', 'interrupted'), first_nonfinite and
+first_divergence (dicts or None), episodes, recovered, spikes, spike_steps, steps_to_recover (per episode),
+sustained, blow_up_phase (init | training: the first blow-up's, outcome.Phase), val_pos_mse,
 val_vel_mse, test_pos_mse, test_vel_mse, steps_completed, early_warning_step, pruned_step,
 wall_seconds, error (for 'error'), worker (host:pid) and attempt (the trial's number, set
 once its first heartbeat is recorded).
@@ -67,6 +68,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -80,7 +82,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
-from painn_ablate.core.outcome import Status, is_blow_up
+from painn_ablate.core.outcome import WITH_METRIC, Status, is_blow_up, outcome_columns
 from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
 from painn_ablate.sweep.spec import (
     Sweep,
@@ -89,13 +91,18 @@ from painn_ablate.sweep.spec import (
     check_run_options,
     default_out,
     grid_points,
+    outcome_note,
     pick_best,
     result_attrs,
     signals_ignored,
     torch_threads,
+    trains,
     trial_budget,
     trial_config,
     trial_label,
+    walk_key,
+    walk_next,
+    walk_starts,
     warm_data_cache,
 )
 
@@ -115,7 +122,35 @@ GRACE_FACTOR = 3  # a trial is lost after GRACE_FACTOR heartbeats without news
 MAX_RETRY = 3  # re-runs of a trial whose worker was lost
 SQLITE_TIMEOUT = 60  # seconds a process waits for the SQLite write lock
 READY_TIMEOUT = 120  # seconds a joining worker waits for the creator to enqueue the grid
-CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a diverged or exploded trial
+CONSTRAINT = "blow_up"  # the trials' Optuna constraint: > 0 for a blow-up (transient, diverged or exploded)
+# log10 of the objective, a user attribute optuna-dashboard can plot and sort: one diverged trial at 6e7
+# no longer flattens the others (the History plot's own log scale drops nothing either, but is per view)
+LOG_VALUE = "log10_value"
+
+
+STUDY_NOTE = f"""## Reading this study
+
+Every finished trial is *Complete* to Optuna: a blow-up is a result, not a failure. Its outcome is in
+
+- the trial's **note** (stable, diverged or exploded; what fired and where),
+- the user attributes `blew_up`, `diverged`, `exploded` (0/1) and `{LOG_VALUE}`: choose them as the
+  History plot's *y Axis* (an exploded trial's value is inf, which no plot draws; one diverged trial's
+  value can flatten the rest on a linear axis),
+- the constraint `{CONSTRAINT}` (> 0: infeasible, never the best trial).
+"""
+
+
+def note(trial, body: str) -> None:
+    """A trial's or the study's note in optuna-dashboard (its `save_note`; nothing where the `dashboard`
+    extra is absent)."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    try:
+        save_note(trial, body)
+    except Exception as exc:  # noqa: BLE001 - a note is a courtesy; the trial's result must be told
+        log.warning("optuna-dashboard note not saved (%s)", exc)
 
 
 
@@ -270,14 +305,45 @@ def prepare_study(sweep: Sweep, storage: optuna.storages.BaseStorage) -> optuna.
         return study
     study.set_user_attr("settings", sweep.settings())
     study.set_user_attr("sweep_file", sweep.raw)
+    note(study, STUDY_NOTE)
     if sweep.method == "grid":
         points = grid_points(sweep)
-        for i, params in enumerate(points):
-            study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": i})
-        study.set_user_attr("grid_size", len(points))
-        log.info("created study %s: %d grid points enqueued", sweep.name, len(points))
+        starts = walk_starts(sweep) if sweep.frontier else points
+        for params in starts:
+            _enqueue(study, sweep, params, points)
+        study.set_user_attr("grid_size", len(points))  # a frontier's walks run at most this many
+        log.info("created study %s: %d of %d grid points enqueued%s", sweep.name, len(starts), len(points),
+                 f" (the first rung of each walk up {sweep.frontier})" if sweep.frontier else "")
     study.set_user_attr("ready", True)
     return study
+
+
+def _enqueue(study: optuna.Study, sweep: Sweep, params: dict, points: Optional[list[dict]] = None) -> None:
+    points = points if points is not None else grid_points(sweep)
+    study.enqueue_trial(params, user_attrs={"label": trial_label(sweep, params), "grid_index": points.index(params)})
+
+
+def advance_walks(study: optuna.Study, sweep: Sweep, only: Optional[dict] = None) -> None:
+    """A frontier sweep's walks (sweep_file.walk_next): enqueue the next rung of every walk whose trials
+    have all finished (`only`: of the walk of these parameters alone, which a worker does after its trial;
+    all of them when a sweep starts or resumes, which also repairs a walk its worker died advancing)."""
+    if not sweep.frontier:
+        return
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    walks: dict[str, list] = {}
+    for t in trials:
+        if t._trial_id not in retried:  # a lost or interrupted trial's re-run stands in for it
+            walks.setdefault(walk_key(sweep, t.params), []).append(t)
+    wanted = None if only is None else walk_key(sweep, only)
+    for key, trials in walks.items():
+        if (wanted is not None and key != wanted) or any(t.state in (TrialState.WAITING, TrialState.RUNNING)
+                                                           for t in trials):
+            continue
+        ran = [(t.params, t.state == TrialState.COMPLETE and trains(t.user_attrs)) for t in trials]
+        following = walk_next(sweep, ran)
+        if following is not None:
+            _enqueue(study, sweep, following)
 
 
 def _check_same_settings(study: optuna.Study, sweep: Sweep) -> None:
@@ -295,7 +361,7 @@ def stop_when_exploding(step: int, info: dict) -> Optional[str]:
 
 def objective_value(sweep: Sweep, attrs: dict) -> float:
     value = attrs.get(sweep.metric)
-    if attrs["status"] not in (Status.STABLE, Status.DIVERGED) or value is None or not math.isfinite(value):
+    if attrs["status"] not in WITH_METRIC or value is None or not math.isfinite(value):
         return sweep.worst
     return float(value)
 
@@ -341,7 +407,7 @@ def requeue(study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: 
 def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path, prune: bool,
               storage: optuna.storages.RDBStorage) -> FrozenTrial:
     """Train one trial and record its outcome in the storage (see the module docstring)."""
-    from painn_ablate.training.trainer import run  # torch and the model load only where trials run
+    from painn_ablate.training.trainer import NoSpaceError, no_space, run  # torch loads only where trials run
 
     trial_id = trial._trial_id  # Optuna has no public accessor; heartbeats are keyed by it
     params = suggest(trial, sweep)
@@ -363,7 +429,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, out: Path,
         with signals_ignored():  # a second Ctrl-C must not cut the trial's return short
             requeue(study, storage, trial_id)
         raise
-    except Exception as exc:  # a real error: FAIL with its message, and the sweep goes on
+    except Exception as exc:
+        if isinstance(exc, NoSpaceError) or no_space(exc):
+            # A full disk fails every trial alike: stop the sweep, give this trial back (where the storage
+            # still takes a write; else its heartbeat goes stale and a resumed sweep re-runs it).
+            with contextlib.suppress(Exception):
+                requeue(study, storage, trial_id)
+            raise NoSpaceError(f"{out}: no space left on device (trial {trial.number}, {run_dir.name}); free "
+                               "space and run the same command to resume") from None
+        # a real error: FAIL with its message, and the sweep goes on
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.error("trial %d (%s) failed: %s", trial.number, label, error)
         return _finish(study, storage, trial, {"status": "error", "error": error}, state=TrialState.FAIL)
@@ -379,7 +453,17 @@ def _finish(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: op
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
         if state != TrialState.FAIL:  # feasible (<= 0) means no NaN/Inf event
-            trial.set_constraint(CONSTRAINT, 1.0 if is_blow_up(attrs["status"]) else -1.0)
+            blown = 1.0 if is_blow_up(attrs["status"]) else -1.0
+            trial.set_constraint(CONSTRAINT, blown)
+            # optuna-dashboard (0.21) reads only Optuna's older list form of the constraints: the same value
+            # there shows the trial as infeasible in its plots (Optuna reads both forms)
+            study._storage.set_trial_system_attr(trial._trial_id, "constraints", [blown])
+        if state != TrialState.FAIL:  # numbers optuna-dashboard sorts and plots (History's y axis)
+            for key, flag in outcome_columns(attrs["status"]).items():
+                trial.set_user_attr(key, int(flag))
+        if value is not None and math.isfinite(value) and value > 0:  # absent otherwise: a null is not sortable
+            trial.set_user_attr(LOG_VALUE, math.log10(value))
+        note(trial, outcome_note(attrs))
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker declared this trial lost (its heartbeat was late) and enqueued a re-run.
@@ -462,6 +546,7 @@ def work(sweep: Sweep, settings: WorkerSettings, on_trial_end: Optional[Callable
             time.sleep(min(settings.heartbeat, 5))
             continue
         frozen = run_trial(study, trial, sweep, out, settings.prune, storage)
+        advance_walks(study, sweep, only=frozen.params)
         ran += 1
         if on_trial_end is not None:
             on_trial_end(frozen)
@@ -491,6 +576,14 @@ def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
         work(sweep, settings)
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        from painn_ablate.training.trainer import no_space
+
+        if not no_space(exc):
+            raise
+        log.error("%s", str(exc).splitlines()[0] if "no space" in str(exc) else
+                  f"{settings.out}: no space left on device; free space and run the same command to resume")
+        sys.exit(2)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -505,18 +598,44 @@ class Progress:
     running: int = 0
     waiting: int = 0
     diverged: int = 0
+    transient: int = 0
     exploded: int = 0
     errors: int = 0
     lost: int = 0  # failed by a lost heartbeat (re-run, unless retries ran out)
     best_value: Optional[float] = None
     best_label: Optional[str] = None
     finished: list[FrozenTrial] = field(default_factory=list)  # in order of completion
+    steps_left: Optional[int] = None  # expected training steps of the trials not finished (running ones whole)
+    seconds_per_step: Optional[float] = None  # of the finished trials, over every step they ran
+
+    def eta_seconds(self, workers: int = 1) -> Optional[float]:
+        """The time left by the trials' expected lengths: a blown-up trial counts the steps it ran, not the
+        steps it was given, so the rate does not swing with the mix of outcomes."""
+        if self.steps_left is None or not self.seconds_per_step:
+            return None
+        return self.steps_left * self.seconds_per_step / max(1, workers)
 
 
-def progress(study: optuna.Study, total: Optional[int]) -> Progress:
+def expected_steps(t: FrozenTrial, default: Optional[int]) -> Optional[int]:
+    """A trial's train.steps: recorded when it started, else its (fixed) parameter, else the sweep's."""
+    for source in (t.user_attrs, t.params, t.system_attrs.get("fixed_params") or {}):
+        if source.get("train.steps") is not None:
+            return int(source["train.steps"])
+    return default
+
+
+def progress(study: optuna.Study, total: Optional[int], default_steps: Optional[int] = None) -> Progress:
     trials = study.get_trials(deepcopy=False)
     p = Progress(total=total)
+    ran_steps, ran_seconds, left, unknown = 0, 0.0, 0, False
     for t in trials:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            steps = expected_steps(t, default_steps)
+            unknown |= steps is None
+            left += steps or 0
+        elif t.user_attrs.get("wall_seconds") is not None and t.user_attrs.get("steps_completed"):
+            ran_steps += int(t.user_attrs["steps_completed"])
+            ran_seconds += float(t.user_attrs["wall_seconds"])
         status = str(t.user_attrs.get("status", ""))
         if t.state == TrialState.RUNNING:
             p.running += 1
@@ -528,9 +647,14 @@ def progress(study: optuna.Study, total: Optional[int]) -> Progress:
             p.done += 1
             p.errors += t.state == TrialState.FAIL
             p.diverged += status == Status.DIVERGED
+            p.transient += status == Status.TRANSIENT
             p.exploded += status == Status.EXPLODED
             p.finished.append(t)
     p.finished.sort(key=lambda t: t.datetime_complete or dt.datetime.min)
+    not_created = max(0, (total or 0) - originals(trials))  # random/bayes: trials not yet asked for
+    if not unknown and (default_steps is not None or not not_created):
+        p.steps_left = left + not_created * (default_steps or 0)
+    p.seconds_per_step = ran_seconds / ran_steps if ran_steps else None
     best = best_trial(study, trials)
     if best is not None:
         p.best_value, p.best_label = best.value, best.user_attrs.get("label")
@@ -572,8 +696,10 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     storage = open_storage(url, heartbeat)
     warm_data_cache(sweep)  # bad data fails here, before the study exists
     study = prepare_study(sweep, storage)
+    advance_walks(study, sweep)  # a resumed frontier sweep: walks whose worker died advancing them
     total = sweep_total(sweep, study, n_trials)
-    report = (lambda *_: on_progress(progress(study, total))) if on_progress else (lambda *_: None)
+    default_steps = sweep_steps(sweep)
+    report = (lambda *_: on_progress(progress(study, total, default_steps))) if on_progress else (lambda *_: None)
     report()
     settings = WorkerSettings(storage_url=url, out=str(out), n_trials=total if sweep.method != "grid" else None,
                               prune=prune, heartbeat=heartbeat, log_level=logging.getLogger().getEffectiveLevel())
@@ -583,9 +709,19 @@ def run_sweep(sweep: Sweep, out: Optional[Path] = None, storage_url: Optional[st
     else:
         settings.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         _run_processes(sweep, settings, workers, report, poll)
-    final = progress(study, total)
+    final = progress(study, total, default_steps)
     report()
     return final
+
+
+def sweep_steps(sweep: Sweep) -> Optional[int]:
+    """The training steps of a trial where no parameter sets them (train.epochs: their steps)."""
+    from painn_ablate.sweep.spec import check_points, trial_config
+
+    cfg = trial_config(sweep, check_points(sweep, every_value=True)[0])
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs * math.ceil(cfg.data.n_train / cfg.train.batch_size)
+    return int(cfg.train.steps)
 
 
 def _run_processes(sweep: Sweep, settings: WorkerSettings, workers: int, report: Callable, poll: float) -> None:

@@ -57,7 +57,7 @@ import yaml
 
 from painn_ablate.core.config import ConfigError, all_keys, compose, did_you_mean, experiment_slug, flatten, format_override
 from painn_ablate.core.errors import SweepError
-from painn_ablate.core.outcome import METRICS, RunSummary, Status, metric_name
+from painn_ablate.core.outcome import METRICS, OUTCOMES, PHASE_KEY, Phase, RunSummary, Status, is_blow_up, metric_name
 
 T = TypeVar("T")
 
@@ -67,7 +67,12 @@ T = TypeVar("T")
 
 # W&B's documented top-level keys (plus `controller`, for W&B's local controller).
 TOP_LEVEL_KEYS = ("program", "command", "method", "metric", "parameters", "name", "description",
-                  "project", "entity", "run_cap", "early_terminate", "controller")
+                  "project", "entity", "run_cap", "early_terminate", "controller", *("frontier",))
+# painn-ablate's own keys, unknown to W&B: `frontier: <a grid parameter>` walks that parameter's values
+# (a learning-rate ladder, ascending) per point of the other parameters, up to the first rung at which
+# the trial does not train (see `trains`); the Optuna engine walks adaptively, W&B's engine, which
+# cannot, runs every rung (the same critical rung is read off the walk's prefix).
+OWN_KEYS = ("frontier",)
 METHODS = ("grid", "random", "bayes")
 DEFAULT_METRIC = metric_name("val", "pos_mse")
 # Keys a parameter spec may hold, per form.
@@ -117,6 +122,7 @@ class Sweep:
     overrides: list[str] = field(default_factory=list)
     run_cap: Optional[int] = None
     raw: dict = field(default_factory=dict)  # the file as read
+    frontier: Optional[str] = None  # the grid parameter walked up per point (OWN_KEYS), ascending
 
     @property
     def swept(self) -> dict[str, Param]:
@@ -316,18 +322,24 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     overrides = list(overrides)
     _check_names(where, params, overrides)
     sweep = Sweep(path=where, name=raw.get("name") or Path(path).stem, method=raw["method"], metric=metric,
-                  goal=goal, params=params, overrides=overrides, run_cap=raw.get("run_cap"), raw=raw)
+                  goal=goal, params=params, overrides=overrides, run_cap=raw.get("run_cap"), raw=raw,
+                  frontier=raw.get("frontier"))
     if sweep.method == "grid":
         for name, p in sweep.swept.items():
             if p.kind != "categorical":
                 raise _fail(where, f"parameter '{name}': a grid needs 'values' or 'value', not a '{p.kind}' range")
+    _check_frontier(where, sweep)
     from painn_ablate.data.datasets import DataError, check_dir  # torch loads only where data or trials are touched
 
     composed: dict[str, str] = {}  # a grid point's config (less its name) -> the point, to find duplicates
-    for params_point in check_points(sweep):
+    points = validation_points(sweep)
+    base: list = []  # (point, config) of the first point, which the others of a large grid vary one key of
+    for params_point in points:
         shown = ", ".join(f"{k}={v}" for k, v in params_point.items() if k in sweep.swept)
         try:
-            cfg = trial_config(sweep, params_point)
+            cfg = _vary(sweep, base, params_point) if base else trial_config(sweep, params_point)
+            if not base and len(points) > 1:
+                base[:] = [params_point, cfg]
             if cfg.data.dir:
                 check_dir(cfg.data.dir)  # before any study exists: a dry run and a real run fail alike
         except (ConfigError, DataError) as exc:
@@ -340,6 +352,76 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                                    "remove one of them")
             composed[key] = shown
     return sweep
+
+
+def _vary(sweep: Sweep, base: list, point: dict[str, Any]):
+    """The config of `point` from the first point's (`base`), where they differ in one plain config key: that
+    key updated in a copy and the copy validated, ~100x cheaper than composing (a preset or ablation, and
+    anything the update refuses, is composed in full, so its error reads as compose words it)."""
+    from omegaconf import OmegaConf
+
+    from painn_ablate.core.config import validate
+
+    base_point, base_cfg = base
+    changed = [k for k in point if point[k] != base_point.get(k)]
+    if len(changed) != 1 or changed[0] in ("model", "ablate"):
+        return trial_config(sweep, point)
+    cfg = base_cfg.copy()
+    try:
+        OmegaConf.update(cfg, changed[0], point[changed[0]], merge=False)
+        validate(cfg)
+    except Exception:  # noqa: BLE001 - composing again gives the one-line ConfigError
+        return trial_config(sweep, point)
+    cfg.name = trial_label(sweep, point)
+    return cfg
+
+
+def _check_frontier(where: str, sweep: Sweep) -> None:
+    name = sweep.frontier
+    if name is None:
+        return
+    p = sweep.swept.get(str(name))
+    if sweep.method != "grid" or p is None:
+        raise _fail(where, f"frontier: {name!r} must name a swept parameter of a grid "
+                           f"(swept here: {', '.join(sweep.swept) or 'none'})")
+    if not all(_is_number(v) for v in p.values) or list(p.values) != sorted(set(p.values)):
+        raise _fail(where, f"frontier: the values of '{name}' must be numbers in ascending order, got {list(p.values)}")
+
+
+# ----------------------------------------------------------------------------- the frontier walk
+
+
+def trains(attrs: dict) -> bool:
+    """Whether a trial trained at its rung: it did not blow up, or its blow-up was present in the initial
+    network already (phase init: no learning rate made it). A trial that raised did not train."""
+    status = attrs.get("status")
+    if status not in OUTCOMES:  # raised, pruned or interrupted: no outcome to judge it by
+        return False
+    return not is_blow_up(status) or attrs.get(PHASE_KEY) == Phase.INIT
+
+
+def walk_key(sweep: Sweep, params: dict[str, Any]) -> str:
+    """The point a trial walks for: its parameters less the frontier's."""
+    return json.dumps({k: v for k, v in params.items() if k != sweep.frontier}, sort_keys=True, default=str)
+
+
+def walk_starts(sweep: Sweep) -> list[dict[str, Any]]:
+    """Each walk's first trial: the grid points at the frontier parameter's lowest value."""
+    first = sweep.swept[sweep.frontier].values[0]
+    return [point for point in grid_points(sweep) if point[sweep.frontier] == first]
+
+
+def walk_next(sweep: Sweep, ran: list[tuple[dict[str, Any], bool]]) -> Optional[dict[str, Any]]:
+    """The next trial of one walk from its trials so far, (params, trained): the next rung above the last
+    one that trained, or None when a rung did not train or the ladder is done."""
+    ladder = list(sweep.swept[sweep.frontier].values)
+    done = {ladder.index(params[sweep.frontier]): ok for params, ok in ran}
+    for i, value in enumerate(ladder):
+        if i not in done:
+            return {**ran[0][0], sweep.frontier: value} if ran else None
+        if not done[i]:
+            return None
+    return None
 
 
 # ----------------------------------------------------------------------------- points, labels, configs
@@ -357,10 +439,24 @@ def representative(p: Param) -> Any:
     return p.values[0] if p.values else p.low
 
 
-def check_points(sweep: Sweep) -> list[dict[str, Any]]:
+FULL_CHECK_MAX = 500  # grids up to this size are composed point by point before any trial runs
+
+
+def validation_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """The points `load_sweep` composes: every point of a grid of up to FULL_CHECK_MAX points; of a larger
+    grid (composing 10,000 points takes minutes), and of a random or bayes sweep, each value of each
+    parameter with the others at their first value (`check_points`): every value is checked, and two
+    values of one parameter that compose to the same config are still found."""
+    if sweep.method == "grid" and math.prod(len(p.values) for p in sweep.swept.values()) <= FULL_CHECK_MAX:
+        return grid_points(sweep)
+    return check_points(sweep, every_value=True)
+
+
+def check_points(sweep: Sweep, every_value: bool = False) -> list[dict[str, Any]]:
     """The parameter points composed before any trial runs: the whole grid, or for random and
-    bayes each categorical value and both ends of each range, the others at a first value."""
-    if sweep.method == "grid":
+    bayes each categorical value and both ends of each range, the others at a first value
+    (every_value: that for a grid too)."""
+    if sweep.method == "grid" and not every_value:
         return grid_points(sweep)
     base = {name: representative(p) for name, p in sweep.swept.items()}
     points = [base]
@@ -431,16 +527,69 @@ def result_attrs(summary: RunSummary) -> dict[str, Any]:
     attrs: dict[str, Any] = {"status": summary["status"], "first_nonfinite": summary["first_nonfinite"],
                              "first_divergence": summary.get("first_divergence"),
                              "episodes": divergence.get("episodes"), "recovered": divergence.get("recovered"),
+                             "spikes": divergence.get("spikes"), "spike_steps": divergence.get("spike_steps"),
+                             "steps_to_recover": divergence.get("steps_to_recover"),
+                             "sustained": divergence.get("sustained"),
+                             PHASE_KEY: (summary.get("first_blow_up") or {}).get("phase"),
                              "steps_completed": summary["steps_completed"],
                              "wall_seconds": round(summary["wall_seconds"], 2),
                              "early_warning_step": (summary.get("early_warning") or {}).get("step"),
-                             "pruned_step": None}
+                             "pruned_step": None, "data_fingerprint": summary.get("data_fingerprint"),
+                             "code_version": summary.get("code_version"), "started_at": summary.get("started_at")}
     for metric, (split, key) in METRICS.items():
         attrs[metric] = (summary.get(split) or {}).get(key)
     stopped = summary.get("stopped_early")
     if stopped and stopped.get("reason") == "early_warning" and summary["status"] == Status.STABLE:
         attrs.update(status=Status.PRUNED.value, pruned_step=stopped["step"])
     return attrs
+
+
+# What each blow-up criterion (outcome.Criteria, monitor.diverge_*) tests, in a reader's words.
+CRITERION_WORDS = {"loss": "training loss over its bound (monitor.diverge_loss_factor)",
+                   "val": "validation pos MSE over its bound (monitor.diverge_val_factor)",
+                   "mu": "max ||mu|| over monitor.diverge_mu", "q": "max |q| over monitor.diverge_q",
+                   "ratio": "last/first layer ||mu|| ratio over monitor.diverge_mu_ratio"}
+
+
+def _present(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def where_nonfinite(f: dict) -> str:
+    """What went non-finite, then where: `non-finite loss at step 1, first in layer 4 interaction`."""
+    layer = f.get("layer")
+    place = f"layer {int(layer)} {f['block']}" if _present(layer) else str(f["block"])
+    return f"non-finite {f['tensor']} at step {int(f['step'])}, first in {place}"
+
+
+def where_diverged(f: dict) -> str:
+    """The criterion, then where it was located: `training loss over its bound (...) at step 2; located at
+    layer 5 mixing, mu_norm_max 2.2e+03`."""
+    criterion = f.get("criterion")
+    words = CRITERION_WORDS.get(criterion, f"criterion {criterion}")
+    located = f"layer {int(f['layer'])} {f.get('block')}" if _present(f.get("layer")) else f.get("block")
+    value = f.get("value")
+    shown = f", {f.get('stat')} {float(value):.3g}" if _present(value) else (f", {f['stat']}" if f.get("stat") else "")
+    return f"{words} at step {int(f['step'])}" + (f"; located at {located}{shown}" if located else "")
+
+
+def outcome_note(attrs: dict[str, Any]) -> str:
+    """A finished trial's outcome as Markdown, for optuna-dashboard's trial note: the status, then what fired
+    and where (every trial there shows 'Complete'; an exploded trial's value, inf, is not drawn)."""
+    status = attrs.get("status")
+    lines = [f"## {status}"]
+    if attrs.get("first_nonfinite"):
+        lines.append(where_nonfinite(attrs["first_nonfinite"]))
+    if attrs.get("first_divergence"):
+        lines.append(("first " if attrs.get("first_nonfinite") else "") + where_diverged(attrs["first_divergence"]))
+    if attrs.get("pruned_step") is not None:
+        lines.append(f"stopped by the early warning at step {attrs['pruned_step']}")
+    for metric in METRICS:
+        if attrs.get(metric) is not None:
+            lines.append(f"{metric} {attrs[metric]:.4g}")
+    if attrs.get("error"):
+        lines.append(str(attrs["error"]))
+    return "\n\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -500,8 +649,26 @@ def check_resume(sweep: Sweep, where: str, old: Optional[dict], old_name: Option
         differs = differs or ["name"]
     if differs:
         raise SweepError(f"{where} was started with other {', '.join(differs)} "
-                         f"(then: {json.dumps({k: old.get(k) for k in differs})[:200]}); resume it with the same "
+                         f"({'; '.join(_changes(old, new, differs))[:300]}); resume it with the same "
                          "file and overrides, or choose another --out")
+
+
+def _changes(old: dict, new: dict, keys: list[str]) -> list[str]:
+    """What changed, in words: each parameter (then -> now), the overrides added (+) and removed (-)."""
+    changes = []
+    for key in keys:
+        was, now = old.get(key), new.get(key)
+        if key == "parameters" and isinstance(was, dict) and isinstance(now, dict):
+            for name in dict.fromkeys([*was, *now]):
+                if was.get(name) != now.get(name):
+                    changes.append(f"parameter '{name}': {json.dumps(was[name]) if name in was else 'absent'} "
+                                   f"-> {json.dumps(now[name]) if name in now else 'removed'}")
+        elif key == "overrides" and isinstance(was, list) and isinstance(now, list):
+            changes.append("overrides: " + " ".join([*(f"-{o}" for o in was if o not in now),
+                                                     *(f"+{o}" for o in now if o not in was)]))
+        else:
+            changes.append(f"{key}: then {json.dumps(was)}, now {json.dumps(now)}")
+    return changes
 
 
 def default_out(path: str | Path) -> Path:
@@ -512,10 +679,82 @@ def warm_data_cache(sweep: Sweep) -> None:
     """Generate each data set the trials need once, here, before workers race to make it."""
     from painn_ablate.data.datasets import load_dataset
 
-    seen = set()
+    seen, data_seen = set(), set()
     for point in check_points(sweep) if sweep.method != "grid" else grid_points(sweep):
+        # only the data.* parameters change a trial's data: compose one point per combination of them
+        data_params = json.dumps({k: v for k, v in point.items() if k.startswith("data.")}, sort_keys=True,
+                                 default=str)
+        if data_params in data_seen:
+            continue
+        data_seen.add(data_params)
         data = trial_config(sweep, point).data
         key = json.dumps(dict(data), sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
             load_dataset(data)
+
+
+SHAPE_KEYS = ("model.L", "model.F", "model.n_rbf", "train.batch_size", "data.n_particles", "data.system")
+MAX_TIMED_SHAPES = 4  # distinct model and batch shapes timed for an estimate; the rest take the slowest
+
+
+def estimate_seconds(sweep: Sweep, points: list[dict[str, Any]], repeats: int = 3) -> float:
+    """An upper bound on one worker's time for these trials: each trial's steps times the time of one
+    training step of its shape, measured here on a synthetic batch (no data are loaded or generated).
+    Blown-up trials end early, so the sweep takes less."""
+    import time
+
+    import torch
+
+    from painn_ablate.data.datasets import resolve_n_particles
+    from painn_ablate.model.painn import PaiNN
+    from painn_ablate.training.trainer import make_optimizer
+
+    base = trial_config(sweep, points[0]) if points else trial_config(sweep, {})
+    step_time: dict[tuple, float] = {}
+
+    base_shape = {k: _select(base, k) for k in SHAPE_KEYS}
+
+    def shape_of(point: dict) -> tuple:
+        return tuple(point.get(k, base_shape[k]) for k in SHAPE_KEYS)
+
+    def time_step(point: dict) -> float:
+        cfg = trial_config(sweep, point)
+        n = resolve_n_particles(cfg.data.system, cfg.data.n_particles)
+        b = cfg.train.batch_size
+        k = n - 1 if (cfg.data.graph in ("auto", "full") and n <= 64) else min(cfg.data.k, n - 1)
+        g = torch.Generator().manual_seed(0)
+        pos, vel = torch.randn(b * n, 3, generator=g), torch.randn(b * n, 3, generator=g)
+        charge = torch.ones(b * n)
+        receiver = torch.arange(b * n).repeat_interleave(k)
+        source = (receiver // n) * n + (receiver % n + 1 + torch.arange(k).repeat(b * n)) % n
+        model = PaiNN(cfg.model)
+        opt = make_optimizer(model, cfg)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            pos_dt, vel_next = model(pos, vel, charge, torch.stack([source, receiver]))
+            ((pos_dt ** 2).mean() + (vel_next ** 2).mean()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])  # the first includes one-off allocation
+
+    total = 0.0
+    for point in points or [{}]:
+        shape = shape_of(point)
+        if shape not in step_time:
+            step_time[shape] = time_step(point) if len(step_time) < MAX_TIMED_SHAPES else max(step_time.values())
+        steps = point.get("train.steps", base.train.steps)
+        epochs = point.get("train.epochs", base.train.epochs)
+        if epochs is not None:
+            n_train = point.get("data.n_train", base.data.n_train)
+            steps = epochs * math.ceil(n_train / point.get("train.batch_size", base.train.batch_size))
+        total += steps * step_time[shape]
+    return total
+
+
+def _select(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key)

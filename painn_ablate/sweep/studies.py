@@ -1,7 +1,7 @@
 """Optuna studies read back: where a sweep's storage is, its studies, and each trial's status, row and
-the best trial, for `painn-ablate status`, the dashboards and `analysis.load_study` (which joins the
-trials to their run folders as pandas columns). Reading never writes: a file that is no Optuna storage
-is refused before Optuna could create its schema in it.
+the best trial, for `painn-ablate status`, the dashboards and `painn_ablate.analysis.loaders.load_study`
+(which joins the rows of `trial_rows` to their run folders as pandas columns). Reading never writes: a
+file that is no Optuna storage is refused before Optuna could create its schema in it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.core import runfolder
-from painn_ablate.core.config import did_you_mean
-from painn_ablate.core.outcome import METRICS, Status
+from painn_ablate.core.config import did_you_mean, experiment_name
+from painn_ablate.core.outcome import METRICS, PHASE_KEY, Status
 from painn_ablate.sweep.optuna_engine import SQLITE_TIMEOUT, best_trial, driver_url, shown_url
 from painn_ablate.sweep.spec import SweepError
 
@@ -79,11 +79,11 @@ def trial_status(t: FrozenTrial, retried: set[int]) -> str:
     return str(t.user_attrs.get("status", t.state.name.lower()))
 
 
-def trials_frame(study: optuna.Study):
-    """One row per trial: number, state, label, status, value, the metrics, first non-finite
-    step/layer/block/tensor, run_dir, error and every parameter under its config key."""
-    import pandas as pd
-
+def trial_rows(study: optuna.Study) -> list[tuple[FrozenTrial, dict]]:
+    """Each trial with its row: number, state, value, duration_s, label, status (`trial_status`), the metrics,
+    first non-finite step/layer/block/tensor, first divergence, run_dir, error and every parameter under its
+    config key. The one builder of a study's trials as rows: `trials_frame` is these rows, and
+    `painn_ablate.analysis.loaders.load_study` adds each trial's run folder and flattened attributes to them."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     rows = []
@@ -91,17 +91,31 @@ def trials_frame(study: optuna.Study):
         a = t.user_attrs
         nonfinite = a.get("first_nonfinite") or {}
         divergence = a.get("first_divergence") or {}
-        row = {"number": t.number, "state": t.state.name, "label": a.get("label"), "status": trial_status(t, retried),
-               "value": t.value, **{m: a.get(m) for m in METRICS}, "steps_completed": a.get("steps_completed"),
+        fixed = t.system_attrs.get("fixed_params") or {}
+        preset = a.get("model.preset", t.params.get("model", fixed.get("model")))
+        ablate = a.get("ablate", t.params.get("ablate", fixed.get("ablate", "none")))
+        row = {"number": t.number, "state": t.state.name, "value": t.value,
+               "duration_s": t.duration.total_seconds() if t.duration else None, "label": a.get("label"),
+               "experiment": experiment_name(preset, ablate) if preset is not None else None,
+               "status": trial_status(t, retried), **{m: a.get(m) for m in METRICS},
+               "steps_completed": a.get("steps_completed"),
                "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
                "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),
                **{f"first_divergence_{k}": divergence.get(k) for k in ("step", "layer", "block", "stat", "criterion")},
-               "episodes": a.get("episodes"), "recovered": a.get("recovered"),
+               "episodes": a.get("episodes"), "recovered": a.get("recovered"), "sustained": a.get("sustained"),
+               PHASE_KEY: a.get(PHASE_KEY),
                "early_warning_step": a.get("early_warning_step"), "pruned_step": a.get("pruned_step"),
                "wall_seconds": a.get("wall_seconds"), "retry_of": t.system_attrs.get("failed_trial"),
                "run_dir": a.get("run_dir"), "error": a.get("error"), **t.params}
-        rows.append(row)
-    return pd.DataFrame(rows)
+        rows.append((t, row))
+    return rows
+
+
+def trials_frame(study: optuna.Study):
+    """One row per trial (`trial_rows`), for `painn-ablate status` and `summarize`."""
+    import pandas as pd
+
+    return pd.DataFrame([row for _, row in trial_rows(study)])
 
 
 def summarize(study: optuna.Study) -> dict:

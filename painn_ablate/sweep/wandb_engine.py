@@ -322,6 +322,10 @@ class OfflineSweep:
         return sum(t.status == Status.DIVERGED for t in self.trials)
 
     @property
+    def transient(self) -> int:
+        return sum(t.status == Status.TRANSIENT for t in self.trials)
+
+    @property
     def errors(self) -> int:
         return sum(t.state == "failed" for t in self.trials)
 
@@ -458,7 +462,9 @@ def schema_check(raw: dict) -> tuple[list[str], list[str]]:
 
     notes = [f"'{key}' is accepted by W&B's server ({what}) but not by the open-source sweeps schema"
              for key, what in SERVER_ONLY_KEYS.items() if key in raw]
-    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS}
+    notes += [f"'{key}' is painn-ablate's own (W&B's engine runs every rung of the frontier; the Optuna engine walks it)"
+              for key in sf.OWN_KEYS if key in raw]
+    checked = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS and k not in sf.OWN_KEYS}
     try:
         violations = schema_violations_from_proposed_config(copy.deepcopy(checked))
     except ValueError as exc:

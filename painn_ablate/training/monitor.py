@@ -1,4 +1,5 @@
-"""Forward hooks that watch PaiNN layer by layer: statistics, NaN/Inf origins, early warning.
+"""Forward hooks that watch PaiNN layer by layer: statistics and NaN/Inf origins (what they mean for a
+blow-up, and the early warning, is training.blowup's).
 
 Two kinds of work, both from the same hooks:
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -280,41 +280,3 @@ def backward_nonfinite(model: PaiNN, step: int) -> Optional[NonFinite]:
     parts = name.split(".")
     layer, block = (int(parts[1]) + 1, parts[2]) if parts[0] == "layers" else (None, parts[0])
     return NonFinite(step=step, phase="backward", tensor=f"grad:{name}", layer=layer, block=block)
-
-
-# ----------------------------------------------------------------------------- early warning
-
-
-class EarlyWarning:
-    """Explosion-risk signal from the per-layer ||mu|| statistics.
-
-      ratio  = max ||mu|| after the last layer's mixing / after the first layer's mixing
-      growth = the last layer's max ||mu|| now / its minimum over the last `warn_window` snapshots
-      risk   = min(ratio / warn_ratio, growth / warn_growth); it fires when risk >= 1.
-
-    Both must hold: a depth-wise amplification (the mixing feedback loop, ratio) that is also
-    growing during training (growth). The original PaiNN has a large ratio already at
-    initialisation, so the ratio alone would flag every original run at step 0; growth alone
-    flags the normal early-training rise of ||mu||.
-    """
-
-    def __init__(self, cfg, n_layers: int):
-        self.warn_ratio = float(cfg.warn_ratio)
-        self.warn_growth = float(cfg.warn_growth)
-        self.last = n_layers
-        self.history: deque[float] = deque(maxlen=int(cfg.warn_window))
-
-    def update(self, rows: list[tuple[int, str, str, float]]) -> Optional[dict]:
-        """Feed one snapshot of statistics; returns the signal (with `fires`) or None."""
-        mu = {l: v for l, b, s, v in rows if b == "mixing" and s == "mu_norm_max"}
-        if 1 not in mu or self.last not in mu:
-            return None
-        first, last = mu[1], mu[self.last]
-        ratio = last / max(first, 1e-12)
-        self.history.append(last)
-        growth = last / max(min(self.history), 1e-12) if len(self.history) == self.history.maxlen else 1.0
-        if not (math.isfinite(ratio) and math.isfinite(growth)):
-            risk = math.inf
-        else:
-            risk = min(ratio / self.warn_ratio, growth / self.warn_growth)
-        return {"risk": risk, "mu_ratio": ratio, "mu_growth": growth, "fires": risk >= 1.0}

@@ -13,41 +13,49 @@ and record per layer and block
                 I + the update's Jacobian, so jvp_gain sits near 1 while the update may grow)
 
 and per seed whether the forward pass is non-finite or crosses a blow-up criterion
-(painn_ablate.core.outcome). With `steps=K` the seed also trains K steps at the configured lr and
-the forward statistics of every step are recorded (`step` column; step 0 is initialisation).
+(painn_ablate.core.outcome), its depth-wise ratio (outcome.mu_ratio), and `init_blow_up_frac`: the
+fraction of the seed's first `batches` training batches (default 25) on which the *initial* network
+crosses a criterion (training.blowup.judge_pass, the test that gives a training blow-up its phase). With
+`steps=K` the seed also trains K steps at the configured lr and the forward statistics of every step are
+recorded (`step` column; step 0 is initialisation).
 
 Output: a long DataFrame `L, seed, step, layer, block, stat, value` (`probe.parquet`) and a
-per-seed one `L, seed, step, nonfinite, blew_up, criterion, origin_layer, origin_block`.
+per-seed one `L, seed, step, nonfinite, blew_up, criterion, origin_layer, origin_block, mu_ratio,
+init_blow_up_frac, init_batches` (`probe_seeds.parquet`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate.core.config import velocity_weight
-from painn_ablate.core.outcome import Criteria, crossed, locate
+from painn_ablate.core.outcome import Criteria, crossed, locate, mu_ratio
 from painn_ablate.data.datasets import load_dataset
 from painn_ablate.model.painn import PaiNN
 from painn_ablate.model.stabilizers import plain_ops
+from painn_ablate.training.blowup import judge_pass, loss_reference, zero_loss
 from painn_ablate.training.monitor import Monitor
 from painn_ablate.training.trainer import batch_indices, make_optimizer, pick_device, train_step
 
 GAIN_STATS = ("norm_gain", "jvp_gain", "update_gain")
 SUMMARY_STATS = ("mu_norm_max", "q_absmax", "qmu_absmax", "mu_term_norm_max", *GAIN_STATS)
+SEED_COLUMNS = ["L", "seed", "step", "nonfinite", "blew_up", "criterion", "origin_layer", "origin_block", "mu_ratio",
+                "init_blow_up_frac", "init_batches"]
+DEFAULT_BATCHES = 25  # the initial network's first training batches judged per seed
 
 
 @dataclass
 class ProbeResult:
     stats: pd.DataFrame  # L, seed, step, layer, block, stat, value
-    seeds: pd.DataFrame  # L, seed, step, nonfinite, blew_up, criterion, origin_layer, origin_block
+    seeds: pd.DataFrame  # SEED_COLUMNS
     seconds: float
 
 
@@ -105,7 +113,24 @@ def _forward_rows(model: PaiNN, mon: Monitor, batch, generator: torch.Generator)
     return rows, Monitor.first_nonfinite(flags, 0) is not None
 
 
-def probe_config(cfg: DictConfig, seeds: int, steps: int = 0) -> tuple[list[dict], list[dict]]:
+def init_blow_up_frac(model: PaiNN, cfg: DictConfig, train, seed: int, batches: int) -> float:
+    """The fraction of seed `seed`'s first `batches` training batches on which `model` (the initial network)
+    crosses a criterion, the loss criterion's reference being that of training step 0 (batch 0)."""
+    crit, L, vel_weight = Criteria.from_config(cfg.monitor), int(cfg.model.L), velocity_weight(cfg.train.loss)
+    order = batch_indices(len(train), cfg.train.batch_size, torch.Generator().manual_seed(seed))
+    reference, crossings = None, 0
+    for k in range(batches):
+        batch = train.batch(next(order).to(train.pos.device))
+        if k == 0:
+            _, _, loss = judge_pass(model, batch, cfg.monitor, crit, L, vel_weight, None)
+            reference = loss_reference(loss, zero_loss(batch, vel_weight))
+        criterion, _, _ = judge_pass(model, batch, cfg.monitor, crit, L, vel_weight, reference)
+        crossings += criterion is not None
+    return crossings / batches
+
+
+def probe_config(cfg: DictConfig, seeds: int, steps: int = 0,
+                 batches: int = DEFAULT_BATCHES) -> tuple[list[dict], list[dict]]:
     """Probe one configuration over `seeds` model seeds; returns (stat rows, seed rows)."""
     device = pick_device(cfg.train.device)
     train = load_dataset(cfg.data, device=device)["train"].to(device)
@@ -115,6 +140,7 @@ def probe_config(cfg: DictConfig, seeds: int, steps: int = 0) -> tuple[list[dict
     for seed in range(seeds):
         torch.manual_seed(seed)
         model = PaiNN(cfg.model).to(device)
+        frac = init_blow_up_frac(copy.deepcopy(model), cfg, train, seed, batches) if batches else math.nan
         gen = torch.Generator().manual_seed(seed)
         order = batch_indices(len(train), cfg.train.batch_size, gen)
         probe_gen = torch.Generator().manual_seed(10_000 + seed)  # the tangents: apart from the batch order
@@ -130,7 +156,9 @@ def probe_config(cfg: DictConfig, seeds: int, steps: int = 0) -> tuple[list[dict
                 seed_rows.append({"L": L, "seed": seed, "step": step, "nonfinite": nonfinite,
                                   "blew_up": criterion is not None, "criterion": criterion,
                                   "origin_layer": where[0] if where else None,
-                                  "origin_block": where[1] if where else None})
+                                  "origin_block": where[1] if where else None,
+                                  "mu_ratio": _ratio(rows, L), "init_blow_up_frac": frac,
+                                  "init_batches": batches})
                 if step == steps or nonfinite:
                     break
                 train_step(model, batch, mon, step, False, cfg.train.grad_clip, velocity_weight(cfg.train.loss))
@@ -139,17 +167,23 @@ def probe_config(cfg: DictConfig, seeds: int, steps: int = 0) -> tuple[list[dict
     return stat_rows, seed_rows
 
 
-def run_probe(cfg: DictConfig, seeds: int, steps: int = 0, depths: Optional[Sequence[int]] = None) -> ProbeResult:
+def _ratio(rows: list, L: int) -> float:
+    """outcome.mu_ratio of one pass; inf when it is not finite (it counts as blown up), NaN without the layers."""
+    ratio = mu_ratio(rows, L)
+    return math.nan if ratio is None else (ratio if math.isfinite(ratio) else math.inf)
+
+
+def run_probe(cfg: DictConfig, seeds: int, steps: int = 0, depths: Optional[Sequence[int]] = None,
+              batches: int = DEFAULT_BATCHES) -> ProbeResult:
     start = time.perf_counter()
     stat_rows, seed_rows = [], []
     for L in depths or [int(cfg.model.L)]:
         c = OmegaConf.merge(cfg, {"model": {"L": int(L)}})
-        s, r = probe_config(c, seeds, steps)
+        s, r = probe_config(c, seeds, steps, batches)
         stat_rows += s
         seed_rows += r
     stats = pd.DataFrame(stat_rows, columns=["L", "seed", "step", "layer", "block", "stat", "value"])
-    per_seed = pd.DataFrame(seed_rows, columns=["L", "seed", "step", "nonfinite", "blew_up", "criterion",
-                                                "origin_layer", "origin_block"])
+    per_seed = pd.DataFrame(seed_rows, columns=SEED_COLUMNS)
     return ProbeResult(stats, per_seed, time.perf_counter() - start)
 
 
@@ -166,16 +200,21 @@ def layer_table(result: ProbeResult, step: int = 0) -> pd.DataFrame:
 
 
 def depth_table(result: ProbeResult, step: int = 0) -> pd.DataFrame:
-    """Per depth: seeds, fraction non-finite, fraction blown up, median last/first-layer max ||mu|| ratio."""
+    """Per depth: seeds, fraction non-finite, fraction blown up (on the step's batch), the mean over seeds of
+    the fraction of the first batches on which the initial network blows up, median depth-wise ratio."""
     seeds = result.seeds[result.seeds["step"] == step]
-    mu = result.stats[(result.stats["step"] == step) & (result.stats["block"] == "mixing")
-                      & (result.stats["stat"] == "mu_norm_max")]
     rows = []
     for L, g in seeds.groupby("L"):
-        m = mu[mu["L"] == L].pivot_table(index="seed", columns="layer", values="value")
-        ratio = (m[L] / m[1]).replace([np.inf, -np.inf], np.nan) if L in m and 1 in m else pd.Series(dtype=float)
-        ratio = ratio.where(np.isfinite(m[L]) if L in m else True, np.inf)
+        ratio = g["mu_ratio"].dropna()
         rows.append({"L": L, "seeds": len(g), "nonfinite": float(g["nonfinite"].mean()),
                      "blew_up": float(g["blew_up"].mean()),
+                     "init_blow_up_frac": float(g["init_blow_up_frac"].mean()),
                      "median_mu_ratio": float(ratio.median()) if len(ratio) else math.nan})
     return pd.DataFrame(rows)
+
+
+def seed_table(result: ProbeResult) -> pd.DataFrame:
+    """Per depth and seed, at initialisation: blown up on batch 0, and the fraction of the first
+    `init_batches` training batches on which the initial network crosses a criterion."""
+    s = result.seeds[result.seeds["step"] == 0]
+    return s[["L", "seed", "blew_up", "criterion", "init_blow_up_frac", "init_batches"]].reset_index(drop=True)

@@ -11,7 +11,7 @@ that `pandas.read_parquet(path)` reads whole without this package:
     metrics.parquet      step, loss, loss_pos, loss_vel, lr, grad_norm, grad_norm_clipped, step_time,
                          val_pos_mse, val_vel_mse
     layer_stats.parquet  step, layer, block, stat, value      (long format)
-    events.parquet       step, kind, layer, block, tensor, phase, value, detail
+    events.parquet       step, kind (EVENT_KINDS), layer, block, tensor, phase (the pass), value, detail, blow_up_phase
                          (kind: nonfinite | divergence | early_warning; for a divergence, tensor is the
                          statistic that crossed and detail the criterion)
 
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from painn_ablate.core import files, runfolder
-from painn_ablate.core.outcome import METRIC_SPLITS, RunSummary, metric_name, outcome_columns
+from painn_ablate.core.outcome import METRIC_SPLITS, PHASE_KEY, RunSummary, metric_name, outcome_columns
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,15 @@ LAYER_STATS_SCHEMA = pa.schema([("step", pa.int64()), ("layer", pa.int64()), ("b
                                 ("stat", pa.string()), ("value", pa.float64())])
 EVENTS_SCHEMA = pa.schema([("step", pa.int64()), ("kind", pa.string()), ("layer", pa.int64()),
                            ("block", pa.string()), ("tensor", pa.string()), ("phase", pa.string()),
-                           ("value", pa.float64()), ("detail", pa.string())])
-EVENT_KINDS = ("nonfinite", "divergence", "early_warning")
+                           ("value", pa.float64()), ("detail", pa.string()), (PHASE_KEY, pa.string())])
+# recovered: an episode closed (step: its first quiet step, value: steps to recover)
+EVENT_KINDS = ("nonfinite", "divergence", "recovered", "early_warning")
 # Flat W&B summary keys (beside `status` and the 0/1 keys of outcome.outcome_columns): the first
 # blow-up's step and layer, and the early warning's lead time in steps (present only when they exist).
+# blow_up_phase (outcome.PHASE_KEY): init | training; spikes: the number of blow-up episodes.
 FIRST_BLOW_UP_STEP, FIRST_BLOW_UP_LAYER, EARLY_WARNING_LEAD = "first_blow_up_step", "first_blow_up_layer", \
     "early_warning_lead"
+SPIKES = "spikes"
 
 
 def unwritable_reason(folder: Path) -> Optional[str]:
@@ -66,6 +69,27 @@ def unwritable_reason(folder: Path) -> Optional[str]:
     except OSError as exc:
         return f"cannot write in {ancestor} ({exc.strerror or exc})"
     return None
+
+
+def read_records(path: Path, columns: Optional[list[str]] = None, filters=None):
+    """One parquet dataset of a run (metrics, layer_stats, events) as a DataFrame; a part that cannot be
+    read (a disk error, a file edited by hand) is skipped with one warning naming it, the rest returned."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_parquet(path, columns=columns, filters=filters)
+    except Exception:  # noqa: BLE001 - find the bad part(s) below; pyarrow raises several types
+        if not path.is_dir():
+            raise
+    frames = []
+    for part in sorted(path.glob("part-*.parquet")):
+        try:
+            frames.append(pd.read_parquet(part, columns=columns, filters=filters))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("skipping unreadable record part %s (%s)", part, " ".join(str(exc).split())[:120])
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -273,13 +297,15 @@ class WandbSink(Sink):
         wandb = self.wandb
         for key in ("status", "steps_completed", "first_nonfinite", "nonfinite_events", "first_divergence",
                     "divergence", "early_warning", "stopped_early", "best_step", "wall_seconds", "ms_per_step",
-                    "run_dir"):
+                    "run_dir", "data_fingerprint", "code_version", "started_at"):
             self.run.summary[key] = summary.get(key)
         # numbers a dashboard can count and plot per experiment (W&B keeps no None and shows no nested keys)
         self.run.summary.update({k: int(v) for k, v in outcome_columns(summary.get("status")).items()})
         first = summary.get("first_blow_up") or {}
+        div = summary.get("divergence") or {}
         flat = {FIRST_BLOW_UP_STEP: first.get("step"), FIRST_BLOW_UP_LAYER: first.get("layer"),
-                EARLY_WARNING_LEAD: summary.get("early_warning_lead")}
+                PHASE_KEY: first.get("phase"), EARLY_WARNING_LEAD: summary.get("early_warning_lead"),
+                SPIKES: div.get("episodes")}
         self.run.summary.update({k: v for k, v in flat.items() if v is not None})
         self.run.tags = (*self.run.tags, f"outcome:{summary.get('status')}")  # filter runs by outcome in the UI
         for split in METRIC_SPLITS:

@@ -1,13 +1,15 @@
 """`run(cfg)`: train one PaiNN configuration and record what happened.
 
-A blow-up is an *outcome* (painn_ablate.core.outcome): a non-finite loss, activation or
-gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it ends
-there); a finite blow-up by the criteria `monitor.diverge_*` makes it "diverged" (by
-default, `monitor.on_diverged=continue`, it trains on and may recover). Each is located
-to step, layer, block and statistic from the statistics of the very forward pass where it
-fired (replayed when that step was not a statistics step), and recorded as an event and in
-the summary (`first_nonfinite`, `first_divergence`, `divergence`). The run directory always
-holds what was recorded up to then:
+A blow-up is an *outcome* (painn_ablate.core.outcome), decided by one component, the
+training loop's callback painn_ablate.training.blowup.BlowUpDetector: a non-finite loss,
+activation or gradient makes the run "exploded" (by default, `monitor.on_nonfinite=stop`, it
+ends there); a finite one by the criteria `monitor.diverge_*` makes it "transient" when every
+episode recovered, "diverged" when one was sustained (by default, `monitor.on_diverged=continue`,
+it trains on). Each is located to step, layer, block and statistic from the statistics of the
+very forward pass where it fired (replayed when that step was not a statistics step), given its
+phase (init | training) from the initial weights on the same batch, and recorded as an event and
+in the summary (`first_nonfinite`, `first_divergence`, `first_blow_up`, `divergence`). The run
+directory always holds what was recorded up to then:
 
     config.yaml      the resolved config; `painn-ablate train --config config.yaml` re-runs it
     summary.json     status, steps, first_nonfinite, val/test metrics, ... (rewritten at each validation)
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import errno
 import functools
+import json
 import logging
 import math
 import os
 import platform
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,28 +41,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import __version__
 from painn_ablate.core import files, runfolder
-from painn_ablate.core.config import compile_pays, compose, flatten, to_yaml, velocity_weight
-from painn_ablate.core.errors import RunDirError
-from painn_ablate.core.outcome import (
-    Criteria,
-    DivergenceTracker,
-    Origin,
-    RunSummary,
-    Status,
-    crossed,
-    first_blow_up,
-    locate,
-    metric_name,
-)
-from painn_ablate.data.datasets import NBodySplit, load_dataset
+from painn_ablate.core.config import compile_pays, compose, experiment_slug, flatten, to_yaml, velocity_weight
+from painn_ablate.core.errors import ConfigError, RunDirError
+from painn_ablate.core.outcome import PHASE_KEY, RunSummary, Status, first_blow_up, layer_profile, metric_name
+from painn_ablate.core.provenance import code_version
+from painn_ablate.data.datasets import NBodySplit, load_dataset, split_fingerprint
 from painn_ablate.model.painn import PaiNN
-from painn_ablate.training.monitor import EarlyWarning, Monitor, NonFinite, backward_nonfinite, layer_grad_norms
+from painn_ablate.training.blowup import BlowUpDetector
+from painn_ablate.training.monitor import Monitor, NonFinite, backward_nonfinite, layer_grad_norms
 from painn_ablate.training.sinks import ParquetSink, ProgressSink, Recorder, Sink, WandbSink, unwritable_reason, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500  # graphs per evaluation batch (no gradients, so larger than training batches)
 
+
+
+class NoSpaceError(RunDirError):
+    """The disk of the run directory filled up during the run (one line: the folder and "no space left")."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -70,18 +71,140 @@ def pick_device(name: str) -> torch.device:
 
 
 def run_name(cfg: DictConfig) -> str:
+    """`r2_full-C_mu-seed0-20250101-120000-ab12`: the experiment (config.experiment_slug), seed, time."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return cfg.name or f"{cfg.model.preset}-seed{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
+    return cfg.name or f"{experiment_slug(cfg.model.preset, cfg.ablate)}-seed{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
 
 
-def resolve_run_dir(cfg: DictConfig) -> Path:
+LOCK_FILE = runfolder.LOCK
+# What a run writes into its folder; `overwrite` clears these (and nothing else) before a new run.
+RUN_RECORDS = (runfolder.SUMMARY, runfolder.CONFIG, runfolder.CHECKPOINT, runfolder.METRICS, runfolder.LAYER_STATS,
+               runfolder.EVENTS, "wandb")
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """What the config asks of this machine and file system, refused (ConfigError) before any folder exists."""
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bad value for 'train.device': {cfg.train.device} was asked for, but this torch "
+                          f"{torch.__version__} sees no CUDA device; use train.device=cpu or auto")
+    if cfg.model.backend == "scatter":
+        try:
+            import torch_scatter  # noqa: F401
+        except ImportError:
+            raise ConfigError("bad value for 'model.backend': scatter needs torch_scatter, which is not installed: "
+                              "pip install 'painn-ablate[scatter]' (or use model.backend=native)") from None
+    if cfg.name is not None and (Path(cfg.name).name != cfg.name or cfg.name in (".", "..") or "/" in cfg.name):
+        raise ConfigError(f"bad value for 'name': {cfg.name!r} is a path, not a name (the run folder is runs/<name>; "
+                          "choose a folder with out=DIR)")
+
+
+def _too_long(run_dir: Path) -> Optional[str]:
+    """Why the file system cannot hold `run_dir`'s name, or None (NAME_MAX per component, PATH_MAX)."""
+    ancestor = run_dir.absolute()
+    while not os.path.exists(ancestor):  # False, not an error, for a name too long to look up
+        ancestor = ancestor.parent
+    try:
+        name_max, path_max = os.pathconf(ancestor, "PC_NAME_MAX"), os.pathconf(ancestor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return None
+    for part in run_dir.absolute().parts:
+        if len(os.fsencode(part)) > name_max:
+            return f"the name {part[:40]}... is {len(os.fsencode(part))} bytes, the file system allows {name_max}"
+    # the longest file a run writes: a parquet part's temporary inside its dataset folder
+    longest = len(os.fsencode(str(run_dir.absolute() / "layer_stats.parquet" / ".part-000000.parquet.tmp-4194304")))
+    if longest > path_max:
+        return f"its files' paths would be {longest} bytes, the file system allows {path_max}"
+    return None
+
+
+def lock_holder(run_dir: Path) -> Optional[str]:
+    """`pid 123 on host h` of a live process holding `run_dir`, or None (no lock, or a stale one: its pid is
+    gone on this host)."""
+    try:
+        pid_text, _, host = (run_dir / LOCK_FILE).read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None if not (run_dir / LOCK_FILE).exists() else "a process (unreadable lock)"
+    if host == platform.node() and (pid == os.getpid() or not _alive(pid)):
+        return None
+    return f"pid {pid} on {host}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _refusal(run_dir: Path, overwrite: bool) -> Optional[str]:
+    holder = lock_holder(run_dir)
+    if holder:
+        return (f"out={run_dir} is being written by {holder} (lock {run_dir / LOCK_FILE}); wait for it to finish "
+                "or choose another out=")
+    if (run_dir / runfolder.SUMMARY).exists() and not overwrite:
+        return f"out={run_dir} already holds a run; choose another out=, or --overwrite to replace it"
+    if (run_dir / runfolder.CONFIG).exists() and not overwrite:
+        return (f"out={run_dir} holds {runfolder.CONFIG} but no {runfolder.SUMMARY} (a run that crashed before its first "
+                "record?); choose another out=, or --overwrite to replace it")
+    return None
+
+
+def resolve_run_dir(cfg: DictConfig, overwrite: bool = False) -> Path:
+    """The run folder of `cfg`, checked (RunDirError, one line) before any data loads; `claim_run_dir` takes it."""
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_name(cfg)
-    if (run_dir / runfolder.SUMMARY).exists():
-        raise RunDirError(f"out={run_dir} already holds a run; choose another out= or remove it")
-    reason = unwritable_reason(run_dir)
+    reason = _too_long(run_dir) or unwritable_reason(run_dir)
     if reason:
         raise RunDirError(f"out={run_dir} cannot be written: {reason}")
+    refusal = _refusal(run_dir, overwrite)
+    if refusal:
+        raise RunDirError(refusal)
     return run_dir
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
+    """Take `run_dir` for this process: create its LOCK_FILE exclusively (O_EXCL: of two writers exactly one
+    succeeds) with this pid and host; a stale lock (its pid gone on this host) is taken over. The second
+    writer gets a RunDirError naming the holder. With `overwrite`, a previous run's records are removed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    me = f"{os.getpid()} {platform.node()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if lock_holder(run_dir) is not None:
+                break
+            log.warning("taking over the stale lock %s (%s)", lock, lock.read_text().strip() if lock.exists() else "")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me + "\n")
+        if lock.read_text().strip() == me:  # a racing take-over of the same stale lock: one of us wins
+            refusal = _refusal(run_dir, overwrite)  # under the lock: what a writer before us left
+            if refusal:
+                release_run_dir(run_dir)
+                raise RunDirError(refusal)
+            if overwrite:
+                for name in RUN_RECORDS:
+                    path = run_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            return run_dir
+        break
+    raise RunDirError(_refusal(run_dir, overwrite) or f"out={run_dir} is being claimed by another process")
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Give up the claim of this process (a lock of another is left alone)."""
+    lock = run_dir / LOCK_FILE
+    try:
+        if lock.read_text().split()[0] == str(os.getpid()):
+            lock.unlink()
+    except (OSError, IndexError):
+        pass
 
 
 def total_steps(cfg: DictConfig, n_train: int) -> int:
@@ -171,12 +294,6 @@ def environment(packages: Sequence[str] = ()) -> dict:
         except metadata.PackageNotFoundError:
             env[name] = "not installed"
     return env
-
-
-def layer_profile(rows: list[tuple[int, str, str, float]]) -> dict[str, dict[int, float]]:
-    """Per-layer max ||mu|| and max |q| after mixing, from one statistics snapshot."""
-    pick = lambda stat: {l: v for l, b, s, v in rows if b == "mixing" and s == stat}  # noqa: E731
-    return {"mu_norm_max": pick("mu_norm_max"), "q_absmax": pick("q_absmax")}
 
 
 # ----------------------------------------------------------------------------- one step
@@ -271,11 +388,10 @@ class Trainer:
         self.vel_weight = velocity_weight(cfg.train.loss)
         self.recorder = Recorder([ParquetSink(), *sinks])
         self.should_stop = should_stop
-        self.warning = EarlyWarning(cfg.monitor, cfg.model.L)
         self.summary: RunSummary = {
             "status": Status.RUNNING.value, "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
             "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
-            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "early_warning": None,
+            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "blow_up_phase": None, "early_warning": None,
             "stopped_early": None, "val": None, "test": None,
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
@@ -284,75 +400,28 @@ class Trainer:
         }
         self.best_val = math.inf
         self.best_state: Optional[dict] = None
-        self.tracker = DivergenceTracker(Criteria.from_config(cfg.monitor), cfg.model.L)
-        val = self.splits["val"]
-        self.tracker.val_baseline = float(((val.pos_next - val.pos) ** 2).mean())  # zero-displacement MSE
-        self.val_bad = False  # the last validation crossed the val criterion
-        self.step_bad = False  # the last training step crossed a per-step criterion
+        self.detector = BlowUpDetector(cfg, self.summary, self.recorder.event, self.vel_weight)
 
     # -- records
 
     def write_summary(self) -> None:
         write_json_atomic(self.run_dir / runfolder.SUMMARY, self.summary)
 
-    def record_nonfinite(self, origin: NonFinite, detail: str = "") -> None:
-        self.summary["nonfinite_events"] += 1
-        if self.summary["first_nonfinite"] is None:
-            self.summary["first_nonfinite"] = origin.as_dict()
-            log.warning("non-finite %s at step %d: layer %s, block %s, tensor %s", origin.phase, origin.step,
-                        origin.layer, origin.block, origin.tensor)
-        self.recorder.event({"kind": "nonfinite", **origin.as_dict(), "detail": detail})
-
-    def snapshot(self, step: int, rows: list) -> None:
-        """Record one set of per-layer statistics and feed the early warning."""
+    def snapshot(self, step: int, rows: list) -> Optional[dict]:
+        """Record one set of per-layer statistics and feed the early warning; returns its signal."""
         self.recorder.layer_stats(step, rows)
         profile = {"step": step, **layer_profile(rows)}
         self.summary["last_stats"] = profile
         if all(math.isfinite(v) for *_, v in rows):
             self.summary["last_finite_stats"] = profile
-        signal = self.warning.update(rows)
-        if signal and signal["fires"] and self.summary["early_warning"] is None:
-            self.summary["early_warning"] = {"step": step, **{k: signal[k] for k in ("risk", "mu_ratio", "mu_growth")}}
-            self.recorder.event({"step": step, "kind": "early_warning", "value": signal["risk"],
-                                 "detail": f"mu_ratio={signal['mu_ratio']:.3g} mu_growth={signal['mu_growth']:.3g}"})
-        return signal
+        return self.detector.on_snapshot(step, rows)
 
     @torch.no_grad()
     def replay_statistics(self, mon: Monitor, batch) -> list:
-        """Statistics of the forward pass just run (weights not yet updated), for locating a blow-up."""
+        """Statistics of a forward pass on `batch` with the current weights, for locating a blow-up."""
         mon.begin_step(full=True)
         self.model(batch.pos, batch.vel, batch.charge, batch.edge_index)
         return mon.collect()
-
-    def record_divergence(self, origin: Origin) -> None:
-        if self.summary["first_divergence"] is None:
-            self.summary["first_divergence"] = origin.as_dict()
-            log.warning("diverged at step %d (%s): layer %s, block %s, %s = %.3g", origin.step, origin.criterion,
-                        origin.layer, origin.block, origin.stat, origin.value if origin.value is not None else math.nan)
-        self.recorder.event({"step": origin.step, "kind": "divergence", "layer": origin.layer, "block": origin.block,
-                             "tensor": origin.stat, "phase": "validation" if origin.criterion == "val" else "forward",
-                             "value": origin.value, "detail": f"criterion={origin.criterion}"})
-
-    def watch_divergence(self, step: int, res: StepResult, rows: list, replay: Callable[[], list]) -> list:
-        """Check this step against the blow-up criteria; returns the statistics to record for it.
-
-        A new episode is located on this forward pass's statistics (`rows`, or replayed).
-        """
-        tr = self.tracker
-        criterion = tr.check_step(res.loss, res.absmax)
-        if criterion is None and rows:
-            criterion = crossed(rows, tr.crit, tr.n_layers)
-        self.step_bad = criterion is not None
-        if criterion is None:
-            if not self.val_bad:
-                tr.leave()
-            return rows
-        if not tr.in_episode:
-            rows = rows or replay()
-            origin = tr.confirm(step, criterion, rows)
-            if origin is not None and tr.enter(origin):
-                self.record_divergence(origin)
-        return rows
 
     def validate(self, step: int) -> dict[str, float]:
         """Evaluate on the validation split, keep the best weights; returns val_* metrics."""
@@ -369,17 +438,6 @@ class Trainer:
                              lambda tmp: torch.save({"step": step, "model": self.best_state}, tmp))
         return {metric_name("val", k): (v if v is not None else math.nan) for k, v in metrics.items()}
 
-    def watch_validation(self, step: int, val_pos_mse: float, batch, mon: Monitor) -> bool:
-        """Check a validation against the val criterion; True when it is crossed."""
-        self.val_bad = self.tracker.check_val(val_pos_mse if math.isfinite(val_pos_mse) else None)
-        if self.val_bad and not self.tracker.in_episode:
-            origin = self.tracker.confirm(step, "val", self.replay_statistics(mon, batch))
-            if self.tracker.enter(origin):
-                self.record_divergence(origin)
-        elif not self.val_bad and not self.step_bad:
-            self.tracker.leave()
-        return self.val_bad
-
     # -- the loop
 
     def fit(self) -> dict:
@@ -392,6 +450,10 @@ class Trainer:
         step_times = []
         self.recorder.start(self.run_dir, cfg, flatten(cfg))
         self.write_summary()
+        det = self.detector
+        val = self.splits["val"]
+        # the val criterion's references: the zero-displacement MSE and the initial network's val MSE
+        det.on_start(model, float(((val.pos_next - val.pos) ** 2).mean()), evaluate(model, val)["pos_mse"])
         try:
             with Monitor(model, cfg.monitor) as mon:
                 for step in range(self.steps):
@@ -399,25 +461,10 @@ class Trainer:
                     batch = train.batch(batches.__next__().to(self.device))
                     full = step % every == 0 or step == self.steps - 1
                     res = train_step(model, batch, mon, step, full, clip, self.vel_weight)
-                    origin, stats_rows, g = res.origin, res.stats, res.grad_norm
+                    origin, g = res.origin, res.grad_norm
                     l_all, l_pos, l_vel = res.loss, res.loss_pos, res.loss_vel
                     replay = lambda: self.replay_statistics(mon, batch)  # noqa: E731
-                    if step == 0:
-                        zero = float((batch.pos_dt ** 2).mean() + self.vel_weight * (batch.vel_next ** 2).mean())
-                        self.tracker.set_reference(l_all, zero)
-                    if origin is not None:
-                        stats_rows = stats_rows or replay()
-                        if origin.layer is None and origin.block in ("head", None):
-                            # The loss or a head overflowed with the layers finite: the origin is the first
-                            # layer whose statistics in this forward pass overflowed or crossed a bound.
-                            where = locate(stats_rows, self.tracker.crit)
-                            if where is not None:
-                                origin.layer, origin.block = where[0], where[1]
-                        self.record_nonfinite(origin)
-                    else:
-                        stats_rows = self.watch_divergence(step, res, stats_rows, replay)
-                    self.tracker.observe_stats(stats_rows)
-                    diverged_stop = self.tracker.in_episode and cfg.monitor.on_diverged == "stop"
+                    stats_rows = det.on_step(step, batch, res, res.stats, replay)
                     lr = self.opt.param_groups[0]["lr"]  # the lr this step's update uses
                     if origin is None or policy == "continue":
                         self.opt.step()
@@ -430,11 +477,11 @@ class Trainer:
                                "lr": lr, "grad_norm": g,
                                "grad_norm_clipped": g if clip is None else min(g, clip), "step_time": step_times[-1]}
                     stop = origin is not None and policy == "stop"
-                    if not stop and not diverged_stop and ((step + 1) % cfg.train.val_every == 0
-                                                           or step == self.steps - 1):
+                    if not stop and ((step + 1) % cfg.train.val_every == 0 or step == self.steps - 1):
                         metrics.update(self.validate(step))
-                        if self.watch_validation(step, metrics[metric_name("val", "pos_mse")], batch, mon):
-                            diverged_stop = cfg.monitor.on_diverged == "stop"
+                        det.on_validation(step, metrics[metric_name("val", "pos_mse")], batch, replay)
+                    det.on_step_end(step)
+                    diverged_stop = det.should_stop  # monitor.on_diverged=stop: the divergence became sustained
                     self.recorder.metrics(step, metrics)
                     self.summary["steps_completed"] = step + 1  # = rows of metrics.parquet, also when interrupted
                     signal = self.snapshot(step, stats_rows) if stats_rows else None
@@ -461,19 +508,15 @@ class Trainer:
                 self.summary["ms_per_step"] = 1000 * sorted(step_times)[len(step_times) // 2]
             self.recorder.flush()
             if self.summary["status"] == Status.INTERRUPTED:
-                self.summary["divergence"] = self.tracker.summary()
+                self.summary["divergence"] = det.divergence()
                 self.write_summary()
                 self.recorder.finish(self.summary)
 
-        if self.summary["nonfinite_events"]:
-            self.summary["status"] = Status.EXPLODED.value
-        elif self.tracker.diverged:
-            self.summary["status"] = Status.DIVERGED.value
-        else:
-            self.summary["status"] = Status.STABLE.value
-        self.summary["divergence"] = self.tracker.summary()
-        self.summary["first_blow_up"] = first = first_blow_up(self.summary["first_divergence"],
-                                                              self.summary["first_nonfinite"])
+        self.summary["status"] = det.status().value
+        self.summary["divergence"] = det.divergence()
+        first = first_blow_up(self.summary["first_divergence"], self.summary["first_nonfinite"])
+        self.summary["first_blow_up"] = first and {**first, **det.first_blow_up_detail()}
+        self.summary[PHASE_KEY] = first and first["phase"]
         warning = self.summary["early_warning"]
         # steps from the early warning to the first blow-up (negative: the warning came late)
         self.summary["early_warning_lead"] = first["step"] - warning["step"] if first and warning else None
@@ -495,24 +538,77 @@ def build_sinks(cfg: DictConfig, steps: int) -> list[Sink]:
     return sinks
 
 
+def no_space(exc: BaseException) -> bool:
+    """A full disk, wherever it surfaced (an OSError, or one chained under a library's own error)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(exc):  # SQLite's own words, under SQLAlchemy's and Optuna's
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _finalize_without_space(trainer: Trainer, run_dir: Path) -> None:
+    """The summary of a run that hit a full disk: status error, rewritten in place where a temporary
+    beside it no longer fits (truncating the old file frees its blocks first)."""
+    trainer.summary.update(status=Status.ERROR.value, error="no space left on device")
+    text = json.dumps(trainer.summary, indent=2, default=str) + "\n"
+    try:
+        write_json_atomic(run_dir / runfolder.SUMMARY, trainer.summary)
+    except OSError:
+        try:
+            (run_dir / runfolder.SUMMARY).write_text(text)
+        except OSError:
+            log.warning("no space left for %s either", run_dir / runfolder.SUMMARY)
+
+
 def run(cfg: DictConfig, sinks: Optional[list[Sink]] = None,
-        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None) -> RunSummary:
+        should_stop: Optional[Callable[[int, dict], Optional[str]]] = None, overwrite: bool = False) -> RunSummary:
     """Train the configuration `cfg` (from `painn_ablate.core.config.compose`) and return its summary.
 
     sinks: extra record sinks; None builds them from `cfg.tracking` (progress bar, W&B).
     should_stop(step, info) -> reason or None: asked at every statistics snapshot and validation;
     a reason ends the run early (a sweep's pruner uses it).
+    overwrite: reuse a folder that holds an earlier run or a crashed one (its records are removed first);
+    without it such a folder is refused. A folder another live process writes is always refused.
+    A full disk ends the run with a RunDirError naming the folder ("no space left"), its summary `error`.
     """
     # Bad output and bad data fail here, before any run directory exists (the output first: loading
     # or generating data can take minutes); a cache miss integrates on the training device.
-    run_dir = resolve_run_dir(cfg)
+    check_runnable(cfg)
+    run_dir = resolve_run_dir(cfg, overwrite)
     splits = load_dataset(cfg.data, device=pick_device(cfg.train.device))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = copy.deepcopy(cfg)
-    cfg.name = cfg.name or run_dir.name
-    cfg.out = str(run_dir)
-    files.write_text(run_dir / runfolder.CONFIG, to_yaml(cfg))  # atomic: a killed start leaves no half-written config
-    steps = total_steps(cfg, len(splits["train"]))
-    trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
-    return trainer.fit()
+    warn_if_out_of_reach(splits["train"], cfg.model.r_cut)
+    claim_run_dir(run_dir, overwrite)
+    trainer = None
+    try:
+        cfg = copy.deepcopy(cfg)
+        cfg.name = cfg.name or run_dir.name
+        cfg.out = str(run_dir)
+        files.write_text(run_dir / runfolder.CONFIG, to_yaml(cfg))  # atomic: a killed start leaves no half-written config
+        steps = total_steps(cfg, len(splits["train"]))
+        trainer = Trainer(cfg, run_dir, splits, build_sinks(cfg, steps) if sinks is None else sinks, should_stop)
+        # What makes the record re-runnable anywhere: the exact data and code, and when it started.
+        trainer.summary.update(data_fingerprint=split_fingerprint(splits), code_version=code_version(),
+                               started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        return trainer.fit()
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        if trainer is not None:
+            _finalize_without_space(trainer, run_dir)
+        raise NoSpaceError(f"out={run_dir}: no space left on device; free space and run again "
+                           "(--overwrite replaces this partial run)") from None
+    finally:
+        release_run_dir(run_dir)
 
+
+def warn_if_out_of_reach(split: NBodySplit, r_cut: float, samples: int = 100) -> None:
+    """A cutoff below every edge's length leaves the filters zero: the model then sees no neighbour."""
+    b = split.batch(torch.arange(min(samples, len(split))))
+    length = (b.pos[b.edge_index[0]] - b.pos[b.edge_index[1]]).norm(dim=-1)
+    if length.numel() == 0 or bool((length >= r_cut).all()):
+        shortest = f"{float(length.min()):.3g}" if length.numel() else "none"
+        log.warning("no edge is shorter than model.r_cut=%g (shortest edge: %s in the first %d training samples): "
+                    "the model sees no neighbours; raise model.r_cut", r_cut, shortest, b.n_graphs)

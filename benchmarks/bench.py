@@ -1,7 +1,8 @@
 """Training-step benchmark: painn-ablate against itself, schnetpack's PaiNN and the hardware.
 
     bash scripts/in-venv python benchmarks/bench.py            # everything (~15 min on 2 busy cores)
-    bash scripts/in-venv python benchmarks/bench.py --quick    # fewer rounds, no cold compile, scaling to 1000
+    bash scripts/in-venv python benchmarks/bench.py --quick    # fewer rounds, fewer compiles, scaling to 1000
+    bash scripts/in-venv python benchmarks/bench.py --sections default   # eager vs compiled vs schnetpack, 1 thread
     bash benchmarks/schnetpack_env.sh                          # once: .bench-venv/ for the schnetpack column
 
 A training step is what `painn_ablate.training.trainer.Trainer.fit` runs per step: `train_step` (forward,
@@ -35,6 +36,7 @@ import torch
 from git_tree import extract_package
 
 from painn_ablate.core.config import compose
+from painn_ablate.core.process import use_inductor_cache
 from painn_ablate.data.datasets import SPLITS, NBodySplit, knn_edges
 from painn_ablate.data.simulate import generate_splits
 from painn_ablate.model.painn import PaiNN
@@ -75,19 +77,27 @@ def _modules(modules: dict):
         sys.modules.update(current)
 
 
+# Where compose, PaiNN, Monitor, make_optimizer and train_step live, by package layout.
+LAYOUTS = {"flat": {"config": "config", "model": "model", "monitor": "monitor", "train": "train"},
+           "subpackages": {"config": "core.config", "model": "model.painn", "monitor": "training.monitor",
+                           "train": "training.trainer"}}
+
+
 def import_tree(ref: str) -> SimpleNamespace:
     """painn_ablate as it was at git `ref`, imported beside the working tree's (for before/after rows).
 
     The package is extracted with `git archive` and imported with the current painn_ablate modules
     set aside; its modules keep references to one another, so both versions run in this process.
     Its compose runs with its own modules in sys.modules (omegaconf resolves the config dataclasses'
-    annotations there).
+    annotations there). Trees before 571d3dc had flat modules (painn_ablate.config, .model, .monitor,
+    .train), later ones layer subpackages (LAYOUTS).
     """
     tmp = extract_package(ref)
+    layout = LAYOUTS["subpackages" if (tmp / "painn_ablate" / "core").is_dir() else "flat"]
     sys.path.insert(0, str(tmp))
     try:
         with _modules({}):
-            m = {name: importlib.import_module(f"painn_ablate.{name}") for name in ("config", "model", "monitor", "train")}
+            m = {name: importlib.import_module(f"painn_ablate.{module}") for name, module in layout.items()}
             modules = {k: sys.modules[k] for k in _ours()}
     finally:
         sys.path.remove(str(tmp))
@@ -290,6 +300,71 @@ def section_targets(args, main: dict, schnetpack: dict) -> None:
     table(["target", "bound", *versions, "verdict (after)"], rows)
 
 
+def schnetpack_step(b, F: int, threads: int, args, painn_ablate: tuple[str, ...] = ()) -> Optional[dict]:
+    """bench_schnetpack.py's JSON for schnetpack's PaiNN on batch b (run in .bench-venv), or None when it failed.
+
+    painn_ablate: presets of ours to time in its process too (model + loss + Adam, interleaved with schnetpack's).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "workload.pt"
+        torch.save({"pos": b.pos, "vel": b.vel, "charge": b.charge, "edge_index": b.edge_index,
+                    "pos_dt": b.pos_dt, "vel_next": b.vel_next}, path)
+        proc = subprocess.run([str(BENCH_PYTHON), str(ROOT / "benchmarks" / "bench_schnetpack.py"), str(path),
+                               "--F", str(F), "--L", "5", "--n-rbf", "20", "--threads", str(threads),
+                               "--rounds", str(args.rounds), "--reps", str(args.steps), "--keep-freed-memory",
+                               *(x for name in painn_ablate for x in ("--painn-ablate", name))],
+                              capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        print(f"  F={F}: schnetpack run failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def section_default(args) -> None:
+    """The default training path (issue 25): r2_full with default monitoring at one thread, eager and compiled
+    (model.compile=true, the one the Trainer picks for runs of >= config.COMPILE_MIN_STEPS steps) interleaved,
+    each against schnetpack's step (timed between two rounds of ours, as in section 2)."""
+    global CLOCK
+    F, clock_name = 64, args.clock or "cpu"  # one thread: process CPU time, which other processes' load barely moves
+    print(f"\n== 0. The default training path: r2_full, default monitoring, F={F}, L=5, 1 thread: eager vs"
+          f" compiled (model.compile), x schnetpack's PaiNN step ({clock_name} ms) ==")
+    threads, clock = torch.get_num_threads(), CLOCK
+    torch.set_num_threads(1)
+    CLOCK = CLOCKS[clock_name]
+    try:
+        cache = use_inductor_cache()  # the project's, shared with train and sweeps: cold only the first time
+        batches = charged_batches()
+        ours = {"eager": training_step(preset("r2_full", F), batches, "default")[0],
+                "compiled": training_step(preset("r2_full", F), batches, "default", compile=True)[0]}
+        t0 = time.perf_counter()
+        ours["compiled"]()  # step 0: full statistics (wall: inductor compiles in worker processes)
+        ours["compiled"]()  # step 1: flags only, the second graph
+        compile_s = time.perf_counter() - t0
+        before = interleaved(ours, args.rounds, args.steps)
+        sp = schnetpack_step(batches[0], F, 1, args) if BENCH_PYTHON.exists() else None
+        after = interleaved(ours, args.rounds, args.steps, warmup=1) if sp is not None else before
+    finally:
+        torch.set_num_threads(threads)
+        CLOCK = clock
+    sp_ms = statistics.median(sp[f"{clock_name}_ms"]) if sp is not None else None
+    rows = []
+    for name in ours:
+        t = (before[name] + after[name]) / 2
+        rows.append([name, f"{t:.1f}", f"{before[name]:.1f} / {after[name]:.1f}",
+                     f"{t / ((before['eager'] + after['eager']) / 2):.2f}", f"{t / sp_ms:.2f}" if sp_ms else "-"])
+    if sp_ms:
+        rows.append(["schnetpack PaiNN", f"{sp_ms:.1f}", "", "", "1.00"])
+    table(["step", "ms/step", "(before / after)", "x eager", "x schnetpack"], rows)
+    print(f"  compiling both graphs (full-statistics and flags-only steps): {compile_s:.1f} s wall, inductor cache {cache}"
+          " (cold the first time on a machine, then warm)")
+    if sp is None:
+        print("  x schnetpack: no .bench-venv (create it with: bash benchmarks/schnetpack_env.sh)"
+              if not BENCH_PYTHON.exists() else "  x schnetpack: its run failed (above)")
+    else:
+        print(f"  targets (issue 25): compiled <= 0.75x schnetpack (aim 0.6x): "
+              f"{'met' if (before['compiled'] + after['compiled']) / 2 / sp_ms <= 0.75 else 'missed'}")
+
+
 def section_schnetpack(args) -> dict:
     print("\n== 2. schnetpack's PaiNN, same graph, F, L=5, n_rbf=20 (Bessel basis = ours), cosine cutoff,"
           " two bias-free vector heads, MSE, Adam ==")
@@ -301,28 +376,18 @@ def section_schnetpack(args) -> dict:
     for F in (64, 128):
         batches = charged_batches()
         b = batches[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "workload.pt"
-            torch.save({"pos": b.pos, "vel": b.vel, "charge": b.charge, "edge_index": b.edge_index,
-                        "pos_dt": b.pos_dt, "vel_next": b.vel_next}, path)
-            # Ours right before and right after schnetpack's subprocess, so load drift shows.
-            ours = {f"{n}/{m}": training_step(preset(n, F), [b], m)[0] for n, m in (("original", "off"), ("r2_full", "default"))}
-            if args.before_code:
-                ours["r2_full/default before"] = training_step(preset("r2_full", F), [b], "default",
-                                                               code=args.before_code)[0]
-            if not args.quick and args.compiled:  # compiled at its first call, in the warm-up (section 4 times it)
-                ours["r2_full/default compiled"] = training_step(preset("r2_full", F), [b], "default", compile=True)[0]
-            before = interleaved(ours, args.rounds, args.steps)
-            proc = subprocess.run([str(BENCH_PYTHON), str(ROOT / "benchmarks" / "bench_schnetpack.py"), str(path),
-                                   "--F", str(F), "--L", "5", "--n-rbf", "20", "--threads", str(threads),
-                                   "--rounds", str(args.rounds), "--reps", str(args.steps), "--keep-freed-memory",
-                                   "--painn-ablate", "original", "--painn-ablate", "r2_full"],
-                                  capture_output=True, text=True, timeout=1800)
-            after = interleaved(ours, args.rounds, args.steps, warmup=1)
-        if proc.returncode != 0:
-            print(f"  F={F}: schnetpack run failed: {proc.stderr.strip().splitlines()[-1:]}")
+        # Ours right before and right after schnetpack's subprocess, so load drift shows.
+        ours = {f"{n}/{m}": training_step(preset(n, F), [b], m)[0] for n, m in (("original", "off"), ("r2_full", "default"))}
+        if args.before_code:
+            ours["r2_full/default before"] = training_step(preset("r2_full", F), [b], "default",
+                                                           code=args.before_code)[0]
+        if not args.quick and args.compiled:  # compiled at its first call, in the warm-up (section 4 times it)
+            ours["r2_full/default compiled"] = training_step(preset("r2_full", F), [b], "default", compile=True)[0]
+        before = interleaved(ours, args.rounds, args.steps)
+        result = schnetpack_step(b, F, threads, args, painn_ablate=("original", "r2_full"))
+        after = interleaved(ours, args.rounds, args.steps, warmup=1)
+        if result is None:
             continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
         sp = statistics.median(result[f"{CLOCK_NAME}_ms"])
         for name, times in result["painn_ablate"].items():
             t = statistics.median(times[f"{CLOCK_NAME}_ms"])
@@ -539,14 +604,15 @@ def section_data(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 rounds of 5 steps, warm compile only, scaling to N=1000")
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 5 steps; compiled: section 0 (project cache) and section 4's cold"
+                                                           " process only; scaling to N=1000")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 7, quick 3)")
     ap.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 10, quick 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default=None,
                     help="wall or cpu (process CPU time; immune to other processes' load). Default: cpu with"
                          " one thread, wall otherwise")
-    ap.add_argument("--sections", default="main,schnetpack,aggregation,compile,threads,scaling,data",
+    ap.add_argument("--sections", default="default,main,schnetpack,aggregation,compile,threads,scaling,data",
                     help="comma-separated subset to run")
     ap.add_argument("--no-compiled", dest="compiled", action="store_false",
                     help="leave out section 2's model.compile row (its cold compile takes a minute or more)")
@@ -574,6 +640,8 @@ def main() -> None:
     peak = matmul_peak()
     print(f"glibc keeps freed memory (painn_ablate.core.process.keep_freed_memory, also in every subprocess): {kept}")
     print(f"fp32 matmul peak (2048^3, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
+    if "default" in sections:
+        section_default(args)
     main_ms = section_main(args, peak) if "main" in sections else {}
     schnetpack = section_schnetpack(args) if "schnetpack" in sections else {}
     if "aggregation" in sections:

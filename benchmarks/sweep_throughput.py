@@ -1,6 +1,7 @@
 """Sweep throughput: trials per hour of `painn-ablate sweep` on a slice of sweeps/stabilizers.yaml.
 
     bash scripts/in-venv python benchmarks/sweep_throughput.py --before GIT_REF   # ~10 min on 2 cores
+    bash scripts/in-venv python benchmarks/sweep_throughput.py --before GIT_REF --compile false,auto   # eager and compiled
 
 The slice is both presets with no ablation (original and R2_full, the cheapest and the dearest
 step), seeds 0-1, at train.steps=1000 (issue 13's setting): 2 trials with 1 worker (seed 0) and
@@ -9,6 +10,11 @@ runs the same sweeps with painn_ablate as it was at a git ref (extracted with `g
 on PYTHONPATH), one version after the other, so run it on an otherwise idle machine. Besides the
 wall time it prints the share of it the trials spent training (the runs' own wall_seconds): the
 rest is per-trial start-up (process spawn, imports, data, W&B) and the sweep's bookkeeping.
+
+--compile runs the working tree once per model.compile setting (auto, the default, compiles these
+1000-step trials). Compiled trials use the project's inductor cache (core.process.use_inductor_cache):
+the first sweep on a machine compiles each configuration cold (~90 s), later ones warm (~6 s); run it
+twice to time the warm case, or point PAINN_ABLATE_CACHE at an empty folder to time the cold one.
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ def slice_of(sweep: Path, seeds: list[int], steps: int, out: Path) -> Path:
     return out
 
 
-def run(tree: Path, workers: int, seeds: list[int], steps: int) -> dict:
+def run(tree: Path, workers: int, seeds: list[int], steps: int, overrides: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sweep = slice_of(ROOT / "sweeps" / "stabilizers.yaml", seeds, steps, tmp / "slice.yaml")
         env = {**os.environ, "PYTHONPATH": str(tree), "WANDB_MODE": "offline"}
         t0 = time.perf_counter()
-        proc = subprocess.run([str(CLI), "sweep", str(sweep), "--workers", str(workers), "--out", str(tmp / "out")],
+        proc = subprocess.run([str(CLI), "sweep", str(sweep), *overrides, "--workers", str(workers),
+                               "--out", str(tmp / "out")],
                               capture_output=True, text=True, env=env, cwd=tmp)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -60,16 +67,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=None, metavar="GIT_REF", help="also time painn_ablate at this git ref")
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--compile", default="auto", help="model.compile settings to run the working tree with,"
+                                                      " comma-separated (default auto; e.g. false,auto)")
     args = ap.parse_args()
-    trees = {"after": ROOT}
+    settings = args.compile.split(",")
+    # version label -> (tree, overrides); the before tree runs as it was (its own model.compile default)
+    trees = {("after" if len(settings) == 1 else f"after, compile={c}"): (ROOT, (f"model.compile={c}",))
+             for c in settings}
     if args.before:
-        trees = {"before": extract_package(args.before), **trees}
+        trees = {"before": (extract_package(args.before), ()), **trees}
     print(f"sweep throughput: slice of sweeps/stabilizers.yaml (original and r2_full, no ablation), "
           f"train.steps={args.steps}, {os.cpu_count()} cores; load average at start: {os.getloadavg()[0]:.2f}")
     rows = []
     for workers, seeds in ((1, [0]), (2, [0, 1])):
-        for version, tree in trees.items():
-            r = run(tree, workers, seeds, args.steps)
+        for version, (tree, overrides) in trees.items():
+            r = run(tree, workers, seeds, args.steps, overrides)
             rows.append([version, workers, r["trials"], f"{r['wall']:.0f}", f"{3600 * r['trials'] / r['wall']:.0f}",
                          f"{100 * r['training'] / (r['wall'] * workers):.0f}%", ", ".join(r["statuses"])])
             print("  " + " | ".join(map(str, rows[-1])), flush=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from painn_ablate.core import names
 from painn_ablate.core.errors import InputError
-from painn_ablate.core.process import keep_freed_memory
+from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
 from painn_ablate.sweep.words import where_diverged, where_nonfinite  # noqa: E402 - the words of a blow-up
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
@@ -48,7 +48,8 @@ def describe(summary: RunSummary) -> str:
 
     s = summary
     lines = [f"{s['name']}: {s['status']} after {s['steps_completed']}/{s['steps_total']} steps "
-             f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step, preset {s['preset']}, seed {s['seed']})."]
+             f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step{', compiled' if s.get('compiled') else ''},"
+             f" preset {s['preset']}, seed {s['seed']})."]
     if s["first_nonfinite"]:
         f = s["first_nonfinite"]
         lines.append(f"First non-finite value at step {f['step']}: {f['phase']} pass, layer {f['layer']}, "
@@ -689,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every CPU step allocates and frees the same large activations: let glibc keep them (10-15% of a
     # step on 2 threads; core.process). Process-wide, so the entry point sets it, not a run.
     keep_freed_memory()
+    use_inductor_cache()  # one torch.compile cache for every run and sweep worker (they inherit it)
     try:
         code = args.func(args)
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below

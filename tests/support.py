@@ -25,9 +25,10 @@ from painn_ablate.model.painn import PaiNN
 
 # ----------------------------------------------------------------------------- runs
 
-# A run of a few seconds: tiny model, tiny data, no W&B, no progress bar.
+# A run of a few seconds: tiny model, tiny data, no W&B, no progress bar, eager (model.compile=auto would
+# compile the long runs the kill tests start; the compiled path has its own tests in test_train.py).
 TINY = ["model.F=16", "model.L=5", "model.n_rbf=8", "train.batch_size=10", "data.n_train=40", "data.n_val=20",
-        "data.n_test=20", "tracking.wandb=false", "tracking.progress=false"]
+        "data.n_test=20", "tracking.wandb=false", "tracking.progress=false", "model.compile=false"]
 # Original PaiNN at this learning rate reaches non-finite q in the mixing block at step 1 (checked on seeds 0, 1).
 EXPLODING = ["model=original", "train.lr=0.05", "train.steps=20"]
 # The same learning rate in a short run that records statistics often (r2_full stays stable).

@@ -1,14 +1,18 @@
 """Config: presets, overrides, ablation designs and one-line errors."""
 
+import os
+
 import pytest
 
 from painn_ablate.core.config import (
     ABLATIONS,
+    COMPILE_MIN_STEPS,
     FAIRCHEM_STABILIZERS,
     MECHANISM_TOGGLES,
     PRESETS,
     ConfigError,
     all_keys,
+    compile_pays,
     compose,
     flatten,
     format_override,
@@ -100,6 +104,7 @@ def test_saved_config_reruns_exactly(tmp_path):
     (["ablate=s_mgs"], "s_msg"),
     (["monitor.on_nonfinite=explode"], "monitor.on_nonfinite"),
     (["train.grad_clip=0"], "train.grad_clip"),
+    (["model.compile=maybe"], "model.compile"),
     (["seed"], "seed"),
 ])
 def test_bad_input_is_one_line_naming_the_key(overrides, key):
@@ -140,3 +145,36 @@ def test_a_bad_experiment_is_a_one_line_config_error(text):
 
     with pytest.raises(ConfigError, match="experiment|stabilizer"):
         parse_experiment(text)
+
+
+def test_compile_is_auto_by_default_and_auto_compiles_the_runs_that_pay():
+    """auto compiles a run of >= COMPILE_MIN_STEPS steps on cpu or cuda; true and false are kept; the
+    trainer's step count (epochs included) is what the rule sees."""
+    from painn_ablate.training.trainer import total_steps
+
+    assert compose([]).model.compile == "auto" and compose(["model.compile=false"]).model.compile is False
+    assert compose(["model.compile=true"]).model.compile is True
+    assert COMPILE_MIN_STEPS == 1000
+    for device in ("cpu", "cuda"):
+        assert compile_pays("auto", 1000, device) and compile_pays("auto", 1500, device)
+        assert not compile_pays("auto", 999, device)
+    assert not compile_pays("auto", 5000, "mps")
+    assert compile_pays(True, 3, "cpu") and not compile_pays(False, 10**6, "cpu")
+    cfg = compose(["train.epochs=34", "data.n_train=3000"])  # 34 x 30 batches of 100 = 1020 steps
+    assert compile_pays(cfg.model.compile, total_steps(cfg, 3000), "cpu")
+    assert not compile_pays(cfg.model.compile, total_steps(compose(["train.steps=300"]), 3000), "cpu")
+
+
+def test_inductor_cache_is_the_projects_unless_set(monkeypatch, tmp_path):
+    """core.process.use_inductor_cache: <project cache>/inductor, an explicit TORCHINDUCTOR_CACHE_DIR wins,
+    and the FX graph and AOT autograd caches are on unless switched off."""
+    from painn_ablate.core.process import use_inductor_cache
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PAINN_ABLATE_CACHE", str(tmp_path / "project"))
+    assert use_inductor_cache() == str(tmp_path / "project" / "inductor")
+    assert os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] == os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+    assert use_inductor_cache() == str(tmp_path / "mine") and os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "0"

@@ -141,6 +141,18 @@ def test_edge_charge_feeds_the_charge_product_of_each_edge_to_the_filter():
     assert plain.filter_net.in_features == plain.n_rbf
 
 
+def test_compile_setting_of_a_bare_model():
+    """PaiNN(cfg) compiles only on model.compile=true: auto needs the run's length, which the Trainer
+    resolves and passes as compile= (no compile happens here: torch.compile wraps lazily)."""
+    from painn_ablate.core.config import compose
+    from painn_ablate.model.painn import PaiNN
+
+    for setting, compiled in (("auto", False), ("false", False), ("true", True)):
+        model = PaiNN(compose([f"model.compile={setting}", "model.F=4", "model.L=1"]).model)
+        assert model.compile is compiled and (model._compiled_forward is not None) is compiled
+    assert PaiNN(compose(["model.F=4", "model.L=1"]).model, compile=True).compile
+
+
 # ----------------------------------------------------------------------------- one scale in three disguises
 
 

@@ -174,3 +174,123 @@ def test_a_gpu_run_records_statistics_and_the_error_tail(tiny, tmp_path):
     summary = run(tiny("model=r2_full", "train.steps=6", "train.val_every=3", "monitor.every=2", "train.device=cuda"))
     assert summary["status"] == "stable" and summary["test"]["pos_mse_q99"] >= summary["test"]["pos_mse_q50"]
     assert set(pd.read_parquet(tmp_path / "run" / "layer_stats.parquet")["step"]) == {0, 2, 4, 5}
+
+
+# ----------------------------------------------------------------------------- the compiled step (model.compile)
+
+# A compile is ~90 s cold on these cores: every compiled run below shares one model (original, F=8, L=3; lr,
+# steps and the monitor's thresholds are not in the graph), so the session compiles its two graphs (flags-only
+# and full-statistics steps) once, and each later run compiles warm from the session's inductor cache.
+COMPILED = [*TINY, "model=original", "model.F=8", "model.L=3", "train.val_every=10", "monitor.every=5"]
+# lr 3e-3 with a low ||mu|| bound: stable, diverged at step 1 (a flags-only step, so located on a replay)
+STABLE = ["train.lr=0.003", "train.steps=6", "train.val_every=6", "monitor.diverge_mu=3"]
+# lr 0.3: non-finite q in layer 3's mixing at step 1 (a flags-only step: its statistics are replayed)
+EXPLODES = ["train.lr=0.3", "train.steps=20"]
+
+
+@pytest.fixture(scope="session")
+def inductor_cache(tmp_path_factory):
+    """One inductor cache folder for the session (an explicit TORCHINDUCTOR_CACHE_DIR wins over the project's)."""
+    from painn_ablate.core.process import use_inductor_cache
+
+    names = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE")
+    saved = {k: os.environ.get(k) for k in names}
+    folder = tmp_path_factory.mktemp("inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    assert use_inductor_cache() == str(folder)
+    yield folder
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def eager_and_compiled(tmp_path_factory, inductor_cache):
+    """run() of one configuration eager and compiled: {"stable" | "explodes": {False | True: run folder}}.
+
+    The second compiled run starts dynamo afresh (Trainer) and compiles from the session's inductor cache.
+    """
+    import torch
+    from torch._dynamo.utils import counters
+
+    root = tmp_path_factory.mktemp("compiled")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folders = {}
+    try:
+        for case, overrides in (("stable", STABLE), ("explodes", EXPLODES)):
+            for compiled in (False, True):
+                out = root / f"{case}-{compiled}"
+                hits = counters["aot_autograd"]["autograd_cache_hit"]
+                summary = run(compose([*COMPILED, *overrides, f"model.compile={str(compiled).lower()}",
+                                       f"data.cache_dir={root / 'cache'}", f"out={out}"]))
+                assert summary["compiled"] is compiled
+                if compiled and case == "explodes":  # both graphs (steps 0 and 1) from the disk cache
+                    assert counters["aot_autograd"]["autograd_cache_hit"] - hits == 2
+                folders.setdefault(case, {})[compiled] = out
+    finally:
+        torch.set_num_threads(threads)
+    return folders
+
+
+def summary_of(folder):
+    return json.loads((folder / "summary.json").read_text())
+
+
+@pytest.mark.integration
+def test_compiled_run_matches_eager_in_loss_and_parameters(eager_and_compiled):
+    import torch
+
+    eager, compiled = eager_and_compiled["stable"][False], eager_and_compiled["stable"][True]
+    a, b = (pd.read_parquet(f / "metrics.parquet") for f in (eager, compiled))
+    assert len(a) == len(b) == 6
+    # float32 through 6 Adam steps: the fused graph sums in another order (~1e-7 relative a step)
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4)
+    np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-3)
+    wa, wb = (torch.load(f / "checkpoint.pt", weights_only=True) for f in (eager, compiled))
+    assert wa["step"] == wb["step"] == 5  # the one validation, after the last step
+    for name, p in wa["model"].items():
+        torch.testing.assert_close(wb["model"][name], p, rtol=1e-3, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.integration
+def test_compiled_run_records_the_monitors_statistics_and_the_replayed_divergence(eager_and_compiled):
+    """Steps 0 and 5 are statistics steps of the compiled graph; step 1 diverged and was replayed (eager,
+    no grad) on that step's weights: the same rows, keys and values as the eager run's, and the same origin."""
+    eager, compiled = eager_and_compiled["stable"][False], eager_and_compiled["stable"][True]
+    key = ["step", "layer", "block", "stat"]
+    a, b = (pd.read_parquet(f / "layer_stats.parquet").sort_values(key).reset_index(drop=True) for f in (eager, compiled))
+    assert set(a["step"]) == {0, 1, 5} and "s_msg_frac" in set(a["stat"]) and "mu_norm_q" in set(a["stat"])
+    pd.testing.assert_frame_equal(b[key], a[key])
+    np.testing.assert_allclose(b["value"], a["value"], rtol=1e-3, atol=1e-5)
+    first = {k: summary_of(f)["first_divergence"] for k, f in (("eager", eager), ("compiled", compiled))}
+    assert first["eager"]["step"] == 1 and first["eager"]["criterion"] == "mu"
+    value = first["eager"].pop("value")
+    assert first["compiled"].pop("value") == pytest.approx(value, rel=1e-3)
+    assert first["compiled"] == first["eager"]
+
+
+@pytest.mark.integration
+def test_compiled_run_locates_the_nonfinite_origin_as_eager(eager_and_compiled):
+    runs = eager_and_compiled["explodes"]
+    summaries = {k: summary_of(f) for k, f in runs.items()}
+    origin = summaries[False]["first_nonfinite"]
+    assert summaries[False]["status"] == summaries[True]["status"] == "exploded"
+    assert {k: origin[k] for k in ("step", "layer", "block", "tensor", "phase")} == {
+        "step": 1, "layer": 3, "block": "mixing", "tensor": "q", "phase": "forward"}
+    assert summaries[True]["first_nonfinite"] == origin
+    # the failing step's statistics, replayed: the same rows, and where they are finite, the same values
+    key = ["layer", "block", "stat"]
+    a, b = (pd.read_parquet(f / "layer_stats.parquet").query("step == 1").sort_values(key).reset_index(drop=True)
+            for f in (runs[False], runs[True]))
+    pd.testing.assert_frame_equal(b[key], a[key])
+    np.testing.assert_allclose(b["value"], a["value"], rtol=1e-2, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.integration
+def test_compile_false_and_short_auto_runs_are_eager(tiny):
+    """model.compile=false never compiles; auto does not compile a 3-step run (config.compile_pays)."""
+    assert run(tiny("train.steps=3", "model.compile=false", out="off"))["compiled"] is False
+    assert run(tiny("train.steps=3", "model.compile=auto", out="auto"))["compiled"] is False

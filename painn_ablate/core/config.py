@@ -13,7 +13,7 @@ import enum
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -157,9 +157,11 @@ class ModelConfig:
     # False: distance only (PaiNN)
     edge_charge: bool = False
     backend: Backend = Backend.native  # native: torch index_add_; scatter: torch_scatter (optional extra)
-    # True: the training forward runs through torch.compile (~0.75-0.85x eager step time on CPU, but
-    # 1-2 min of compiling per new process; pays off beyond ~1000 steps); False: eager.
-    compile: bool = False
+    # auto: compile when the run is long enough to pay (compile_pays: >= COMPILE_MIN_STEPS steps on cpu or
+    # cuda); true: the training forward runs through torch.compile (~0.6x the eager step on CPU, after ~90 s
+    # of compiling with a cold inductor cache, ~6 s with a warm one); false: eager. summary.json's `compiled`
+    # says what a run did.
+    compile: Union[bool, str] = "auto"
     stabilizers: StabilizerConfig = field(default_factory=StabilizerConfig)
 
 
@@ -243,6 +245,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# model.compile=auto compiles a run of at least this many steps. Measured on 2 CPU cores, one thread, r2_full
+# with default monitoring, F=64, L=5, batch 100 (issue 25; benchmarks/bench.py section 4): a compiled step
+# takes ~0.6x the eager one (~60 -> ~36 ms: ~24 ms saved a step); compiling takes ~90 s with a cold inductor
+# cache and ~6-7 s with a warm one. Break-even: ~270 steps warm, ~3750 cold. The cache is one per machine
+# (core.process.use_inductor_cache) and keyed by the graph (preset, stabilizers, F, L, batch shape; not seed,
+# lr or steps), so only a configuration's first run is cold; at 1000 steps a warm compile is repaid ~4x (24 s
+# saved for 6.5 s), still ~2x at 0.75x eager or a step half the size, and a cold one within five such runs.
+# CUDA (not measured here): the eager step of these small graphs is bound by ~1,500 kernel launches, which
+# compiling fuses, so the saving a step is at least the CPU's while Triton lengthens a cold compile: the same
+# threshold, until bench.py section 4 measures it on a GPU. Other devices (mps, xpu) stay eager under auto.
+COMPILE_MIN_STEPS = 1000
+COMPILE_DEVICES = ("cpu", "cuda")
+
+
+def compile_pays(setting: Union[bool, str], steps: int, device_type: str) -> bool:
+    """model.compile resolved for one run: true / false as set; auto: a run of `steps` optimiser steps on a
+    `device_type` device (torch.device.type) compiles when it is one of COMPILE_DEVICES and steps >= COMPILE_MIN_STEPS."""
+    if setting == "auto":
+        return device_type in COMPILE_DEVICES and steps >= COMPILE_MIN_STEPS
+    return bool(setting)
 
 
 # The training loss: the weight of the velocity MSE beside the displacement MSE.
@@ -540,6 +564,7 @@ def validate(cfg: DictConfig) -> None:
     _check(m.n_rbf >= 1, "model.n_rbf", f"must be >= 1, got {m.n_rbf}")
     _check(m.r_cut > 0, "model.r_cut", f"must be > 0, got {m.r_cut}")
     _check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}")
+    _check(m.compile in (True, False, "auto"), "model.compile", f"must be auto, true or false, got {m.compile!r}")
     d = cfg.data
     _check(d.n_particles is None or d.n_particles >= 2, "data.n_particles", f"must be >= 2, got {d.n_particles}")
     for name in ("n_train", "n_val", "n_test", "k"):
@@ -596,8 +621,9 @@ def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the inverse of compose
 
 
-# Config keys that name or place a run but do not change what it computes.
-BOOKKEEPING_KEYS = ("name", "out", "data.cache_dir", "train.checkpoint")
+# Config keys that name or place a run but do not change what it computes (model.compile: how the step is
+# computed, the same numbers within float tolerance; a run saved before it was auto said false).
+BOOKKEEPING_KEYS = ("name", "out", "data.cache_dir", "train.checkpoint", "model.compile")
 BOOKKEEPING_PREFIXES = ("tracking.",)
 
 

@@ -143,6 +143,7 @@ class RunSummary(TypedDict, total=False):
     ms_per_step: Optional[float]
     n_params: int
     device: str
+    compiled: bool  # the training forward ran through torch.compile (model.compile resolved: config.compile_pays)
     environment: dict  # train.environment()
     host: str
     pid: int  # a "running" summary whose process is gone is lost

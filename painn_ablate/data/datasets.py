@@ -38,6 +38,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from painn_ablate.core import files
+from painn_ablate.core.cache import CACHE_ENV, default_cache_dir
 from painn_ablate.core.errors import DataError
 from painn_ablate.data.simulate import CHARGED, GRAVITY, SPLITS, Device, generate_splits
 
@@ -142,17 +143,6 @@ def generation_params(system: str, n_particles: int, sizes: dict[str, int], seed
     protocol = CHARGED if system == "charged" else GRAVITY
     return {"system": system, "n_particles": n_particles, "sizes": {k: int(sizes[k]) for k in SPLITS},
             "seed": int(seed), "protocol": dataclasses.asdict(protocol), "format": CACHE_FORMAT_VERSION}
-
-
-CACHE_ENV = "PAINN_ABLATE_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """$PAINN_ABLATE_CACHE, else $XDG_CACHE_HOME/painn-ablate, else ~/.cache/painn-ablate."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "painn-ablate"
 
 
 def folder_name(params: dict[str, Any]) -> str:

@@ -286,9 +286,11 @@ class PaiNN(nn.Module):
 
     edge_index: (2, E) long, row 0 the source j, row 1 the receiver i.
     cfg: the `model` section of the config (painn_ablate.core.config.ModelConfig).
+    compile: whether the training forward runs through torch.compile; None: cfg.compile when it is true
+    (`auto` needs the run's length, so the Trainer resolves it and passes the answer here).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, compile: Optional[bool] = None):
         super().__init__()
         F, L, st = cfg.F, cfg.L, cfg.stabilizers
         self.F, self.L = F, L
@@ -322,9 +324,9 @@ class PaiNN(nn.Module):
         self.head_vel = nn.Linear(F, 1, bias=False)
         # True: the training forward (train mode, grad enabled) runs through torch.compile,
         # which fuses the elementwise chains and traces the monitor's forward hooks into the graph: one
-        # graph per monitoring variant, compiled at first use (~1-2 min on 2 cores, ~5 s from inductor's
+        # graph per monitoring variant, compiled at first use (~1-2 min on 2 cores, ~6 s from inductor's
         # disk cache in later runs); evaluation and no-grad replays stay eager. False: eager everywhere.
-        self.compile = bool(getattr(cfg, "compile", False))
+        self.compile = getattr(cfg, "compile", False) is True if compile is None else bool(compile)
         # dynamic=None: full and kNN batches keep one shape (one graph); radius graphs, whose edge count
         # varies, get one shape-generic graph at the second shape instead of a recompile per batch.
         self._compiled_forward = torch.compile(self._forward, dynamic=None) if self.compile else None

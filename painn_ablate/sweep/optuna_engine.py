@@ -81,7 +81,7 @@ from optuna.trial import FrozenTrial, TrialState
 from painn_ablate.core import runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
 from painn_ablate.core.outcome import WITH_METRIC, Status, is_blow_up, outcome_columns
-from painn_ablate.core.process import keep_freed_memory
+from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
 from painn_ablate.sweep.progress import Progress, originals, progress, sweep_total
 from painn_ablate.sweep.spec import (
     Sweep,
@@ -459,6 +459,7 @@ def _worker_process(sweep: Sweep, settings: WorkerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # terminate() gives the trial back like Ctrl-C
         signal.signal(sig, _interrupt_once)
     keep_freed_memory()  # a spawned process starts with glibc's defaults
+    use_inductor_cache()  # the one shared torch.compile cache, also when the sweep was started from Python
     if settings.threads:
         import torch
 

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from painn_ablate import __version__
 from painn_ablate.core import files, runfolder
-from painn_ablate.core.config import compose, experiment_slug, flatten, to_yaml, velocity_weight
+from painn_ablate.core.config import compile_pays, compose, experiment_slug, flatten, to_yaml, velocity_weight
 from painn_ablate.core.errors import ConfigError, RunDirError
 from painn_ablate.core.outcome import PHASE_KEY, RunSummary, Status, first_blow_up, layer_profile, metric_name
 from painn_ablate.core.provenance import code_version
@@ -371,10 +371,19 @@ class Trainer:
         self.run_dir = run_dir
         self.device = pick_device(cfg.train.device)
         self.splits = {k: v.to(self.device) for k, v in splits.items()}
-        torch.manual_seed(cfg.seed)
-        self.model = PaiNN(cfg.model).to(self.device)
-        self.opt = make_optimizer(self.model, cfg)
         self.steps = total_steps(cfg, len(self.splits["train"]))
+        self.compiled = compile_pays(cfg.model.compile, self.steps, self.device.type)  # model.compile=auto: by the rule
+        if self.compiled:
+            # As hooks, a previous run's compiled graphs end with it: they would count toward dynamo's
+            # recompile limit (8 per function: 4 configurations x 2 monitoring variants), past which the
+            # forward silently runs eager, and pass their shapes on (automatic dynamic shapes). The inductor
+            # cache on disk makes this run's compile the warm one (~6 s).
+            torch._dynamo.reset()
+        log.info("model.compile=%s: %s (%d steps on %s)", cfg.model.compile,
+                 "compiled" if self.compiled else "eager", self.steps, self.device.type)
+        torch.manual_seed(cfg.seed)
+        self.model = PaiNN(cfg.model, compile=self.compiled).to(self.device)
+        self.opt = make_optimizer(self.model, cfg)
         self.schedule = make_schedule(self.opt, cfg, self.steps)
         self.vel_weight = velocity_weight(cfg.train.loss)
         self.recorder = Recorder([ParquetSink(), *sinks])
@@ -386,7 +395,7 @@ class Trainer:
             "stopped_early": None, "val": None, "test": None,
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
-            "device": str(self.device), "environment": environment(),
+            "device": str(self.device), "compiled": self.compiled, "environment": environment(),
             "host": platform.node(), "pid": os.getpid(),  # a "running" summary whose process is gone is lost
         }
         self.best_val = math.inf

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis import stats
-from painn_ablate.core import config
+from painn_ablate.core import rerun
 from painn_ablate.core.config import STABILIZER_KEYS, compose, flatten
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "analysis"
@@ -180,15 +180,15 @@ def test_importance_ranks_the_parameter_that_decides_the_target_first(evaluator)
 @pytest.mark.integration
 def test_rerun_command_composes_to_the_saved_config(tiny_root):
     for run_dir in analysis.find_run_dirs([tiny_root / "runs", tiny_root / "sweep"]):
-        overrides = config.rerun_overrides(run_dir)
+        overrides = rerun.rerun_overrides(run_dir)
         assert overrides is not None and overrides[0].startswith("model=")
         saved = flatten(OmegaConf.load(run_dir / "config.yaml"))
         rebuilt = flatten(compose(overrides))
-        assert config.results_view(rebuilt) == config.results_view(saved)
-        command = config.rerun_command(run_dir)
+        assert rerun.results_view(rebuilt) == rerun.results_view(saved)
+        command = rerun.rerun_command(run_dir)
         assert command.startswith("painn-ablate train model=") and command.endswith(f"out=runs/{run_dir.name}-rerun")
     alpha = next(d for d in analysis.find_run_dirs(tiny_root / "sweep") if "alpha" in d.name)
-    assert "ablate=alpha" in config.rerun_overrides(alpha)
+    assert "ablate=alpha" in rerun.rerun_overrides(alpha)
 
 
 # ----------------------------------------------------------------------------- notebooks

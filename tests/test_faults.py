@@ -326,7 +326,7 @@ def test_the_time_left_counts_the_steps_trials_run_not_trials_per_second():
 def test_trial_lines_say_what_fired_then_where():
     from types import SimpleNamespace
 
-    from painn_ablate.cli import trial_line
+    from painn_ablate.reporting.text import trial_line
 
     def line(**attrs):
         return trial_line(SimpleNamespace(number=3, state=SimpleNamespace(name="COMPLETE"),

@@ -14,7 +14,7 @@ from support import TINY, cli
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.cli import main
-from painn_ablate.core import config
+from painn_ablate.core import config, rerun
 from painn_ablate.core.config import compose, flatten
 from painn_ablate.core.outcome import OUTCOMES, Status
 from painn_ablate.reporting import reproduce as rp
@@ -198,7 +198,7 @@ def test_report_lists_every_run_with_a_command_that_recomposes_its_config(reprod
         args = command.split()[2:]
         name = re.fullmatch(r"out=runs/(.*)-rerun", args[-1]).group(1)
         saved = flatten(OmegaConf.load(dirs[name] / "config.yaml"))
-        assert config.results_view(flatten(compose(args[:-1]))) == config.results_view(saved), command
+        assert rerun.results_view(flatten(compose(args[:-1]))) == rerun.results_view(saved), command
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (md.parent / link).is_file()
     assert len(list(plots.glob("*.png"))) >= 3

@@ -240,6 +240,7 @@ def summary_of(folder):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a cold inductor compile: minutes; .ci/run's slow stage runs it
 def test_compiled_run_matches_eager_in_loss_and_parameters(eager_and_compiled):
     import torch
 
@@ -256,6 +257,7 @@ def test_compiled_run_matches_eager_in_loss_and_parameters(eager_and_compiled):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a cold inductor compile: minutes; .ci/run's slow stage runs it
 def test_compiled_run_records_the_monitors_statistics_and_the_replayed_divergence(eager_and_compiled):
     """Steps 0 and 5 are statistics steps of the compiled graph; step 1 diverged and was replayed (eager,
     no grad) on that step's weights: the same rows, keys and values as the eager run's, and the same origin."""
@@ -273,6 +275,7 @@ def test_compiled_run_records_the_monitors_statistics_and_the_replayed_divergenc
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a cold inductor compile: minutes; .ci/run's slow stage runs it
 def test_compiled_run_locates_the_nonfinite_origin_as_eager(eager_and_compiled):
     runs = eager_and_compiled["explodes"]
     summaries = {k: summary_of(f) for k, f in runs.items()}

@@ -37,7 +37,7 @@ import pandas as pd
 
 from painn_ablate.analysis.stats import wilson
 from painn_ablate.core import names, runfolder
-from painn_ablate.core.config import BOOKKEEPING_KEYS, STABILIZER_KEYS, experiment_name, flatten
+from painn_ablate.core.config import STABILIZER_KEYS, experiment_name, flatten
 from painn_ablate.core.errors import AnalysisError
 from painn_ablate.core.outcome import (  # noqa: F401
     METRIC_SPLITS,
@@ -52,6 +52,7 @@ from painn_ablate.core.outcome import (  # noqa: F401
     metric_name,
     outcome_columns,
 )
+from painn_ablate.core.rerun import BOOKKEEPING_KEYS
 from painn_ablate.sweep.spec import SweepError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Sources (each becomes one section with its own table):
 
 Every row says what ran (experiment = preset or ablation, seed), what happened (status,
 first non-finite step/layer, val/test position MSE, steps, wall time) and the exact command
-that re-runs it (`config.rerun_command`: the override list that composes to the saved
+that re-runs it (`rerun.rerun_command`: the override list that composes to the saved
 config, checked, else `--config <run_dir>/config.yaml`). The environment the runs were
 recorded on (from their summaries) and the one the report was made on close the file.
 `--plots DIR` also writes each section's figures as PNG and links them from the registry.
@@ -33,7 +33,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from painn_ablate.analysis import loaders as analysis
-from painn_ablate.core import config, files, names, runfolder
+from painn_ablate.core import files, names, rerun, runfolder
 from painn_ablate.core.config import STABILIZER_KEYS
 from painn_ablate.core.errors import ReportError
 from painn_ablate.reporting import plots
@@ -208,7 +208,7 @@ def run_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         total = _int(r.get("steps_total"))
         wall = r.get("wall_seconds")
         run_dir = r.get("run_dir")
-        command = (f"`{config.rerun_command(run_dir)}`" if isinstance(run_dir, str) and
+        command = (f"`{rerun.rerun_command(run_dir)}`" if isinstance(run_dir, str) and
                    (Path(run_dir) / runfolder.CONFIG).is_file() else "-")
         rows.append([_cell(r["experiment"]), _cell(_int(r.get("seed"))), *(_cell(r.get(k)) for k in extra),
                      _cell(r.get("status")), where, _cell(r.get("val_pos_mse")), _cell(r.get("test_pos_mse")),

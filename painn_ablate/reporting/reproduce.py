@@ -52,7 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis import rules
-from painn_ablate.core import config, files, runfolder
+from painn_ablate.core import config, files, rerun, runfolder
 from painn_ablate.core.config import compose
 from painn_ablate.core.errors import ReproduceError
 from painn_ablate.core.outcome import STATE_STATS, RunSummary, Status, first_blow_up, is_blow_up
@@ -319,7 +319,7 @@ def run_record(experiment: Experiment, seed: int, cfg: DictConfig, summary: RunS
     return {
         "experiment": experiment.name, "preset": experiment.preset, "ablate": experiment.ablate, "seed": seed,
         "L": int(cfg.model.L), "lr": float(cfg.train.lr), "steps_total": summary["steps_total"], "run_dir": run_dir,
-        "command": config.rerun_command(run_dir), "status": summary["status"],
+        "command": rerun.rerun_command(run_dir), "status": summary["status"],
         "blew_up": is_blow_up(summary["status"]), "origin": origin,
         "steps_completed": summary["steps_completed"], "nonfinite_events": summary["nonfinite_events"],
         "first_nonfinite": summary.get("first_nonfinite"), "first_divergence": summary.get("first_divergence"),

@@ -1,0 +1,129 @@
+"""What the command line prints about runs and sweeps, in words: a run's closing paragraph (`describe`),
+a trial's line (`trial_line`) and the per-experiment table (`experiment_table`). Plain text; no torch."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from painn_ablate.core import names
+from painn_ablate.sweep.words import where_diverged, where_nonfinite
+
+if TYPE_CHECKING:
+    from painn_ablate.core.outcome import RunSummary
+
+
+def describe(summary: RunSummary) -> str:
+    """The one-paragraph summary printed at the end of a run."""
+    from painn_ablate.core.outcome import Status
+
+    s = summary
+    lines = [f"{s['name']}: {s['status']} after {s['steps_completed']}/{s['steps_total']} steps "
+             f"in {s['wall_seconds']:.1f} s ({s['ms_per_step'] or float('nan'):.1f} ms/step{', compiled' if s.get('compiled') else ''},"
+             f" preset {s['preset']}, seed {s['seed']})."]
+    if s["first_nonfinite"]:
+        f = s["first_nonfinite"]
+        lines.append(f"First non-finite value at step {f['step']}: {f['phase']} pass, layer {f['layer']}, "
+                     f"block {f['block']}, tensor {f['tensor']} ({s['nonfinite_events']} event(s)).")
+    if s.get("first_divergence"):
+        d, div = s["first_divergence"], s.get("divergence") or {}
+        spikes = div.get("spike_steps")
+        lines.append(f"First divergence: {where_diverged(d)}; {div.get('episodes')} episode(s)"
+                     + (f", {len(spikes)} spike(s) at steps {_steps(spikes)}" if spikes else "")
+                     + (", each recovered (transient)." if s["status"] == Status.TRANSIENT else
+                        ", sustained." if div.get("sustained") else "."))
+    first = s.get("first_blow_up") or {}
+    if first.get("phase"):
+        init = first.get("init_criterion")
+        lines.append(f"Phase of the first blow-up: {first['phase']} (the initial weights on its batch "
+                     + (f"cross the {init} criterion)." if init else "cross no criterion)."))
+    stats = s.get("last_finite_stats")
+    if stats and stats[names.MU_NORM_MAX]:
+        mu = ", ".join(f"L{l} {v:.3g}" for l, v in sorted(stats[names.MU_NORM_MAX].items(), key=lambda kv: int(kv[0])))
+        lines.append(f"Max ||mu|| per layer at step {stats['step']} (last finite statistics): {mu}.")
+    if s.get("early_warning"):
+        w = s["early_warning"]
+        lines.append(f"Early warning fired at step {w['step']} (risk {w['risk']:.3g}).")
+    if s["val"]:
+        lines.append(f"Best validation at step {s['best_step']}: pos MSE {s['val']['pos_mse']:.4g}, "
+                     f"vel MSE {s['val']['vel_mse']:.4g}.")
+    if s["test"]:
+        lines.append(f"Test at that step: pos MSE {s['test']['pos_mse']:.4g}, vel MSE {s['test']['vel_mse']:.4g}.")
+    lines.append(f"Records in {s['run_dir']}.")
+    return " ".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _steps(steps: list, shown: int = 8) -> str:
+    """`1, 5, 9` or `1, 5, ... (12)`: a list of steps, cut short."""
+    text = ", ".join(str(x) for x in steps[:shown])
+    return text + (f", ... ({len(steps)})" if len(steps) > shown else "")
+
+
+def trial_line(t, metric: str) -> str:
+    """One finished trial: `#7 r2_full-s_msg-seed1  stable  val_pos_mse 0.0123  (41 s)`, a blow-up with what
+    fired and where: `#3 original-seed0  exploded: non-finite loss at step 1, first in layer 4 interaction`."""
+    a = t.user_attrs
+    status = a.get("status", t.state.name.lower())
+    line = f"#{t.number} {a.get('label', '?')}  {status}"
+    if a.get("first_nonfinite"):
+        line += f": {where_nonfinite(a['first_nonfinite'])}"
+    elif a.get("first_divergence"):
+        line += f": {where_diverged(a['first_divergence'])}"
+    elif a.get("pruned_step") is not None:
+        line += f" at step {a['pruned_step']} (early warning)"
+    if a.get("blow_up_phase"):
+        line += f" (phase {a['blow_up_phase']})"
+    if a.get(metric) is not None:
+        line += f"  {metric} {a[metric]:.4g}"
+    if a.get("error"):
+        line += f"  {a['error']}"
+    if a.get("wall_seconds") is not None:
+        line += f"  ({a['wall_seconds']:.0f} s)"
+    return line
+
+
+def experiment_table(frame):
+    """Per experiment (preset + ablation) of a trials_frame: blow-ups k/n with the 95% Wilson interval,
+    diverged and exploded counts, the median test pos MSE of the stable trials; finished trials only."""
+    import pandas as pd
+
+    from painn_ablate.analysis.loaders import wilson
+    from painn_ablate.core.outcome import OUTCOMES, Status
+
+    done = frame[frame["status"].isin([str(o) for o in OUTCOMES]) & frame["experiment"].notna()] \
+        if "experiment" in frame else frame.iloc[0:0]
+    rows = []
+    for name, g in done.groupby("experiment", sort=False):
+        n, k = len(g), int(g["status"].isin([Status.DIVERGED.value, Status.EXPLODED.value]).sum())
+        lo, hi = wilson(k, n)
+        stable = pd.to_numeric(g.loc[g["status"] == Status.STABLE.value, "test_pos_mse"], errors="coerce").dropna()
+        rows.append({"experiment": name, "blow-ups": f"{k}/{n}", "95% CI": f"{100 * lo:.0f}-{100 * hi:.0f}%",
+                     "diverged": int((g["status"] == Status.DIVERGED.value).sum()),
+                     "exploded": int((g["status"] == Status.EXPLODED.value).sum()),
+                     "median test_pos_mse (stable)": _fmt(float(stable.median())) if len(stable) else "-"})
+    return pd.DataFrame(rows)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _first_divergence_cell(row) -> str:
+    """A trials_frame row's first divergence as `where_diverged` prints it, '-' when there is none."""
+    import pandas as pd
+
+    if pd.isna(row["first_divergence_step"]):
+        return "-"
+    f = {k: row[f"first_divergence_{k}"] for k in ("step", "layer", "block", "stat", "criterion")}
+    f = {k: None if pd.isna(v) else int(v) if k in ("step", "layer") else v for k, v in f.items()}
+    return where_diverged(f)

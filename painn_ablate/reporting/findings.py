@@ -418,9 +418,9 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
              "is a first spike; their phase is '-'). Intervals: Wilson 95% for rates, t 95% for mean MSEs (sample sd, ddof = 1); "
              "n is given with each. Seeds 0-9 are paired across all cells and variants (same initialisation, "
              "same batch order, same data).", ""]
+    dose = _dose_table(results)  # amendment 7's table, read once for the verdicts and section 6
     if not trials.empty:
         lines += ["## Verdicts", ""]
-        dose = _dose_table(results)
         verdicts = rules.judge(every, rules.DESIGN_RULES + (rules.DOSE_RULES if dose is not None else ()), dose=dose)
         lines += markdown_table(["rule", "claim (sweeps/DESIGN.md)", "verdict", "evidence"],
                                 [[v.rule, v.claim, f"**{v.verdict}**", v.evidence] for v in verdicts]) + [""]
@@ -495,7 +495,6 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
                   "positions alone, `train.loss=pos`; a cosine learning-rate schedule; the checkpoint of the best "
                   "validation step tested). Rule E1 (sweeps/DESIGN.md, amendment 6) is in the verdicts above.", ""]
         lines += egnn_lines(egnn, trials, L, lr)
-    dose = _dose_table(results)
     if dose is not None:
         lines += dose_lines(dose)
     if not every.empty:

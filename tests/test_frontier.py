@@ -85,9 +85,10 @@ def test_the_shift_interval_holds_the_median_and_the_sign_test_counts_ties_out()
     assert s.p_sign == pytest.approx(99 / 128)  # P(X >= 3) for 3 of 7 non-tied seeds lower, X ~ Bin(7, 1/2)
 
 
-def test_an_initialisation_phase_blow_up_does_not_lower_the_frontier_and_is_counted_apart():
+def test_a_recovered_initialisation_spike_does_not_lower_the_frontier_and_is_counted_apart():
     rows = [{"preset": "original", "ablate": "none", "seed": 0, "lr": fr.LADDER[i], "status": status,
-             "blow_up_phase": phase, "final_val_loss": 0.1, "initial_loss": 1.0}
-            for i, (status, phase) in enumerate([("exploded", "init"), ("stable", None), ("diverged", "training")])]
+             "blow_up_phase": phase, "training_blow_up": training, "final_val_loss": 0.1, "initial_loss": 1.0}
+            for i, (status, phase, training) in enumerate([("transient", "init", False), ("stable", None, False),
+                                                            ("diverged", "training", True)])]
     crit = fr.critical_table(pd.DataFrame(rows)).iloc[0]
     assert crit["critical_rung"] == 1 and crit["init_phase_blow_ups"] == 1

@@ -416,7 +416,13 @@ def test_the_walk_goes_to_the_next_rung_only_after_a_rung_that_trained(tmp_path)
     assert walk.walk_next(sweep, [(start, False)]) is None
     assert walk.walk_next(sweep, [(start, True), ({"seed": 0, "train.lr": 0.01}, True),
                                 ({"seed": 0, "train.lr": 0.1}, True)]) is None
-    assert walk.trains({"status": "exploded", "blow_up_phase": "init"}) and not walk.trains({"status": "exploded"})
+    # a spike present at initialisation that recovered does not stop a walk; a training-phase one does
+    assert walk.trains({"status": "transient", "training_blow_up": False})
+    assert not walk.trains({"status": "transient", "training_blow_up": True})
+    # a sustained blow-up never trains; one with no training-phase blow-up ends the walk "at init"
+    init_nan = {"status": "exploded", "blow_up_phase": "init", "training_blow_up": False}
+    assert not walk.trains(init_nan) and walk.failed_at_init(init_nan)
+    assert not walk.failed_at_init({"status": "exploded", "blow_up_phase": "init", "training_blow_up": True})
     assert not walk.trains({"status": "error"}) and walk.trains({"status": "stable"})
 
 

@@ -87,7 +87,8 @@ def critical_table(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ab
     of them blew up at initialisation. A (variant, seed) whose walk is not complete has NA critical values."""
     rows = []
     for key, g in trials.groupby([*variant, seed], sort=True, dropna=False):
-        done = {rung(r[lr], ladder): trains({"status": r[status], "blow_up_phase": r.get(phase)}) for _, r in g.iterrows()}
+        done = {rung(r[lr], ladder): trains({"status": r[status], "blow_up_phase": r.get(phase),
+                                                  "training_blow_up": _opt_bool(r.get("training_blow_up"))}) for _, r in g.iterrows()}
         try:
             c = critical_rung(done, ladder)
             complete = True
@@ -184,3 +185,8 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                          "shift": s.median, "shift_lo": s.lo, "shift_hi": s.hi, "up": s.up, "down": s.down,
                          "p_sign": s.p_sign, "p_holm": adjusted[a], "p_wilcoxon": s.p_wilcoxon, "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+def _opt_bool(x) -> Optional[bool]:
+    """A table cell as a bool, None where missing (NA in a column of older records)."""
+    return None if x is None or pd.isna(x) else bool(x)

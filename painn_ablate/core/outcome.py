@@ -130,10 +130,13 @@ class RunSummary(TypedDict, total=False):
     first_blow_up: Optional[dict]  # first_blow_up(first_divergence, first_nonfinite), with its phase and the
     #                                initial and trained network's per-layer statistics on its batch
     blow_up_phase: Optional[str]  # a Phase value: that of the first blow-up
+    training_blow_up: Optional[bool]  # any blow-up of phase training (`had_training_blow_up`); None while running
     early_warning: Optional[dict]  # step, risk, mu_ratio, mu_growth
     early_warning_lead: Optional[int]  # steps between the warning and the first blow-up
     stopped_early: Optional[dict]  # step, reason
     val: Optional[dict]  # SPLIT_METRICS of the best checkpoint on the val split (columns metric_name("val", m))
+    val_last: Optional[dict]  # SPLIT_METRICS of the last validation (the "final" loss of an LR sensitivity)
+    val_initial: Optional[float]  # the initial network's val pos MSE (before any update)
     test: Optional[dict]  # the same on the test split, with the tail quantiles
     best_step: Optional[int]
     final_loss: Optional[float]
@@ -242,6 +245,18 @@ def first_blow_up(first_divergence: Optional[dict], first_nonfinite: Optional[di
         return {"step": int(nan["step"]), "layer": nan.get("layer"), "block": nan.get("block"),
                 "stat": nan.get("tensor"), "criterion": "nonfinite", "phase": nan.get(PHASE_KEY)}
     return None
+
+
+def had_training_blow_up(divergence: Optional[dict], first_nonfinite: Optional[dict]) -> Optional[bool]:
+    """Whether any blow-up of a run was of the training phase: an episode whose first spike the initial network
+    did not reproduce on its batch, or a non-finite value it did not (the frontier's "did not train" at a rung).
+    None when a phase is missing (records made before phases existed)."""
+    phases = list((divergence or {}).get("phases") or [])
+    if first_nonfinite:
+        phases.append(first_nonfinite.get(PHASE_KEY))
+    if any(p is None for p in phases):
+        return None
+    return any(p == Phase.TRAINING for p in phases)
 
 
 Row = tuple[int, str, str, float]  # (layer, block, stat, value), as Monitor.collect returns

@@ -6,17 +6,33 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, is_blow_up
+from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, is_blow_up, is_sustained
 from painn_ablate.sweep.spec import Sweep, grid_points
 
 
 def trains(attrs: dict) -> bool:
-    """Whether a trial trained at its rung: it did not blow up, or its blow-up was present in the initial
-    network already (phase init: no learning rate made it). A trial that raised did not train."""
+    """Whether a trial trained at its rung: it ended below every criterion (stable, or transient) and had no
+    training-phase blow-up (outcome.had_training_blow_up: every spike it had, the frozen initial network
+    reproduced on its batch). A sustained blow-up does not train whatever its phase: a run that never left
+    its initial failure did not train at any rung, and `failed_at_init` tells the two ends of a walk apart.
+    A trial that raised did not train. Records made before `training_blow_up` existed are judged by the
+    first blow-up's phase."""
     status = attrs.get("status")
-    if status not in OUTCOMES:  # raised, pruned or interrupted: no outcome to judge it by
+    if status not in OUTCOMES or is_sustained(status):  # raised, pruned or interrupted: no outcome to judge
         return False
-    return not is_blow_up(status) or attrs.get(PHASE_KEY) == Phase.INIT
+    if not is_blow_up(status):
+        return True
+    training = attrs.get("training_blow_up")
+    return not training if training is not None else attrs.get(PHASE_KEY) == Phase.INIT
+
+
+def failed_at_init(attrs: dict) -> bool:
+    """A rung that did not train for a reason present before any update: a sustained blow-up none of whose
+    blow-ups was of the training phase (reported apart from the frontier: no learning rate caused it)."""
+    training = attrs.get("training_blow_up")
+    if training is None:
+        training = attrs.get(PHASE_KEY) != Phase.INIT
+    return is_sustained(attrs.get("status")) and not training
 
 
 def walk_key(sweep: Sweep, params: dict[str, Any]) -> str:

@@ -43,7 +43,15 @@ from painn_ablate import __version__
 from painn_ablate.core import files, runfolder
 from painn_ablate.core.config import compile_pays, compose, experiment_slug, flatten, to_yaml, velocity_weight
 from painn_ablate.core.errors import ConfigError, RunDirError
-from painn_ablate.core.outcome import PHASE_KEY, RunSummary, Status, first_blow_up, layer_profile, metric_name
+from painn_ablate.core.outcome import (
+    PHASE_KEY,
+    RunSummary,
+    Status,
+    first_blow_up,
+    had_training_blow_up,
+    layer_profile,
+    metric_name,
+)
 from painn_ablate.core.provenance import code_version
 from painn_ablate.data.datasets import NBodySplit, load_dataset, split_fingerprint
 from painn_ablate.model.painn import PaiNN
@@ -391,8 +399,9 @@ class Trainer:
         self.summary: RunSummary = {
             "status": Status.RUNNING.value, "name": run_dir.name, "run_dir": str(run_dir), "preset": cfg.model.preset,
             "seed": cfg.seed, "steps_total": self.steps, "steps_completed": 0, "first_nonfinite": None,
-            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "blow_up_phase": None, "early_warning": None,
-            "stopped_early": None, "val": None, "test": None,
+            "nonfinite_events": 0, "first_divergence": None, "divergence": None, "blow_up_phase": None, "training_blow_up": None,
+            "early_warning": None,
+            "stopped_early": None, "val": None, "val_last": None, "val_initial": None, "test": None,
             "best_step": None, "final_loss": None, "last_stats": None, "last_finite_stats": None,
             "wall_seconds": 0.0, "ms_per_step": None, "n_params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device), "compiled": self.compiled, "environment": environment(),
@@ -426,6 +435,7 @@ class Trainer:
     def validate(self, step: int) -> dict[str, float]:
         """Evaluate on the validation split, keep the best weights; returns val_* metrics."""
         metrics = evaluate(self.model, self.splits["val"])
+        self.summary["val_last"] = metrics
         values = (metrics["pos_mse"], metrics["vel_mse"])
         # the best step by the training loss's own terms: the velocity counts only where the loss has it
         score = values[0] + self.vel_weight * values[1] if None not in values else math.inf
@@ -453,7 +463,8 @@ class Trainer:
         det = self.detector
         val = self.splits["val"]
         # the val criterion's references: the zero-displacement MSE and the initial network's val MSE
-        det.on_start(model, float(((val.pos_next - val.pos) ** 2).mean()), evaluate(model, val)["pos_mse"])
+        self.summary["val_initial"] = evaluate(model, val)["pos_mse"]
+        det.on_start(model, float(((val.pos_next - val.pos) ** 2).mean()), self.summary["val_initial"])
         try:
             with Monitor(model, cfg.monitor) as mon:
                 for step in range(self.steps):
@@ -517,6 +528,7 @@ class Trainer:
         first = first_blow_up(self.summary["first_divergence"], self.summary["first_nonfinite"])
         self.summary["first_blow_up"] = first and {**first, **det.first_blow_up_detail()}
         self.summary[PHASE_KEY] = first and first["phase"]
+        self.summary["training_blow_up"] = had_training_blow_up(self.summary["divergence"], self.summary["first_nonfinite"])
         warning = self.summary["early_warning"]
         # steps from the early warning to the first blow-up (negative: the warning came late)
         self.summary["early_warning_lead"] = first["step"] - warning["step"] if first and warning else None

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from painn_ablate.analysis import frontier as fr
+from painn_ablate.sweep import walk
 
 
 def test_the_ladder_runs_from_3e_4_to_3e_1_in_steps_of_about_two():
@@ -16,21 +17,21 @@ def test_the_ladder_runs_from_3e_4_to_3e_1_in_steps_of_about_two():
 
 
 def test_the_walk_goes_up_until_a_rung_fails():
-    assert fr.next_rung({}) == 0
-    assert fr.next_rung({0: True, 1: True}) == 2
-    assert fr.next_rung({0: True, 1: False}) is None
-    assert fr.next_rung({i: True for i in range(len(fr.LADDER))}) is None
+    assert walk.next_rung({}, fr.LADDER) == 0
+    assert walk.next_rung({0: True, 1: True}, fr.LADDER) == 2
+    assert walk.next_rung({0: True, 1: False}, fr.LADDER) is None
+    assert walk.next_rung({i: True for i in range(len(fr.LADDER))}, fr.LADDER) is None
 
 
 @pytest.mark.parametrize("done,expected", [({0: False}, -1), ({0: True, 1: True, 2: False}, 1),
                                            ({i: True for i in range(11)}, 10)])
 def test_critical_rung_is_the_highest_rung_below_the_first_failure(done, expected):
-    assert fr.critical_rung(done) == expected
+    assert walk.critical_rung(done, fr.LADDER) == expected
 
 
 def test_an_incomplete_walk_has_no_critical_rung():
     with pytest.raises(ValueError, match="was not run"):
-        fr.critical_rung({0: True, 2: True})
+        walk.critical_rung({0: True, 2: True}, fr.LADDER)
 
 
 def test_lr_sensitivity_is_zero_for_a_flat_curve_and_counts_unrun_rungs_as_the_initial_loss():
@@ -52,7 +53,7 @@ def _trials(rungs_by_variant: dict, seeds=range(10)) -> pd.DataFrame:
                 rows.append({"preset": preset, "ablate": ablate, "seed": s, "lr": fr.LADDER[i],
                              "status": "diverged" if fails else "stable",
                              "blow_up_phase": "training" if fails else None,
-                             "final_val_loss": 1e3 if fails else 0.01 * (1 + i), "initial_loss": 1.0})
+                             "final_val_pos_mse": 1e3 if fails else 0.01 * (1 + i), "initial_val_pos_mse": 1.0})
     return pd.DataFrame(rows)
 
 
@@ -87,7 +88,8 @@ def test_the_shift_interval_holds_the_median_and_the_sign_test_counts_ties_out()
 
 def test_a_recovered_initialisation_spike_does_not_lower_the_frontier_and_is_counted_apart():
     rows = [{"preset": "original", "ablate": "none", "seed": 0, "lr": fr.LADDER[i], "status": status,
-             "blow_up_phase": phase, "training_blow_up": training, "final_val_loss": 0.1, "initial_loss": 1.0}
+             "blow_up_phase": phase, "training_blow_up": training, "final_val_pos_mse": 0.1,
+             "initial_val_pos_mse": 1.0}
             for i, (status, phase, training) in enumerate([("transient", "init", False), ("stable", None, False),
                                                             ("diverged", "training", True)])]
     crit = fr.critical_table(pd.DataFrame(rows)).iloc[0]

@@ -72,13 +72,13 @@ def critical_table(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ab
                    lr: str = "lr", status: str = "status", phase: str = PHASE_KEY,
                    training: str = "training_blow_up", final_loss: str = "final_val_pos_mse",
                    initial_loss: str = "initial_val_pos_mse", ladder: Sequence[float] = LADDER) -> pd.DataFrame:
-    """One row per (variant, seed) of a trial table (one row per trial; column names as in
-    painn_ablate.sweep.studies.trial_rows): critical rung and lr, whether the walk ended at a rung that
+    """One row per (variant, seed), in the order they first appear, of a trial table (one row per trial; column
+    names as in painn_ablate.sweep.studies.trial_rows): critical rung and lr, whether the walk ended at a rung that
     failed at initialisation (`walk.failed_at_init`), LR sensitivity, the rungs run, and how many of them
     blew up at initialisation. Trials not finished (waiting, running, lost or interrupted ones, whose re-run
     stands in) do not count; a (variant, seed) whose walk is not complete has NA critical values."""
     rows = []
-    for key, g in trials.groupby([*variant, seed], sort=True, dropna=False):
+    for key, g in trials.groupby([*variant, seed], sort=False, dropna=False):
         done: dict[int, bool] = {}
         at_init: dict[int, bool] = {}
         losses: dict[int, float] = {}
@@ -175,7 +175,7 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PA
     for preset, (question, alternative) in DESIGNS.items():
         ref = _reference(critical, preset)
         mine = critical[critical["preset"] == preset]
-        family = {a: g.set_index("seed") for a, g in mine[mine["ablate"] != "none"].groupby("ablate", sort=True)}
+        family = {a: g.set_index("seed") for a, g in mine[mine["ablate"] != "none"].groupby("ablate", sort=False)}
         shifts = {a: shift(g["critical_rung"], ref, alternative, seed) for a, g in family.items()}
         adjusted = dict(zip(family, holm([s.p_sign for s in shifts.values()])))
         for a, g in family.items():
@@ -216,12 +216,12 @@ def variant_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 def _in_design_order(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows per variant as the design reads: each preset of DESIGNS (then any other), itself first, then its
-    ablations (alphabetical); within a variant the order the frame had."""
+    ablations in the order they first appear (a sweep's trials: its file's order)."""
     if not len(frame):
         return frame
     presets = [*DESIGNS, *sorted(set(frame["preset"].astype(str)) - set(DESIGNS))]
-    key = [(presets.index(str(p)), a != "none", str(a), i) for i, (p, a) in enumerate(zip(frame["preset"], frame["ablate"]))]
-    return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)].reset_index(drop=True)
+    key = [(presets.index(str(p)), a != "none") for p, a in zip(frame["preset"], frame["ablate"])]
+    return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)].reset_index(drop=True)  # stable: keeps the rest
 
 
 def fr1(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> dict:
@@ -240,7 +240,7 @@ def rung_rates(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ablate
     with the rung."""
     done = trials[trials[status].isin([str(o) for o in OUTCOMES])]
     rows = []
-    for key, g in done.groupby(list(variant), sort=True):
+    for key, g in done.groupby(list(variant), sort=False):
         by_rung = g.assign(rung=[rung(x, ladder) for x in g[lr]]).groupby("rung")[status]
         for i, statuses in by_rung:
             k, n = int(sum(is_blow_up(x) for x in statuses)), len(statuses)

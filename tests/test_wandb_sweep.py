@@ -78,6 +78,20 @@ def test_grid_runs_each_point_once_logs_it_offline_and_resume_runs_nothing(tmp_p
 
 
 @pytest.mark.integration
+def test_a_frontier_sweep_runs_every_rung_and_ends_with_the_frontier_from_its_ledger(tmp_path, tiny):
+    """W&B's engine cannot walk (it runs the whole grid); the frontier is read from its ledger alike."""
+    path = write_sweep(tmp_path, {"model": {"values": ["r2_full", "original"]}, "seed": {"value": 0},
+                                  "train.lr": {"values": [0.001, 10.0]}}, frontier="train.lr")
+    out = tmp_path / "out"
+    res = cli("sweep", path, *tiny, "--engine", "wandb", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert "4/4 trials done" in res.stdout  # every rung, also above a failure
+    assert "Stability frontier over train.lr: 2 of 2 walks complete" in res.stdout
+    assert "FR1, R2_full's critical rung above the original's: n 1" in res.stdout
+    assert res.stdout.index("Stability frontier") < res.stdout.index("wandb sync")
+
+
+@pytest.mark.integration
 def test_bayes_runs_a_fixed_count_and_resume_reruns_only_a_killed_trial(tmp_path, tiny):
     lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     path = write_sweep(tmp_path, {"model": {"value": "r2_full"}, "train.lr": lr,

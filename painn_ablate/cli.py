@@ -213,7 +213,7 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
         if given:
             raise InputError(f"{flag} applies to --engine optuna; --engine wandb runs one trial at a time per "
                              "process (online, more agents join with `wandb agent <sweep>`)")
-    if ws.online():
+    if ws.online():  # no frontier table here: the sweep's runs are the server's, this agent knows only its own
         path = ws.run_online(spec, out=out, n_trials=args.n_trials, threads=args.threads)
         print(f"{spec.name}: W&B sweep {path}: this agent has nothing left to run. More agents: wandb agent {path}")
         return 0

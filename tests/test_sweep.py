@@ -105,20 +105,28 @@ def test_wandb_agent_arguments_compose_the_same_config(tiny):
 
 
 @pytest.mark.integration
-def test_stabilizers_design_covers_every_stabilizer_both_ways():
-    spec = shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+@pytest.mark.parametrize("name,seeds", [("stabilizers.yaml", 10), ("stabilizers_quick.yaml", 2)])
+def test_stabilizers_design_is_the_frontier_over_every_group_both_ways(name, seeds):
+    """Amendment 9: the original and R2_full at L = 5, each as itself and with each stabilizer group flipped,
+    paired seeds walking a sub-range of the frontier's ladder; the quick file is the same design, smaller."""
+    spec = shipped_sweep(ROOT / "sweeps" / name)
+    groups = ("interaction_scale", "mixing_scale", "bounds", "grad_clip")
+    assert spec.frontier == "train.lr" and set(spec.params["model"].values) == {"original", "r2_full"}
+    assert list(spec.params["ablate"].values) == ["none", *groups] and len(spec.params["seed"].values) == seeds
+    ladder = list(spec.params["train.lr"].values)
+    first = frontier.rung(ladder[0])
+    assert all(frontier.rung(x) >= first for x in ladder) and spec.params["model.L"].values == (5,)
     points = sf.grid_points(spec)
-    assert len(points) == 2 * 8 * 3 and len({sf.trial_label(spec, p) for p in points}) == len(points)
-    assert set(spec.params["ablate"].values) <= set(ABLATIONS)
-    r2 = compose(["model=r2_full"])
-    for name in ("s_msg", "clamps", "grad_clip"):
-        loo = sf.trial_config(spec, {"model": "r2_full", "ablate": name, "seed": 0})
-        aoi = sf.trial_config(spec, {"model": "original", "ablate": name, "seed": 0})
-        for key in ABLATIONS[name]:
-            off, on = flatten(compose([]))[key], flatten(r2)[key]
-            assert flatten(loo)[key] == off and flatten(aoi)[key] == on, key
-    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "r2_full-s_msg-seed1"
-    assert sf.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "original+g-seed0"
+    assert len(points) == 2 * 5 * seeds * len(ladder) and len({sf.trial_label(spec, p) for p in points}) == len(points)
+    assert len(walk.walk_starts(spec)) == 2 * 5 * seeds
+    r2, plain = flatten(compose(["model=r2_full"])), flatten(compose([]))
+    for group in groups:
+        loo = flatten(sf.trial_config(spec, {"model": "r2_full", "ablate": group, "seed": 0, "train.lr": ladder[0]}))
+        aoi = flatten(sf.trial_config(spec, {"model": "original", "ablate": group, "seed": 0, "train.lr": ladder[0]}))
+        for key in ABLATIONS[group]:
+            assert loo[key] == plain[key] and aoi[key] == r2[key], (group, key)
+    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "bounds", "seed": 1, "train.lr": ladder[0]}) == \
+        f"r2_full-bounds-lr{ladder[0]:g}-seed1"
 
 
 BAD_FILES = {

@@ -213,9 +213,11 @@ def test_online_sweep_config_fixes_the_overrides_and_the_budget():
     command-line overrides go in as typed fixed values, and random/bayes get their run_cap."""
     sweeps = ws._sweeps_engine()
     # the shipped spec with these overrides, as load_sweep(path, overrides) builds it
-    grid = ws.wandb_sweep_config(dataclasses.replace(shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml"),
-                                                     overrides=["train.steps=20", "train.lr=3e-3"]), None)
-    assert grid["parameters"]["train.steps"] == {"value": 20} and grid["parameters"]["train.lr"] == {"value": 0.003}
+    main_job = shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+    grid = ws.wandb_sweep_config(dataclasses.replace(main_job, overrides=["train.steps=20", "model.F=16"]), None)
+    assert grid["parameters"]["train.steps"] == {"value": 20} and grid["parameters"]["model.F"] == {"value": 16}
+    # the frontier's ladder stays swept (W&B's engine runs every rung), its `frontier` key, W&B's schema refuses
+    assert grid["parameters"]["train.lr"] == main_job.raw["parameters"]["train.lr"] and "frontier" not in grid
     assert "run_cap" not in grid and sweeps.schema_violations_from_proposed_config(grid) == []
     bayes = ws.wandb_sweep_config(shipped_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
     assert bayes["run_cap"] == 5 and bayes["name"] == "tune_r2"

@@ -386,9 +386,10 @@ def wandb_sweep_config(sweep: Sweep, n_trials: Optional[int]) -> dict:
 
     The server locks its parameters in each run's config (a later update is ignored), and
     `wandb agent` on another machine knows only the file: both must see the overrides.
-    A random/bayes sweep gets `run_cap` = --n-trials, else the file's, else 20.
+    A random/bayes sweep gets `run_cap` = --n-trials, else the file's, else 20. painn-ablate's own keys
+    (`frontier`) are left out: W&B's engine runs every rung of a frontier.
     """
-    config = copy.deepcopy(sweep.raw)
+    config = {k: v for k, v in copy.deepcopy(sweep.raw).items() if k not in sf.OWN_KEYS}  # W&B's schema refuses them
     cfg = compose(sf.trial_overrides(sweep, sf.check_points(sweep)[0]))  # typed values, as the trials get them
     for item in sweep.overrides:
         key, text = item.split("=", 1)

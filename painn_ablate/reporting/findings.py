@@ -407,7 +407,7 @@ OUTCOMES = "outcomes"  # results/<OUTCOMES>/: amendment 8's re-run of the map (p
 MAP_FILES = ("map_original", "map_r2_full", "map_r2_full_L8")  # the map's sweep files, in the order they run
 
 
-def _outcome_trials(results: str | Path) -> pd.DataFrame:
+def outcome_trials(results: str | Path) -> pd.DataFrame:
     folder = Path(results) / OUTCOMES
     trials = ex.load_results(folder)[0] if folder.is_dir() else pd.DataFrame()
     return trials[ex.default_setting(trials)] if len(trials) else trials
@@ -494,7 +494,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
              "n is given with each. Seeds 0-9 are paired across all cells and variants (same initialisation, "
              "same batch order, same data).", ""]
     dose = _dose_table(results)  # amendment 7's table, read once for the verdicts and section 6
-    outcomes = _outcome_trials(results)  # amendment 8's re-run, read once for the verdicts and section 1b
+    outcomes = outcome_trials(results)  # amendment 8's re-run, read once for the verdicts and section 1b
     data = rp.baselines(compose([]).data)  # the trivial predictors on the shipped data, for A1 and section 1b
     rerun = rules.judge(outcomes, rules.OUTCOME_RULES) if len(outcomes) else []
     if not trials.empty:

@@ -37,7 +37,9 @@ CLI = Path(sys.executable).parent / "painn-ablate"
 
 def slice_of(sweep: Path, seeds: list[int], steps: int, out: Path) -> Path:
     spec = yaml.safe_load(sweep.read_text())
+    spec.pop("frontier", None)  # a fixed-size slice: no walk up the ladder, one trial per seed and preset
     params = spec["parameters"]
+    params["train.lr"] = {"value": 1e-3}  # the config's default, where the file stood before it became a frontier
     params["ablate"] = {"value": "none"}
     params["seed"] = {"values": seeds}
     params["train.steps"] = {"value": steps}

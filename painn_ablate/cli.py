@@ -190,9 +190,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{p.waiting} trial(s) waiting, {p.running} running elsewhere: run the same command to resume.")
     from painn_ablate.sweep import studies
 
-    table = experiment_table(studies.trials_frame(studies.open_studies(url, spec.name)[0]))
+    frame = studies.trials_frame(studies.open_studies(url, spec.name)[0])
+    table = experiment_table(frame)
     if len(table):
         print(table.to_string(index=False))
+    if spec.frontier:
+        from painn_ablate.reporting.text import frontier_text
+
+        print(frontier_text(frame, spec.frontier, spec.swept[spec.frontier].values))
     print("Next:\n" + "\n".join(f"  {c}" for c in next_commands(args.storage or out, url)))
     return 0
 
@@ -208,7 +213,7 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
         if given:
             raise InputError(f"{flag} applies to --engine optuna; --engine wandb runs one trial at a time per "
                              "process (online, more agents join with `wandb agent <sweep>`)")
-    if ws.online():
+    if ws.online():  # no frontier table here: the sweep's runs are the server's, this agent knows only its own
         path = ws.run_online(spec, out=out, n_trials=args.n_trials, threads=args.threads)
         print(f"{spec.name}: W&B sweep {path}: this agent has nothing left to run. More agents: wandb agent {path}")
         return 0
@@ -229,6 +234,10 @@ def cmd_sweep_wandb(args: argparse.Namespace, spec, out) -> int:
     print(f"{spec.name}: {s.done}/{s.total} trials done ({s.transient} transient, {s.diverged} diverged, {s.exploded} exploded, "
           f"{s.errors} errors); {best}. "
           f"Run directories in {out}/trials, state in {out}/{ws.LEDGER}.")
+    if spec.frontier:  # W&B's engine ran every rung of the ladder: the frontier is each seed's first failure
+        from painn_ablate.reporting.text import frontier_text
+
+        print(frontier_text(ws.trial_table(spec, s.trials), spec.frontier, spec.swept[spec.frontier].values))
     print(f"W&B runs are offline; upload them: wandb sync {out}/trials/*/wandb/offline-run-*")
     return 0
 
@@ -252,6 +261,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         table = experiment_table(frame)
         if len(table):
             print(table.to_string(index=False))
+        frontier = studies.frontier_ladder(study)
+        if frontier is not None:
+            from painn_ablate.reporting.text import frontier_text
+
+            print(frontier_text(frame, *frontier))
         if len(frame):
             nonfinite = frame.apply(lambda r: "-" if pd.isna(r["first_nonfinite_step"]) else where_nonfinite(
                 {k: r[f"first_nonfinite_{k}"] for k in ("step", "layer", "block", "tensor")}), axis=1)

@@ -1,12 +1,15 @@
 """Tests of painn_ablate.analysis.frontier: the ladder walk, critical rungs, LR sensitivity, paired shifts."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from painn_ablate.analysis import frontier as fr
+from painn_ablate.analysis.stats import wilson
+from painn_ablate.sweep import walk
 
 
 def test_the_ladder_runs_from_3e_4_to_3e_1_in_steps_of_about_two():
@@ -16,21 +19,21 @@ def test_the_ladder_runs_from_3e_4_to_3e_1_in_steps_of_about_two():
 
 
 def test_the_walk_goes_up_until_a_rung_fails():
-    assert fr.next_rung({}) == 0
-    assert fr.next_rung({0: True, 1: True}) == 2
-    assert fr.next_rung({0: True, 1: False}) is None
-    assert fr.next_rung({i: True for i in range(len(fr.LADDER))}) is None
+    assert walk.next_rung({}, fr.LADDER) == 0
+    assert walk.next_rung({0: True, 1: True}, fr.LADDER) == 2
+    assert walk.next_rung({0: True, 1: False}, fr.LADDER) is None
+    assert walk.next_rung({i: True for i in range(len(fr.LADDER))}, fr.LADDER) is None
 
 
 @pytest.mark.parametrize("done,expected", [({0: False}, -1), ({0: True, 1: True, 2: False}, 1),
                                            ({i: True for i in range(11)}, 10)])
 def test_critical_rung_is_the_highest_rung_below_the_first_failure(done, expected):
-    assert fr.critical_rung(done) == expected
+    assert walk.critical_rung(done, fr.LADDER) == expected
 
 
 def test_an_incomplete_walk_has_no_critical_rung():
     with pytest.raises(ValueError, match="was not run"):
-        fr.critical_rung({0: True, 2: True})
+        walk.critical_rung({0: True, 2: True}, fr.LADDER)
 
 
 def test_lr_sensitivity_is_zero_for_a_flat_curve_and_counts_unrun_rungs_as_the_initial_loss():
@@ -52,7 +55,7 @@ def _trials(rungs_by_variant: dict, seeds=range(10)) -> pd.DataFrame:
                 rows.append({"preset": preset, "ablate": ablate, "seed": s, "lr": fr.LADDER[i],
                              "status": "diverged" if fails else "stable",
                              "blow_up_phase": "training" if fails else None,
-                             "final_val_loss": 1e3 if fails else 0.01 * (1 + i), "initial_loss": 1.0})
+                             "final_val_pos_mse": 1e3 if fails else 0.01 * (1 + i), "initial_val_pos_mse": 1.0})
     return pd.DataFrame(rows)
 
 
@@ -87,8 +90,94 @@ def test_the_shift_interval_holds_the_median_and_the_sign_test_counts_ties_out()
 
 def test_a_recovered_initialisation_spike_does_not_lower_the_frontier_and_is_counted_apart():
     rows = [{"preset": "original", "ablate": "none", "seed": 0, "lr": fr.LADDER[i], "status": status,
-             "blow_up_phase": phase, "training_blow_up": training, "final_val_loss": 0.1, "initial_loss": 1.0}
+             "blow_up_phase": phase, "training_blow_up": training, "final_val_pos_mse": 0.1,
+             "initial_val_pos_mse": 1.0}
             for i, (status, phase, training) in enumerate([("transient", "init", False), ("stable", None, False),
                                                             ("diverged", "training", True)])]
     crit = fr.critical_table(pd.DataFrame(rows)).iloc[0]
     assert crit["critical_rung"] == 1 and crit["init_phase_blow_ups"] == 1
+
+
+def _walk(statuses, seed=0, preset="original", ablate="none", ladder=fr.LADDER, **extra) -> list[dict]:
+    """One (variant, seed)'s trials up the ladder: status per rung, or (status, phase, training_blow_up)."""
+    rows = []
+    for i, s in enumerate(statuses):
+        status, phase, training = (s, None, None) if isinstance(s, str) else s
+        rows.append({"preset": preset, "ablate": ablate, "seed": seed, "lr": ladder[i], "status": status,
+                     "blow_up_phase": phase, "training_blow_up": training, "final_val_pos_mse": 0.1,
+                     "initial_val_pos_mse": 1.0, **extra})
+    return rows
+
+
+def test_unfinished_trials_leave_a_walk_incomplete_and_a_lost_trials_re_run_stands_in_for_it():
+    rows = [*_walk(["stable", "running"], seed=0), *_walk(["stable", "waiting"], seed=1),
+            *_walk(["stable", "lost (re-run)"], seed=2),
+            *_walk(["stable", "stable", ("diverged", "training", True)], seed=2)[1:]]
+    crit = fr.critical_table(pd.DataFrame(rows)).set_index("seed")
+    assert pd.isna(crit.loc[0, "critical_rung"]) and math.isnan(crit.loc[0, "critical_lr"])
+    assert crit.loc[1, "rungs_run"] == 1 and math.isnan(crit.loc[1, "lr_sensitivity"])
+    assert crit.loc[2, "critical_rung"] == 1 and crit.loc[2, "rungs_run"] == 3
+
+
+def test_a_walk_ended_by_a_failure_present_at_initialisation_is_marked_apart():
+    rows = [*_walk(["stable", ("exploded", "init", False)], seed=0),
+            *_walk(["stable", ("exploded", "init", True)], seed=1),  # an init spike, then a training blow-up
+            *_walk(["stable", ("diverged", "training", True)], seed=2)]
+    crit = fr.critical_table(pd.DataFrame(rows)).set_index("seed")
+    assert (crit["critical_rung"] == 0).all()
+    assert crit["ended_at_init"].tolist() == [True, False, False]
+    assert crit["init_phase_blow_ups"].tolist() == [1, 1, 0]
+
+
+def test_rungs_are_indices_of_the_sweeps_own_ladder():
+    ladder = fr.LADDER[2:]  # the main job's: from 1.19e-3
+    crit = fr.critical_table(pd.DataFrame(_walk(["stable", "stable", "exploded"], ladder=ladder)), ladder=ladder)
+    assert crit.loc[0, "critical_rung"] == 1 and crit.loc[0, "critical_lr"] == fr.LADDER[3]
+    with pytest.raises(ValueError, match="not on the ladder"):
+        fr.critical_table(pd.DataFrame(_walk(["stable"], ladder=[fr.LADDER[0]])), ladder=ladder)
+
+
+def test_a_verdict_on_fewer_than_ten_pairs_is_not_judged():
+    trials = _trials({("r2_full", "none"): lambda s: 6, ("r2_full", "bounds"): lambda s: 3,
+                      ("original", "none"): lambda s: 1}, seeds=range(5))
+    table = fr.verdict_table(fr.critical_table(trials)).set_index("ablate")
+    assert table.loc["bounds", "verdict"] == "n < 10, not judged" and table.loc["bounds", "n"] == 5
+    # the same five pairs, judged: every seed lower, sign test p = 1/32 in a family of one
+    judged = fr.verdict_table(fr.critical_table(trials), min_pairs=5).set_index("ablate")
+    assert judged.loc["bounds", "verdict"] == "necessary" and judged.loc["bounds", "p_sign"] == pytest.approx(1 / 32)
+
+
+@pytest.mark.parametrize("original,seeds,verdict", [(lambda s: 1, range(10), "PASS"),
+                                                    (lambda s: 6 - (s < 2), range(10), "MISS"),
+                                                    (lambda s: 1, range(9), "n < 10, not judged")])
+def test_fr1_passes_when_r2_fulls_frontier_is_higher_in_enough_seeds(original, seeds, verdict):
+    crit = fr.critical_table(_trials({("r2_full", "none"): lambda s: 6, ("original", "none"): original}, seeds=seeds))
+    result = fr.fr1(crit)
+    assert result["verdict"] == verdict and result["shift"].n == len(seeds)
+
+
+def test_the_blow_up_rate_per_rung_counts_transient_runs_and_only_finished_ones():
+    rows = [*_walk([("transient", "init", False), "stable"], seed=0), *_walk(["stable", "exploded"], seed=1),
+            *_walk(["stable", "running"], seed=2)]
+    rates = fr.rung_rates(pd.DataFrame(rows)).set_index("rung")
+    assert rates.loc[0, ["k", "n"]].tolist() == [1, 3] and rates.loc[1, ["k", "n"]].tolist() == [1, 2]
+    assert (rates.loc[0, "lo"], rates.loc[0, "hi"]) == pytest.approx(wilson(1, 3))
+
+
+def test_the_frontier_text_states_fr1_the_verdicts_with_n_and_the_rates_per_rung():
+    from painn_ablate.reporting.text import frontier_text
+
+    ladder = fr.LADDER[2:]
+    trials = _trials({("r2_full", "none"): lambda s: 6, ("r2_full", "bounds"): lambda s: 3,
+                      ("original", "none"): lambda s: 1, ("original", "bounds"): lambda s: 5}).assign(
+        lr=lambda t: [ladder[fr.rung(x)] for x in t["lr"]]).rename(columns={"lr": "train.lr"})
+    text = frontier_text(trials, "train.lr", ladder)
+    assert "40 of 40 walks complete" in text and "Rungs: 0 0.00119, 1 0.00238" in text
+    assert "FR1, R2_full's critical rung above the original's: n 10, up 10, down 0" in text and ": PASS" in text
+    verdicts = text[text.index("Verdicts"):text.index("Blow-up rate")]
+    assert re.search(r"r2_full - bounds\s+necessary\s+10\s+-3 \(-3 to -3\)\s+0/10", verdicts)
+    assert re.search(r"original \+ bounds\s+sufficient\s+10\s+4 \(4 to 4\)\s+10/0 .* raises", verdicts)
+    rates = {line.split("  ")[0]: line for line in text[text.index("Blow-up rate"):].splitlines()[2:]}
+    assert list(rates) == ["r2_full", "r2_full - bounds", "original", "original + bounds"]  # the design's order
+    assert re.fullmatch(r"original\s+0/10 0-28%\s+0/10 0-28%\s+10/10 72-100%(\s+-)+", rates["original"])
+    assert frontier_text(trials.drop(columns="seed"), "train.lr", ladder).endswith("no seed column.")

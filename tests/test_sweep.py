@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,11 +25,12 @@ from optuna.trial import TrialState
 from support import SWEEP_COMMAND, shipped_sweep, write_sweep
 from support import cli as run_cli
 
+from painn_ablate.analysis import frontier
 from painn_ablate.core.config import ABLATIONS, compose, flatten
 from painn_ablate.sweep import optuna_engine as sw
 from painn_ablate.sweep import spec as sf
 from painn_ablate.sweep import storage as storage_mod
-from painn_ablate.sweep import walk
+from painn_ablate.sweep import studies, walk
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -103,20 +105,28 @@ def test_wandb_agent_arguments_compose_the_same_config(tiny):
 
 
 @pytest.mark.integration
-def test_stabilizers_design_covers_every_stabilizer_both_ways():
-    spec = shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+@pytest.mark.parametrize("name,seeds", [("stabilizers.yaml", 10), ("stabilizers_quick.yaml", 2)])
+def test_stabilizers_design_is_the_frontier_over_every_group_both_ways(name, seeds):
+    """Amendment 9: the original and R2_full at L = 5, each as itself and with each stabilizer group flipped,
+    paired seeds walking a sub-range of the frontier's ladder; the quick file is the same design, smaller."""
+    spec = shipped_sweep(ROOT / "sweeps" / name)
+    groups = ("interaction_scale", "mixing_scale", "bounds", "grad_clip")
+    assert spec.frontier == "train.lr" and set(spec.params["model"].values) == {"original", "r2_full"}
+    assert list(spec.params["ablate"].values) == ["none", *groups] and len(spec.params["seed"].values) == seeds
+    ladder = list(spec.params["train.lr"].values)
+    first = frontier.rung(ladder[0])
+    assert all(frontier.rung(x) >= first for x in ladder) and spec.params["model.L"].values == (5,)
     points = sf.grid_points(spec)
-    assert len(points) == 2 * 8 * 3 and len({sf.trial_label(spec, p) for p in points}) == len(points)
-    assert set(spec.params["ablate"].values) <= set(ABLATIONS)
-    r2 = compose(["model=r2_full"])
-    for name in ("s_msg", "clamps", "grad_clip"):
-        loo = sf.trial_config(spec, {"model": "r2_full", "ablate": name, "seed": 0})
-        aoi = sf.trial_config(spec, {"model": "original", "ablate": name, "seed": 0})
-        for key in ABLATIONS[name]:
-            off, on = flatten(compose([]))[key], flatten(r2)[key]
-            assert flatten(loo)[key] == off and flatten(aoi)[key] == on, key
-    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "s_msg", "seed": 1}) == "r2_full-s_msg-seed1"
-    assert sf.trial_label(spec, {"model": "original", "ablate": "g", "seed": 0}) == "original+g-seed0"
+    assert len(points) == 2 * 5 * seeds * len(ladder) and len({sf.trial_label(spec, p) for p in points}) == len(points)
+    assert len(walk.walk_starts(spec)) == 2 * 5 * seeds
+    r2, plain = flatten(compose(["model=r2_full"])), flatten(compose([]))
+    for group in groups:
+        loo = flatten(sf.trial_config(spec, {"model": "r2_full", "ablate": group, "seed": 0, "train.lr": ladder[0]}))
+        aoi = flatten(sf.trial_config(spec, {"model": "original", "ablate": group, "seed": 0, "train.lr": ladder[0]}))
+        for key in ABLATIONS[group]:
+            assert loo[key] == plain[key] and aoi[key] == r2[key], (group, key)
+    assert sf.trial_label(spec, {"model": "r2_full", "ablate": "bounds", "seed": 1, "train.lr": ladder[0]}) == \
+        f"r2_full-bounds-lr{ladder[0]:g}-seed1"
 
 
 BAD_FILES = {
@@ -407,6 +417,57 @@ def test_a_frontier_sweep_walks_each_seed_up_the_ladder_to_its_first_failure(tmp
     assert len(load(tmp_path / "out").trials) == 4
 
 
+class Stop(Exception):
+    """Ends a sweep from its progress callback: a sweep cut short between trials."""
+
+
+@pytest.mark.integration
+def test_a_frontier_sweep_ends_with_the_verdict_table_and_status_prints_it_from_a_partly_done_study(tmp_path, tiny):
+    """The main job's design in small: 2 presets x 2 groups x 2 seeds walking 3 rungs at L = 5 (F = 16). Cut short
+    after five trials, then resumed: the resumed walks run each rung once (before, a resumed frontier sweep saw
+    no waiting rung in any walk, the waiting trials having no params yet, and enqueued every next rung twice)."""
+    path = write_sweep(tmp_path, {"model": {"values": ["r2_full", "original"]}, "ablate": {"values": ["none", "bounds"]},
+                                  "seed": {"values": [0, 1]}, "train.lr": {"values": [0.001, 0.05, 10.0]}},
+                       frontier="train.lr")
+    overrides, out = [*tiny, "model.F=16", "model.L=5"], tmp_path / "out"
+
+    def stop_after_five(p) -> None:
+        if p.done >= 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        sw.run_sweep(sf.load_sweep(path, overrides), out=out, threads=1, on_progress=stop_after_five)
+    mid = cli("status", out)
+    assert mid.returncode == 0, mid.stderr
+    complete = int(re.search(r"Stability frontier over train.lr: (\d) of 8 walks complete", mid.stdout).group(1))
+    assert complete < 8 and "FR1, R2_full's critical rung above the original's: n " in mid.stdout
+    verdicts = mid.stdout[mid.stdout.index("Verdicts"):mid.stdout.index("Blow-up rate")]
+    assert re.search(r"r2_full - bounds\s+necessary\s+[012]\s", verdicts) and "n < 10, not judged" in verdicts
+    assert re.search(r"original\s+\d/2 ", mid.stdout)  # the walks of a variant done so far
+
+    end = cli("sweep", path, *overrides, "--out", out)  # resumes the walks where they stood
+    assert end.returncode == 0, end.stderr
+    text = end.stdout
+    assert "8 of 8 walks complete" in text and text.index("Stability frontier") < text.index("Verdicts") < text.index("Next:")
+    verdicts = text[text.index("Verdicts"):text.index("Blow-up rate")]
+    assert re.search(r"r2_full - bounds\s+necessary\s+2\s.*n < 10, not judged", verdicts)
+    assert re.search(r"original \+ bounds\s+sufficient\s+2\s.*n < 10, not judged", verdicts)
+    # each walk's critical rung as the table states it agrees with the trials the engine ran: a walk that stopped
+    # ran its critical rung + 2 rungs (the last one did not train), one that trained at every rung ran all 3
+    study = load(out)
+    walks: dict = {}
+    for t in study.trials:
+        walks.setdefault((t.params["model"], t.params["ablate"], t.params["seed"]), []).append(t)
+    crit = frontier.critical_table(studies.trials_frame(study), lr="train.lr", ladder=[0.001, 0.05, 10.0])
+    for (preset, ablate, seed), trials in walks.items():
+        ran = sorted(trials, key=lambda t: t.params["train.lr"])
+        assert len({t.params["train.lr"] for t in ran}) == len(ran), (preset, ablate, seed)  # each rung once
+        trained = walk.trains(ran[-1].user_attrs)
+        assert len(ran) == 3 or not trained  # a walk stops only at a rung that did not train
+        row = crit[(crit["preset"] == preset) & (crit["ablate"] == ablate) & (crit["seed"] == seed)].iloc[0]
+        assert row["critical_rung"] == (len(ran) - 1 if trained else len(ran) - 2), (preset, ablate, seed)
+
+
 def test_the_walk_goes_to_the_next_rung_only_after_a_rung_that_trained(tmp_path):
     path = write_sweep(tmp_path, {"seed": {"values": [0, 1]}, "train.lr": {"values": [0.001, 0.01, 0.1]}},
                        frontier="train.lr")
@@ -432,3 +493,15 @@ def test_a_bad_frontier_is_refused_naming_it(tmp_path, frontier, values, message
     path = write_sweep(tmp_path, {"train.lr": {"values": values}}, frontier=frontier)
     with pytest.raises(sf.SweepError, match=message):
         sf.load_sweep(path)
+
+
+def test_the_experiment_table_counts_transient_runs_as_blow_ups():
+    import pandas as pd
+
+    from painn_ablate.reporting.text import experiment_table
+
+    frame = pd.DataFrame({"experiment": ["original"] * 5, "test_pos_mse": [0.1, 0.3, 5.0, None, None],
+                          "status": ["stable", "transient", "diverged", "exploded", "running"]})
+    row = experiment_table(frame).iloc[0]
+    assert row["blow-ups"] == "3/4" and (row["transient"], row["diverged"], row["exploded"]) == (1, 1, 1)
+    assert row["median test_pos_mse (stable)"] == "0.1"  # the stable trial's alone

@@ -78,6 +78,20 @@ def test_grid_runs_each_point_once_logs_it_offline_and_resume_runs_nothing(tmp_p
 
 
 @pytest.mark.integration
+def test_a_frontier_sweep_runs_every_rung_and_ends_with_the_frontier_from_its_ledger(tmp_path, tiny):
+    """W&B's engine cannot walk (it runs the whole grid); the frontier is read from its ledger alike."""
+    path = write_sweep(tmp_path, {"model": {"values": ["r2_full", "original"]}, "seed": {"value": 0},
+                                  "train.lr": {"values": [0.001, 10.0]}}, frontier="train.lr")
+    out = tmp_path / "out"
+    res = cli("sweep", path, *tiny, "--engine", "wandb", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert "4/4 trials done" in res.stdout  # every rung, also above a failure
+    assert "Stability frontier over train.lr: 2 of 2 walks complete" in res.stdout
+    assert "FR1, R2_full's critical rung above the original's: n 1" in res.stdout
+    assert res.stdout.index("Stability frontier") < res.stdout.index("wandb sync")
+
+
+@pytest.mark.integration
 def test_bayes_runs_a_fixed_count_and_resume_reruns_only_a_killed_trial(tmp_path, tiny):
     lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     path = write_sweep(tmp_path, {"model": {"value": "r2_full"}, "train.lr": lr,
@@ -199,9 +213,11 @@ def test_online_sweep_config_fixes_the_overrides_and_the_budget():
     command-line overrides go in as typed fixed values, and random/bayes get their run_cap."""
     sweeps = ws._sweeps_engine()
     # the shipped spec with these overrides, as load_sweep(path, overrides) builds it
-    grid = ws.wandb_sweep_config(dataclasses.replace(shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml"),
-                                                     overrides=["train.steps=20", "train.lr=3e-3"]), None)
-    assert grid["parameters"]["train.steps"] == {"value": 20} and grid["parameters"]["train.lr"] == {"value": 0.003}
+    main_job = shipped_sweep(ROOT / "sweeps" / "stabilizers.yaml")
+    grid = ws.wandb_sweep_config(dataclasses.replace(main_job, overrides=["train.steps=20", "model.F=16"]), None)
+    assert grid["parameters"]["train.steps"] == {"value": 20} and grid["parameters"]["model.F"] == {"value": 16}
+    # the frontier's ladder stays swept (W&B's engine runs every rung), its `frontier` key, W&B's schema refuses
+    assert grid["parameters"]["train.lr"] == main_job.raw["parameters"]["train.lr"] and "frontier" not in grid
     assert "run_cap" not in grid and sweeps.schema_violations_from_proposed_config(grid) == []
     bayes = ws.wandb_sweep_config(shipped_sweep(ROOT / "sweeps" / "tune_r2.yaml"), 5)
     assert bayes["run_cap"] == 5 and bayes["name"] == "tune_r2"

@@ -19,6 +19,11 @@ fired; initialisation-phase blow-ups are counted apart, since no learning rate c
 Paired tests (the same seeds in every variant): `shift` compares a variant's critical rungs with a
 reference's seed by seed: the median paired shift in rungs (x ~2 in lr per rung) with a bootstrap 95%
 interval, the exact sign test and the Wilcoxon signed-rank test, one-sided in the direction asked.
+`verdict_table` judges amendment 9's rules per stabilizer group (necessary / sufficient / raises / inert /
+not shown), `fr1` its rule FR1, `rung_rates` the blow-up rate at each rung; `frontier_result` computes all
+of them from a walked sweep's trial table on the sweep's own ladder (its frontier parameter's values, a
+sub-range of LADDER; rungs are indices of that ladder). The walk itself (`next_rung`, `critical_rung`) is
+the engine's, in painn_ablate.sweep.walk.
 """
 
 from __future__ import annotations
@@ -31,13 +36,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from painn_ablate.analysis.stats import bootstrap, holm
-from painn_ablate.core.outcome import is_blow_up
-from painn_ablate.sweep.walk import trains  # the one rule of whether a run trained at its rung
+from painn_ablate.analysis.stats import bootstrap, holm, wilson
+from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Status, is_blow_up
+from painn_ablate.sweep.walk import critical_rung, failed_at_init, trains  # the engine's walk and rule of training
 
 LADDER = tuple(float(f"{x:.3g}") for x in np.geomspace(3e-4, 3e-1, 11))  # 3e-4, 5.99e-4, ..., 0.3
 PHASE_INIT = "init"  # the initial network crosses a blow-up criterion on the same batch
 ALPHA = 0.05
+MIN_PAIRS = 10  # amendment 9: a verdict resting on fewer paired seeds is not judged
+NOT_JUDGED = "n < {}, not judged"  # .format(min_pairs)
 
 
 def rung(lr: float, ladder: Sequence[float] = LADDER) -> int:
@@ -46,27 +53,6 @@ def rung(lr: float, ladder: Sequence[float] = LADDER) -> int:
         if math.isclose(lr, x, rel_tol=1e-3):
             return i
     raise ValueError(f"learning rate {lr:g} is not on the ladder {', '.join(f'{x:g}' for x in ladder)}")
-
-
-def next_rung(done: dict[int, bool], ladder: Sequence[float] = LADDER) -> Optional[int]:
-    """The walk up the ladder of one (variant, seed): `done` maps a rung run so far to whether it trained.
-    The next rung to run, or None when the walk is over (a rung failed, or the top was reached)."""
-    for i in range(len(ladder)):
-        if i not in done:
-            return i
-        if not done[i]:
-            return None
-    return None
-
-
-def critical_rung(done: dict[int, bool], ladder: Sequence[float] = LADDER) -> int:
-    """The highest rung below the first failure (walking up from 0); -1 if rung 0 failed; the top if none did."""
-    for i in range(len(ladder)):
-        if i not in done:
-            raise ValueError(f"rung {i} ({ladder[i]:g}) was not run: the walk is incomplete")
-        if not done[i]:
-            return i - 1
-    return len(ladder) - 1
 
 
 def lr_sensitivity(final_loss: dict[int, float], initial_loss: float, ladder: Sequence[float] = LADDER) -> float:
@@ -79,30 +65,49 @@ def lr_sensitivity(final_loss: dict[int, float], initial_loss: float, ladder: Se
     return float(np.mean(capped) - min(best, initial_loss))
 
 
+FINISHED = (*(str(s) for s in OUTCOMES), Status.PRUNED.value, Status.ERROR.value)  # a rung the walk has judged
+
+
 def critical_table(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ablate"), seed: str = "seed",
-                   lr: str = "lr", status: str = "status", phase: str = "blow_up_phase",
-                   final_loss: str = "final_val_loss", initial_loss: str = "initial_loss",
-                   ladder: Sequence[float] = LADDER) -> pd.DataFrame:
-    """One row per (variant, seed): critical rung and lr, LR sensitivity, the rungs run, and how many
-    of them blew up at initialisation. A (variant, seed) whose walk is not complete has NA critical values."""
+                   lr: str = "lr", status: str = "status", phase: str = PHASE_KEY,
+                   training: str = "training_blow_up", final_loss: str = "final_val_pos_mse",
+                   initial_loss: str = "initial_val_pos_mse", ladder: Sequence[float] = LADDER) -> pd.DataFrame:
+    """One row per (variant, seed), in the order they first appear, of a trial table (one row per trial; column
+    names as in painn_ablate.sweep.studies.trial_rows): critical rung and lr, whether the walk ended at a rung that
+    failed at initialisation (`walk.failed_at_init`), LR sensitivity, the rungs run, and how many of them
+    blew up at initialisation. Trials not finished (waiting, running, lost or interrupted ones, whose re-run
+    stands in) do not count; a (variant, seed) whose walk is not complete has NA critical values."""
     rows = []
-    for key, g in trials.groupby([*variant, seed], sort=True, dropna=False):
-        done = {rung(r[lr], ladder): trains({"status": r[status], "blow_up_phase": r.get(phase),
-                                                  "training_blow_up": _opt_bool(r.get("training_blow_up"))}) for _, r in g.iterrows()}
+    for key, g in trials.groupby([*variant, seed], sort=False, dropna=False):
+        done: dict[int, bool] = {}
+        at_init: dict[int, bool] = {}
+        losses: dict[int, float] = {}
+        initial, init_blow_ups = [], 0
+        for r in g.to_dict("records"):
+            if r[status] not in FINISHED:
+                continue
+            i = rung(r[lr], ladder)
+            attrs = {"status": r[status], PHASE_KEY: _opt(r.get(phase)), "training_blow_up": _opt_bool(r.get(training))}
+            done[i], at_init[i] = trains(attrs), failed_at_init(attrs)
+            losses[i], initial = _float(r.get(final_loss)), [*initial, _float(r.get(initial_loss))]
+            init_blow_ups += is_blow_up(r[status]) and attrs[PHASE_KEY] == PHASE_INIT
         try:
-            c = critical_rung(done, ladder)
-            complete = True
+            c: Optional[int] = critical_rung(done, ladder)
         except ValueError:
-            c, complete = None, next_rung(done, ladder) is None
-        losses = {rung(r[lr], ladder): float(r[final_loss]) for _, r in g.iterrows()}
-        init = float(g[initial_loss].median())
+            c = None
+        finite = [x for x in initial if math.isfinite(x)]
         rows.append({**dict(zip([*variant, seed], key)), "critical_rung": c,
                      "critical_lr": ladder[c] if c is not None and c >= 0 else math.nan,
-                     "censored": c == len(ladder) - 1, "rungs_run": len(done),
-                     "init_phase_blow_ups": int(sum(is_blow_up(r[status]) and r.get(phase) == PHASE_INIT
-                                                    for _, r in g.iterrows())),
-                     "lr_sensitivity": lr_sensitivity(losses, init, ladder) if complete and c is not None else math.nan})
-    return pd.DataFrame(rows)
+                     "censored": c == len(ladder) - 1,
+                     "ended_at_init": c is not None and c + 1 < len(ladder) and at_init[c + 1],
+                     "rungs_run": len(done), "init_phase_blow_ups": int(init_blow_ups),
+                     "lr_sensitivity": (lr_sensitivity(losses, float(np.median(finite)), ladder)
+                                        if c is not None and finite else math.nan)})
+    return pd.DataFrame(rows, columns=[*variant, seed, *CRITICAL_COLUMNS])
+
+
+CRITICAL_COLUMNS = ("critical_rung", "critical_lr", "censored", "ended_at_init", "rungs_run", "init_phase_blow_ups",
+                    "lr_sensitivity")
 
 
 @dataclass(frozen=True)
@@ -146,10 +151,16 @@ DESIGNS = {  # preset -> (the question, the direction a stabilizer moves the fro
 }
 
 
-def verdict_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def _reference(critical: pd.DataFrame, preset: str) -> pd.Series:
+    """A preset's own critical rungs (ablate none), indexed by seed."""
+    return critical[(critical["preset"] == preset) & (critical["ablate"] == "none")].set_index("seed")["critical_rung"]
+
+
+def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> pd.DataFrame:
     """Per (preset, ablate) other than the presets themselves: the paired shift of the critical rung against
     its own preset (median, bootstrap 95% interval, seeds up/down, sign and Wilcoxon p, Holm over the
-    preset's family on the sign test) and the verdict:
+    preset's family on the sign test) and the verdict (amendment 9), on the seeds whose walks both completed
+    (`n`):
 
         necessary      (on r2_full) Holm-adjusted sign-test p < 0.05 that leaving it out lowers the rung
         sufficient     (on original) Holm-adjusted sign-test p < 0.05 that adding it raises the rung, and
@@ -157,21 +168,22 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         raises         (on original) the first part of sufficient without the second
         inert          every paired shift is 0
         not shown      none of these
+        n < 10, not judged   fewer than `min_pairs` paired seeds (a sweep cut short, or still running)
     """
-    by = critical.set_index("seed")
-    full = critical[(critical["preset"] == "r2_full") & (critical["ablate"] == "none")].set_index("seed")["critical_rung"]
-    full_ci = median_interval(full, seed)
+    full_ci = median_interval(_reference(critical, "r2_full"), seed)
     rows = []
     for preset, (question, alternative) in DESIGNS.items():
-        ref = critical[(critical["preset"] == preset) & (critical["ablate"] == "none")].set_index("seed")["critical_rung"]
-        family = sorted(set(critical.loc[(critical["preset"] == preset) & (critical["ablate"] != "none"), "ablate"]))
-        shifts = {a: shift(by[(by["preset"] == preset) & (by["ablate"] == a)]["critical_rung"], ref, alternative, seed)
-                  for a in family}
-        adjusted = dict(zip(family, holm([shifts[a].p_sign for a in family])))
-        for a in family:
+        ref = _reference(critical, preset)
+        mine = critical[critical["preset"] == preset]
+        family = {a: g.set_index("seed") for a, g in mine[mine["ablate"] != "none"].groupby("ablate", sort=False)}
+        shifts = {a: shift(g["critical_rung"], ref, alternative, seed) for a, g in family.items()}
+        adjusted = dict(zip(family, holm([s.p_sign for s in shifts.values()])))
+        for a, g in family.items():
             s = shifts[a]
-            med = median_interval(by[(by["preset"] == preset) & (by["ablate"] == a)]["critical_rung"], seed)
-            if s.n and s.up == 0 and s.down == 0:
+            med = median_interval(g["critical_rung"], seed)
+            if s.n < min_pairs:
+                verdict = NOT_JUDGED.format(min_pairs)
+            elif s.up == 0 and s.down == 0:
                 verdict = "inert"
             elif adjusted[a] < ALPHA and question == "necessary":
                 verdict = "necessary"
@@ -187,6 +199,92 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def variant_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per variant (the presets too): its walks, those complete, the median critical rung with its bootstrap
+    95% interval, the censored walks (every rung trained), those ending at a failure present at initialisation,
+    its init-phase blow-ups and its median LR sensitivity: what amendment 9 reports beside the verdicts."""
+    rows = []
+    for (preset, ablate), g in critical.groupby(["preset", "ablate"], sort=False):
+        median, lo, hi = median_interval(g["critical_rung"], seed)
+        rows.append({"preset": preset, "ablate": ablate, "walks": len(g), "complete": int(g["critical_rung"].notna().sum()),
+                     "median_rung": median, "lo": lo, "hi": hi, "censored": int(g["censored"].sum()),
+                     "ended_at_init": int(g["ended_at_init"].sum()),
+                     "init_phase_blow_ups": int(g["init_phase_blow_ups"].sum()),
+                     "lr_sensitivity": float(g["lr_sensitivity"].median())})
+    return _in_design_order(pd.DataFrame(rows))
+
+
+def _in_design_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows per variant as the design reads: each preset of DESIGNS (then any other), itself first, then its
+    ablations in the order they first appear (a sweep's trials: its file's order)."""
+    if not len(frame):
+        return frame
+    presets = [*DESIGNS, *sorted(set(frame["preset"].astype(str)) - set(DESIGNS))]
+    key = [(presets.index(str(p)), a != "none") for p, a in zip(frame["preset"], frame["ablate"])]
+    return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)].reset_index(drop=True)  # stable: keeps the rest
+
+
+def fr1(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> dict:
+    """Rule FR1 (amendment 9): R2_full's critical rung is higher than the original's, one-sided exact sign test
+    over the paired seeds, p < 0.05: PASS, else MISS; fewer than `min_pairs` pairs: not judged."""
+    s = shift(_reference(critical, "r2_full"), _reference(critical, "original"), "greater", seed)
+    verdict = (NOT_JUDGED.format(min_pairs) if s.n < min_pairs
+               else "PASS" if s.p_sign < ALPHA else "MISS")
+    return {"rule": "FR1", "shift": s, "verdict": verdict}
+
+
+def rung_rates(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ablate"), lr: str = "lr",
+               status: str = "status", ladder: Sequence[float] = LADDER) -> pd.DataFrame:
+    """Per variant and rung run: the blow-up rate (outcome.is_blow_up, transient included) k of n finished runs
+    with its Wilson 95% interval. A walk reaches a rung only if it trained at every rung below, so n falls
+    with the rung."""
+    done = trials[trials[status].isin([str(o) for o in OUTCOMES])]
+    rows = []
+    for key, g in done.groupby(list(variant), sort=False):
+        by_rung = g.assign(rung=[rung(x, ladder) for x in g[lr]]).groupby("rung")[status]
+        for i, statuses in by_rung:
+            k, n = int(sum(is_blow_up(x) for x in statuses)), len(statuses)
+            lo, hi = wilson(k, n)
+            rows.append({**dict(zip(variant, key)), "rung": int(i), "lr": ladder[int(i)], "k": k, "n": n,
+                         "lo": lo, "hi": hi})
+    rates = pd.DataFrame(rows, columns=[*variant, "rung", "lr", "k", "n", "lo", "hi"])
+    return _in_design_order(rates) if tuple(variant) == ("preset", "ablate") else rates
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The frontier result of a walked sweep's trial table (`frontier_result`)."""
+
+    ladder: tuple[float, ...]
+    critical: pd.DataFrame  # critical_table
+    variants: pd.DataFrame  # variant_table
+    verdicts: pd.DataFrame  # verdict_table
+    fr1: dict  # fr1
+    rates: pd.DataFrame  # rung_rates
+
+
+def frontier_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", seed: int = 0,
+                    min_pairs: int = MIN_PAIRS) -> Frontier:
+    """Everything amendment 9 reports, from one trial table (columns as in studies.trial_rows, `lr` naming the
+    frontier parameter's column) on the sweep's own ladder (its frontier parameter's values: rungs are indices
+    of it, shared by every variant)."""
+    ladder = tuple(float(x) for x in ladder)
+    critical = critical_table(trials, lr=lr, ladder=ladder)
+    return Frontier(ladder, critical, variant_table(critical, seed), verdict_table(critical, seed, min_pairs),
+                    fr1(critical, seed, min_pairs),
+                    rung_rates(trials, lr=lr, ladder=ladder))
+
+
+def _opt(x):
+    """A table cell, None where missing (NA or nan)."""
+    return None if x is None or (not isinstance(x, str) and pd.isna(x)) else x
+
+
 def _opt_bool(x) -> Optional[bool]:
     """A table cell as a bool, None where missing (NA in a column of older records)."""
-    return None if x is None or pd.isna(x) else bool(x)
+    return None if _opt(x) is None else bool(x)
+
+
+def _float(x) -> float:
+    """A table cell as a float, nan where missing."""
+    return math.nan if _opt(x) is None else float(x)

@@ -1,5 +1,6 @@
 """What the command line prints about runs and sweeps, in words: a run's closing paragraph (`describe`),
-a trial's line (`trial_line`) and the per-experiment table (`experiment_table`). Plain text; no torch."""
+a trial's line (`trial_line`), the per-experiment table (`experiment_table`) and a frontier sweep's result
+(`frontier_text`). Plain text; no torch."""
 
 from __future__ import annotations
 
@@ -89,25 +90,91 @@ def trial_line(t, metric: str) -> str:
 
 
 def experiment_table(frame):
-    """Per experiment (preset + ablation) of a trials_frame: blow-ups k/n with the 95% Wilson interval,
-    diverged and exploded counts, the median test pos MSE of the stable trials; finished trials only."""
+    """Per experiment (preset + ablation) of a trials_frame: blow-ups k/n (outcome.is_blow_up: transient,
+    diverged or exploded) with the 95% Wilson interval, the transient, diverged and exploded counts, the median
+    test pos MSE of the stable trials; finished trials only."""
     import pandas as pd
 
-    from painn_ablate.analysis.loaders import wilson
-    from painn_ablate.core.outcome import OUTCOMES, Status
+    from painn_ablate.analysis.stats import wilson
+    from painn_ablate.core.outcome import OUTCOMES, Status, is_blow_up
 
     done = frame[frame["status"].isin([str(o) for o in OUTCOMES]) & frame["experiment"].notna()] \
         if "experiment" in frame else frame.iloc[0:0]
     rows = []
     for name, g in done.groupby("experiment", sort=False):
-        n, k = len(g), int(g["status"].isin([Status.DIVERGED.value, Status.EXPLODED.value]).sum())
+        n, k = len(g), int(g["status"].map(is_blow_up).sum())
         lo, hi = wilson(k, n)
         stable = pd.to_numeric(g.loc[g["status"] == Status.STABLE.value, "test_pos_mse"], errors="coerce").dropna()
         rows.append({"experiment": name, "blow-ups": f"{k}/{n}", "95% CI": f"{100 * lo:.0f}-{100 * hi:.0f}%",
-                     "diverged": int((g["status"] == Status.DIVERGED.value).sum()),
-                     "exploded": int((g["status"] == Status.EXPLODED.value).sum()),
+                     **{str(o): int((g["status"] == o.value).sum()) for o in OUTCOMES if is_blow_up(o)},
                      "median test_pos_mse (stable)": _fmt(float(stable.median())) if len(stable) else "-"})
     return pd.DataFrame(rows)
+
+
+def frontier_text(trials, param: str, ladder) -> str:
+    """What a frontier sweep's trials say so far (sweeps/DESIGN.md amendment 9; analysis.frontier computes it):
+    the ladder, rule FR1, per variant its critical rungs, the verdict per stabilizer group with n, and the
+    blow-up rate at each rung with its Wilson 95% interval. `trials`: a trial table (studies.trial_rows' columns);
+    `param`: the frontier parameter, `ladder`: its values in the sweep file."""
+    import pandas as pd
+
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.core.config import experiment_name
+
+    missing = [c for c in ("preset", "ablate", "seed", param, "status") if c not in trials]
+    if missing:
+        return f"Stability frontier: not computed, the trials have no {', '.join(missing)} column."
+    try:
+        result = fr.frontier_result(trials, ladder, lr=param)
+    except ValueError as exc:  # a trial off the ladder (an override of the frontier parameter)
+        return f"Stability frontier: not computed: {exc}"
+    crit, rungs = result.critical, ", ".join(f"{i} {x:g}" for i, x in enumerate(result.ladder))
+    lines = [f"Stability frontier over {param}: {int(crit['critical_rung'].notna().sum())} of {len(crit)} walks "
+             f"complete (sweeps/DESIGN.md amendment 9). Rungs: {rungs}.",
+             "Critical rung: the highest rung a seed trained at before the first it did not (-1: not even the "
+             f"first; {len(result.ladder) - 1}: every rung, censored); paired comparisons use the seeds whose walks "
+             "both completed."]
+    s, verdict = result.fr1["shift"], result.fr1["verdict"]
+    lines.append(f"FR1, R2_full's critical rung above the original's: n {s.n}, up {s.up}, down {s.down}, "
+                 f"sign test p {_fmt(s.p_sign)}: {verdict}")
+    name = [experiment_name(p, a) for p, a in zip(result.variants.get("preset", []), result.variants.get("ablate", []))]
+    v = result.variants
+    if len(v):
+        lines.append(pd.DataFrame({
+            "variant": name, "walks done": [f"{c}/{w}" for c, w in zip(v["complete"], v["walks"])],
+            "median rung (95% CI)": [_interval(m, lo, hi) for m, lo, hi in zip(v["median_rung"], v["lo"], v["hi"])],
+            "censored": v["censored"], "ended at init": v["ended_at_init"],
+            "init-phase blow-ups": v["init_phase_blow_ups"], "LR sensitivity (median)": v["lr_sensitivity"].map(_fmt),
+        }).to_string(index=False))
+    t = result.verdicts
+    if len(t):
+        step = (result.ladder[-1] / result.ladder[0]) ** (1 / (len(result.ladder) - 1)) if len(result.ladder) > 1 else 1
+        lines.append(f"Verdicts: the shift of the critical rung against the preset, paired by seed (one rung ~ x{step:.2g} "
+                     f"in {param}; exact sign test one-sided, Holm over each preset's groups):")
+        lines.append(pd.DataFrame({
+            "variant": [experiment_name(p, a) for p, a in zip(t["preset"], t["ablate"])], "question": t["question"],
+            "n": t["n"], "median shift (95% CI)": [_interval(m, lo, hi) for m, lo, hi in
+                                                    zip(t["shift"], t["shift_lo"], t["shift_hi"])],
+            "up/down": [f"{u}/{d}" for u, d in zip(t["up"], t["down"])], "p sign": t["p_sign"].map(_fmt),
+            "p Holm": t["p_holm"].map(_fmt), "p Wilcoxon": t["p_wilcoxon"].map(_fmt), "verdict": t["verdict"],
+        }).to_string(index=False))
+    r = result.rates
+    if len(r):
+        lines.append("Blow-up rate per rung (transient, diverged or exploded: k/n, Wilson 95%):")
+        cells = r.assign(variant=[experiment_name(p, a) for p, a in zip(r["preset"], r["ablate"])],
+                         cell=[f"{k}/{n} {100 * lo:.0f}-{100 * hi:.0f}%" for k, n, lo, hi in
+                               zip(r["k"], r["n"], r["lo"], r["hi"])])
+        wide = cells.pivot(index="variant", columns="rung", values="cell").reindex(columns=range(len(result.ladder)))
+        wide = wide.dropna(axis=1, how="all").fillna("-").reindex(dict.fromkeys(cells["variant"]))
+        lines.append(wide.rename_axis(index=None, columns="rung").to_string())
+    return "\n".join(lines)
+
+
+def _interval(median: float, lo: float, hi: float) -> str:
+    """`-2 (-3 to -1)`: a median with its interval, '-' when there is none."""
+    if median is None or math.isnan(median):
+        return "-"
+    return f"{median:g} ({lo:g} to {hi:g})"
 
 
 def _duration(seconds: float) -> str:

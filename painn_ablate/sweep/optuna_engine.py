@@ -231,7 +231,10 @@ def advance_walks(study: optuna.Study, sweep: Sweep, only: Optional[dict] = None
     walks: dict[str, list] = {}
     for t in trials:
         if t._trial_id not in retried:  # a lost or interrupted trial's re-run stands in for it
-            walks.setdefault(walk_key(sweep, t.params), []).append(t)
+            # a WAITING trial has no params yet, only those it was enqueued with: without them a resumed sweep
+            # saw no waiting rung in any walk and enqueued every walk's next rung a second time
+            params = t.params or t.system_attrs.get("fixed_params") or {}
+            walks.setdefault(walk_key(sweep, params), []).append(t)
     wanted = None if only is None else walk_key(sweep, only)
     for key, trials in walks.items():
         if (wanted is not None and key != wanted) or any(t.state in (TrialState.WAITING, TrialState.RUNNING)

@@ -70,6 +70,19 @@ def open_studies(target: str, study_name: Optional[str] = None) -> list[optuna.S
     return [optuna.load_study(study_name=n, storage=storage) for n in names]
 
 
+FRONTIER_ATTRS = ("training_blow_up", "initial_val_pos_mse", "final_val_pos_mse")  # spec.result_attrs
+
+
+def frontier_ladder(study: optuna.Study) -> Optional[tuple[str, list[float]]]:
+    """A frontier sweep's walked parameter and its ladder (the values in the sweep file the study was made
+    from); None for a study of any other sweep."""
+    raw = study.user_attrs.get("sweep_file") or {}
+    name = raw.get("frontier")
+    if not name:
+        return None
+    return name, [float(x) for x in raw["parameters"][name]["values"]]
+
+
 def trial_status(t: FrozenTrial, retried: set[int]) -> str:
     """The status shown for a trial: its user attribute, or what its state says."""
     if t.state == TrialState.FAIL and "error" not in t.user_attrs:
@@ -81,9 +94,11 @@ def trial_status(t: FrozenTrial, retried: set[int]) -> str:
 
 
 def trial_rows(study: optuna.Study) -> list[tuple[FrozenTrial, dict]]:
-    """Each trial with its row: number, state, value, duration_s, label, status (`trial_status`), the metrics,
-    first non-finite step/layer/block/tensor, first divergence, run_dir, error and every parameter under its
-    config key. The one builder of a study's trials as rows: `trials_frame` is these rows, and
+    """Each trial with its row: number, state, value, duration_s, label, experiment, preset, ablate, status
+    (`trial_status`), the metrics, first non-finite step/layer/block/tensor, first divergence, blow_up_phase, the
+    frontier's attributes (FRONTIER_ATTRS), run_dir, error and every parameter under its config key (a waiting
+    trial's: those it was enqueued with). The one builder of a study's trials as rows: `trials_frame` is these
+    rows, and
     `painn_ablate.analysis.loaders.load_study` adds each trial's run folder and flattened attributes to them."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
@@ -98,16 +113,17 @@ def trial_rows(study: optuna.Study) -> list[tuple[FrozenTrial, dict]]:
         row = {"number": t.number, "state": t.state.name, "value": t.value,
                "duration_s": t.duration.total_seconds() if t.duration else None, "label": a.get("label"),
                "experiment": experiment_name(preset, ablate) if preset is not None else None,
+               "preset": preset, "ablate": ablate,
                "status": trial_status(t, retried), **{m: a.get(m) for m in METRICS},
                "steps_completed": a.get("steps_completed"),
                "first_nonfinite_step": nonfinite.get("step"), "first_nonfinite_layer": nonfinite.get("layer"),
                "first_nonfinite_block": nonfinite.get("block"), "first_nonfinite_tensor": nonfinite.get("tensor"),
                **{f"first_divergence_{k}": divergence.get(k) for k in ("step", "layer", "block", "stat", "criterion")},
                "episodes": a.get("episodes"), "recovered": a.get("recovered"), "sustained": a.get("sustained"),
-               PHASE_KEY: a.get(PHASE_KEY),
+               PHASE_KEY: a.get(PHASE_KEY), **{k: a.get(k) for k in FRONTIER_ATTRS},
                "early_warning_step": a.get("early_warning_step"), "pruned_step": a.get("pruned_step"),
                "wall_seconds": a.get("wall_seconds"), "retry_of": t.system_attrs.get("failed_trial"),
-               "run_dir": a.get("run_dir"), "error": a.get("error"), **t.params}
+               "run_dir": a.get("run_dir"), "error": a.get("error"), **fixed, **t.params}
         rows.append((t, row))
     return rows
 

@@ -1,10 +1,12 @@
 """The frontier walk (a sweep file's `frontier: <grid parameter>`): each point of the other parameters walks
-up that ladder, one rung after a rung that trained, until a rung does not train (`trains`)."""
+up that ladder, one rung after a rung that trained, until a rung does not train (`trains`). The walk over
+rung indices (`next_rung`, `critical_rung`) is the one the engine runs (`walk_next`) and the analysis reads
+back (painn_ablate.analysis.frontier)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, is_blow_up, is_sustained
 from painn_ablate.sweep.spec import Sweep, grid_points
@@ -46,14 +48,33 @@ def walk_starts(sweep: Sweep) -> list[dict[str, Any]]:
     return [point for point in grid_points(sweep) if point[sweep.frontier] == first]
 
 
-def walk_next(sweep: Sweep, ran: list[tuple[dict[str, Any], bool]]) -> Optional[dict[str, Any]]:
-    """The next trial of one walk from its trials so far, (params, trained): the next rung above the last
-    one that trained, or None when a rung did not train or the ladder is done."""
-    ladder = list(sweep.swept[sweep.frontier].values)
-    done = {ladder.index(params[sweep.frontier]): ok for params, ok in ran}
-    for i, value in enumerate(ladder):
+def next_rung(done: dict[int, bool], ladder: Sequence) -> Optional[int]:
+    """The walk up a ladder of one point: `done` maps a rung (an index of `ladder`) run so far to whether it
+    trained. The next rung to run, or None when the walk is over (a rung did not train, or the top was reached)."""
+    for i in range(len(ladder)):
         if i not in done:
-            return {**ran[0][0], sweep.frontier: value} if ran else None
+            return i
         if not done[i]:
             return None
     return None
+
+
+def critical_rung(done: dict[int, bool], ladder: Sequence) -> int:
+    """The highest rung below the first that did not train (walking up from 0); -1 if rung 0 did not; the top
+    if every rung trained. ValueError when a rung below the first failure was not run (the walk is incomplete)."""
+    for i in range(len(ladder)):
+        if i not in done:
+            raise ValueError(f"rung {i} ({ladder[i]:g}) was not run: the walk is incomplete")
+        if not done[i]:
+            return i - 1
+    return len(ladder) - 1
+
+
+def walk_next(sweep: Sweep, ran: list[tuple[dict[str, Any], bool]]) -> Optional[dict[str, Any]]:
+    """The next trial of one walk from its trials so far, (params, trained): the next rung above the last
+    one that trained, or None when a rung did not train or the ladder is done."""
+    if not ran:
+        return None
+    ladder = list(sweep.swept[sweep.frontier].values)
+    i = next_rung({ladder.index(params[sweep.frontier]): ok for params, ok in ran}, ladder)
+    return None if i is None else {**ran[0][0], sweep.frontier: ladder[i]}

@@ -219,6 +219,19 @@ def all_params(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
     return {**{n: p.values[0] for n, p in sweep.params.items() if p.fixed}, **params}
 
 
+def trial_table(sweep: Sweep, trials: list[Trial]):
+    """The ledger's trials as rows with the columns of painn_ablate.sweep.studies.trial_rows that a frontier's
+    analysis reads (preset, ablate, status, the frontier's attributes and every parameter), one row each."""
+    import pandas as pd
+
+    rows = []
+    for t in trials:
+        params = all_params(sweep, t.params)
+        rows.append({"number": t.number, "label": t.label, "preset": params.get("model", "original"),
+                     "ablate": params.get("ablate", "none"), **t.attrs, "status": t.status, **params})
+    return pd.DataFrame(rows)
+
+
 def as_sweep_run(sweep: Sweep, trial: Trial):
     """A ledger trial as W&B's engine sees a run: state, config, and the metric where it counts."""
     sweeps = _sweeps_engine()
@@ -373,9 +386,10 @@ def wandb_sweep_config(sweep: Sweep, n_trials: Optional[int]) -> dict:
 
     The server locks its parameters in each run's config (a later update is ignored), and
     `wandb agent` on another machine knows only the file: both must see the overrides.
-    A random/bayes sweep gets `run_cap` = --n-trials, else the file's, else 20.
+    A random/bayes sweep gets `run_cap` = --n-trials, else the file's, else 20. painn-ablate's own keys
+    (`frontier`) are left out: W&B's engine runs every rung of a frontier.
     """
-    config = copy.deepcopy(sweep.raw)
+    config = {k: v for k, v in copy.deepcopy(sweep.raw).items() if k not in sf.OWN_KEYS}  # W&B's schema refuses them
     cfg = compose(sf.trial_overrides(sweep, sf.check_points(sweep)[0]))  # typed values, as the trials get them
     for item in sweep.overrides:
         key, text = item.split("=", 1)

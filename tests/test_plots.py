@@ -1,4 +1,5 @@
-"""The tables the experiment figures are drawn from: the per-depth phase table on a hand-made frame; the
+"""The experiment figures and the tables they are drawn from: each figure drawn from a small frame and
+saved, and what it shows read back from its artists; the per-depth phase table on a hand-made frame; the
 per-step curves table exported from a real tiny sweep."""
 
 import math
@@ -11,6 +12,7 @@ from support import TINY, cli, write_sweep
 from painn_ablate.analysis import loaders
 from painn_ablate.analysis import tables as ex
 from painn_ablate.analysis.stats import wilson
+from painn_ablate.reporting import plots
 
 
 def trials_of(preset, blew, L=5, lr=1e-3, phases=None, before_step=0, ablate="none", **extra):
@@ -30,6 +32,54 @@ def trials_of(preset, blew, L=5, lr=1e-3, phases=None, before_step=0, ablate="no
                 row[f"at_{stat}_L{layer}"] = scale * 10 * (layer + s)
         rows.append(row)
     return rows
+
+
+def texts(ax) -> dict:
+    """{(x, y): text} of an axes' texts."""
+    return {tuple(np.round(t.get_position(), 6)): t.get_text() for t in ax.texts}
+
+
+def test_map_shows_a_cell_not_run_unlike_a_cell_run_without_blow_ups(tmp_path):
+    trials = pd.DataFrame(trials_of("original", [False] * 10, L=2) + trials_of("original", [True] * 10, L=5)
+                          + trials_of("original", [True, False, False, False], L=5, lr=3e-3))  # 4 of 10 seeds
+    fig = plots.plot_map(ex.cell_table(trials))
+    ax = fig.axes[0]
+    shown = texts(ax)  # cell (column j = lr 1e-3, 3e-3; row i = L 2, 5) at (j, i)
+    assert shown[(0, 0)].startswith("0/10\n") and shown[(0, 1)].startswith("10/10\n")
+    assert shown[(1, 0)] == plots.NOT_RUN  # L = 2 at lr 3e-3: no trials
+    assert shown[(1, 1)].startswith("1/4 of 10\n")  # fewer seeds than the other cells
+    hatched = {p.get_gid(): (p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches if p.get_hatch()}
+    assert hatched == {"not_run": (1, 0), "partial": (1, 1)}  # the 0/10 cell has no hatch
+    image = ax.images[0]
+    data = image.get_array()
+    assert not data.mask[0, 0] and data[0, 0] == 0 and data.mask[0, 1]  # 0/10 is a rate; not run is masked
+    assert tuple(image.cmap(image.norm(data[0, 0]))) == (1.0, 1.0, 1.0, 1.0)  # 0/n on white
+    assert tuple(image.cmap.get_bad()) != (1.0, 1.0, 1.0, 1.0)  # not run: grey
+    assert plots.save_figure(fig, tmp_path / "map.png").stat().st_size > 0
+
+
+def test_profiles_label_the_step_0_pass_and_draw_r2_full_with_its_spread(tmp_path):
+    trials = pd.DataFrame(trials_of("original", [True] * 4 + [False], L=3)
+                          + trials_of("r2_full", [False] * 5, L=3)
+                          + trials_of("r2_full", [False] * 2, L=3, loss="pos"))  # another setting: left out
+    fig = plots.plot_profiles(trials, L=3)
+    ax = fig.axes[0]  # max ||mu||
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert "original, blew up: step-0 forward pass (before any update), n=4" in lines
+    full = lines["r2_full, stable: last snapshot (step 999), n=5"]
+    seeds = np.arange(5)
+    at = np.array([[10 * (layer + s) for layer in (1, 2, 3)] for s in seeds], dtype=float)
+    assert np.allclose(full.get_ydata(), np.median(at, axis=0))
+    band = ax.collections[[line.get_label() for line in ax.get_lines()].index(full.get_label())]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert np.isclose(ys.min(), np.quantile(at[:, 0], 0.25)) and np.isclose(ys.max(), np.quantile(at[:, 2], 0.75))
+    assert len(ax.collections) == len(ax.get_lines())  # every curve has its band
+    plots.save_figure(fig, tmp_path / "profiles.png")
+    # a snapshot later than step 0 is named as such
+    later = pd.DataFrame(trials_of("original", [True] * 3, L=3, before_step=10) + trials_of("r2_full", [False], L=3))
+    labels = [line.get_label() for line in plots.plot_profiles(later, L=3).axes[0].get_lines()]
+    assert "original, blew up: last snapshot before it (step 10), n=3" in labels
+    assert not any("step-0" in label for label in labels)
 
 
 def phase_trials() -> pd.DataFrame:

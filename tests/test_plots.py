@@ -82,6 +82,38 @@ def test_profiles_label_the_step_0_pass_and_draw_r2_full_with_its_spread(tmp_pat
     assert not any("step-0" in label for label in labels)
 
 
+def curves_frame() -> pd.DataFrame:
+    """Two presets x two seeds x 6 steps at L = 2; the original's seed 1 goes non-finite at step 3 and ends."""
+    rows = []
+    for preset in ("original", "r2_full"):
+        for seed in (0, 1):
+            for step in range(6):
+                ends = preset == "original" and seed == 1
+                if ends and step > 3:
+                    break
+                bad = ends and step == 3
+                rows.append({"study": "s", "number": 0, "preset": preset, "ablate": "none", "L": 2, "lr": 1e-3,
+                             "seed": seed, "step": step, "loss": math.inf if bad else 1.0 / (1 + step),
+                             "mu_norm_max_L1": 2.0 + seed, "mu_norm_max_L2": math.nan if bad else 3.0 * (1 + step)})
+    return pd.DataFrame(rows)
+
+
+def test_first_steps_draws_loss_and_each_layer_per_seed_and_marks_where_a_run_ended(tmp_path):
+    fig = plots.plot_first_steps(curves_frame(), steps=5, mu_bound=1000.0)
+    axes = np.array(fig.axes[:6]).reshape(3, 2)  # rows: loss, layer 1, layer 2; columns: original, r2_full
+    assert [axes[0, c].get_title() for c in range(2)] == ["original (2 seeds)", "r2_full (2 seeds)"]
+    assert axes[2, 0].get_ylabel() == "max ||mu||, layer 2"
+    seed_lines = [line for line in axes[2, 0].get_lines() if line.get_linestyle() == "-"]
+    assert len(seed_lines) == 2 and list(seed_lines[0].get_xdata()) == [0, 1, 2, 3, 4]  # steps < 5 only
+    assert np.allclose(seed_lines[0].get_ydata(), [3, 6, 9, 12, 15])
+    ends = [line for line in axes[2, 0].get_lines() if line.get_marker() == "x"]
+    assert len(ends) == 1 and list(ends[0].get_xdata()) == [3] and list(ends[0].get_ydata()) == [9.0]
+    assert not any(line.get_marker() == "x" for line in axes[2, 1].get_lines())  # r2_full never ended
+    bounds = [line for line in axes[1, 1].get_lines() if line.get_linestyle() == "--"]
+    assert len(bounds) == 1 and bounds[0].get_ydata()[0] == 1000.0
+    plots.save_figure(fig, tmp_path / "first_steps.png")
+
+
 def phase_trials() -> pd.DataFrame:
     """L = 3: 10 runs over two learning rates, 2 first blow-ups at initialisation, 3 in training, 1 with no
     phase (an old record), 4 stable; L = 5: 5 runs, all at initialisation. Rows of another variant and of
@@ -108,6 +140,27 @@ def test_phase_depth_table_counts_each_phase_with_its_wilson_interval():
     assert (five["training_lo"], five["training_hi"]) == pytest.approx(wilson(0, 5))
     other = ex.phase_depth_table(phase_trials(), ablate="C_mu").set_index("L")
     assert other.loc[3, "k_training"] == 3 and other.loc[3, "n"] == 3
+
+
+def test_phase_by_depth_draws_both_rates_with_intervals_and_hollows_a_depth_with_unknown_phases(tmp_path):
+    table = ex.phase_depth_table(phase_trials())
+    fig = plots.plot_phase_by_depth(table)
+    ax = fig.axes[0]
+    points = {}  # (label or hollow, x) -> y of each error bar's marker
+    for container in ax.containers:
+        line = container.lines[0]
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            points[(container.get_label(), line.get_markerfacecolor() == "white", round(float(x)))] = float(y)
+    training = "in training (only the trained weights cross a criterion)"
+    init = "at initialisation (the initial weights cross one on the same batch)"
+    assert points[(init, False, 5)] == pytest.approx(1.0) and points[(training, False, 5)] == 0.0
+    hollow = {k: v for k, v in points.items() if k[1]}  # L = 3 has a blow-up without a phase: lower bounds
+    assert sorted(hollow.values()) == pytest.approx([0.2, 0.3]) and {k[2] for k in hollow} == {3}
+    assert any("phase not recorded" in c.get_label() for c in ax.containers)
+    caps = [c for c in ax.containers if c.get_label() == init][0].lines[1]  # the interval's ends at L = 5
+    assert sorted(float(y) for cap in caps for y in cap.get_ydata()) == pytest.approx(sorted(wilson(5, 5)))
+    assert {t.get_text() for t in ax.texts} >= {"2/10", "3/10", "5/5", "0/5"}
+    plots.save_figure(fig, tmp_path / "phase_by_depth.png")
 
 
 @pytest.mark.integration
@@ -140,4 +193,4 @@ def test_export_curves_writes_the_loss_and_mixing_mu_of_every_step(tmp_path):
             got = mine.loc[s["step"], f"mu_norm_max_L{s['layer']}"]
             assert got == s["value"] or (np.isnan(got) and np.isnan(s["value"]))
         assert mine["mu_norm_max_L5"].notna().sum() >= 1
-
+    plots.save_figure(plots.plot_first_steps(curves), tmp_path / "first_steps.png")

@@ -3,7 +3,8 @@ and returns a matplotlib figure (Agg backend: nothing opens a window); `save_fig
 
     run figures          plot_heatmaps, plot_layer_curves, plot_feedback (per-layer statistics of runs),
                          plot_outcomes, plot_validation, plot_importances
-    experiment figures   plot_map, plot_probe_depths, plot_profiles, plot_ablation (trial tables)
+    experiment figures   plot_map, plot_probe_depths, plot_profiles, plot_ablation, plot_phase_by_depth (trial
+                         tables), plot_first_steps (a curves table)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from painn_ablate.analysis.stats import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
 from painn_ablate.core import files, names
+from painn_ablate.core.config import MonitorConfig
 
 PathLike = Union[str, Path]
 
@@ -449,3 +451,97 @@ def plot_ablation(table: pd.DataFrame):
     fig.tight_layout()
     return fig
 
+
+def plot_first_steps(curves: pd.DataFrame, steps: int = 100, presets: Sequence[str] = ("original", "r2_full"),
+                     mu_bound: Optional[float] = MonitorConfig.diverge_mu):
+    """The first `steps` training steps of each preset (columns) from a curves table
+    (tables.curves_table): the training loss (top row) and the max ||mu|| after each layer's mixing block
+    (one row per layer) against step, one line per seed (the same colour in every panel), log y shared
+    along each row. An x marks a run's first non-finite value (where it ended: monitor.on_nonfinite = stop),
+    drawn at its last finite value; mu_bound, the blow-up criterion monitor.diverge_mu (its default), is
+    the dashed line (None: no line)."""
+    plt = _pyplot()
+    curves = curves[curves["step"] < steps]
+    layer_cols = sorted((c for c in curves.columns if c.startswith(f"{names.MU_NORM_MAX}_L")),
+                        key=lambda c: int(c.rsplit("_L", 1)[1]))
+    rows = ["loss", *layer_cols]
+    presets = [p for p in presets if (curves["preset"] == p).any()]
+    seeds = sorted(set(curves["seed"]))
+    colors = {seed: f"C{k % 10}" for k, seed in enumerate(seeds)}
+    fig, axes = plt.subplots(len(rows), len(presets), figsize=(5.2 * len(presets), 0.8 + 2.0 * len(rows)),
+                             squeeze=False, sharex=True, sharey="row")
+    for c, preset in enumerate(presets):
+        mine = curves[curves["preset"] == preset]
+        for r, col in enumerate(rows):
+            ax = axes[r, c]
+            for seed, g in mine.groupby("seed"):
+                g = g.sort_values("step")
+                v = g[col].to_numpy(dtype=float)
+                ok = np.isfinite(v) & (v > 0)
+                ax.plot(g["step"], np.where(ok, v, np.nan), color=colors[seed], lw=1,
+                        label=f"seed {seed}" if r == 0 else None)
+                bad = np.flatnonzero(~np.isfinite(v))
+                if len(bad) and ok[: bad[0]].any():
+                    last = np.flatnonzero(ok[: bad[0]])[-1]
+                    ax.plot([g["step"].iloc[bad[0]]], [v[last]], "x", color=colors[seed], ms=8, mew=2)
+            if col != "loss" and mu_bound is not None:
+                ax.axhline(mu_bound, color="grey", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            _tidy_log(ax)
+            if c == 0:
+                ax.set_ylabel("training loss" if col == "loss" else f"max ||mu||, layer {col.rsplit('_L', 1)[1]}")
+            if r == 0:
+                n = mine["seed"].nunique()
+                ax.set_title(f"{preset} ({n} seeds)", fontsize=10)
+            if r == len(rows) - 1:
+                ax.set_xlabel("step")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    where = ", ".join(f"{k} = {', '.join(f'{x:g}' for x in sorted(set(curves[k])))}" for k in ("L", "lr"))
+    bound = f"; dashed: blow-up criterion max ||mu|| = {mu_bound:g}" if mu_bound is not None else ""
+    fig.suptitle(f"The first {steps} steps ({where}; training continued after a spike): loss and max ||mu|| after "
+                 f"each mixing block;\nx: first non-finite value, where the run ended{bound}", fontsize=9)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(seeds))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def plot_phase_by_depth(table: pd.DataFrame):
+    """Per depth (a tables.phase_depth_table): the rate of runs whose first blow-up came in training beside
+    the rate of those whose first blow-up was there at initialisation, each k/n with its Wilson 95% interval;
+    blow-ups recorded before phases existed (k_unknown) in grey, so an old table does not read as none: at a
+    depth with any of them the two rates are lower bounds, drawn hollow."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    L = table["L"].to_numpy(dtype=float)
+    unknown = table["k_unknown"].to_numpy(dtype=int)
+    series = [("training", "in training (only the trained weights cross a criterion)", "tab:red", "o", 0.08),
+              ("init", "at initialisation (the initial weights cross one on the same batch)", "tab:blue", "s", -0.08)]
+    for phase, label, color, marker, offset in series:
+        k = table[f"k_{phase}"].to_numpy(dtype=float)
+        rate = table[f"rate_{phase}"].to_numpy(dtype=float)
+        yerr = np.array([np.clip(rate - table[f"{phase}_lo"], 0, None), np.clip(table[f"{phase}_hi"] - rate, 0, None)])
+        for part, face, name in ((unknown == 0, color, label), (unknown > 0, "white", None)):
+            if part.any():
+                ax.errorbar(L[part] + offset, rate[part], yerr=yerr[:, part], fmt=marker, color=color, mfc=face,
+                            capsize=3, label=name if name else None)
+        for x, y, kk, n in zip(L + offset, rate, k, table["n"]):
+            ax.annotate(f"{int(kk)}/{int(n)}", (x, y), textcoords="offset points", xytext=(6 if offset > 0 else -6, 0),
+                        ha="left" if offset > 0 else "right", va="center", fontsize=7, color=color)
+    if unknown.any():
+        some = unknown > 0
+        bounds = np.array([wilson(k, n) for k, n in zip(unknown[some], table["n"][some])])
+        rate = unknown[some] / table["n"].to_numpy(dtype=float)[some]
+        ax.errorbar(L[some], rate, yerr=[np.clip(rate - bounds[:, 0], 0, None), np.clip(bounds[:, 1] - rate, 0, None)],
+                    fmt="D", color="grey", capsize=3,
+                    label="phase not recorded (records made before phases); hollow: a lower bound")
+    ax.set_xticks(L, [str(int(x)) for x in L])
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("fraction of runs (Wilson 95%)")
+    ax.set_ylim(-0.03, 1.03)
+    variant = ", ".join(dict.fromkeys(table["preset"].astype(str) + table["ablate"].map(
+        lambda a: "" if a == "none" else f" ablate={a}")))
+    lrs = "; ".join(dict.fromkeys(table["lrs"].astype(str))) if "lrs" in table else "?"
+    ax.set_title(f"{variant}: the first blow-up's phase per depth (lr {lrs} pooled)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,16 @@ from painn_ablate.analysis.stats import mean_interval, wilson
 from painn_ablate.core import files, names, runfolder
 from painn_ablate.core.config import ACTING, acted_stat
 from painn_ablate.core.errors import ExportError
-from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, first_blow_up, is_sustained, metric_name
+from painn_ablate.core.outcome import (
+    OUTCOMES,
+    PHASE_KEY,
+    Phase,
+    Status,
+    first_blow_up,
+    had_training_blow_up,
+    is_sustained,
+    metric_name,
+)
 from painn_ablate.training.sinks import read_records
 
 PathLike = Union[str, Path]
@@ -150,6 +159,38 @@ def _finished(sweep: PathLike) -> pd.DataFrame:
     return frame[frame["state"].isin(["COMPLETE", "PRUNED"])].reset_index(drop=True)
 
 
+def _ints(x) -> Optional[list]:
+    """A list cell of a flattened summary as a list of ints (None: missing), so parquet stores one type."""
+    x = _value(x)
+    return None if x is None else [int(v) if v is not None else None for v in x]
+
+
+def _recovery(r: pd.Series) -> dict:
+    """A trial's spikes and episodes (steps, steps to recover, each episode's phase), whether it had a
+    training-phase blow-up (outcome.had_training_blow_up, recomputed from the episodes where the trial
+    predates the attribute), and the initial and last validation pos MSE (the LR sensitivity's)."""
+    phases = _value(r.get("divergence.phases"))
+    nonfinite = {PHASE_KEY: _value(r.get(f"first_nonfinite.{PHASE_KEY}"))} \
+        if _value(r.get("first_nonfinite.step")) is not None else None
+    training = _value(r.get("training_blow_up"))
+    if training is None and phases is not None:
+        training = had_training_blow_up({"phases": list(phases)}, nonfinite)
+    initial = _value(r.get("initial_val_pos_mse", r.get("divergence.val_initial")))
+    return {"spike_steps": _ints(r.get("spike_steps", r.get("divergence.spike_steps"))),
+            "steps_to_recover": _ints(r.get("steps_to_recover", r.get("divergence.steps_to_recover"))),
+            "episode_phases": None if phases is None else [str(p) for p in phases],
+            "training_blow_up": pd.NA if training is None else bool(training),
+            "initial_val_pos_mse": initial, "final_val_pos_mse": _value(r.get("final_val_pos_mse"))}
+
+
+def _provenance(r: pd.Series) -> dict:
+    """What a trial was made from: the data set's fingerprint, the code version (package version, git commit,
+    dirty flag) and the start time; NA in records made before they existed."""
+    return {"data_fingerprint": _value(r.get("data_fingerprint")),
+            "code_version": _value(r.get("code_version.version")), "code_commit": _value(r.get("code_version.commit")),
+            "code_dirty": _value(r.get("code_version.dirty")), "started_at": _value(r.get("started_at"))}
+
+
 def trial_table(sweep: PathLike) -> pd.DataFrame:
     """One row per finished trial of a sweep folder (or storage URL), or per finished run of a folder of
     run directories: parameters, outcome, origin, metrics, the per-layer profile before the blow-up and
@@ -169,6 +210,7 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
                "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
                "recovered": r.get("divergence.recovered")}
         row["spikes"] = _value(r.get("spikes", r.get("divergence.spikes")))  # spikes (separate firings)
+        row.update(_recovery(r), **_provenance(r))
         if isinstance(r.get("run_dir"), str):
             row.update(_profiles(r["run_dir"], row["blowup_step"], L))
             row.update(_grad_clip_activity(r["run_dir"], r.get("train.grad_clip")))
@@ -300,7 +342,8 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
     """Per condition: n, blow-ups (transient + diverged + exploded, outcome.BLOW_UPS) with the Wilson
     interval, the sustained ones (diverged + exploded) with theirs, initialisation events (step 0), the
     first blow-ups' phases (init / training; NA in tables made before phases), median step of the first
-    blow-up, origin layers and blocks, test MSE of the stable runs and the median of the transient ones."""
+    blow-up, origin layers and blocks, test MSE of the stable runs, and of the transient ones (their
+    median, and mean, sd and t interval as transient_mse_*)."""
     rows = []
     for key, g in trials.groupby(list(by), sort=True, dropna=False):
         n, k = len(g), int(g["blew_up"].sum())
@@ -308,6 +351,7 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
         blown = g[g["blew_up"]]
         mse = mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"])
         transient = g["status"] == Status.TRANSIENT
+        recovered = mean_interval(g.loc[transient, "test_pos_mse"])
         sustained = int(g["status"].map(is_sustained).sum())
         s_lo, s_hi = wilson(sustained, n)
         phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
@@ -325,7 +369,8 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
                      "origin_layers": histogram(blown["origin_layer"]),
                      "origin_blocks": histogram(blown["origin_block"]),
                      "stable": int((g["status"] == Status.STABLE).sum()),
-                     **{f"test_mse_{s}": v for s, v in mse.items() if s != "n"}})
+                     **{f"test_mse_{s}": v for s, v in mse.items() if s != "n"},
+                     **{f"transient_mse_{s}": v for s, v in recovered.items()}})
     return pd.DataFrame(rows)
 
 

@@ -337,7 +337,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if unfinished:
             print(f"painn-ablate: note: {src} is incomplete: {unfinished}; the table holds its finished trials "
                   "(export again when the sweep is done)", file=sys.stderr)
-    for path in export(args.sources, args.out):
+    for path in export(args.sources, args.out, curves=args.curves):
         print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
     return 0
 
@@ -563,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "folders) into results/: painn-ablate export sweeps_out/map_original --out results")
     p.add_argument("sources", nargs="+", help="sweep folders (study.db) and `painn-ablate probe --out` folders")
     p.add_argument("--out", default=DEFAULT_RESULTS, help="folder for the tables (default results)")
+    p.add_argument("--curves", action="store_true", help="also write <study>_curves.parquet per sweep: the loss "
+                                                         "and per-layer max ||mu|| of every step (short sweeps)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -244,6 +244,14 @@ def test_a_run_that_spikes_and_recovers_is_transient_with_its_test_mse(tiny, tmp
     table = trial_table(tmp_path / "runs").set_index("label")
     assert table.loc["run", "blow_up_phase"] == "training" and table.loc["run", "transient"]
     assert pd.isna(table.loc["old", "blow_up_phase"]) and old["status"] == Status.DIVERGED
+    # every row carries what it was made from, and its spikes and episodes' phases
+    for label in ("run", "old"):
+        row = table.loc[label]
+        assert row["data_fingerprint"] == summary["data_fingerprint"] and row["code_commit"] is not None
+        assert row["started_at"] and not pd.isna(row["initial_val_pos_mse"])
+    assert list(table.loc["run", "spike_steps"]) == div["spike_steps"]
+    assert list(table.loc["run", "episode_phases"]) == div["phases"]
+    assert bool(table.loc["run", "training_blow_up"]) == summary["training_blow_up"] == ("training" in div["phases"])
 
 
 @pytest.mark.integration

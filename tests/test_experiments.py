@@ -120,7 +120,9 @@ def results(tmp_path_factory):
                   "--out", str(root / "map")],
                  ["probe", *common, "model=original", "--seeds", "3", "--depths", "2,5", "--out",
                   str(root / "probe" / "original")],
-                 ["export", str(root / "map"), str(root / "probe" / "original"), "--out", str(root / "results")]):
+                 ["export", str(root / "map"), str(root / "probe" / "original"), "--out", str(root / "results")],
+                 # the same trials as a re-run of the map under the new outcomes (amendment 8's folder)
+                 ["export", str(root / "map"), "--out", str(root / "results" / "outcomes")]):
         res = cli(*args)
         assert res.returncode == 0, res.stderr
     return root / "results"
@@ -201,7 +203,8 @@ def test_findings_report_and_cli(results, tmp_path):
     text = build_findings(results, tmp_path / "runs.md", tmp_path / "plots")
     for needle in ("## Verdicts", "| M1 |", "Wilson", "## 1. Explosion map", "### At initialisation",
                    "## 2. Reproduction at L = 5", "### Per-sample error tails", "## 3. The ablation",
-                   "| C_s |", "## Compute", "## Not done"):
+                   "| C_s |", "## Compute", "## Not done", "## 1b. The map re-run", "| P1, re-run |",
+                   "**Recovery.**", "Data set fingerprint of these trials"):
         assert needle in text, needle
     assert (tmp_path / "plots" / "map.png").stat().st_size > 0
     res = cli("report", "--results", str(results), "--out", str(tmp_path / "r.md"), "--plots", str(tmp_path / "p"))

@@ -46,7 +46,7 @@ def test_m3_follows_the_depth_of_its_cell():
     assert m3.verdict == "PASS" and m3.evidence.startswith("10/10 in layers 3-4")
 
 
-def test_findings_and_reproduce_give_the_rule_books_verdict_on_the_same_trials(tmp_path, monkeypatch):
+def test_findings_and_reproduce_give_the_rule_books_verdict_on_the_same_trials(tmp_path):
     """runs.md's verdict table, its reproduction section and `painn-ablate reproduce` judge M1-M3 alike."""
     rows = pd.DataFrame(trials("original", "none", [True] * 8 + [False] * 2)
                         + trials("r2_full", "none", [False] * 9 + [True]))
@@ -62,8 +62,7 @@ def test_findings_and_reproduce_give_the_rule_books_verdict_on_the_same_trials(t
                                                                  table[c["id"]].evidence)
     assert table["M2"].verdict == "MISS"  # r2_full 1/10: Wilson upper bound 0.40 > 0.31
     rows.to_parquet(tmp_path / "map_original.parquet")
-    monkeypatch.setattr(rp, "baselines", lambda data: BASE)
-    lines = findings.verdict_lines(rows, tmp_path)  # runs.md's section 2
+    lines = findings.verdict_lines(rows, tmp_path, {**BASE, "data_fingerprint": "f00d"})  # runs.md's section 2
     assert "**NOT REPRODUCED**" in lines
     assert f"- **MISS** (M2) {table['M2'].claim}: {table['M2'].evidence}." in lines
 
@@ -147,3 +146,25 @@ def test_the_dose_rules_miss_where_scale_does_not_lower_it_and_say_what_was_not_
     v = {x.rule: x for x in rules.judge(pd.DataFrame(), rules.DOSE_RULES, dose=table)}
     assert v["D1"].verdict == rules.MISS and v["D4"].verdict == "NOT SHOWN"
     assert v["D2"].verdict == rules.NOT_TESTED and v["D3"].verdict == rules.NOT_TESTED  # g = 0.125, coupling dropped
+
+
+def _phased(L, phases, lr=1e-3):
+    """The original's trials at L, one per phase (None: a seed that did not blow up)."""
+    return [{"preset": "original", "ablate": "none", "L": L, "lr": lr, "seed": s, "blew_up": p is not None,
+             "status": "stable" if p is None else "diverged", "blow_up_phase": p, "origin_layer": None,
+             "test_pos_mse": 0.01} for s, p in enumerate(phases)]
+
+
+def test_p1_passes_when_most_blow_ups_at_l5_were_present_at_initialisation():
+    judged = lambda phases: rules.judge(pd.DataFrame(_phased(5, phases)), ["P1"])[0]  # noqa: E731
+    v = judged(["init"] * 9 + ["training"])
+    assert v.verdict == "PASS" and v.numbers["init"][:2] == [9, 10]
+    assert judged(["init"] * 6 + ["training"] * 4).verdict == "MISS"  # 6/10: Wilson lower bound 0.31 < 0.5
+    assert judged([None] * 10).verdict == "NOT TESTED"
+
+
+def test_p2_needs_five_blow_ups_at_l3_and_a_training_majority():
+    judged = lambda phases: rules.judge(pd.DataFrame(_phased(3, phases)), ["P2"])[0]  # noqa: E731
+    assert judged(["training"] * 4 + [None] * 6).verdict == "UNDECIDED"  # 4 < 5 blow-ups
+    assert judged(["training"] * 8 + [None] * 2).verdict == "PASS"  # 8/8: lower bound 0.68
+    assert judged(["training"] * 3 + ["init"] * 3).verdict == "MISS"

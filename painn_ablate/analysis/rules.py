@@ -26,7 +26,7 @@ from painn_ablate.analysis.stats import bootstrap, holm, mcnemar_exact, mean_int
 from painn_ablate.analysis.tables import default_setting, histogram, value_label
 from painn_ablate.core import names
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
-from painn_ablate.core.outcome import Status
+from painn_ablate.core.outcome import PHASE_KEY, Phase, Status
 
 # Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
 EGNN_PAPER_MSE = 0.0071
@@ -301,6 +301,38 @@ def _m4(trials: pd.DataFrame, cell: Cell, ctx: dict) -> Judgement:
     return verdict, rate_text(deep) + (f"; n = {n} < 10" if verdict == UNDECIDED else ""), {"r2_full": [k, n, lo, hi]}
 
 
+P2_MIN_BLOW_UPS = 5  # P2 is undecided below this many blow-ups at its depth (amendment 8)
+
+
+def phase_share(trials: pd.DataFrame, L: int, phase: Phase) -> list:
+    """[k, n, lo, hi]: of the original's blow-ups at L (every lr), k whose first blow-up is of `phase`, with the
+    Wilson 95% interval; n counts the blow-ups whose phase is recorded."""
+    blown = at_cell(trials, "original", "none", L, None)
+    blown = blown[blown["blew_up"].astype(bool)] if len(blown) else blown
+    phases = blown[PHASE_KEY].dropna() if PHASE_KEY in blown else pd.Series(dtype=object)
+    k, n = int((phases == phase).sum()), len(phases)
+    return [k, n, *wilson(k, n)]
+
+
+def _share_text(numbers: list, what: str) -> str:
+    k, n, lo, hi = numbers
+    return f"{k}/{n} blow-ups {what} (Wilson 95% {lo:.2f}-{hi:.2f})" if n else "no blow-ups with a recorded phase"
+
+
+def _p1(trials: pd.DataFrame, cell: Cell, ctx: dict) -> Judgement:
+    numbers = phase_share(trials, cell.L, Phase.INIT)
+    if numbers[1] == 0:
+        return NOT_TESTED, _share_text(numbers, "at initialisation"), {}
+    return (PASS if numbers[2] >= 0.5 else MISS), _share_text(numbers, "at initialisation"), {"init": numbers}
+
+
+def _p2(trials: pd.DataFrame, cell: Cell, ctx: dict) -> Judgement:
+    numbers = phase_share(trials, cell.L, Phase.TRAINING)
+    if numbers[1] < P2_MIN_BLOW_UPS:
+        return UNDECIDED, _share_text(numbers, "in training") + f"; fewer than {P2_MIN_BLOW_UPS}", {"training": numbers}
+    return (PASS if numbers[2] >= 0.5 else MISS), _share_text(numbers, "in training"), {"training": numbers}
+
+
 def _e1(trials: pd.DataFrame, cell: Optional[Cell], ctx: dict) -> Judgement:
     m = mean_interval(trials.loc[trials["status"] == Status.STABLE, "test_pos_mse"]) if len(trials) else {"n": 0}
     if m["n"] < 2:
@@ -438,6 +470,13 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the upper end of the t 95% interval of r2_full's mean test pos MSE (its stable runs; sample sd) lies "
          "below the constant-velocity baseline pos + vel * dt on the same test split",
          "painn_ablate/reporting/reproduce.py, criterion 4 of `painn-ablate reproduce`", DESIGN_CELL, _a1),
+    Rule("P1", "the original fails at initialisation at L = {L}",
+         "of the original's blow-ups at L = {L} (three lrs pooled), the fraction of phase init has a Wilson 95% "
+         "lower bound >= 0.5", f"{DESIGN}, amendment 8", Cell(5), _p1),
+    Rule("P2", "training dynamics at L = {L}",
+         "of the original's blow-ups at L = {L} (three lrs pooled), the fraction of phase training has a Wilson 95% "
+         "lower bound >= 0.5. PASS / MISS; UNDECIDED when there are fewer than 5 blow-ups at L = {L}", f"{DESIGN}, amendment 8",
+         Cell(3), _p2),
     Rule("D1", "scale lowers it",
          "coupling kept, mu0_scale 1: the interval at g = 0.25 lies wholly below the interval at g = 1",
          f"{DESIGN}, amendment 7", None, _d1),
@@ -453,6 +492,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 )}
 DESIGN_RULES = ("M1", "M2", "M3", "S1", "F1", "M4", "E1")  # runs.md's verdict table, in this order
 REPRODUCE = ("M1", "M3", "M2", "A1")  # `painn-ablate reproduce`, judged at its own cell
+OUTCOME_RULES = ("M1", "M2", "M3", "M4", "P1", "P2")  # amendment 8, judged on the map re-run's tables
 DOSE_RULES = ("D1", "D2", "D3", "D4")  # amendment 7, judged on the dose-response's probe table (`dose=`)
 
 

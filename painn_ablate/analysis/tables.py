@@ -2,9 +2,11 @@
 
 Raw records (studies, run folders) stay out of git; `export` turns each sweep into one small trial table
 (`trial_table`: `results/<study>.parquet`, and `results/probe.parquet` for the initialisation probes), which is
-committed. Everything in runs.md is computed from those tables (`painn-ablate report`,
+committed; for short sweeps `export --curves` adds the per-step table (`curves_table`:
+`results/<study>_curves.parquet`). Everything in runs.md is computed from those tables (`painn-ablate report`,
 painn_ablate.reporting.findings), so it regenerates from a fresh clone: `cell_table` (rates and intervals per
-condition), `probe_depth_table` and `probe_gain_table` here; the design's rules and the per-variant tests they
+condition), `phase_depth_table` (blow-ups at initialisation vs in training per depth), `probe_depth_table` and
+`probe_gain_table` here; the design's rules and the per-variant tests they
 are made of in painn_ablate.analysis.rules; the statistics in painn_ablate.analysis.stats.
 """
 
@@ -22,7 +24,16 @@ from painn_ablate.analysis.stats import mean_interval, wilson
 from painn_ablate.core import files, names, runfolder
 from painn_ablate.core.config import ACTING, acted_stat
 from painn_ablate.core.errors import ExportError
-from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, first_blow_up, is_sustained, metric_name
+from painn_ablate.core.outcome import (
+    OUTCOMES,
+    PHASE_KEY,
+    Phase,
+    Status,
+    first_blow_up,
+    had_training_blow_up,
+    is_sustained,
+    metric_name,
+)
 from painn_ablate.training.sinks import read_records
 
 PathLike = Union[str, Path]
@@ -138,16 +149,53 @@ def default_setting(trials: pd.DataFrame) -> pd.Series:
     return mask
 
 
+def _finished(sweep: PathLike) -> pd.DataFrame:
+    """The finished trials of a sweep folder (or storage URL), or the finished runs of a folder of run
+    directories, as load_study's rows."""
+    path = Path(sweep)
+    if path.is_dir() and not (path / "study.db").exists():
+        return _finished_runs(path)
+    frame = analysis.load_study(sweep)
+    return frame[frame["state"].isin(["COMPLETE", "PRUNED"])].reset_index(drop=True)
+
+
+def _ints(x) -> Optional[list]:
+    """A list cell of a flattened summary as a list of ints (None: missing), so parquet stores one type."""
+    x = _value(x)
+    return None if x is None else [int(v) if v is not None else None for v in x]
+
+
+def _recovery(r: pd.Series) -> dict:
+    """A trial's spikes and episodes (steps, steps to recover, each episode's phase), whether it had a
+    training-phase blow-up (outcome.had_training_blow_up, recomputed from the episodes where the trial
+    predates the attribute), and the initial and last validation pos MSE (the LR sensitivity's)."""
+    phases = _value(r.get("divergence.phases"))
+    nonfinite = {PHASE_KEY: _value(r.get(f"first_nonfinite.{PHASE_KEY}"))} \
+        if _value(r.get("first_nonfinite.step")) is not None else None
+    training = _value(r.get("training_blow_up"))
+    if training is None and phases is not None:
+        training = had_training_blow_up({"phases": list(phases)}, nonfinite)
+    initial = _value(r.get("initial_val_pos_mse", r.get("divergence.val_initial")))
+    return {"spike_steps": _ints(r.get("spike_steps", r.get("divergence.spike_steps"))),
+            "steps_to_recover": _ints(r.get("steps_to_recover", r.get("divergence.steps_to_recover"))),
+            "episode_phases": None if phases is None else [str(p) for p in phases],
+            "training_blow_up": pd.NA if training is None else bool(training),
+            "initial_val_pos_mse": initial, "final_val_pos_mse": _value(r.get("final_val_pos_mse"))}
+
+
+def _provenance(r: pd.Series) -> dict:
+    """What a trial was made from: the data set's fingerprint, the code version (package version, git commit,
+    dirty flag) and the start time; NA in records made before they existed."""
+    return {"data_fingerprint": _value(r.get("data_fingerprint")),
+            "code_version": _value(r.get("code_version.version")), "code_commit": _value(r.get("code_version.commit")),
+            "code_dirty": _value(r.get("code_version.dirty")), "started_at": _value(r.get("started_at"))}
+
+
 def trial_table(sweep: PathLike) -> pd.DataFrame:
     """One row per finished trial of a sweep folder (or storage URL), or per finished run of a folder of
     run directories: parameters, outcome, origin, metrics, the per-layer profile before the blow-up and
     how often each stabilizer acted."""
-    path = Path(sweep)
-    if path.is_dir() and not (path / "study.db").exists():
-        frame = _finished_runs(path)
-    else:
-        frame = analysis.load_study(sweep)
-        frame = frame[frame["state"].isin(["COMPLETE", "PRUNED"])].reset_index(drop=True)
+    frame = _finished(sweep)
     rows = []
     for _, r in frame.iterrows():
         L = int(r["model.L"])
@@ -162,6 +210,7 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
                "ms_per_step": r.get("ms_per_step"), "episodes": r.get("divergence.episodes"),
                "recovered": r.get("divergence.recovered")}
         row["spikes"] = _value(r.get("spikes", r.get("divergence.spikes")))  # spikes (separate firings)
+        row.update(_recovery(r), **_provenance(r))
         if isinstance(r.get("run_dir"), str):
             row.update(_profiles(r["run_dir"], row["blowup_step"], L))
             row.update(_grad_clip_activity(r["run_dir"], r.get("train.grad_clip")))
@@ -172,6 +221,45 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
         if col in table:
             table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
     return table
+
+
+CURVES = "_curves.parquet"  # the name's ending of a per-step table in a results folder (not a trial table)
+CURVE_STAT = names.MU_NORM_MAX  # the per-layer statistic a curves table keeps, after each mixing block
+
+
+def curves_table(sweep: PathLike) -> pd.DataFrame:
+    """Per step of every finished trial of a sweep (or folder of runs): the training loss and the max ||mu||
+    after each layer's mixing block, wide (`mu_norm_max_L1` ...; NaN where a layer or step was not recorded).
+
+    One row per (trial, step) of its metrics, with the trial's study, number, preset, ablate, L, lr and
+    seed. The statistics are those of the steps the monitor recorded (monitor.every = 1: every step); a run
+    that went non-finite ends at that step, with its NaN/Inf kept."""
+    frames = []
+    for _, r in _finished(sweep).iterrows():
+        run_dir = r.get("run_dir")
+        if not isinstance(run_dir, str) or not (Path(run_dir) / runfolder.METRICS).exists():
+            continue
+        L = int(r["model.L"])
+        metrics = read_records(Path(run_dir) / runfolder.METRICS, columns=["step", "loss"])
+        curve = metrics.groupby("step", as_index=False)["loss"].last()
+        stats_path = Path(run_dir) / runfolder.LAYER_STATS
+        stats = read_records(stats_path) if stats_path.exists() else pd.DataFrame(columns=["step", "layer",
+                                                                                            "block", "stat"])
+        mu = stats[(stats["block"] == "mixing") & (stats["stat"] == CURVE_STAT)]
+        wide = mu.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+        wide = wide.reindex(columns=range(1, L + 1)).rename(columns=lambda layer: f"{CURVE_STAT}_L{layer}")
+        curve = curve.merge(wide.reset_index(), on="step", how="left")
+        frames.append(curve.assign(study=r["study"], number=int(r["number"]), preset=r["preset"],
+                                   ablate=r.get("ablate", "none"), L=L, lr=float(r["train.lr"]),
+                                   seed=int(r["seed"])))
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    layers = sorted((c for c in table.columns if c.startswith(f"{CURVE_STAT}_L")),
+                    key=lambda c: int(c.rsplit("_L", 1)[1]))
+    first = ["study", "number", "preset", "ablate", "L", "lr", "seed", "step", "loss"]
+    table = table[first + layers]
+    return table.astype({"step": "int64", "loss": "float64", **{c: "float64" for c in layers}})
 
 
 def probe_table(folders: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -186,8 +274,10 @@ def probe_table(folders: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame
     return pd.concat(stats, ignore_index=True), pd.concat(seeds, ignore_index=True)
 
 
-def export(sources: Sequence[PathLike], out: PathLike) -> list[Path]:
-    """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders.
+def export(sources: Sequence[PathLike], out: PathLike, curves: bool = False) -> list[Path]:
+    """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders;
+    curves=True adds results/<study>_curves.parquet per sweep folder (curves_table: loss and per-layer max
+    ||mu|| per step; small only for short runs).
 
     Every table is built before any is written, so a bad source leaves `out` as it was; each file
     is replaced atomically.
@@ -202,7 +292,13 @@ def export(sources: Sequence[PathLike], out: PathLike) -> list[Path]:
         table = trial_table(src)
         if table.empty:
             raise ExportError(f"{src}: no finished trials to export")
-        tables[f"{table['study'].iloc[0]}.parquet"] = table
+        study = table["study"].iloc[0]
+        tables[f"{study}.parquet"] = table
+        if curves:
+            per_step = curves_table(src)
+            if per_step.empty:
+                raise ExportError(f"{src}: no per-step records to export (run folders missing?)")
+            tables[f"{study}{CURVES}"] = per_step
     if probes:
         tables["probe.parquet"], tables["probe_seeds.parquet"] = probe_table(probes)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +311,8 @@ def export(sources: Sequence[PathLike], out: PathLike) -> list[Path]:
 def load_results(folder: PathLike) -> tuple[pd.DataFrame, Optional[pd.DataFrame], Optional[pd.DataFrame]]:
     """(all trials, probe stats, probe seeds) from a results folder."""
     folder = Path(folder)
-    trials = [pd.read_parquet(p) for p in sorted(folder.glob("*.parquet")) if not p.name.startswith("probe")]
+    trials = [pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))
+              if not p.name.startswith("probe") and not p.name.endswith(CURVES)]
     probe = folder / "probe.parquet"
     return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(),
             pd.read_parquet(probe) if probe.exists() else None,
@@ -245,7 +342,8 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
     """Per condition: n, blow-ups (transient + diverged + exploded, outcome.BLOW_UPS) with the Wilson
     interval, the sustained ones (diverged + exploded) with theirs, initialisation events (step 0), the
     first blow-ups' phases (init / training; NA in tables made before phases), median step of the first
-    blow-up, origin layers and blocks, test MSE of the stable runs and the median of the transient ones."""
+    blow-up, origin layers and blocks, test MSE of the stable runs, and of the transient ones (their
+    median, and mean, sd and t interval as transient_mse_*)."""
     rows = []
     for key, g in trials.groupby(list(by), sort=True, dropna=False):
         n, k = len(g), int(g["blew_up"].sum())
@@ -253,6 +351,7 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
         blown = g[g["blew_up"]]
         mse = mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"])
         transient = g["status"] == Status.TRANSIENT
+        recovered = mean_interval(g.loc[transient, "test_pos_mse"])
         sustained = int(g["status"].map(is_sustained).sum())
         s_lo, s_hi = wilson(sustained, n)
         phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
@@ -270,7 +369,32 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
                      "origin_layers": histogram(blown["origin_layer"]),
                      "origin_blocks": histogram(blown["origin_block"]),
                      "stable": int((g["status"] == Status.STABLE).sum()),
-                     **{f"test_mse_{s}": v for s, v in mse.items() if s != "n"}})
+                     **{f"test_mse_{s}": v for s, v in mse.items() if s != "n"},
+                     **{f"transient_mse_{s}": v for s, v in recovered.items()}})
+    return pd.DataFrame(rows)
+
+
+def phase_depth_table(trials: pd.DataFrame, preset: str = "original", ablate: str = "none") -> pd.DataFrame:
+    """Per depth L of one variant (default setting; the learning rates of each depth pooled): n runs, the
+    learning rates pooled, and how many first blow-ups had each phase: k_init (the initial weights cross a
+    criterion on the same batch), k_training (only the trained ones do) and k_unknown (a blow-up recorded
+    before phases existed), each k_init and k_training as a rate of the n runs with its Wilson 95% interval."""
+    g = trials[(trials["preset"] == preset) & (trials["ablate"] == ablate)]
+    g = g[default_setting(g)]
+    rows = []
+    for L, d in g.groupby("L", sort=True):
+        blown = d[d["blew_up"].astype(bool)]
+        phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
+        n = len(d)
+        row = {"preset": preset, "ablate": ablate, "L": int(L), "lrs": ", ".join(f"{x:g}" for x in sorted(set(d["lr"]))),
+               "n": n, "blew_up": len(blown)}
+        for phase in (Phase.INIT, Phase.TRAINING):
+            k = int((phases == phase).sum())
+            lo, hi = wilson(k, n)
+            row.update({f"k_{phase.value}": k, f"rate_{phase.value}": k / n if n else math.nan,
+                        f"{phase.value}_lo": lo, f"{phase.value}_hi": hi})
+        row["k_unknown"] = int(phases.isna().sum())
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -3,7 +3,8 @@ and returns a matplotlib figure (Agg backend: nothing opens a window); `save_fig
 
     run figures          plot_heatmaps, plot_layer_curves, plot_feedback (per-layer statistics of runs),
                          plot_outcomes, plot_validation, plot_importances
-    experiment figures   plot_map, plot_probe_depths, plot_profiles, plot_ablation (trial tables)
+    experiment figures   plot_map, plot_probe_depths, plot_profiles, plot_ablation, plot_phase_by_depth (trial
+                         tables), plot_first_steps (a curves table)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from painn_ablate.analysis.stats import wilson
 from painn_ablate.analysis.tables import PROFILE_STATS
 from painn_ablate.core import files, names
+from painn_ablate.core.config import MonitorConfig
 
 PathLike = Union[str, Path]
 
@@ -288,29 +290,65 @@ def save_figure(fig, path: PathLike) -> Path:
 # ----------------------------------------------------------------------------- experiment figures
 
 
+NOT_RUN = "not run"  # the text of a map cell without trials
+
+
 def plot_map(cells: pd.DataFrame):
-    """Blow-up rate per depth x learning rate, one panel per preset, each cell labelled k/n."""
+    """Blow-up rate per depth x learning rate, one panel per preset, each cell labelled k/n [Wilson 95%].
+
+    Every panel has the same axes, the depths and learning rates of all presets, so a condition one preset
+    was not run at shows as a cell: grey, hatched, "not run" (never the white of a 0/n cell). A cell with
+    fewer trials than the panel's largest (a sweep stopped early) is dotted and says "k/n of N"."""
     plt = _pyplot()
-    base = cells[cells["ablate"] == "none"]
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
+    base = cells[(cells["ablate"] == "none") & (cells["n"] > 0)]
     presets = list(dict.fromkeys(base["preset"]))
-    fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.6), squeeze=False)
+    depths = sorted(set(base["L"]))
+    lrs = sorted(set(base["lr"]))
+    fig, axes = plt.subplots(1, len(presets), figsize=(0.6 + len(presets) * (1.2 + 1.1 * len(lrs)), 1.4 + 0.7 * len(depths)),
+                             squeeze=False)
+    # Reds with a white 0 (a cell run without a blow-up) and grey for a cell without trials (masked)
+    reds = matplotlib.colormaps["Reds"](np.linspace(0, 1, 256))
+    reds[0] = (1.0, 1.0, 1.0, 1.0)
+    cmap = matplotlib.colors.ListedColormap(reds).with_extremes(bad="0.85")
+    image = None
     for ax, preset in zip(axes[0], presets):
         c = base[base["preset"] == preset]
-        grid = c.pivot_table(index="L", columns="lr", values="rate")
-        image = ax.imshow(grid.values, vmin=0, vmax=1, cmap="Reds", origin="lower", aspect="auto")
-        for (i, L), (j, lr) in ((a, b) for a in enumerate(grid.index) for b in enumerate(grid.columns)):
-            r = c[(c["L"] == L) & np.isclose(c["lr"], lr)]
-            if len(r):
+        full_n = int(c["n"].max())
+        grid = np.full((len(depths), len(lrs)), np.nan)
+        for i, L in enumerate(depths):
+            for j, lr in enumerate(lrs):
+                r = c[(c["L"] == L) & np.isclose(c["lr"], lr)]
+                if r.empty:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor="0.55", hatch="///",
+                                           lw=0, gid="not_run"))
+                    ax.text(j, i, NOT_RUN, ha="center", va="center", fontsize=7, color="0.3",
+                            bbox={"facecolor": "0.85", "edgecolor": "none", "pad": 1})
+                    continue
                 r = r.iloc[0]
-                ax.text(j, i, f"{r['blew_up']}/{r['n']}\n[{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]", ha="center",
-                        va="center", fontsize=7, color="white" if r["rate"] > 0.6 else "black")
-        ax.set_xticks(range(len(grid.columns)), [f"{x:g}" for x in grid.columns])
-        ax.set_yticks(range(len(grid.index)), grid.index)
+                grid[i, j] = r["rate"]
+                label, style = f"{r['blew_up']}/{r['n']}", {"color": "white" if r["rate"] > 0.6 else "black"}
+                if r["n"] < full_n:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor="0.55", hatch="..",
+                                           lw=0, gid="partial"))
+                    label += f" of {full_n}"
+                    style = {"color": "black", "bbox": {"facecolor": "white", "alpha": 0.8, "edgecolor": "none",
+                                                        "pad": 1}}
+                ax.text(j, i, f"{label}\n[{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]", ha="center", va="center",
+                        fontsize=7, **style)
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap=cmap, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
+        ax.set_yticks(range(len(depths)), depths)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("depth L")
         ax.set_title(f"{preset}: blow-up rate (Wilson 95%)", fontsize=9)
-    fig.subplots_adjust(bottom=0.18, wspace=0.35)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.text(0.01, 0.02, "grey hatched: not run; dotted: fewer trials than the panel's other cells (k/n of N)",
+             fontsize=7, color="0.3")
+    fig.subplots_adjust(bottom=0.17, wspace=0.35)
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="blow-up rate")
     return fig
 
 
@@ -330,26 +368,64 @@ def plot_probe_depths(depths: pd.DataFrame):
     return fig
 
 
-def plot_profiles(trials: pd.DataFrame, L: int = 5):
-    """Median per-layer max ||mu|| and |q| (after mixing) of the original at depth L: at initialisation-
-    time blow-ups, the snapshot before later blow-ups, and the last snapshot of stable runs."""
+def _steps_label(steps: pd.Series) -> str:
+    """'step 0' or 'steps 0-10' of the snapshots a profile group was taken at."""
+    steps = pd.to_numeric(steps, errors="coerce").dropna().astype(int)
+    if steps.empty:
+        return "step ?"
+    lo, hi = int(steps.min()), int(steps.max())
+    return f"step {lo}" if lo == hi else f"steps {lo}-{hi}"
+
+
+PROFILE_COLORS = {"original": ("tab:red", "tab:orange", "tab:grey"), "r2_full": ("tab:purple", "tab:cyan", "tab:blue")}
+
+
+def plot_profiles(trials: pd.DataFrame, L: int = 5, lr: Optional[float] = None):
+    """Per-layer max ||mu|| and |q| after each mixing block at depth L (the trial tables' profiles, default
+    setting), median over seeds with the inter-quartile band, the original beside R2_full. Per preset: the
+    runs that blew up at the last statistics snapshot before their blow-up (`before_*`: at L = 5 the step-0
+    forward pass, before any update) and in the blow-up pass (`at_*`), and the stable runs at their last
+    snapshot (`at_*`); an empty group is left out. lr: one learning rate; None pools every learning rate run
+    at L. Each legend entry names the steps its snapshots came from and n."""
+    from painn_ablate.analysis.tables import default_setting
+
     plt = _pyplot()
-    g = trials[(trials["preset"] == "original") & (trials["ablate"] == "none") & (trials["L"] == L)]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    groups = {"blew up, snapshot before": g[g["blew_up"] & g["before_step"].notna()],
-              "blew up, the blow-up pass": g[g["blew_up"]], "stable, last snapshot": g[~g["blew_up"]]}
+    at_L = trials[(trials["ablate"] == "none") & (trials["L"] == L)]
+    at_L = at_L[default_setting(at_L)]
+    if lr is not None:
+        at_L = at_L[np.isclose(at_L["lr"], lr)]
+    groups = []  # (label, rows, the columns' prefix, colour, line style)
+    for preset, (c_before, c_at, c_stable) in PROFILE_COLORS.items():
+        g = at_L[at_L["preset"] == preset]
+        blew = g["blew_up"].astype(bool)
+        before = g[blew & g["before_step"].notna()] if "before_step" in g else g.iloc[0:0]
+        steps = _steps_label(before.get("before_step", pd.Series(dtype=float)))
+        what = "step-0 forward pass (before any update)" if steps == "step 0" else f"last snapshot before it ({steps})"
+        groups += [(f"{preset}, blew up: {what}", before, "before", c_before, "-"),
+                   (f"{preset}, blew up: the blow-up pass ({_steps_label(g.loc[blew, 'at_step'])})", g[blew], "at",
+                    c_at, ":"),
+                   (f"{preset}, stable: last snapshot ({_steps_label(g.loc[~blew, 'at_step'])})", g[~blew], "at",
+                    c_stable, "-" if preset == "r2_full" else "--")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    layers = np.arange(1, L + 1)
     for ax, stat in zip(axes, PROFILE_STATS):
-        for name, sub in groups.items():
-            when = "before" if "before" in name else "at"
-            cols = [f"{when}_{stat}_L{l}" for l in range(1, L + 1)]
+        for name, sub, when, color, style in groups:
+            cols = [f"{when}_{stat}_L{l}" for l in layers]
             if sub.empty or not set(cols) <= set(sub.columns):
                 continue
-            ax.plot(range(1, L + 1), sub[cols].median(), marker="o", label=f"{name} (n={len(sub)})")
+            values = sub[cols].astype(float).replace([np.inf, -np.inf], np.nan)
+            ax.plot(layers, values.median(), style, marker="o", color=color, label=f"{name}, n={len(sub)}")
+            ax.fill_between(layers, values.quantile(0.25), values.quantile(0.75), color=color, alpha=0.15, lw=0)
         ax.set_yscale("log")
+        _tidy_log(ax)
+        ax.set_xticks(layers)
         ax.set_xlabel("layer")
-        ax.set_ylabel(f"median {stat}")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_ylabel(f"{stat} after mixing")
+    where = f"lr = {lr:g}" if lr is not None else f"lr {', '.join(f'{x:g}' for x in sorted(set(at_L['lr'])))} pooled"
+    fig.suptitle(f"Per-layer state at L = {L} ({where}): median over seeds, band: inter-quartile range", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 
@@ -372,5 +448,100 @@ def plot_ablation(table: pd.DataFrame):
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("blow-up rate (Wilson 95%)")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_first_steps(curves: pd.DataFrame, steps: int = 100, presets: Sequence[str] = ("original", "r2_full"),
+                     mu_bound: Optional[float] = MonitorConfig.diverge_mu):
+    """The first `steps` training steps of each preset (columns) from a curves table
+    (tables.curves_table): the training loss (top row) and the max ||mu|| after each layer's mixing block
+    (one row per layer) against step, one line per seed (the same colour in every panel), log y shared
+    along each row. An x marks a run's first non-finite value (where it ended: monitor.on_nonfinite = stop),
+    drawn at its last finite value; mu_bound, the blow-up criterion monitor.diverge_mu (its default), is
+    the dashed line (None: no line)."""
+    plt = _pyplot()
+    curves = curves[curves["step"] < steps]
+    layer_cols = sorted((c for c in curves.columns if c.startswith(f"{names.MU_NORM_MAX}_L")),
+                        key=lambda c: int(c.rsplit("_L", 1)[1]))
+    rows = ["loss", *layer_cols]
+    presets = [p for p in presets if (curves["preset"] == p).any()]
+    seeds = sorted(set(curves["seed"]))
+    colors = {seed: f"C{k % 10}" for k, seed in enumerate(seeds)}
+    fig, axes = plt.subplots(len(rows), len(presets), figsize=(5.2 * len(presets), 0.8 + 2.0 * len(rows)),
+                             squeeze=False, sharex=True, sharey="row")
+    for c, preset in enumerate(presets):
+        mine = curves[curves["preset"] == preset]
+        for r, col in enumerate(rows):
+            ax = axes[r, c]
+            for seed, g in mine.groupby("seed"):
+                g = g.sort_values("step")
+                v = g[col].to_numpy(dtype=float)
+                ok = np.isfinite(v) & (v > 0)
+                ax.plot(g["step"], np.where(ok, v, np.nan), color=colors[seed], lw=1,
+                        label=f"seed {seed}" if r == 0 else None)
+                bad = np.flatnonzero(~np.isfinite(v))
+                if len(bad) and ok[: bad[0]].any():
+                    last = np.flatnonzero(ok[: bad[0]])[-1]
+                    ax.plot([g["step"].iloc[bad[0]]], [v[last]], "x", color=colors[seed], ms=8, mew=2)
+            if col != "loss" and mu_bound is not None:
+                ax.axhline(mu_bound, color="grey", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            _tidy_log(ax)
+            if c == 0:
+                ax.set_ylabel("training loss" if col == "loss" else f"max ||mu||, layer {col.rsplit('_L', 1)[1]}")
+            if r == 0:
+                n = mine["seed"].nunique()
+                ax.set_title(f"{preset} ({n} seeds)", fontsize=10)
+            if r == len(rows) - 1:
+                ax.set_xlabel("step")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    where = ", ".join(f"{k} = {', '.join(f'{x:g}' for x in sorted(set(curves[k])))}" for k in ("L", "lr"))
+    bound = f"; dashed: blow-up criterion max ||mu|| = {mu_bound:g}" if mu_bound is not None else ""
+    fig.suptitle(f"The first {steps} steps ({where}; training continued after a spike): loss and max ||mu|| after "
+                 f"each mixing block;\nx: first non-finite value, where the run ended{bound}", fontsize=9)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(seeds))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def plot_phase_by_depth(table: pd.DataFrame):
+    """Per depth (a tables.phase_depth_table): the rate of runs whose first blow-up came in training beside
+    the rate of those whose first blow-up was there at initialisation, each k/n with its Wilson 95% interval;
+    blow-ups recorded before phases existed (k_unknown) in grey, so an old table does not read as none: at a
+    depth with any of them the two rates are lower bounds, drawn hollow."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    L = table["L"].to_numpy(dtype=float)
+    unknown = table["k_unknown"].to_numpy(dtype=int)
+    series = [("training", "in training (only the trained weights cross a criterion)", "tab:red", "o", 0.08),
+              ("init", "at initialisation (the initial weights cross one on the same batch)", "tab:blue", "s", -0.08)]
+    for phase, label, color, marker, offset in series:
+        k = table[f"k_{phase}"].to_numpy(dtype=float)
+        rate = table[f"rate_{phase}"].to_numpy(dtype=float)
+        yerr = np.array([np.clip(rate - table[f"{phase}_lo"], 0, None), np.clip(table[f"{phase}_hi"] - rate, 0, None)])
+        for part, face, name in ((unknown == 0, color, label), (unknown > 0, "white", None)):
+            if part.any():
+                ax.errorbar(L[part] + offset, rate[part], yerr=yerr[:, part], fmt=marker, color=color, mfc=face,
+                            capsize=3, label=name if name else None)
+        for x, y, kk, n in zip(L + offset, rate, k, table["n"]):
+            ax.annotate(f"{int(kk)}/{int(n)}", (x, y), textcoords="offset points", xytext=(6 if offset > 0 else -6, 0),
+                        ha="left" if offset > 0 else "right", va="center", fontsize=7, color=color)
+    if unknown.any():
+        some = unknown > 0
+        bounds = np.array([wilson(k, n) for k, n in zip(unknown[some], table["n"][some])])
+        rate = unknown[some] / table["n"].to_numpy(dtype=float)[some]
+        ax.errorbar(L[some], rate, yerr=[np.clip(rate - bounds[:, 0], 0, None), np.clip(bounds[:, 1] - rate, 0, None)],
+                    fmt="D", color="grey", capsize=3,
+                    label="phase not recorded (records made before phases); hollow: a lower bound")
+    ax.set_xticks(L, [str(int(x)) for x in L])
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("fraction of runs (Wilson 95%)")
+    ax.set_ylim(-0.03, 1.03)
+    variant = ", ".join(dict.fromkeys(table["preset"].astype(str) + table["ablate"].map(
+        lambda a: "" if a == "none" else f" ablate={a}")))
+    lrs = "; ".join(dict.fromkeys(table["lrs"].astype(str))) if "lrs" in table else "?"
+    ax.set_title(f"{variant}: the first blow-up's phase per depth (lr {lrs} pooled)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

@@ -175,14 +175,15 @@ def horizon(data_cfg: DictConfig) -> Optional[float]:
 
 
 def baselines(data_cfg: DictConfig) -> dict[str, Any]:
-    """Test position MSE of trivial predictors, per coordinate as `painn_ablate.training.trainer.evaluate` computes it.
+    """Test position MSE of trivial predictors, per coordinate as `painn_ablate.training.trainer.evaluate` computes it,
+    on the data set `data_cfg` names (the shipped default data: the same on every machine), with its fingerprint.
 
     zero_displacement: pos_next = pos. constant_velocity: pos_next = pos + vel * dt, with dt
     the time between the input and the target frame (1.0 for the charged protocol).
     fitted_velocity: pos_next = pos + vel * c with the one scalar c fitted on the training
     split by least squares: EGNN's "Linear" baseline (a learnable time), published 0.0819.
     """
-    from painn_ablate.data.datasets import load_dataset
+    from painn_ablate.data.datasets import load_dataset, split_fingerprint
 
     splits = load_dataset(data_cfg)
     train, test = splits["train"], splits["test"]
@@ -194,7 +195,7 @@ def baselines(data_cfg: DictConfig) -> dict[str, Any]:
     return {"zero_displacement_test_pos_mse": float((displacement ** 2).mean()),
             "constant_velocity_test_pos_mse": const_vel,
             "fitted_velocity_test_pos_mse": float(((displacement - test.vel * c) ** 2).mean()),
-            "fitted_velocity_c": c, "horizon": dt_, "n_test": len(test),
+            "fitted_velocity_c": c, "horizon": dt_, "n_test": len(test), "data_fingerprint": split_fingerprint(splits),
             "egnn_paper_test_pos_mse": rules.EGNN_PAPER_MSE,
             "linear_paper_test_pos_mse": rules.LINEAR_PAPER_MSE}
 

@@ -25,7 +25,15 @@ from painn_ablate.core import files, names
 from painn_ablate.core.config import MECHANISM_LABELS, compose
 from painn_ablate.core.outcome import Phase, Status
 from painn_ablate.reporting import reproduce as rp
-from painn_ablate.reporting.plots import plot_ablation, plot_map, plot_probe_depths, plot_profiles, save_figure
+from painn_ablate.reporting.plots import (
+    plot_ablation,
+    plot_first_steps,
+    plot_map,
+    plot_phase_by_depth,
+    plot_probe_depths,
+    plot_profiles,
+    save_figure,
+)
 from painn_ablate.reporting.registry import PACKAGES, ReportError, _cell, markdown_table
 from painn_ablate.training.trainer import environment
 
@@ -466,6 +474,28 @@ def outcome_lines(trials: pd.DataFrame, verdicts: Sequence[rules.Verdict], basel
     return lines
 
 
+FRONTIER = "frontier"  # results/<FRONTIER>/stabilizers.parquet: amendment 9's main job (painn-ablate export --out)
+
+
+def frontier_lines(results: str | Path) -> list[str]:
+    """Section 7: the main job's stability frontier at L = 5 (amendment 9), as `painn-ablate sweep` prints it."""
+    from painn_ablate.reporting.text import frontier_text
+    from painn_ablate.sweep.spec import load_sweep
+
+    path = Path(results) / FRONTIER / "stabilizers.parquet"
+    if not path.exists():
+        return []
+    sweep = load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "stabilizers.yaml")
+    ladder = list(sweep.swept[sweep.frontier].values)
+    return ["## 7. The stability frontier at L = 5 (the main job, amendment 9)", "",
+            "Command: `painn-ablate sweep sweeps/stabilizers.yaml --workers 2`, then `painn-ablate export "
+            f"sweeps_out/stabilizers --out results/{FRONTIER}`. Each (variant, seed) walks up the learning-rate ladder "
+            "and stops at the first rung where it does not train (200 steps without a training-phase blow-up; a "
+            "sustained initialisation failure ends the walk too, counted apart as *ended at init*). One rung is x2 in "
+            "learning rate. A claim about 200 steps at L = 5; L = 8 was not run (amendment 9's cut).", "",
+            "```", frontier_text(pd.read_parquet(path), "lr", ladder), "```", ""]
+
+
 def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFAULT_OUT,
                    plots: Optional[str | Path] = "plots", command: str = "painn-ablate report") -> str:
     every, probe_stats, probe_seeds = ex.load_results(results)
@@ -515,6 +545,14 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
             lines += [_fig(plot_map(cells), figures, "map", base), ""]
     if len(outcomes):
         lines += outcome_lines(outcomes, rerun, data["constant_velocity_test_pos_mse"])
+        if figures is not None:
+            lines += [_fig(plot_map(ex.cell_table(outcomes)), figures, "map_rerun", base),
+                      _fig(plot_phase_by_depth(ex.phase_depth_table(outcomes)), figures, "phase_by_depth", base), ""]
+            curves = Path(results) / "first_steps" / "first_steps_curves.parquet"
+            if curves.exists():
+                lines += ["The first 100 steps (sweeps/first_steps.yaml: L = 5, lr = 1e-3, seeds 0-4, statistics every "
+                          "step, training continued after a spike):", "",
+                          _fig(plot_first_steps(pd.read_parquet(curves)), figures, "first_steps", base), ""]
     if depths is not None:
         lines += ["### At initialisation: `painn-ablate probe --seeds 100`", "",
                   "The fraction of seeds whose first forward pass (before any update; the batch of training step "
@@ -581,6 +619,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
         lines += egnn_lines(egnn, trials, L, lr)
     if dose is not None:
         lines += dose_lines(dose)
+    lines += frontier_lines(results)
     if not every.empty:
         lines += ["## Compute", ""] + compute_lines(every) + [""]
     lines += ["## Not done", ""] + not_done_lines(every)

@@ -426,9 +426,10 @@ def _share(numbers: list) -> str:
     return f"{k}/{n} [{lo:.2f}, {hi:.2f}]" if n else "-"
 
 
-def outcome_lines(trials: pd.DataFrame, verdicts: Sequence[rules.Verdict], baseline: float) -> list[str]:
-    """Section 1b: amendment 8's map re-run under the new outcomes: per cell, per depth, the recovered runs."""
-    cells = ex.cell_table(trials)
+def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[rules.Verdict],
+                  baseline: float) -> list[str]:
+    """Section 1b: amendment 8's map re-run under the new outcomes (`cells`: its cell_table): per cell, per
+    depth, the recovered runs."""
     header = ["preset", "L", "lr", "n", "blow-ups k/n [Wilson 95%]", "sustained k/n [Wilson 95%]",
               "stable / transient / diverged / exploded", "first blow-up at init / in training", "median step",
               "origin layers", "test pos MSE, stable runs", "test pos MSE, recovered (transient) runs"]
@@ -544,9 +545,10 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
         if figures is not None:
             lines += [_fig(plot_map(cells), figures, "map", base), ""]
     if len(outcomes):
-        lines += outcome_lines(outcomes, rerun, data["constant_velocity_test_pos_mse"])
+        outcome_cells = ex.cell_table(outcomes)  # once, for the table and the figure
+        lines += outcome_lines(outcomes, outcome_cells, rerun, data["constant_velocity_test_pos_mse"])
         if figures is not None:
-            lines += [_fig(plot_map(ex.cell_table(outcomes)), figures, "map_rerun", base),
+            lines += [_fig(plot_map(outcome_cells), figures, "map_rerun", base),
                       _fig(plot_phase_by_depth(ex.phase_depth_table(outcomes)), figures, "phase_by_depth", base), ""]
             curves = Path(results) / "first_steps" / "first_steps_curves.parquet"
             if curves.exists():

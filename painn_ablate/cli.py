@@ -337,7 +337,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if unfinished:
             print(f"painn-ablate: note: {src} is incomplete: {unfinished}; the table holds its finished trials "
                   "(export again when the sweep is done)", file=sys.stderr)
-    for path in export(args.sources, args.out, curves=args.curves):
+    for path in export(args.sources, args.out, curves=args.curves, test_errors=args.test_errors):
         print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
     return 0
 
@@ -565,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_RESULTS, help="folder for the tables (default results)")
     p.add_argument("--curves", action="store_true", help="also write <study>_curves.parquet per sweep: the loss "
                                                          "and per-layer max ||mu|| of every step (short sweeps)")
+    p.add_argument("--test-errors", action="store_true", help="also write <study>_test_errors.parquet per sweep: "
+                                                              "each trial's pos MSE per test system (for intervals "
+                                                              "with the test set's sampling error)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -194,3 +194,13 @@ def test_export_curves_writes_the_loss_and_mixing_mu_of_every_step(tmp_path):
             assert got == s["value"] or (np.isnan(got) and np.isnan(s["value"]))
         assert mine["mu_norm_max_L5"].notna().sum() >= 1
     plots.save_figure(plots.plot_first_steps(curves), tmp_path / "first_steps.png")
+    # --test-errors: each trial's pos MSE per test system, whose mean is the trial's test pos MSE
+    res = cli("export", tmp_path / "sweep", "--out", tmp_path / "per_system", "--test-errors")
+    assert res.returncode == 0, res.stderr
+    errors = pd.read_parquet(tmp_path / "per_system" / f"tiny_first{ex.TEST_ERRORS}")
+    trials, _, _ = ex.load_results(tmp_path / "per_system")
+    assert len(trials) == 2  # not read as trials
+    for _, trial in trials.iterrows():
+        mine = errors[errors["number"] == trial["number"]]
+        assert list(mine["system"]) == list(range(len(mine))) and len(mine) > 1
+        assert float(mine["pos_mse"].mean()) == pytest.approx(trial["test_pos_mse"], rel=1e-5)

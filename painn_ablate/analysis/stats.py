@@ -88,3 +88,27 @@ def bootstrap(values: Iterable[float], statistic=np.mean, seed: int = 0) -> tupl
     resampled = statistic(x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))], axis=1)
     lo, hi = np.quantile(resampled, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return float(statistic(x)), float(lo), float(hi)
+
+
+def seed_and_sample_interval(errors: np.ndarray, seed: int = 0, chunk: int = 500) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean test error over seeds and test samples, with a percentile 95% interval from a
+    two-level bootstrap that resamples the seeds (rows) and, independently, the test samples (columns).
+
+    errors: (seeds, samples), one row per seed's model on the same test set, so a resampled column is the
+    same system for every seed: the interval carries the seed-to-seed spread and the test set's own
+    sampling error, which averaging over seeds does not remove. BOOTSTRAP resamples, a fixed generator seed.
+    """
+    x = np.asarray(errors, dtype=float)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"errors must be a non-empty (seeds, samples) array, got shape {x.shape}")
+    n_seeds, n_samples = x.shape
+    rng = np.random.default_rng(seed)
+    resampled = []
+    for start in range(0, BOOTSTRAP, chunk):
+        b = min(chunk, BOOTSTRAP - start)
+        # resample counts: the mean of a resample is (row counts) . x . (column counts) / (n_seeds n_samples)
+        rows = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=b)  # (b, seeds)
+        cols = rng.multinomial(n_samples, np.full(n_samples, 1 / n_samples), size=b)  # (b, samples)
+        resampled.append(np.einsum("bs,st,bt->b", rows, x, cols) / (n_seeds * n_samples))
+    lo, hi = np.quantile(np.concatenate(resampled), [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(x.mean()), float(lo), float(hi)

@@ -22,6 +22,7 @@ METRICS = "metrics.parquet"
 LAYER_STATS = "layer_stats.parquet"
 EVENTS = "events.parquet"
 CHECKPOINT = "checkpoint.pt"
+TEST_ERRORS = "test_errors.parquet"  # per test system, in the split's order: its pos MSE at the best validation step
 TRIALS = "trials"
 LOCK = ".lock"  # "<pid> <host>" of the process writing the folder, while it runs (training.trainer.claim_run_dir)
 

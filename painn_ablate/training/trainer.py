@@ -36,6 +36,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -236,13 +239,20 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator):
 TAIL = {"q50": 0.5, "q90": 0.9, "q99": 0.99, "max": 1.0}  # quantiles of the per-sample error the test keeps
 
 
-@torch.no_grad()
 def evaluate(model: PaiNN, split: NBodySplit, tail: bool = False) -> dict[str, Optional[float]]:
     """Mean squared error of pos_dt (equal to that of the predicted position) and vel_next.
 
     tail: also the distribution of the per-sample position MSE (one sample = one system of n
     particles): `pos_mse_q50`, `_q90`, `_q99` and `_max` (TAIL), so a mean hides no bad samples.
     """
+    return evaluate_samples(model, split, tail)[0]
+
+
+@torch.no_grad()
+def evaluate_samples(model: PaiNN, split: NBodySplit, tail: bool = True) -> tuple[dict[str, Optional[float]],
+                                                                                 Optional[np.ndarray]]:
+    """`evaluate`'s metrics and, with tail, the position MSE of each sample (system) of the split, in its
+    order: what a bootstrap over test systems resamples (analysis.stats.seed_and_sample_interval)."""
     model.eval()
     sq_pos = sq_vel = 0.0
     n_nodes = 0
@@ -258,10 +268,12 @@ def evaluate(model: PaiNN, split: NBodySplit, tail: bool = False) -> dict[str, O
             per_sample.append(err.view(b.n_graphs, -1).mean(dim=1))
     model.train()
     out = {"pos_mse": finite_or_none(sq_pos / (3 * n_nodes)), "vel_mse": finite_or_none(sq_vel / (3 * n_nodes))}
-    if tail:
-        q = torch.quantile(torch.cat(per_sample).double().cpu(), torch.tensor(list(TAIL.values()), dtype=torch.float64))
-        out.update({f"pos_mse_{name}": finite_or_none(float(v)) for name, v in zip(TAIL, q)})
-    return out
+    if not tail:
+        return out, None
+    samples = torch.cat(per_sample).double().cpu()
+    q = torch.quantile(samples, torch.tensor(list(TAIL.values()), dtype=torch.float64))
+    out.update({f"pos_mse_{name}": finite_or_none(float(v)) for name, v in zip(TAIL, q)})
+    return out, samples.numpy()
 
 
 def evaluate_checkpoint(run_dir: str | Path, split: str = "test") -> dict[str, Optional[float]]:
@@ -534,7 +546,9 @@ class Trainer:
         self.summary["early_warning_lead"] = first["step"] - warning["step"] if first and warning else None
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-            self.summary["test"] = evaluate(model, self.splits["test"], tail=True)
+            self.summary["test"], errors = evaluate_samples(model, self.splits["test"])
+            files.atomic(self.run_dir / runfolder.TEST_ERRORS,
+                         lambda tmp: pq.write_table(pa.table({"pos_mse": errors}), tmp))
         self.summary["wall_seconds"] = time.perf_counter() - start
         self.write_summary()
         self.recorder.finish(self.summary)

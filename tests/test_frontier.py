@@ -181,3 +181,30 @@ def test_the_frontier_text_states_fr1_the_verdicts_with_n_and_the_rates_per_rung
     assert list(rates) == ["r2_full", "r2_full - bounds", "original", "original + bounds"]  # the design's order
     assert re.fullmatch(r"original\s+0/10 0-28%\s+0/10 0-28%\s+10/10 72-100%(\s+-)+", rates["original"])
     assert frontier_text(trials.drop(columns="seed"), "train.lr", ladder).endswith("no seed column.")
+
+
+def _dose_trials(rungs: dict, seeds=range(10)) -> pd.DataFrame:
+    """Amendment 11's trial table: (g, coupling) -> critical rung per seed, walked like _trials."""
+    frame = _trials({(g, c): crit for (g, c), crit in rungs.items()}, seeds)
+    return frame.rename(columns={"preset": "g", "ablate": "coupling"}).assign(preset="original", ablate="none")
+
+
+def test_the_dose_rules_read_scale_and_the_coupling_from_the_paired_walks():
+    scale_only = _dose_trials({(1.0, True): lambda s: -1, (1.0, False): lambda s: 1,
+                               (0.25, True): lambda s: 3, (0.25, False): lambda s: 3 + (s == 0)})
+    result = fr.dose_result(scale_only, fr.LADDER)
+    verdicts = {r["rule"]: r["verdict"] for r in result.rules}
+    assert verdicts == {"DF1": "PASS", "DF2": "MISS", "DF3": "PASS"}
+    row = result.settings[(result.settings["g"] == 0.25) & result.settings["coupling"]].iloc[0]
+    assert row["median_rung"] == 3 and row["complete"] == 10
+    at_one = result.coupling.set_index("g").loc[1.0]
+    assert at_one["n"] == 10 and at_one["up"] == 10 and at_one["median"] == 2  # dropped minus kept at g = 1
+    # the coupling moves the frontier by two rungs at matched scale: DF2 PASS, DF3 MISS
+    coupling = _dose_trials({(1.0, True): lambda s: -1, (1.0, False): lambda s: 1,
+                             (0.25, True): lambda s: 1, (0.25, False): lambda s: 3})
+    verdicts = {r["rule"]: r["verdict"] for r in fr.dose_result(coupling, fr.LADDER).rules}
+    assert verdicts == {"DF1": "PASS", "DF2": "PASS", "DF3": "MISS"}
+    # five seeds: nothing is judged
+    few = fr.dose_result(_dose_trials({(1.0, True): lambda s: -1, (0.25, True): lambda s: 3,
+                                       (0.25, False): lambda s: 3}, seeds=range(5)), fr.LADDER)
+    assert {r["verdict"] for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}

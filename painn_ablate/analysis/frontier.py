@@ -37,11 +37,10 @@ import pandas as pd
 from scipy import stats as sps
 
 from painn_ablate.analysis.stats import bootstrap, holm, wilson
-from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Status, is_blow_up
+from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, is_blow_up
 from painn_ablate.sweep.walk import critical_rung, failed_at_init, trains  # the engine's walk and rule of training
 
 LADDER = tuple(float(f"{x:.3g}") for x in np.geomspace(3e-4, 3e-1, 11))  # 3e-4, 5.99e-4, ..., 0.3
-PHASE_INIT = "init"  # the initial network crosses a blow-up criterion on the same batch
 ALPHA = 0.05
 MIN_PAIRS = 10  # amendment 9: a verdict resting on fewer paired seeds is not judged
 NOT_JUDGED = "n < {}, not judged"  # .format(min_pairs)
@@ -90,7 +89,7 @@ def critical_table(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ab
             attrs = {"status": r[status], PHASE_KEY: _opt(r.get(phase)), "training_blow_up": _opt_bool(r.get(training))}
             done[i], at_init[i] = trains(attrs), failed_at_init(attrs)
             losses[i], initial = _float(r.get(final_loss)), [*initial, _float(r.get(initial_loss))]
-            init_blow_ups += is_blow_up(r[status]) and attrs[PHASE_KEY] == PHASE_INIT
+            init_blow_ups += is_blow_up(r[status]) and attrs[PHASE_KEY] == Phase.INIT
         try:
             c: Optional[int] = critical_rung(done, ladder)
         except ValueError:
@@ -288,3 +287,80 @@ def _opt_bool(x) -> Optional[bool]:
 def _float(x) -> float:
     """A table cell as a float, nan where missing."""
     return math.nan if _opt(x) is None else float(x)
+
+
+# ----------------------------------------------------------------------------- the dose-response in training
+
+DOSE_VARIANT = ("g", "coupling")  # what a setting of amendment 11's dose-response is (trial table columns)
+DOSE_SCALE = 0.25  # the gain DF2 and DF3 judge at: the degree-mean aggregation's scale on the 5-particle full graph
+DOSE_REFERENCE = 1.0  # PaiNN's gain, DF1's reference
+
+
+@dataclass(frozen=True)
+class DoseFrontier:
+    """Amendment 11's result (`dose_result`): the critical rungs of the original at each (g, coupling)."""
+
+    ladder: tuple[float, ...]
+    critical: pd.DataFrame  # critical_table over DOSE_VARIANT
+    settings: pd.DataFrame  # per (g, coupling): walks, complete, median rung with its interval, ended at init
+    coupling: pd.DataFrame  # per g: the paired shift of dropping the coupling term (dropped minus kept)
+    rules: list[dict]  # DF1-DF3: rule, claim, verdict, evidence
+    rates: pd.DataFrame  # rung_rates over DOSE_VARIANT
+
+
+def dose_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", seed: int = 0,
+                min_pairs: int = MIN_PAIRS) -> DoseFrontier:
+    """Amendment 11's tables and rules from its trial table (columns g and coupling: tables.trial_table's):
+
+        DF1  with the coupling kept, g = 0.25's critical rung is higher than g = 1's (one-sided exact sign
+             test, p < 0.05)
+        DF2  at g = 0.25, dropping the coupling term raises the critical rung (the same test)
+        DF3  DF1 PASS and, at g = 0.25, the bootstrap 95% interval of the median paired shift (dropped minus
+             kept) lies within [-1, 1] rung: scale explains the frontier at this resolution
+    Each on the seeds whose two walks completed; fewer than `min_pairs`: not judged."""
+    ladder = tuple(float(x) for x in ladder)
+    trials = trials.assign(g=trials["g"].astype(float), coupling=trials["coupling"].astype(bool))
+    critical = critical_table(trials, variant=DOSE_VARIANT, lr=lr, ladder=ladder)
+
+    def rungs(g: float, coupling: bool) -> pd.Series:
+        mine = critical[(critical["g"] == g) & (critical["coupling"] == coupling)]
+        return mine.set_index("seed")["critical_rung"].astype(float)
+
+    settings = []
+    for (g, coupling), rows in critical.groupby(list(DOSE_VARIANT), sort=False):
+        median, lo, hi = median_interval(rows["critical_rung"], seed)
+        settings.append({"g": g, "coupling": coupling, "walks": len(rows),
+                         "complete": int(rows["critical_rung"].notna().sum()), "median_rung": median, "lo": lo,
+                         "hi": hi, "censored": int(rows["censored"].sum()),
+                         "ended_at_init": int(rows["ended_at_init"].sum())})
+    settings = pd.DataFrame(settings).sort_values(["coupling", "g"], ascending=[False, False], ignore_index=True)
+    gains = sorted(set(critical["g"]), reverse=True)
+    coupling = pd.DataFrame([{"g": g, **vars(shift(rungs(g, False), rungs(g, True), "greater", seed))}
+                             for g in gains])
+
+    def judged(s: Shift) -> str:
+        return NOT_JUDGED.format(min_pairs) if s.n < min_pairs else "PASS" if s.p_sign < ALPHA else "MISS"
+
+    def words(s: Shift, what: str) -> str:
+        return (f"{what}: median shift {s.median:g} rung [{s.lo:g}, {s.hi:g}], up {s.up} / down {s.down} of "
+                f"n {s.n}, sign test p {s.p_sign:.3g}")
+
+    scale = shift(rungs(DOSE_SCALE, True), rungs(DOSE_REFERENCE, True), "greater", seed)
+    matched = shift(rungs(DOSE_SCALE, False), rungs(DOSE_SCALE, True), "greater", seed)
+    df1, df2 = judged(scale), judged(matched)
+    if min(scale.n, matched.n) < min_pairs:
+        df3 = NOT_JUDGED.format(min_pairs)
+    else:
+        df3 = "PASS" if df1 == "PASS" and -1 <= matched.lo and matched.hi <= 1 else "MISS"
+    rules = [
+        {"rule": "DF1", "claim": "scale raises the frontier", "verdict": df1,
+         "evidence": words(scale, f"g = {DOSE_SCALE:g} vs g = {DOSE_REFERENCE:g}, coupling kept")},
+        {"rule": "DF2", "claim": "the coupling matters apart from scale in training", "verdict": df2,
+         "evidence": words(matched, f"at g = {DOSE_SCALE:g}, coupling dropped vs kept")},
+        {"rule": "DF3", "claim": "scale explains the frontier at this resolution", "verdict": df3,
+         "evidence": (f"DF1 {df1}; the coupling's shift at g = {DOSE_SCALE:g} has the interval "
+                      f"[{matched.lo:g}, {matched.hi:g}], {'within' if -1 <= matched.lo and matched.hi <= 1 else 'not within'} "
+                      "[-1, 1] rung")},
+    ]
+    return DoseFrontier(ladder, critical, settings, coupling, rules,
+                        rung_rates(trials, variant=DOSE_VARIANT, lr=lr, ladder=ladder))

@@ -22,7 +22,7 @@ import pandas as pd
 from painn_ablate.analysis import loaders as analysis
 from painn_ablate.analysis.stats import mean_interval, wilson
 from painn_ablate.core import files, names, runfolder
-from painn_ablate.core.config import ACTING, acted_stat
+from painn_ablate.core.config import ACTING, STABILIZER_FIELDS, acted_stat
 from painn_ablate.core.errors import ExportError
 from painn_ablate.core.outcome import (
     OUTCOMES,
@@ -136,6 +136,13 @@ SETTING = {"edge_charge": ("model.edge_charge", False), "loss": ("train.loss", "
            "schedule": ("train.schedule", "constant")}
 
 
+def _stabilizers(r: pd.Series) -> dict:
+    """Every stabilizer's value as the trial ran it (a column per StabilizerConfig key, and aggregation):
+    what tells apart the trials of one preset and ablate name that a sweep varied in a stabilizer's value."""
+    return {"aggregation": _value(r.get("model.aggregation")),
+            **{f.name: _value(r.get(f"model.stabilizers.{f.name}")) for f in STABILIZER_FIELDS}}
+
+
 def _setting(r: pd.Series) -> dict:
     return {col: (default if pd.isna(v := r.get(key, default)) else v) for col, (key, default) in SETTING.items()}
 
@@ -202,7 +209,7 @@ def trial_table(sweep: PathLike) -> pd.DataFrame:
         row = {"study": r["study"], "number": int(r["number"]), "label": r["label"], "preset": r["preset"],
                "ablate": r.get("ablate", "none"), "L": L, "lr": float(r["train.lr"]), "seed": int(r["seed"]),
                "F": int(r["model.F"]), "steps": int(r.get("steps_total") or r["train.steps"]),
-               "epochs": r.get("train.epochs"), **_setting(r), "status": r["status"],
+               "epochs": r.get("train.epochs"), **_setting(r), **_stabilizers(r), "status": r["status"],
                **analysis.outcome_columns(r["status"]), **_blow_up_origin(r),
                "steps_completed": int(r["steps_completed"]), "best_step": r.get("best_step"),
                "val_pos_mse": r.get("val_pos_mse"),
@@ -274,10 +281,34 @@ def probe_table(folders: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame
     return pd.concat(stats, ignore_index=True), pd.concat(seeds, ignore_index=True)
 
 
-def export(sources: Sequence[PathLike], out: PathLike, curves: bool = False) -> list[Path]:
+TEST_ERRORS = "_test_errors.parquet"  # the name's ending of a per-test-system table (not a trial table)
+
+
+def test_errors_table(sweep: PathLike) -> pd.DataFrame:
+    """Per finished trial of a sweep and per test system: the system's pos MSE at the best validation step
+    (the run folder's runfolder.TEST_ERRORS), with the trial's study, number, preset, ablate, L, lr and seed.
+    What analysis.stats.seed_and_sample_interval resamples; trials recorded before it was kept are absent."""
+    frames = []
+    for _, r in _finished(sweep).iterrows():
+        run_dir = r.get("run_dir")
+        path = Path(run_dir) / runfolder.TEST_ERRORS if isinstance(run_dir, str) else None
+        if path is None or not path.exists():
+            continue
+        errors = pd.read_parquet(path)["pos_mse"].astype("float32")
+        frames.append(pd.DataFrame({"study": r["study"], "number": int(r["number"]), "preset": r["preset"],
+                                    "ablate": r.get("ablate", "none"), "L": int(r["model.L"]),
+                                    "lr": float(r["train.lr"]), "seed": int(r["seed"]),
+                                    "system": np.arange(len(errors)), "pos_mse": errors}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def export(sources: Sequence[PathLike], out: PathLike, curves: bool = False,
+           test_errors: bool = False) -> list[Path]:
     """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders;
     curves=True adds results/<study>_curves.parquet per sweep folder (curves_table: loss and per-layer max
-    ||mu|| per step; small only for short runs).
+    ||mu|| per step; small only for short runs); test_errors=True adds results/<study>_test_errors.parquet
+    (test_errors_table: each trial's error per test system, for intervals that include the test set's
+    sampling error).
 
     Every table is built before any is written, so a bad source leaves `out` as it was; each file
     is replaced atomically.
@@ -299,6 +330,12 @@ def export(sources: Sequence[PathLike], out: PathLike, curves: bool = False) -> 
             if per_step.empty:
                 raise ExportError(f"{src}: no per-step records to export (run folders missing?)")
             tables[f"{study}{CURVES}"] = per_step
+        if test_errors:
+            per_system = test_errors_table(src)
+            if per_system.empty:
+                raise ExportError(f"{src}: no per-system test errors to export (trials recorded before "
+                                  f"{runfolder.TEST_ERRORS} was kept, or run folders missing)")
+            tables[f"{study}{TEST_ERRORS}"] = per_system
     if probes:
         tables["probe.parquet"], tables["probe_seeds.parquet"] = probe_table(probes)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +349,7 @@ def load_results(folder: PathLike) -> tuple[pd.DataFrame, Optional[pd.DataFrame]
     """(all trials, probe stats, probe seeds) from a results folder."""
     folder = Path(folder)
     trials = [pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))
-              if not p.name.startswith("probe") and not p.name.endswith(CURVES)]
+              if not p.name.startswith("probe") and not p.name.endswith((CURVES, TEST_ERRORS))]
     probe = folder / "probe.parquet"
     return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(),
             pd.read_parquet(probe) if probe.exists() else None,

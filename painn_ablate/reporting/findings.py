@@ -327,7 +327,30 @@ def egnn_lines(egnn: pd.DataFrame, trials: pd.DataFrame, L: int, lr: float) -> l
     return markdown_table(header, rows) + early + [
         "", f"Test pos MSE over the stable seeds: {_mse_of(egnn)}; EGNN (Satorras et al. 2021, ~10^4 epochs): "
         f"{EGNN_PAPER_MSE}. R2_full in the default setting (loss on positions and velocities, constant lr, "
-        f"{steps} steps) at the map's cell L = {L}, lr = {lr:g}: {_mse_of(cell)}.", ""]
+        f"{steps} steps) at the map's cell L = {L}, lr = {lr:g}: {_mse_of(cell)}. These intervals carry the "
+        "seed-to-seed spread only: the trials were recorded before each one's error per test system was kept "
+        "(`painn-ablate export --test-errors`), so the test set's own sampling error is not in them.", ""
+    ] + anchor_lines(egnn)
+
+
+def anchor_lines(egnn: pd.DataFrame) -> list[str]:
+    """The published anchors (analysis.anchors) as one table, with R2_full in EGNN's setting beside them."""
+    from painn_ablate.analysis.anchors import ANCHORS
+
+    stable = egnn[egnn["status"] == "stable"]["test_pos_mse"].dropna()
+    ours = mean_interval(stable) if len(stable) else None
+    epochs = ", ".join(f"{e:.0f}" for e in sorted(set(egnn["epochs"].dropna())))
+    rows = [[a.model, f"{a.pos_mse:.4f}", "", a.citation, a.budget, a.checked] for a in ANCHORS]
+    if ours is not None:
+        rows.append(["R2_full (this project, EGNN's setting)", f"{ours['mean']:.5f}",
+                     f"[{ours['lo']:.5f}, {ours['hi']:.5f}], n = {len(stable)} (seeds only)", "section 5 above",
+                     f"{epochs} epochs x 3000, batch 100, cosine (best validation epoch tested)", "results/egnn.parquet"])
+    return ["### Published anchors", "", "Test pos MSE on EGNN's charged N-body benchmark (5 particles, 3000 "
+            "training systems, positions 1000 steps ahead); budgets from each model's official code "
+            "(`painn_ablate/analysis/anchors.py`). An anchor is its paper's number over its own runs, a point: "
+            "its run-to-run spread is not known here.", "",
+            *markdown_table(["model", "test pos MSE", "95% interval", "citation", "training budget", "number read in"],
+                            rows), ""]
 
 
 def not_done_lines(trials: pd.DataFrame) -> list[str]:
@@ -368,6 +391,49 @@ def not_done_lines(trials: pd.DataFrame) -> list[str]:
                      "but it was not run: ~25-40 min a run on one core, while both cores ran section 3. EGNN's 0.0071 "
                      "came from ~10^4 epochs; R2_full's test MSE above is from 33 epochs with a constant lr.")
     return lines + [""]
+
+
+DOSE_FRONTIER = "dose_frontier"  # results/<DOSE>/dose_frontier.parquet: amendment 11's walks (the sweep file's stem)
+
+
+def dose_frontier_lines(results: str | Path) -> list[str]:
+    """Section 6b: amendment 11, the dose-response's critical rungs in training, its rules DF1-DF3."""
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.reporting.text import _interval
+    from painn_ablate.sweep.spec import load_sweep
+
+    path = Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"
+    if not path.exists():
+        return []
+    sweep = load_sweep(SWEEPS / f"{DOSE_FRONTIER}.yaml")
+    result = fr.dose_result(pd.read_parquet(path), list(sweep.swept[sweep.frontier].values))
+    rungs = ", ".join(f"{i} {x:g}" for i, x in enumerate(result.ladder))
+    lines = ["## 6b. The scale dose-response in training (sweeps/DESIGN.md, amendment 11)", "",
+             f"Command: `painn-ablate sweep sweeps/{DOSE_FRONTIER}.yaml --workers 2`, then `painn-ablate export "
+             f"sweeps_out/{DOSE_FRONTIER} --out results/{DOSE}`. The original at L = 5 at each (g, coupling term), "
+             "10 paired seeds, each walking up the main job's ladder (section 7: 200-step rungs, the same rule of "
+             f"training) to its critical rung. Rungs: {rungs}.", ""]
+    rows = [[f"{r['g']:g}", "kept" if r["coupling"] else "dropped", f"{r['complete']}/{r['walks']}",
+             _interval(r["median_rung"], r["lo"], r["hi"]), str(r["ended_at_init"]), str(r["censored"])]
+            for _, r in result.settings.iterrows()]
+    lines += markdown_table(["g", "coupling term", "walks complete", "median critical rung [95%]",
+                             "ended at init", "censored (every rung trained)"], rows) + [""]
+    lines += ["Dropping the coupling term, per g (paired by seed, dropped minus kept, in rungs; one-sided exact "
+              "sign test):", ""]
+    lines += markdown_table(["g", "n", "median shift [95%]", "up/down", "p sign"],
+                            [[f"{r['g']:g}", str(r["n"]), _interval(r["median"], r["lo"], r["hi"]),
+                              f"{r['up']}/{r['down']}", f"{r['p_sign']:.3g}"] for _, r in result.coupling.iterrows()])
+    lines += ["", "Rules (judged as written):", ""]
+    lines += [f"- **{r['rule']} ({r['claim']}): {r['verdict']}.** {r['evidence']}." for r in result.rules] + [""]
+    rates = result.rates.assign(setting=[f"g {g:g}, coupling {'kept' if c else 'dropped'}"
+                                         for g, c in zip(result.rates["g"], result.rates["coupling"])],
+                                cell=[f"{k}/{n} [{lo:.2f}, {hi:.2f}]" for k, n, lo, hi in
+                                      zip(result.rates["k"], result.rates["n"], result.rates["lo"], result.rates["hi"])])
+    wide = rates.pivot(index="setting", columns="rung", values="cell").fillna("-")
+    lines += ["Blow-up rate per rung (k/n, Wilson 95%):", ""]
+    lines += markdown_table(["setting", *(f"rung {i}" for i in wide.columns)],
+                            [[name, *row] for name, row in zip(wide.index, wide.to_numpy().tolist())]) + [""]
+    return lines
 
 
 DOSE = "dose_response"  # results/<DOSE>/probe_seeds.parquet: amendment 7's probes (painn-ablate export --out)
@@ -475,26 +541,77 @@ def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[
     return lines
 
 
-FRONTIER = "frontier"  # results/<FRONTIER>/stabilizers.parquet: amendment 9's main job (painn-ablate export --out)
+FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the frontier runs (painn-ablate export --out)
+# The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
+FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"  # the shipped sweep files, which hold each run's ladder
+
+
+def _frontier_runs(results: str | Path) -> list[tuple[str, int, int, pd.DataFrame, list[float]]]:
+    """The frontier runs whose tables are in `results`: (stem, L, amendment, trials, the ladder)."""
+    from painn_ablate.sweep.spec import load_sweep
+
+    runs = []
+    for stem, depth, amendment in FRONTIER_RUNS:
+        path = Path(results) / FRONTIER / f"{stem}.parquet"
+        if path.exists():
+            sweep = load_sweep(SWEEPS / f"{stem}.yaml")
+            runs.append((stem, depth, amendment, pd.read_parquet(path), list(sweep.swept[sweep.frontier].values)))
+    return runs
+
+
+def _depth_table(runs) -> list[str]:
+    """Per variant and depth: the median critical rung with its interval, and against its preset the median
+    paired shift with its interval, up/down, Holm p and the verdict, one row per variant."""
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.core.config import experiment_name
+    from painn_ablate.reporting.text import _fmt, _interval
+
+    rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
+    for _, depth, _, trials, ladder in runs:
+        result = fr.frontier_result(trials, ladder, lr="lr")
+        v, t = result.variants, result.verdicts.set_index(["preset", "ablate"])
+        for p, a, m, lo, hi in zip(v["preset"], v["ablate"], v["median_rung"], v["lo"], v["hi"]):
+            shift = ["", "", "", ""]
+            if (p, a) in t.index:
+                r = t.loc[(p, a)]
+                shift = [_interval(r["shift"], r["shift_lo"], r["shift_hi"]), f"{r['up']}/{r['down']}",
+                         _fmt(r["p_holm"]), f"**{r['verdict']}**"]
+            rows.setdefault(experiment_name(p, a), []).append([str(depth), _interval(m, lo, hi), *shift])
+    out = [[name, *row] for name, per_depth in rows.items() for row in per_depth]
+    return markdown_table(["variant", "L", "median critical rung [95%]", "shift vs preset [95%]", "up/down",
+                           "Holm p", "verdict"], out)
 
 
 def frontier_lines(results: str | Path) -> list[str]:
-    """Section 7: the main job's stability frontier at L = 5 (amendment 9), as `painn-ablate sweep` prints it."""
+    """Section 7: the main job's stability frontier (amendment 9) at L = 5, and at L = 8 (amendment 10), as
+    `painn-ablate sweep` prints each, then one table of both depths."""
     from painn_ablate.reporting.text import frontier_text
-    from painn_ablate.sweep.spec import load_sweep
 
-    path = Path(results) / FRONTIER / "stabilizers.parquet"
-    if not path.exists():
+    runs = _frontier_runs(results)
+    if not runs:
         return []
-    sweep = load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "stabilizers.yaml")
-    ladder = list(sweep.swept[sweep.frontier].values)
-    return ["## 7. The stability frontier at L = 5 (the main job, amendment 9)", "",
-            "Command: `painn-ablate sweep sweeps/stabilizers.yaml --workers 2`, then `painn-ablate export "
-            f"sweeps_out/stabilizers --out results/{FRONTIER}`. Each (variant, seed) walks up the learning-rate ladder "
-            "and stops at the first rung where it does not train (200 steps without a training-phase blow-up; a "
-            "sustained initialisation failure ends the walk too, counted apart as *ended at init*). One rung is x2 in "
-            "learning rate. A claim about 200 steps at L = 5; L = 8 was not run (amendment 9's cut).", "",
-            "```", frontier_text(pd.read_parquet(path), "lr", ladder), "```", ""]
+    depths = ", ".join(f"L = {depth}" for _, depth, *_ in runs)
+    lines = [f"## 7. The stability frontier ({depths}; the main job, amendment 9)", "",
+             "Each (variant, seed) walks up the learning-rate ladder and stops at the first rung where it does not "
+             "train (200 steps without a training-phase blow-up; a sustained initialisation failure ends the walk "
+             "too, counted apart as *ended at init*). One rung is x2 in learning rate. *necessary*: leaving the group "
+             "out of R2_full lowers the critical rung (one-sided exact sign test, Holm over the 4 groups, p < 0.05); "
+             "*sufficient*: adding it to the original raises the rung into R2_full's interval; *raises*: higher, "
+             "not that high. A claim about 200 steps at the depth named.", ""]
+    if len(runs) > 1:
+        lines += ["### Both depths", ""] + _depth_table(runs) + [""]
+    missing = [f"L = {depth} (amendment {amendment}, `sweeps/{stem}.yaml`)" for stem, depth, amendment in FRONTIER_RUNS
+               if stem not in {run[0] for run in runs}]
+    if missing:
+        lines += [f"Not run to the end, so not reported: {'; '.join(missing)}; sweeps/DESIGN.md says why and "
+                  "when it was stopped.", ""]
+    for stem, depth, amendment, trials, ladder in runs:
+        lines += [f"### L = {depth} (amendment {amendment})", "",
+                  f"Command: `painn-ablate sweep sweeps/{stem}.yaml --workers 2`, then `painn-ablate export "
+                  f"sweeps_out/{stem} --out results/{FRONTIER}`.", "",
+                  "```", frontier_text(trials, "lr", ladder), "```", ""]
+    return lines
 
 
 def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFAULT_OUT,
@@ -621,6 +738,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
         lines += egnn_lines(egnn, trials, L, lr)
     if dose is not None:
         lines += dose_lines(dose)
+    lines += dose_frontier_lines(results)
     lines += frontier_lines(results)
     if not every.empty:
         lines += ["## Compute", ""] + compute_lines(every) + [""]

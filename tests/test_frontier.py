@@ -208,3 +208,31 @@ def test_the_dose_rules_read_scale_and_the_coupling_from_the_paired_walks():
     few = fr.dose_result(_dose_trials({(1.0, True): lambda s: -1, (0.25, True): lambda s: 3,
                                        (0.25, False): lambda s: 3}, seeds=range(5)), fr.LADDER)
     assert {r["verdict"] for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}
+
+
+def test_degree_normalisation_is_judged_between_mean_and_sum_at_the_matched_scale():
+    arms = {("mean", 1.0): lambda s: 4, ("sum", fr.DEGREE_MATCHED_G): lambda s: 2 + (s == 3) * 2,
+            ("sum", 1.0): lambda s: -1}
+    frame = _trials(arms).rename(columns={"preset": "aggregation", "ablate": "g"}).assign(preset="original")
+    result = fr.degree_result(frame, fr.LADDER)
+    assert result.rule["verdict"] == "PASS" and result.rule["shift"].up == 9 and result.rule["shift"].down == 0
+    assert result.rule["p"] == pytest.approx(2 * 0.5 ** 9)  # two-sided
+    assert result.scale.median == 3 and result.scale.up == 10
+    same = {("mean", 1.0): lambda s: 2 + (s % 2), ("sum", fr.DEGREE_MATCHED_G): lambda s: 2 + ((s + 1) % 2)}
+    frame = _trials(same).rename(columns={"preset": "aggregation", "ablate": "g"}).assign(preset="original")
+    assert fr.degree_result(frame, fr.LADDER).rule["verdict"] == "MISS"
+
+
+def test_a_sweep_varying_a_setting_within_a_preset_gets_its_frontier_per_setting_and_no_verdicts():
+    from painn_ablate.reporting.text import frontier_text
+
+    trials = _trials({("original", 1.0): lambda s: -1, ("original", 0.25): lambda s: 2}).rename(
+        columns={"ablate": "model.stabilizers.g", "lr": "train.lr"}).assign(ablate="none")
+    waiting = trials.iloc[:1].assign(status="waiting", seed=10)  # a walk not started: no outcome yet
+    text = frontier_text(pd.concat([trials, waiting], ignore_index=True), "train.lr", fr.LADDER)
+    assert "per setting of model.stabilizers.g: 20 of 21 walks complete" in text
+    assert "Verdicts" not in text and "FR1" not in text
+    settings = text[:text.index("Blow-up rate")].splitlines()
+    lines = {round(float(line.split()[2]), 2): line for line in settings if line.startswith("original")}
+    assert re.search(r"\b10\s+10\s+0\s+0\s+0\s+2 \(2 to 2\)$", lines[0.25])
+    assert re.search(r"-1 \(-1 to -1\)$", lines[1.0])

@@ -199,18 +199,14 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PA
 
 
 def variant_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Per variant (the presets too): its walks, those complete, the median critical rung with its bootstrap
-    95% interval, the censored walks (every rung trained), those ending at a failure present at initialisation,
-    its init-phase blow-ups and its median LR sensitivity: what amendment 9 reports beside the verdicts."""
-    rows = []
-    for (preset, ablate), g in critical.groupby(["preset", "ablate"], sort=False):
-        median, lo, hi = median_interval(g["critical_rung"], seed)
-        rows.append({"preset": preset, "ablate": ablate, "walks": len(g), "complete": int(g["critical_rung"].notna().sum()),
-                     "median_rung": median, "lo": lo, "hi": hi, "censored": int(g["censored"].sum()),
-                     "ended_at_init": int(g["ended_at_init"].sum()),
-                     "init_phase_blow_ups": int(g["init_phase_blow_ups"].sum()),
-                     "lr_sensitivity": float(g["lr_sensitivity"].median())})
-    return _in_design_order(pd.DataFrame(rows))
+    """Per variant (the presets too): setting_table's columns (walks, those complete, the median critical rung
+    with its bootstrap 95% interval, censored walks, walks ending at a failure present at initialisation,
+    init-phase blow-ups) and its median LR sensitivity: what amendment 9 reports beside the verdicts."""
+    table = setting_table(critical, ("preset", "ablate"), seed)
+    if len(table):
+        sensitivity = critical.groupby(["preset", "ablate"], sort=False)["lr_sensitivity"].median()
+        table["lr_sensitivity"] = [float(sensitivity[(p, a)]) for p, a in zip(table["preset"], table["ablate"])]
+    return _in_design_order(table)
 
 
 def _in_design_order(frame: pd.DataFrame) -> pd.DataFrame:
@@ -296,6 +292,27 @@ DOSE_SCALE = 0.25  # the gain DF2 and DF3 judge at: the degree-mean aggregation'
 DOSE_REFERENCE = 1.0  # PaiNN's gain, DF1's reference
 
 
+def setting_rungs(critical: pd.DataFrame, **setting) -> pd.Series:
+    """The critical rungs of one setting (column=value pairs of a critical_table), indexed by seed."""
+    mask = pd.Series(True, index=critical.index)
+    for column, value in setting.items():
+        mask &= critical[column] == value
+    return critical[mask].set_index("seed")["critical_rung"].astype(float)
+
+
+def setting_table(critical: pd.DataFrame, variant: Sequence[str], seed: int = 0) -> pd.DataFrame:
+    """Per setting (the `variant` columns of a critical_table): its walks, those complete, the median critical
+    rung with its bootstrap 95% interval, the censored walks and those that ended at initialisation."""
+    rows = []
+    for key, g in critical.groupby(list(variant), sort=False):
+        median, lo, hi = median_interval(g["critical_rung"], seed)
+        rows.append({**dict(zip(variant, key if isinstance(key, tuple) else (key,))), "walks": len(g),
+                     "complete": int(g["critical_rung"].notna().sum()), "median_rung": median, "lo": lo, "hi": hi,
+                     "censored": int(g["censored"].sum()), "ended_at_init": int(g["ended_at_init"].sum()),
+                     "init_phase_blow_ups": int(g["init_phase_blow_ups"].sum())})
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class DoseFrontier:
     """Amendment 11's result (`dose_result`): the critical rungs of the original at each (g, coupling)."""
@@ -323,17 +340,10 @@ def dose_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", s
     critical = critical_table(trials, variant=DOSE_VARIANT, lr=lr, ladder=ladder)
 
     def rungs(g: float, coupling: bool) -> pd.Series:
-        mine = critical[(critical["g"] == g) & (critical["coupling"] == coupling)]
-        return mine.set_index("seed")["critical_rung"].astype(float)
+        return setting_rungs(critical, g=g, coupling=coupling)
 
-    settings = []
-    for (g, coupling), rows in critical.groupby(list(DOSE_VARIANT), sort=False):
-        median, lo, hi = median_interval(rows["critical_rung"], seed)
-        settings.append({"g": g, "coupling": coupling, "walks": len(rows),
-                         "complete": int(rows["critical_rung"].notna().sum()), "median_rung": median, "lo": lo,
-                         "hi": hi, "censored": int(rows["censored"].sum()),
-                         "ended_at_init": int(rows["ended_at_init"].sum())})
-    settings = pd.DataFrame(settings).sort_values(["coupling", "g"], ascending=[False, False], ignore_index=True)
+    settings = setting_table(critical, DOSE_VARIANT, seed).sort_values(["coupling", "g"], ascending=[False, False],
+                                                                        ignore_index=True)
     gains = sorted(set(critical["g"]), reverse=True)
     coupling = pd.DataFrame([{"g": g, **vars(shift(rungs(g, False), rungs(g, True), "greater", seed))}
                              for g in gains])
@@ -364,3 +374,46 @@ def dose_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", s
     ]
     return DoseFrontier(ladder, critical, settings, coupling, rules,
                         rung_rates(trials, variant=DOSE_VARIANT, lr=lr, ladder=ladder))
+
+
+# ----------------------------------------------------------------------------- degree normalisation apart from scale
+
+DEGREE_VARIANT = ("aggregation", "g")  # what an arm of amendment 12 is (trial table columns)
+DEGREE_MATCHED_G = 0.1406  # sum aggregation at 1 / (mean in-degree 7.11): the overall scale of the mean
+
+
+@dataclass(frozen=True)
+class DegreeFrontier:
+    """Amendment 12's result (`degree_result`): the original's critical rungs per aggregation and gain."""
+
+    ladder: tuple[float, ...]
+    critical: pd.DataFrame  # critical_table over DEGREE_VARIANT
+    arms: pd.DataFrame  # setting_table over DEGREE_VARIANT
+    rule: dict  # DN1: rule, claim, verdict, evidence, shift (mean minus sum at the matched scale)
+    scale: Shift  # sum at the matched scale minus sum at g = 1, described
+    rates: pd.DataFrame  # rung_rates over DEGREE_VARIANT
+
+
+def degree_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", seed: int = 0,
+                  min_pairs: int = MIN_PAIRS) -> DegreeFrontier:
+    """Amendment 12's rule from its trial tables (columns aggregation and g: tables.trial_table's):
+
+        DN1  the critical rungs of mean aggregation (g = 1) and of sum at the matched scale (g = 0.1406)
+             differ: two-sided exact sign test over the paired seeds, p < 0.05
+    """
+    ladder = tuple(float(x) for x in ladder)
+    trials = trials.assign(aggregation=trials["aggregation"].astype(str), g=trials["g"].astype(float))
+    critical = critical_table(trials, variant=DEGREE_VARIANT, lr=lr, ladder=ladder)
+    mean = setting_rungs(critical, aggregation="mean", g=1.0)
+    matched = setting_rungs(critical, aggregation="sum", g=DEGREE_MATCHED_G)
+    greater, less = shift(mean, matched, "greater", seed), shift(mean, matched, "less", seed)
+    p = min(1.0, 2 * min(greater.p_sign, less.p_sign))  # two-sided exact sign test
+    verdict = NOT_JUDGED.format(min_pairs) if greater.n < min_pairs else "PASS" if p < ALPHA else "MISS"
+    evidence = (f"mean (g = 1) minus sum (g = {DEGREE_MATCHED_G:g}): median shift {greater.median:g} rung "
+                f"[{greater.lo:g}, {greater.hi:g}], up {greater.up} / down {greater.down} of n {greater.n}, "
+                f"two-sided sign test p {p:.3g}")
+    rule = {"rule": "DN1", "claim": "degree normalisation matters apart from scale", "verdict": verdict,
+            "evidence": evidence, "shift": greater, "p": p}
+    scale = shift(matched, setting_rungs(critical, aggregation="sum", g=1.0), "greater", seed)
+    return DegreeFrontier(ladder, critical, setting_table(critical, DEGREE_VARIANT, seed), rule, scale,
+                          rung_rates(trials, variant=DEGREE_VARIANT, lr=lr, ladder=ladder))

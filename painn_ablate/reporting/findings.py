@@ -399,7 +399,7 @@ DOSE_FRONTIER = "dose_frontier"  # results/<DOSE>/dose_frontier.parquet: amendme
 def dose_frontier_lines(results: str | Path) -> list[str]:
     """Section 6b: amendment 11, the dose-response's critical rungs in training, its rules DF1-DF3."""
     from painn_ablate.analysis import frontier as fr
-    from painn_ablate.reporting.text import _interval
+    from painn_ablate.reporting.text import _interval as median_text
     from painn_ablate.sweep.spec import load_sweep
 
     path = Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"
@@ -414,14 +414,14 @@ def dose_frontier_lines(results: str | Path) -> list[str]:
              "10 paired seeds, each walking up the main job's ladder (section 7: 200-step rungs, the same rule of "
              f"training) to its critical rung. Rungs: {rungs}.", ""]
     rows = [[f"{r['g']:g}", "kept" if r["coupling"] else "dropped", f"{r['complete']}/{r['walks']}",
-             _interval(r["median_rung"], r["lo"], r["hi"]), str(r["ended_at_init"]), str(r["censored"])]
+             median_text(r["median_rung"], r["lo"], r["hi"]), str(r["ended_at_init"]), str(r["censored"])]
             for _, r in result.settings.iterrows()]
     lines += markdown_table(["g", "coupling term", "walks complete", "median critical rung [95%]",
                              "ended at init", "censored (every rung trained)"], rows) + [""]
     lines += ["Dropping the coupling term, per g (paired by seed, dropped minus kept, in rungs; one-sided exact "
               "sign test):", ""]
     lines += markdown_table(["g", "n", "median shift [95%]", "up/down", "p sign"],
-                            [[f"{r['g']:g}", str(r["n"]), _interval(r["median"], r["lo"], r["hi"]),
+                            [[f"{r['g']:g}", str(r["n"]), median_text(r["median"], r["lo"], r["hi"]),
                               f"{r['up']}/{r['down']}", f"{r['p_sign']:.3g}"] for _, r in result.coupling.iterrows()])
     lines += ["", "Rules (judged as written):", ""]
     lines += [f"- **{r['rule']} ({r['claim']}): {r['verdict']}.** {r['evidence']}." for r in result.rules] + [""]
@@ -433,6 +433,56 @@ def dose_frontier_lines(results: str | Path) -> list[str]:
     lines += ["Blow-up rate per rung (k/n, Wilson 95%):", ""]
     lines += markdown_table(["setting", *(f"rung {i}" for i in wide.columns)],
                             [[name, *row] for name, row in zip(wide.index, wide.to_numpy().tolist())]) + [""]
+    return lines
+
+
+DEGREE = "degree"  # results/<DEGREE>/degree.parquet and degree_mean.parquet: amendment 12's two sweep files
+
+
+def degree_lines(results: str | Path) -> list[str]:
+    """Section 6c: amendment 12, mean vs sum aggregation at matched scale on graphs of varying degree (DN1)."""
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.reporting.text import _interval as median_text
+    from painn_ablate.sweep.spec import load_sweep
+
+    paths = [Path(results) / DEGREE / f"{stem}.parquet" for stem in ("degree", "degree_mean")]
+    if not all(p.exists() for p in paths):
+        return []
+    sweep = load_sweep(SWEEPS / "degree.yaml")
+    trials = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    result = fr.degree_result(trials, list(sweep.swept[sweep.frontier].values))
+    lines = ["## 6c. Degree normalisation apart from scale (sweeps/DESIGN.md, amendment 12)", "",
+             "Commands: `painn-ablate sweep sweeps/degree.yaml --workers 2` and `sweeps/degree_mean.yaml`, then "
+             f"`painn-ablate export sweeps_out/degree sweeps_out/degree_mean --out results/{DEGREE}`. 20 charged "
+             "particles on a radius graph (r = 4: in-degree mean 7.11, sd 3.97), where the degree-mean is not a "
+             f"constant scale; the original at L = 5, sum at g = 1 and at g = {fr.DEGREE_MATCHED_G:g} (the mean's "
+             "overall scale), mean at g = 1; 10 paired seeds walking the main job's ladder (200-step rungs, batch 25).",
+             ""]
+    fingerprints = sorted(set(trials["data_fingerprint"].dropna())) if "data_fingerprint" in trials else []
+    rows = [[str(r["aggregation"]), f"{r['g']:g}", f"{r['complete']}/{r['walks']}",
+             median_text(r["median_rung"], r["lo"], r["hi"]), str(r["ended_at_init"]), str(r["init_phase_blow_ups"])]
+            for _, r in result.arms.iterrows()]
+    lines += markdown_table(["aggregation", "g", "walks complete", "median critical rung [95%]", "ended at init",
+                             "init-phase blow-ups"], rows) + [""]
+    rule = result.rule
+    lines += [f"- **{rule['rule']} ({rule['claim']}): {rule['verdict']}.** {rule['evidence']}.",
+              f"- Described: sum at g = {fr.DEGREE_MATCHED_G:g} minus sum at g = 1: median shift "
+              f"{result.scale.median:g} rung [{result.scale.lo:g}, {result.scale.hi:g}], up {result.scale.up} / "
+              f"down {result.scale.down} of n {result.scale.n}.", ""]
+    trained = trials[[fr.trains({"status": st, "training_blow_up": None if pd.isna(tb) else bool(tb)})
+                      for st, tb in zip(trials["status"], trials["training_blow_up"])]]
+    common = result.arms["median_rung"].min()
+    if common == common and common >= 0:  # not nan, and every arm trained at some rung
+        lr = result.ladder[int(common)]
+        at = trained[np.isclose(trained["lr"], lr)]
+        cells = []
+        for _, arm in result.arms.iterrows():
+            mse = at[(at["aggregation"].astype(str) == arm["aggregation"]) & (at["g"].astype(float) == arm["g"])]
+            cells.append(f"{arm['aggregation']} g = {arm['g']:g}: {_interval(mean_interval(mse['test_pos_mse']))}")
+        lines += [f"Test pos MSE of the runs that trained at lr {lr:g} (rung {int(common)}, the lowest arm's median "
+                  f"critical rung): " + "; ".join(cells) + ".", ""]
+    if fingerprints:
+        lines += [f"Data set fingerprint: {', '.join(f'`{f}`' for f in fingerprints)} (generated per machine).", ""]
     return lines
 
 
@@ -565,7 +615,8 @@ def _depth_table(runs) -> list[str]:
     paired shift with its interval, up/down, Holm p and the verdict, one row per variant."""
     from painn_ablate.analysis import frontier as fr
     from painn_ablate.core.config import experiment_name
-    from painn_ablate.reporting.text import _fmt, _interval
+    from painn_ablate.reporting.text import _fmt
+    from painn_ablate.reporting.text import _interval as median_text
 
     rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
     for _, depth, _, trials, ladder in runs:
@@ -575,9 +626,9 @@ def _depth_table(runs) -> list[str]:
             shift = ["", "", "", ""]
             if (p, a) in t.index:
                 r = t.loc[(p, a)]
-                shift = [_interval(r["shift"], r["shift_lo"], r["shift_hi"]), f"{r['up']}/{r['down']}",
+                shift = [median_text(r["shift"], r["shift_lo"], r["shift_hi"]), f"{r['up']}/{r['down']}",
                          _fmt(r["p_holm"]), f"**{r['verdict']}**"]
-            rows.setdefault(experiment_name(p, a), []).append([str(depth), _interval(m, lo, hi), *shift])
+            rows.setdefault(experiment_name(p, a), []).append([str(depth), median_text(m, lo, hi), *shift])
     out = [[name, *row] for name, per_depth in rows.items() for row in per_depth]
     return markdown_table(["variant", "L", "median critical rung [95%]", "shift vs preset [95%]", "up/down",
                            "Holm p", "verdict"], out)
@@ -739,6 +790,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
     if dose is not None:
         lines += dose_lines(dose)
     lines += dose_frontier_lines(results)
+    lines += degree_lines(results)
     lines += frontier_lines(results)
     if not every.empty:
         lines += ["## Compute", ""] + compute_lines(every) + [""]

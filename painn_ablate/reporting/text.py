@@ -124,6 +124,9 @@ def frontier_text(trials, param: str, ladder) -> str:
     missing = [c for c in ("preset", "ablate", "seed", param, "status") if c not in trials]
     if missing:
         return f"Stability frontier: not computed, the trials have no {', '.join(missing)} column."
+    varied = _varied_settings(trials, param)
+    if varied:
+        return _settings_frontier_text(trials, param, ladder, varied)
     try:
         result = fr.frontier_result(trials, ladder, lr=param)
     except ValueError as exc:  # a trial off the ladder (an override of the frontier parameter)
@@ -167,6 +170,44 @@ def frontier_text(trials, param: str, ladder) -> str:
         wide = cells.pivot(index="variant", columns="rung", values="cell").reindex(columns=range(len(result.ladder)))
         wide = wide.dropna(axis=1, how="all").fillna("-").reindex(dict.fromkeys(cells["variant"]))
         lines.append(wide.rename_axis(index=None, columns="rung").to_string())
+    return "\n".join(lines)
+
+
+def _varied_settings(trials, param: str) -> list[str]:
+    """The config keys (columns named like `model.stabilizers.g`) other than the frontier's that a sweep varies
+    within one preset and ablate name: the walks are told apart by them, not by preset and ablate alone."""
+    keys = [c for c in trials.columns if "." in c and c != param]
+    groups = trials.groupby(["preset", "ablate"], dropna=False)
+    return [c for c in keys if groups[c].nunique(dropna=False).max() > 1]
+
+
+def _settings_frontier_text(trials, param: str, ladder, varied: list[str]) -> str:
+    """frontier_text for a sweep that varies settings other than preset and ablate (e.g. a dose-response):
+    per setting its critical rungs and the blow-up rate at each rung; amendment 9's verdicts, which compare
+    ablate names against their preset, do not apply and are not printed."""
+    from painn_ablate.analysis import frontier as fr
+
+    variant = ("preset", "ablate", *varied)
+    try:
+        critical = fr.critical_table(trials, variant=variant, lr=param, ladder=tuple(float(x) for x in ladder))
+        rates = fr.rung_rates(trials, variant=variant, lr=param, ladder=tuple(float(x) for x in ladder))
+    except ValueError as exc:
+        return f"Stability frontier: not computed: {exc}"
+    table = fr.setting_table(critical, variant)
+    lines = [f"Stability frontier over {param}, per setting of {', '.join(varied)}: "
+             f"{int(critical['critical_rung'].notna().sum())} of {len(critical)} walks complete. (The necessary / "
+             "sufficient verdicts compare ablate names against their preset; this sweep varies other settings, "
+             "so none is printed: sweeps/DESIGN.md names its rules.)"]
+    if len(table):
+        table["median rung (95% CI)"] = [_interval(m, lo, hi) for m, lo, hi in
+                                         zip(table["median_rung"], table["lo"], table["hi"])]
+        lines.append(table.drop(columns=["median_rung", "lo", "hi"]).to_string(index=False))
+    if len(rates):
+        cells = rates.assign(cell=[f"{k}/{n} {100 * lo:.0f}-{100 * hi:.0f}%" for k, n, lo, hi in
+                                   zip(rates["k"], rates["n"], rates["lo"], rates["hi"])])
+        lines.append("Blow-up rate per rung (k/n, Wilson 95%):")
+        lines.append(cells.pivot_table(index=list(variant), columns="rung", values="cell", aggfunc="first")
+                     .fillna("-").to_string())
     return "\n".join(lines)
 
 

@@ -102,12 +102,17 @@ def trial_rows(study: optuna.Study) -> list[tuple[FrozenTrial, dict]]:
     `painn_ablate.analysis.loaders.load_study` adds each trial's run folder and flattened attributes to them."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    # the sweep file's constants (`value:`), which no trial's params hold: a waiting trial of a sweep whose
+    # model is one preset had no preset, and counted as a walk of its own
+    settings = study.user_attrs.get("settings") or {}
+    constants = {k: v["value"] for k, v in (settings.get("parameters") or {}).items()
+                 if isinstance(v, dict) and "value" in v}
     rows = []
     for t in trials:
         a = t.user_attrs
         nonfinite = a.get("first_nonfinite") or {}
         divergence = a.get("first_divergence") or {}
-        fixed = t.system_attrs.get("fixed_params") or {}
+        fixed = {**constants, **(t.system_attrs.get("fixed_params") or {})}
         preset = a.get("model.preset", t.params.get("model", fixed.get("model")))
         ablate = a.get("ablate", t.params.get("ablate", fixed.get("ablate", "none")))
         row = {"number": t.number, "state": t.state.name, "value": t.value,

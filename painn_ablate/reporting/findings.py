@@ -42,6 +42,17 @@ DEFAULT_OUT = "runs.md"  # the findings; the registry of raw runs is registry.md
 DESIGN = "sweeps/DESIGN.md"
 
 
+# Where the results of each experiment are, under the results folder (painn-ablate export --out results/<name>)
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"  # the shipped sweep files, which hold each run's ladder
+DOSE = "dose_response"  # results/<DOSE>/probe_seeds.parquet: amendment 7's probes (painn-ablate export --out)
+DOSE_FRONTIER = "dose_frontier"  # results/<DOSE>/dose_frontier.parquet: amendment 11's walks (the sweep file's stem)
+DEGREE = "degree"  # results/<DEGREE>/degree.parquet and degree_mean.parquet: amendment 12's two sweep files
+DEGREE_STEMS = ("degree", "degree_mean")  # amendment 12's two sweep files, one table each in results/<DEGREE>/
+FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the frontier runs (painn-ablate export --out)
+# The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
+FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
+
+
 def _rate(r: pd.Series) -> str:
     return f"{r['blew_up']}/{r['n']} [{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]"
 
@@ -393,20 +404,13 @@ def not_done_lines(trials: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-DOSE_FRONTIER = "dose_frontier"  # results/<DOSE>/dose_frontier.parquet: amendment 11's walks (the sweep file's stem)
-
-
 def dose_frontier_lines(results: str | Path) -> list[str]:
     """Section 6b: amendment 11, the dose-response's critical rungs in training, its rules DF1-DF3."""
-    from painn_ablate.analysis import frontier as fr
     from painn_ablate.reporting.text import _interval as median_text
-    from painn_ablate.sweep.spec import load_sweep
 
-    path = Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"
-    if not path.exists():
+    result = dose_frontier(results)
+    if result is None:
         return []
-    sweep = load_sweep(SWEEPS / f"{DOSE_FRONTIER}.yaml")
-    result = fr.dose_result(pd.read_parquet(path), list(sweep.swept[sweep.frontier].values))
     rungs = ", ".join(f"{i} {x:g}" for i, x in enumerate(result.ladder))
     lines = ["## 6b. The scale dose-response in training (sweeps/DESIGN.md, amendment 11)", "",
              f"Command: `painn-ablate sweep sweeps/{DOSE_FRONTIER}.yaml --workers 2`, then `painn-ablate export "
@@ -436,21 +440,42 @@ def dose_frontier_lines(results: str | Path) -> list[str]:
     return lines
 
 
-DEGREE = "degree"  # results/<DEGREE>/degree.parquet and degree_mean.parquet: amendment 12's two sweep files
+def sweep_ladder(stem: str) -> list[float]:
+    """The frontier ladder of a shipped sweep file (its frontier parameter's values)."""
+    from painn_ablate.sweep.spec import load_sweep
+
+    sweep = load_sweep(SWEEPS / f"{stem}.yaml")
+    return list(sweep.swept[sweep.frontier].values)
+
+
+def dose_frontier(results: str | Path):
+    """Amendment 11's result (analysis.frontier.DoseFrontier) from results/<DOSE>/, None where not exported."""
+    from painn_ablate.analysis import frontier as fr
+
+    path = Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"
+    return fr.dose_result(pd.read_parquet(path), sweep_ladder(DOSE_FRONTIER)) if path.exists() else None
+
+
+def degree_frontier(results: str | Path):
+    """(trials, analysis.frontier.DegreeFrontier) of amendment 12 from results/<DEGREE>/, None where not exported."""
+    from painn_ablate.analysis import frontier as fr
+
+    paths = [Path(results) / DEGREE / f"{stem}.parquet" for stem in DEGREE_STEMS]
+    if not all(p.exists() for p in paths):
+        return None
+    trials = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    return trials, fr.degree_result(trials, sweep_ladder(DEGREE_STEMS[0]))
 
 
 def degree_lines(results: str | Path) -> list[str]:
     """Section 6c: amendment 12, mean vs sum aggregation at matched scale on graphs of varying degree (DN1)."""
     from painn_ablate.analysis import frontier as fr
     from painn_ablate.reporting.text import _interval as median_text
-    from painn_ablate.sweep.spec import load_sweep
 
-    paths = [Path(results) / DEGREE / f"{stem}.parquet" for stem in ("degree", "degree_mean")]
-    if not all(p.exists() for p in paths):
+    found = degree_frontier(results)
+    if found is None:
         return []
-    sweep = load_sweep(SWEEPS / "degree.yaml")
-    trials = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    result = fr.degree_result(trials, list(sweep.swept[sweep.frontier].values))
+    trials, result = found
     lines = ["## 6c. Degree normalisation apart from scale (sweeps/DESIGN.md, amendment 12)", "",
              "Commands: `painn-ablate sweep sweeps/degree.yaml --workers 2` and `sweeps/degree_mean.yaml`, then "
              f"`painn-ablate export sweeps_out/degree sweeps_out/degree_mean --out results/{DEGREE}`. 20 charged "
@@ -484,9 +509,6 @@ def degree_lines(results: str | Path) -> list[str]:
     if fingerprints:
         lines += [f"Data set fingerprint: {', '.join(f'`{f}`' for f in fingerprints)} (generated per machine).", ""]
     return lines
-
-
-DOSE = "dose_response"  # results/<DOSE>/probe_seeds.parquet: amendment 7's probes (painn-ablate export --out)
 
 
 def _dose_table(results: str | Path) -> Optional[pd.DataFrame]:
@@ -591,22 +613,13 @@ def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[
     return lines
 
 
-FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the frontier runs (painn-ablate export --out)
-# The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
-FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
-SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"  # the shipped sweep files, which hold each run's ladder
-
-
-def _frontier_runs(results: str | Path) -> list[tuple[str, int, int, pd.DataFrame, list[float]]]:
+def frontier_runs(results: str | Path) -> list[tuple[str, int, int, pd.DataFrame, list[float]]]:
     """The frontier runs whose tables are in `results`: (stem, L, amendment, trials, the ladder)."""
-    from painn_ablate.sweep.spec import load_sweep
-
     runs = []
     for stem, depth, amendment in FRONTIER_RUNS:
         path = Path(results) / FRONTIER / f"{stem}.parquet"
         if path.exists():
-            sweep = load_sweep(SWEEPS / f"{stem}.yaml")
-            runs.append((stem, depth, amendment, pd.read_parquet(path), list(sweep.swept[sweep.frontier].values)))
+            runs.append((stem, depth, amendment, pd.read_parquet(path), sweep_ladder(stem)))
     return runs
 
 
@@ -639,7 +652,7 @@ def frontier_lines(results: str | Path) -> list[str]:
     `painn-ablate sweep` prints each, then one table of both depths."""
     from painn_ablate.reporting.text import frontier_text
 
-    runs = _frontier_runs(results)
+    runs = frontier_runs(results)
     if not runs:
         return []
     depths = ", ".join(f"L = {depth}" for _, depth, *_ in runs)

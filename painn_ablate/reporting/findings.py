@@ -446,6 +446,16 @@ def dose_frontier_lines(results: str | Path) -> list[str]:
                               f"{r['up']}/{r['down']}", f"{r['p_sign']:.3g}"] for _, r in result.coupling.iterrows()])
     lines += ["", "Rules (judged as written):", ""]
     lines += [f"- **{r['rule']} ({r['claim']}): {r['verdict']}.** {r['evidence']}." for r in result.rules] + [""]
+    df = {r["rule"]: r for r in result.rules}
+    if df["DF3"]["verdict"] in ("PASS", "MISS"):
+        answer = ("explained by the interaction's scale at this resolution as well: at matched scale the coupling "
+                  "term moves the frontier by at most a rung" if df["DF3"]["verdict"] == "PASS" else
+                  "not explained by the interaction's scale alone: " + (
+                      "lowering g does not raise the critical learning rate" if df["DF1"]["verdict"] != "PASS" else
+                      f"lowering g raises the critical learning rate ({df['DF1']['evidence']}), and at the mean aggregation's scale dropping "
+                      f"the coupling term raises it further ({df['DF2']['evidence']})"))
+        lines += [f"**Is the original's explosion explained by the interaction's scale?** At initialisation, section "
+                  f"6's D4 answers; in training, by the critical rung over 200 steps, it is {answer}.", ""]
     rates = result.rates.assign(setting=[f"g {g:g}, coupling {'kept' if c else 'dropped'}"
                                          for g, c in zip(result.rates["g"], result.rates["coupling"])],
                                 cell=[f"{k}/{n} [{lo:.2f}, {hi:.2f}]" for k, n, lo, hi in

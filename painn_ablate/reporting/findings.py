@@ -517,10 +517,18 @@ def degree_lines(results: str | Path) -> list[str]:
     lines += markdown_table(["aggregation", "g", "walks complete", "median critical rung [95%]", "ended at init",
                              "init-phase blow-ups"], rows) + [""]
     rule = result.rule
+    reading = []
+    if rule["verdict"] == "PASS":
+        lower = rule["shift"].median < 0
+        reading = [f"On this graph the degree-mean's frontier lies {'below' if lower else 'above'} that of sum at the "
+                  "same overall scale: dividing each node's messages by its own in-degree "
+                  f"{'hurts' if lower else 'helps'} stability beyond what its average scale does"
+                  + (" (a node with one neighbour takes that message at full weight, 7x the matched sum's; a "
+                     "reading, not tested here)." if lower else "."), ""]
     lines += [f"- **{rule['rule']} ({rule['claim']}): {rule['verdict']}.** {rule['evidence']}.",
               f"- Described: sum at g = {fr.DEGREE_MATCHED_G:g} minus sum at g = 1: median shift "
               f"{result.scale.median:g} rung [{result.scale.lo:g}, {result.scale.hi:g}], up {result.scale.up} / "
-              f"down {result.scale.down} of n {result.scale.n}.", ""]
+              f"down {result.scale.down} of n {result.scale.n}.", ""] + reading
     trained = trials[[fr.trains({"status": st, "training_blow_up": None if pd.isna(tb) else bool(tb)})
                       for st, tb in zip(trials["status"], trials["training_blow_up"])]]
     common = result.arms["median_rung"].min()

@@ -658,28 +658,77 @@ def frontier_runs(results: str | Path) -> list[tuple[str, int, int, pd.DataFrame
     return runs
 
 
-def _depth_table(runs) -> list[str]:
-    """Per variant and depth: the median critical rung with its interval, and against its preset the median
-    paired shift with its interval, up/down, Holm p and the verdict, one row per variant."""
-    from painn_ablate.analysis import frontier as fr
+def _verdict_rows(result) -> list[tuple[str, list[str]]]:
+    """Per variant of a frontier result (analysis.frontier.Frontier), in the design's order: its name and cells:
+    the median critical rung with its interval and, against its preset, the median paired shift with its
+    interval, up/down, Holm p and the verdict (blank for the presets themselves)."""
     from painn_ablate.core.config import experiment_name
     from painn_ablate.reporting.text import _fmt
     from painn_ablate.reporting.text import _interval as median_text
 
+    v, t = result.variants, result.verdicts.set_index(["preset", "ablate"])
+    rows = []
+    for p, a, m, lo, hi in zip(v["preset"], v["ablate"], v["median_rung"], v["lo"], v["hi"]):
+        shift = ["", "", "", ""]
+        if (p, a) in t.index:
+            r = t.loc[(p, a)]
+            shift = [median_text(r["shift"], r["shift_lo"], r["shift_hi"]), f"{r['up']}/{r['down']}",
+                     _fmt(r["p_holm"]), f"**{r['verdict']}**"]
+        rows.append((experiment_name(p, a), [median_text(m, lo, hi), *shift]))
+    return rows
+
+
+VERDICT_HEADER = ["median critical rung [95%]", "shift vs preset [95%]", "up/down", "Holm p", "verdict"]
+
+
+def _depth_table(runs) -> list[str]:
+    """Per variant and depth, _verdict_rows' cells, the depths of one variant together."""
+    from painn_ablate.analysis import frontier as fr
+
     rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
     for _, depth, _, trials, ladder in runs:
-        result = fr.frontier_result(trials, ladder, lr="lr")
-        v, t = result.variants, result.verdicts.set_index(["preset", "ablate"])
-        for p, a, m, lo, hi in zip(v["preset"], v["ablate"], v["median_rung"], v["lo"], v["hi"]):
-            shift = ["", "", "", ""]
-            if (p, a) in t.index:
-                r = t.loc[(p, a)]
-                shift = [median_text(r["shift"], r["shift_lo"], r["shift_hi"]), f"{r['up']}/{r['down']}",
-                         _fmt(r["p_holm"]), f"**{r['verdict']}**"]
-            rows.setdefault(experiment_name(p, a), []).append([str(depth), median_text(m, lo, hi), *shift])
+        for name, cells in _verdict_rows(fr.frontier_result(trials, ladder, lr="lr")):
+            rows.setdefault(name, []).append([str(depth), *cells])
     out = [[name, *row] for name, per_depth in rows.items() for row in per_depth]
-    return markdown_table(["variant", "L", "median critical rung [95%]", "shift vs preset [95%]", "up/down",
-                           "Holm p", "verdict"], out)
+    return markdown_table(["variant", "L", *VERDICT_HEADER], out)
+
+
+SINGLES = ("singles_interaction", "singles_bounds")  # amendment 13's sweep files, tables in results/<FRONTIER>/
+
+
+def singles_lines(results: str | Path) -> list[str]:
+    """Section 7b: amendment 13, each member of the interaction_scale and bounds groups added to the original
+    alone, judged against this run's original, with R2_full's interval from the main job (L = 5)."""
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.reporting.text import _interval as median_text
+
+    paths = [Path(results) / FRONTIER / f"{stem}.parquet" for stem in SINGLES]
+    main = Path(results) / FRONTIER / "stabilizers.parquet"
+    if not paths[0].exists() or not main.exists():
+        return []
+    singles = pd.concat([pd.read_parquet(p) for p in paths if p.exists()], ignore_index=True)
+    jobs = pd.read_parquet(main)
+    reference = jobs[(jobs["preset"] == "r2_full") & (jobs["ablate"] == "none")]
+    result = fr.frontier_result(pd.concat([reference, singles], ignore_index=True), sweep_ladder(SINGLES[0]))
+    ran = [stem for stem, p in zip(SINGLES, paths) if p.exists()]
+    lines = ["### 7b. Single toggles added to the original (amendment 13, L = 5)", "",
+             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in ran)
+             + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the interaction_scale "
+             "and bounds groups added to the original alone, against this run's original (Holm over the single "
+             "toggles); *sufficient* needs the median inside R2_full's interval from the main job's walks (its row "
+             "below).", ""]
+    rows = [[name, *cells] for name, cells in _verdict_rows(result)]
+    lines += markdown_table(["variant", *VERDICT_HEADER], rows) + [""]
+    groups = fr.frontier_result(jobs, sweep_ladder("stabilizers")).variants.set_index("ablate")
+    groups = groups[groups["preset"] == "original"]
+    for group in ("interaction_scale", "bounds"):
+        if group in groups.index:
+            g = groups.loc[group]
+            lines.append(f"- The whole {group} group on the original (the main job): median rung "
+                         f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
+    if len(ran) < len(SINGLES):
+        lines.append(f"- Not run by amendment 13's deadline: {', '.join(set(SINGLES) - set(ran))}.")
+    return lines + [""]
 
 
 def frontier_lines(results: str | Path) -> list[str]:
@@ -705,6 +754,7 @@ def frontier_lines(results: str | Path) -> list[str]:
     if missing:
         lines += [f"Not run to the end, so not reported: {'; '.join(missing)}; sweeps/DESIGN.md says why and "
                   "when it was stopped.", ""]
+    lines += singles_lines(results)
     for stem, depth, amendment, trials, ladder in runs:
         lines += [f"### L = {depth} (amendment {amendment})", "",
                   f"Command: `painn-ablate sweep sweeps/{stem}.yaml --workers 2`, then `painn-ablate export "

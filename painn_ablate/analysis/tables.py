@@ -284,7 +284,7 @@ def probe_table(folders: Sequence[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame
 TEST_ERRORS = "_test_errors.parquet"  # the name's ending of a per-test-system table (not a trial table)
 
 
-def test_errors_table(sweep: PathLike) -> pd.DataFrame:
+def system_errors_table(sweep: PathLike) -> pd.DataFrame:
     """Per finished trial of a sweep and per test system: the system's pos MSE at the best validation step
     (the run folder's runfolder.TEST_ERRORS), with the trial's study, number, preset, ablate, L, lr and seed.
     What analysis.stats.seed_and_sample_interval resamples; trials recorded before it was kept are absent."""
@@ -307,7 +307,7 @@ def export(sources: Sequence[PathLike], out: PathLike, curves: bool = False,
     """Write results/<study>.parquet per sweep folder and results/probe*.parquet for probe folders;
     curves=True adds results/<study>_curves.parquet per sweep folder (curves_table: loss and per-layer max
     ||mu|| per step; small only for short runs); test_errors=True adds results/<study>_test_errors.parquet
-    (test_errors_table: each trial's error per test system, for intervals that include the test set's
+    (system_errors_table: each trial's error per test system, for intervals that include the test set's
     sampling error).
 
     Every table is built before any is written, so a bad source leaves `out` as it was; each file
@@ -331,7 +331,7 @@ def export(sources: Sequence[PathLike], out: PathLike, curves: bool = False,
                 raise ExportError(f"{src}: no per-step records to export (run folders missing?)")
             tables[f"{study}{CURVES}"] = per_step
         if test_errors:
-            per_system = test_errors_table(src)
+            per_system = system_errors_table(src)
             if per_system.empty:
                 raise ExportError(f"{src}: no per-system test errors to export (trials recorded before "
                                   f"{runfolder.TEST_ERRORS} was kept, or run folders missing)")

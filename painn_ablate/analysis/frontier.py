@@ -358,10 +358,11 @@ def dose_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", s
     scale = shift(rungs(DOSE_SCALE, True), rungs(DOSE_REFERENCE, True), "greater", seed)
     matched = shift(rungs(DOSE_SCALE, False), rungs(DOSE_SCALE, True), "greater", seed)
     df1, df2 = judged(scale), judged(matched)
+    within = -1 <= matched.lo and matched.hi <= 1  # the coupling's effect at matched scale: at most a rung
     if min(scale.n, matched.n) < min_pairs:
         df3 = NOT_JUDGED.format(min_pairs)
     else:
-        df3 = "PASS" if df1 == "PASS" and -1 <= matched.lo and matched.hi <= 1 else "MISS"
+        df3 = "PASS" if df1 == "PASS" and within else "MISS"
     rules = [
         {"rule": "DF1", "claim": "scale raises the frontier", "verdict": df1,
          "evidence": words(scale, f"g = {DOSE_SCALE:g} vs g = {DOSE_REFERENCE:g}, coupling kept")},
@@ -369,7 +370,7 @@ def dose_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", s
          "evidence": words(matched, f"at g = {DOSE_SCALE:g}, coupling dropped vs kept")},
         {"rule": "DF3", "claim": "scale explains the frontier at this resolution", "verdict": df3,
          "evidence": (f"DF1 {df1}; the coupling's shift at g = {DOSE_SCALE:g} has the interval "
-                      f"[{matched.lo:g}, {matched.hi:g}], {'within' if -1 <= matched.lo and matched.hi <= 1 else 'not within'} "
+                      f"[{matched.lo:g}, {matched.hi:g}], {'within' if within else 'not within'} "
                       "[-1, 1] rung")},
     ]
     return DoseFrontier(ladder, critical, settings, coupling, rules,

@@ -165,12 +165,17 @@ def frontier_text(trials, param: str, ladder) -> str:
     if len(r):
         lines.append("Blow-up rate per rung (transient, diverged or exploded: k/n, Wilson 95%):")
         cells = r.assign(variant=[experiment_name(p, a) for p, a in zip(r["preset"], r["ablate"])],
-                         cell=[f"{k}/{n} {100 * lo:.0f}-{100 * hi:.0f}%" for k, n, lo, hi in
-                               zip(r["k"], r["n"], r["lo"], r["hi"])])
+                         cell=_rate_cells(r))
         wide = cells.pivot(index="variant", columns="rung", values="cell").reindex(columns=range(len(result.ladder)))
         wide = wide.dropna(axis=1, how="all").fillna("-").reindex(dict.fromkeys(cells["variant"]))
         lines.append(wide.rename_axis(index=None, columns="rung").to_string())
     return "\n".join(lines)
+
+
+def _rate_cells(rates) -> list[str]:
+    """`3/10 11-60%`: each row of a frontier.rung_rates table as k/n with its Wilson 95% interval."""
+    return [f"{k}/{n} {100 * lo:.0f}-{100 * hi:.0f}%" for k, n, lo, hi in
+            zip(rates["k"], rates["n"], rates["lo"], rates["hi"])]
 
 
 def _varied_settings(trials, param: str) -> list[str]:
@@ -187,10 +192,10 @@ def _settings_frontier_text(trials, param: str, ladder, varied: list[str]) -> st
     ablate names against their preset, do not apply and are not printed."""
     from painn_ablate.analysis import frontier as fr
 
-    variant = ("preset", "ablate", *varied)
+    variant, ladder = ("preset", "ablate", *varied), tuple(float(x) for x in ladder)
     try:
-        critical = fr.critical_table(trials, variant=variant, lr=param, ladder=tuple(float(x) for x in ladder))
-        rates = fr.rung_rates(trials, variant=variant, lr=param, ladder=tuple(float(x) for x in ladder))
+        critical = fr.critical_table(trials, variant=variant, lr=param, ladder=ladder)
+        rates = fr.rung_rates(trials, variant=variant, lr=param, ladder=ladder)
     except ValueError as exc:
         return f"Stability frontier: not computed: {exc}"
     table = fr.setting_table(critical, variant)
@@ -203,8 +208,7 @@ def _settings_frontier_text(trials, param: str, ladder, varied: list[str]) -> st
                                          zip(table["median_rung"], table["lo"], table["hi"])]
         lines.append(table.drop(columns=["median_rung", "lo", "hi"]).to_string(index=False))
     if len(rates):
-        cells = rates.assign(cell=[f"{k}/{n} {100 * lo:.0f}-{100 * hi:.0f}%" for k, n, lo, hi in
-                                   zip(rates["k"], rates["n"], rates["lo"], rates["hi"])])
+        cells = rates.assign(cell=_rate_cells(rates))
         lines.append("Blow-up rate per rung (k/n, Wilson 95%):")
         lines.append(cells.pivot_table(index=list(variant), columns="rung", values="cell", aggfunc="first")
                      .fillna("-").to_string())

@@ -180,7 +180,7 @@ def test_a_gpu_run_records_statistics_and_the_error_tail(tiny, tmp_path):
 
 # A compile is ~90 s cold on these cores: every compiled run below shares one model (original, F=8, L=3; lr,
 # steps and the monitor's thresholds are not in the graph), so the session compiles its two graphs (flags-only
-# and full-statistics steps) once, and each later run compiles warm from the session's inductor cache.
+# and full-statistics steps) once, and each later run in the process reuses them (no re-tracing).
 COMPILED = [*TINY, "model=original", "model.F=8", "model.L=3", "train.val_every=10", "monitor.every=5"]
 # lr 3e-3 with a low ||mu|| bound: stable, diverged at step 1 (a flags-only step, so located on a replay)
 STABLE = ["train.lr=0.003", "train.steps=6", "train.val_every=6", "monitor.diverge_mu=3"]
@@ -210,7 +210,8 @@ def inductor_cache(tmp_path_factory):
 def eager_and_compiled(tmp_path_factory, inductor_cache):
     """run() of one configuration eager and compiled: {"stable" | "explodes": {False | True: run folder}}.
 
-    The second compiled run starts dynamo afresh (Trainer) and compiles from the session's inductor cache.
+    The second compiled run (another lr, another length; the same model) re-traces nothing: it reuses the
+    first's graphs in this process, as a sweep worker's next trial of the same variant does.
     """
     import torch
     from torch._dynamo.utils import counters
@@ -223,12 +224,12 @@ def eager_and_compiled(tmp_path_factory, inductor_cache):
         for case, overrides in (("stable", STABLE), ("explodes", EXPLODES)):
             for compiled in (False, True):
                 out = root / f"{case}-{compiled}"
-                hits = counters["aot_autograd"]["autograd_cache_hit"]
+                graphs = counters["stats"]["unique_graphs"]
                 summary = run(compose([*COMPILED, *overrides, f"model.compile={str(compiled).lower()}",
                                        f"data.cache_dir={root / 'cache'}", f"out={out}"]))
                 assert summary["compiled"] is compiled
-                if compiled and case == "explodes":  # both graphs (steps 0 and 1) from the disk cache
-                    assert counters["aot_autograd"]["autograd_cache_hit"] - hits == 2
+                if compiled and case == "explodes":  # the stable case's graphs (flags-only and full steps), reused
+                    assert counters["stats"]["unique_graphs"] == graphs
                 folders.setdefault(case, {})[compiled] = out
     finally:
         torch.set_num_threads(threads)

@@ -64,6 +64,7 @@ from painn_ablate.training.sinks import ParquetSink, ProgressSink, Recorder, Sin
 
 log = logging.getLogger(__name__)
 
+RECOMPILE_LIMIT = 64  # compiled-graph cache entries per function a process keeps (dynamo: 8)
 EVAL_BATCH = 500  # graphs per evaluation batch (no gradients, so larger than training batches)
 
 
@@ -394,11 +395,12 @@ class Trainer:
         self.steps = total_steps(cfg, len(self.splits["train"]))
         self.compiled = compile_pays(cfg.model.compile, self.steps, self.device.type)  # model.compile=auto: by the rule
         if self.compiled:
-            # As hooks, a previous run's compiled graphs end with it: they would count toward dynamo's
-            # recompile limit (8 per function: 4 configurations x 2 monitoring variants), past which the
-            # forward silently runs eager, and pass their shapes on (automatic dynamic shapes). The inductor
-            # cache on disk makes this run's compile the warm one (~6 s).
-            torch._dynamo.reset()
+            # Graphs outlive their run: torch.compile's cache is keyed by PaiNN._forward's code and guarded on
+            # the model's configuration, so the next run of the same configuration in this process (a sweep
+            # worker's next trial) reuses them instead of re-tracing (~15-20 s at L = 8). Each configuration x
+            # monitoring variant is one cache entry: a walk over many variants needs more than dynamo's
+            # default 8, past which the forward would silently run eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         log.info("model.compile=%s: %s (%d steps on %s)", cfg.model.compile,
                  "compiled" if self.compiled else "eager", self.steps, self.device.type)
         torch.manual_seed(cfg.seed)

@@ -293,6 +293,22 @@ def test_compiled_run_locates_the_nonfinite_origin_as_eager(eager_and_compiled):
     np.testing.assert_allclose(b["value"], a["value"], rtol=1e-2, atol=1e-4, equal_nan=True)
 
 
+def test_compiled_graphs_are_kept_across_configurations_of_one_shape_and_not_across_shapes():
+    """Trainer.keep_or_reset_graphs' key: seed, lr and stabilizer settings keep a worker's graphs (the guards
+    tell those configurations apart); width, depth and batch size change the graphs' shapes."""
+    from painn_ablate.model.painn import PaiNN
+    from painn_ablate.training.trainer import graph_shapes
+
+    def shapes(*overrides):
+        cfg = compose([*COMPILED, *overrides])
+        return graph_shapes(PaiNN(cfg.model), cfg)
+
+    same = shapes()
+    assert shapes("seed=3", "train.lr=0.1", "model=r2_full", "model.F=8", "model.L=3", "ablate=bounds") == same
+    for other in ("model.F=16", "model.L=4", "train.batch_size=7"):
+        assert shapes(other) != same, other
+
+
 @pytest.mark.integration
 def test_compile_false_and_short_auto_runs_are_eager(tiny):
     """model.compile=false never compiles; auto does not compile a 3-step run (config.compile_pays)."""

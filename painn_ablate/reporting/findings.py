@@ -370,11 +370,15 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
 
     runs = frontier_runs(results)
     lines = []
-    singles = {a for *_, trials, _ in runs for a in trials["ablate"]} - set(GROUPS) - {"none"}
-    if runs and not singles:
-        lines.append("- The frontier of the single toggles within the groups (g, alpha_inter, aggregation; s_msg, s_mix "
-                     "and each clamp) is not measured: the main job flips whole groups (sweeps/DESIGN.md, amendments "
-                     "9-11 cut the singles for compute); `ablate=<toggle>` runs one.")
+    tables = [trials for *_, trials, _ in runs] + [pd.read_parquet(p) for stem in SINGLES
+                                                   if (p := Path(results) / FRONTIER / f"{stem}.parquet").exists()]
+    singles = {(preset, a) for t in tables for preset, a in zip(t["preset"], t["ablate"])
+               if a not in GROUPS and a != "none"}
+    for preset, how in (("r2_full", "left out of R2_full"), ("original", "added to the original")):
+        if runs and not any(p == preset for p, _ in singles):
+            lines.append(f"- The frontier of the single toggles within the groups {how} (g, alpha_inter, aggregation; "
+                         "s_msg, s_mix and each clamp) is not measured: the main job flips whole groups (sweeps/"
+                         "DESIGN.md says which amendments cut the singles for compute); `ablate=<toggle>` runs one.")
     if not {depth for _, depth, *_ in runs} >= {depth for _, depth, _ in FRONTIER_RUNS}:
         lines.append("- The frontier at L = 8 (`sweeps/stabilizers_L8.yaml`, amendment 10) was stopped for compute "
                      "after 12 trials (amendment 11): about 2 h on 2 idle cores.")

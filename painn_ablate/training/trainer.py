@@ -383,6 +383,34 @@ def train_step(model: PaiNN, batch, mon: Optional[Monitor], step: int, full: boo
 # ----------------------------------------------------------------------------- the run
 
 
+def graph_shapes(model: PaiNN, cfg: DictConfig) -> tuple:
+    """What a compiled graph's shapes depend on: the parameters' shapes, the batch size and the data."""
+    return (tuple((name, tuple(p.shape)) for name, p in model.named_parameters()), cfg.train.batch_size,
+            to_yaml(cfg.data))
+
+
+_graphs_for: list[tuple] = []  # graph_shapes of the graphs this process's dynamo holds (one entry, or none)
+
+
+def keep_or_reset_graphs(shapes: tuple) -> None:
+    """Before a compiled run: keep this process's compiled graphs when their shapes are this run's, else start
+    dynamo afresh.
+
+    Graphs outlive their run: torch.compile's cache is keyed by PaiNN._forward's code and guarded on the
+    model's configuration (the guards read the monitor hooks' attributes, not their identity), so the next
+    run of a configuration in this process (a sweep worker's next trial of that variant) reuses its graphs
+    instead of re-tracing them (~15-20 s at L = 8, warm). Each configuration x monitoring variant is one
+    entry, so a walk over many variants needs more than dynamo's default 8, past which the forward would
+    silently run eager: RECOMPILE_LIMIT. Other shapes (F, L, batch, data) would turn on automatic dynamic
+    shapes instead (a shape-generic graph, slower, and minutes of recompiling): those start afresh, and
+    the inductor cache on disk makes their compile the warm one.
+    """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    if _graphs_for != [shapes]:
+        torch._dynamo.reset()
+        _graphs_for[:] = [shapes]
+
+
 class Trainer:
     """One training run; `run()` below is the public entry point."""
 
@@ -394,17 +422,12 @@ class Trainer:
         self.splits = {k: v.to(self.device) for k, v in splits.items()}
         self.steps = total_steps(cfg, len(self.splits["train"]))
         self.compiled = compile_pays(cfg.model.compile, self.steps, self.device.type)  # model.compile=auto: by the rule
-        if self.compiled:
-            # Graphs outlive their run: torch.compile's cache is keyed by PaiNN._forward's code and guarded on
-            # the model's configuration, so the next run of the same configuration in this process (a sweep
-            # worker's next trial) reuses them instead of re-tracing (~15-20 s at L = 8). Each configuration x
-            # monitoring variant is one cache entry: a walk over many variants needs more than dynamo's
-            # default 8, past which the forward would silently run eager.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         log.info("model.compile=%s: %s (%d steps on %s)", cfg.model.compile,
                  "compiled" if self.compiled else "eager", self.steps, self.device.type)
         torch.manual_seed(cfg.seed)
         self.model = PaiNN(cfg.model, compile=self.compiled).to(self.device)
+        if self.compiled:
+            keep_or_reset_graphs(graph_shapes(self.model, cfg))
         self.opt = make_optimizer(self.model, cfg)
         self.schedule = make_schedule(self.opt, cfg, self.steps)
         self.vel_weight = velocity_weight(cfg.train.loss)

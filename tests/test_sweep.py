@@ -419,6 +419,28 @@ def test_a_frontier_sweep_walks_each_seed_up_the_ladder_to_its_first_failure(tmp
     assert len(load(tmp_path / "out").trials) == 4
 
 
+def test_a_walks_next_rung_is_taken_before_a_later_walks_first_so_walks_complete_in_file_order(tmp_path, tiny):
+    """Both walks' first rungs wait from the start; once seed 0 trains at its first rung, its second rung goes
+    before seed 1's first: a sweep stopped at a deadline holds seed 0's whole walk, not two first rungs."""
+    path = write_sweep(tmp_path, {"model": {"value": "original"}, "seed": {"values": [0, 1]},
+                                  "train.lr": {"values": [0.001, 0.01, 0.1]}}, frontier="train.lr")
+    sweep = sf.load_sweep(path, tiny)
+    storage = sw.open_storage(sw.sqlite_url(tmp_path))
+    study = sw.prepare_study(sweep, storage)
+
+    def take_and_train() -> dict:
+        trial = sw.pop_waiting(study, storage)
+        params = sw.suggest(trial, sweep)  # as run_trial does: an enqueued trial's fixed values
+        storage.set_trial_user_attr(trial._trial_id, "status", "stable")
+        study.tell(trial, 0.0)
+        sw.advance_walks(study, sweep, only=params)
+        return params
+
+    taken = [take_and_train() for _ in range(3)]
+    assert [(p["seed"], p["train.lr"]) for p in taken] == [(0, 0.001), (0, 0.01), (0, 0.1)]
+    assert [(p["seed"], p["train.lr"]) for p in (take_and_train(), take_and_train())] == [(1, 0.001), (1, 0.01)]
+
+
 class Stop(Exception):
     """Ends a sweep from its progress callback: a sweep cut short between trials."""
 

@@ -388,8 +388,13 @@ class WorkerSettings:
 
 
 def pop_waiting(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Optional[optuna.Trial]:
-    """Take one WAITING trial; the WAITING -> RUNNING update succeeds for exactly one worker."""
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    """Take one WAITING trial, the first in the grid's order (a re-run keeps its trial's place); the
+    WAITING -> RUNNING update succeeds for exactly one worker. Grid order, not the order they were enqueued:
+    a frontier walk's next rung, enqueued when its previous rung ends, goes before the first rung of a later
+    walk, so the walks complete in the sweep file's order and a sweep stopped at a deadline holds whole walks
+    of its first variants instead of the lowest rungs of every walk."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in sorted(waiting, key=lambda t: (t.user_attrs.get("grid_index", -1), t.number)):
         try:
             if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(study, frozen._trial_id)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from painn_ablate.core.errors import InputError
 from painn_ablate.core.process import keep_freed_memory, use_inductor_cache
-from painn_ablate.reporting.text import _duration, _first_divergence_cell, _fmt, describe, experiment_table, trial_line
+from painn_ablate.reporting.text import describe, duration_text, experiment_table, first_divergence_cell, fmt_value, trial_line
 from painn_ablate.sweep.words import where_nonfinite
 
 if TYPE_CHECKING:  # annotations only: the CLI imports its modules where a command needs them
@@ -95,7 +95,7 @@ class SweepProgressPrinter:
             post["best"] = f"{p.best_value:.4g}"
         eta = p.eta_seconds(self.workers)
         if eta is not None:
-            post["left"] = _duration(eta)
+            post["left"] = duration_text(eta)
         self.bar.set_postfix(post, refresh=False)
         self.bar.refresh()
 
@@ -154,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         seconds = estimate_seconds(spec, points) if points else estimate_seconds(spec, sf.check_points(spec)[:1]) * n
         workers = max(1, args.workers)
         print(f"{args.file}: valid; study '{spec.name}', {spec.method}, {n} trials, metric {spec.metric} "
-              f"({spec.goal}), out {out}; estimated time at most {_duration(seconds / workers)} with {workers} "
+              f"({spec.goal}), out {out}; estimated time at most {duration_text(seconds / workers)} with {workers} "
               f"worker(s) on this machine (blown-up trials end early)")
         for params in points:
             print(f"  {sf.trial_label(spec, params)}: " + " ".join(sf.trial_overrides(spec, params)))
@@ -269,10 +269,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if len(frame):
             nonfinite = frame.apply(lambda r: "-" if pd.isna(r["first_nonfinite_step"]) else where_nonfinite(
                 {k: r[f"first_nonfinite_{k}"] for k in ("step", "layer", "block", "tensor")}), axis=1)
-            diverged = frame.apply(_first_divergence_cell, axis=1)
+            diverged = frame.apply(first_divergence_cell, axis=1)
             table = pd.DataFrame({"#": frame["number"], "label": frame["label"], "status": frame["status"],
-                                  "value": frame["value"].map(_fmt), "val_pos_mse": frame["val_pos_mse"].map(_fmt),
-                                  "test_pos_mse": frame["test_pos_mse"].map(_fmt), "first divergence": diverged,
+                                  "value": frame["value"].map(fmt_value), "val_pos_mse": frame["val_pos_mse"].map(fmt_value),
+                                  "test_pos_mse": frame["test_pos_mse"].map(fmt_value), "first divergence": diverged,
                                   "first non-finite": nonfinite})
             print(table.to_string(index=False))
         print()
@@ -309,7 +309,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         where = (f" at step {o['step']} (layer {o['layer']}, {o['block']}, {o['stat']}, {o['criterion']})"
                  if o else "")
         print(f"{r['experiment']} seed {r['seed']}: {r['status']}{where}; {r['steps_completed']}/{r['steps_total']} "
-              f"steps, test pos MSE {_fmt(r['test_pos_mse'])} ({r['wall_seconds']:.0f} s)", flush=True)
+              f"steps, test pos MSE {fmt_value(r['test_pos_mse'])} ({r['wall_seconds']:.0f} s)", flush=True)
 
     result = rp.reproduce(args.out, quick=args.quick, overrides=args.overrides, on_run=on_run,
                           workers=args.workers, map_path=args.map)

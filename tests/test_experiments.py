@@ -233,3 +233,23 @@ def test_the_committed_runs_md_regenerates_from_the_committed_results(tmp_path, 
     monkeypatch.chdir(root)  # the report names its results folder as given: `results`, as runs.md says
     text = (build_findings("results", tmp_path / "runs.md", tmp_path / "plots"))
     assert _comparable(text) == _comparable((root / "runs.md").read_text())
+
+
+def test_not_done_names_each_variant_whose_designed_walks_a_deadline_left_incomplete(tmp_path):
+    """From the committed L = 8 frontier table (stopped at its deadline with one walk of original + bounds
+    incomplete), and the same table with a whole variant removed, as a sweep cut before it started leaves it."""
+    from painn_ablate.reporting.findings import FRONTIER, _incomplete_walk_lines
+
+    root = Path(__file__).resolve().parents[1]
+    trials = pd.read_parquet(root / "results" / FRONTIER / "stabilizers_L8.parquet")
+    (tmp_path / FRONTIER).mkdir()
+    trials.to_parquet(tmp_path / FRONTIER / "stabilizers_L8.parquet")
+    [line] = _incomplete_walk_lines(tmp_path)
+    assert "`sweeps/stabilizers_L8.yaml`" in line and line.endswith("Walks complete: original + bounds 9 of 10.")
+    cut = trials[~((trials["preset"] == "r2_full") & (trials["ablate"] == "grad_clip"))]
+    cut.to_parquet(tmp_path / FRONTIER / "stabilizers_L8.parquet")
+    [line] = _incomplete_walk_lines(tmp_path)
+    assert line.endswith("Walks complete: r2_full - grad_clip 0 of 10, original + bounds 9 of 10.")
+    trials[trials["ablate"] != "bounds"].to_parquet(tmp_path / FRONTIER / "stabilizers_L8.parquet")
+    [line] = _incomplete_walk_lines(tmp_path)  # variants with no trials at all
+    assert line.endswith("Walks complete: r2_full - bounds 0 of 10, original + bounds 0 of 10.")

@@ -35,6 +35,7 @@ from painn_ablate.reporting.plots import (
     save_figure,
 )
 from painn_ablate.reporting.registry import PACKAGES, ReportError, _cell, markdown_table
+from painn_ablate.reporting.text import median_text
 from painn_ablate.training.trainer import environment
 
 DEFAULT_RESULTS = "results"
@@ -57,7 +58,7 @@ def _rate(r: pd.Series) -> str:
     return f"{r['blew_up']}/{r['n']} [{r['rate_lo']:.2f}, {r['rate_hi']:.2f}]"
 
 
-def _interval(m: dict) -> str:
+def mse_text(m: dict) -> str:
     """mean ± sample sd [t 95% interval] (n) of a stats.mean_interval result."""
     if m["n"] == 0:
         return "-"
@@ -67,8 +68,8 @@ def _interval(m: dict) -> str:
 
 
 def _mse(r: pd.Series) -> str:
-    """The test MSE columns of an ex.cell_table row, as _interval writes them."""
-    return _interval({"n": 0 if math.isnan(r["test_mse_mean"]) else int(r["stable"]), "mean": r["test_mse_mean"],
+    """The test MSE columns of an ex.cell_table row, as mse_text writes them."""
+    return mse_text({"n": 0 if math.isnan(r["test_mse_mean"]) else int(r["stable"]), "mean": r["test_mse_mean"],
                       "sd": r["test_mse_sd"], "lo": r["test_mse_lo"], "hi": r["test_mse_hi"]})
 
 
@@ -234,7 +235,7 @@ def ablation_lines(trials: pd.DataFrame, table: pd.DataFrame, L: int, lr: float)
         mse = change = "-"
         if n:
             m, c = n["mse"], n["mse_change"]
-            mse = _interval(m)
+            mse = mse_text(m)
             change = "-" if c["n"] < 2 else (f"{c['mean']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}] (n={c['n']}), "
                                                f"p = {_p(r['mse_p'], r['mse_p_holm'])}")
         acted = ("every pass" if rules.STABILIZER_ACTIVITY[r["stabilizer"]] is None else
@@ -289,7 +290,7 @@ def identical_lines(trials: pd.DataFrame, L: int, lr: float) -> list[str]:
 
 
 def _mse_of(g: pd.DataFrame) -> str:
-    return _interval(mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"]))
+    return mse_text(mean_interval(g.loc[g["status"] == Status.STABLE, "test_pos_mse"]))
 
 
 def tail_lines(trials: pd.DataFrame) -> list[str]:
@@ -370,7 +371,7 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
 
     runs = frontier_runs(results)
     lines = []
-    tables = [trials for *_, trials, _ in runs] + [pd.read_parquet(p) for stem in SINGLES
+    tables = [trials for *_, trials, _ in runs] + [pd.read_parquet(p) for stem in (*SINGLES, SINGLES_OUT)
                                                    if (p := Path(results) / FRONTIER / f"{stem}.parquet").exists()]
     singles = {(preset, a) for t in tables for preset, a in zip(t["preset"], t["ablate"])
                if a not in GROUPS and a != "none"}
@@ -380,8 +381,34 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
                          "s_msg, s_mix and each clamp) is not measured: the main job flips whole groups (sweeps/"
                          "DESIGN.md says which amendments cut the singles for compute); `ablate=<toggle>` runs one.")
     if not {depth for _, depth, *_ in runs} >= {depth for _, depth, _ in FRONTIER_RUNS}:
-        lines.append("- The frontier at L = 8 (`sweeps/stabilizers_L8.yaml`, amendment 10) was stopped for compute "
-                     "after 12 trials (amendment 11): about 2 h on 2 idle cores.")
+        lines.append("- The frontier at L = 8 (`sweeps/stabilizers_L8.yaml`) is not in results/frontier: amendment 11 "
+                     "stopped it after 12 trials, amendment 14 ran it.")
+    return lines + _incomplete_walk_lines(results)
+
+
+def _incomplete_walk_lines(results: str | Path) -> list[str]:
+    """Per walked sweep in results/<FRONTIER>/ whose designed walks (its file's presets x ablations x seeds) did
+    not all complete by its deadline: which variants and how many walks, which therefore have no critical rung."""
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.core.config import experiment_name
+    from painn_ablate.sweep.spec import load_sweep
+
+    lines = []
+    for stem in (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT):
+        path = Path(results) / FRONTIER / f"{stem}.parquet"
+        if not path.exists():
+            continue
+        params = load_sweep(SWEEPS / f"{stem}.yaml").params
+        walks = fr.setting_table(fr.critical_table(pd.read_parquet(path), ladder=sweep_ladder(stem)),
+                                 ("preset", "ablate")).set_index(["preset", "ablate"])["complete"]
+        seeds = len(params["seed"].values)
+        short = [(p, a, int(walks.get((p, a), 0))) for p in params["model"].values
+                 for a in (params["ablate"].values if "ablate" in params else ("none",))
+                 if walks.get((p, a), 0) < seeds]
+        if short:
+            cut = ", ".join(f"{experiment_name(p, a)} {done} of {seeds}" for p, a, done in short)
+            lines.append(f"- `sweeps/{stem}.yaml` was stopped at its deadline (sweeps/DESIGN.md) before every walk "
+                         f"completed; an incomplete walk has no critical rung. Walks complete: {cut}.")
     return lines
 
 
@@ -427,7 +454,6 @@ def not_done_lines(trials: pd.DataFrame) -> list[str]:
 
 def dose_frontier_lines(results: str | Path) -> list[str]:
     """Section 6b: amendment 11, the dose-response's critical rungs in training, its rules DF1-DF3."""
-    from painn_ablate.reporting.text import _interval as median_text
 
     result = dose_frontier(results)
     if result is None:
@@ -501,7 +527,6 @@ def degree_frontier(results: str | Path):
 def degree_lines(results: str | Path) -> list[str]:
     """Section 6c: amendment 12, mean vs sum aggregation at matched scale on graphs of varying degree (DN1)."""
     from painn_ablate.analysis import frontier as fr
-    from painn_ablate.reporting.text import _interval as median_text
 
     found = degree_frontier(results)
     if found is None:
@@ -542,7 +567,7 @@ def degree_lines(results: str | Path) -> list[str]:
         cells = []
         for _, arm in result.arms.iterrows():
             mse = at[(at["aggregation"].astype(str) == arm["aggregation"]) & (at["g"].astype(float) == arm["g"])]
-            cells.append(f"{arm['aggregation']} g = {arm['g']:g}: {_interval(mean_interval(mse['test_pos_mse']))}")
+            cells.append(f"{arm['aggregation']} g = {arm['g']:g}: {mse_text(mean_interval(mse['test_pos_mse']))}")
         lines += [f"Test pos MSE of the runs that trained at lr {lr:g} (rung {int(common)}, the lowest arm's median "
                   f"critical rung): " + "; ".join(cells) + ".", ""]
     if fingerprints:
@@ -614,7 +639,7 @@ def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[
              f"{r['sustained']}/{r['n']} [{r['sustained_lo']:.2f}, {r['sustained_hi']:.2f}]",
              f"{r['stable']} / {r['transient']} / {r['diverged']} / {r['exploded']}", _phases(r),
              _median_step(r["median_step"]), r["origin_layers"] or "-", _mse(r),
-             _interval({k: r[f"transient_mse_{k}"] for k in ("n", "mean", "sd", "lo", "hi")})]
+             mse_text({k: r[f"transient_mse_{k}"] for k in ("n", "mean", "sd", "lo", "hi")})]
             for _, r in cells.iterrows()]
     short = [f"{r['preset']} L = {r['L']}, lr = {r['lr']:g} (n = {r['n']})" for _, r in cells.iterrows() if r["n"] < 10]
     lines = ["## 1b. The map re-run under the new outcomes (amendment 8)", "",
@@ -641,8 +666,8 @@ def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[
     full_mse = mean_interval(full.loc[full["status"] == Status.STABLE, "test_pos_mse"])
     rec_mse = mean_interval(recovered["test_pos_mse"])
     lines += [f"**Recovery.** {len(recovered)} of the original's {int((trials['preset'] == 'original').sum())} runs "
-              f"spiked and recovered (transient); their test pos MSE: {_interval(rec_mse)}, against R2_full's stable "
-              f"runs at L = {rules.DESIGN_CELL.L}, lr = {rules.DESIGN_CELL.lr:g}: {_interval(full_mse)}; the "
+              f"spiked and recovered (transient); their test pos MSE: {mse_text(rec_mse)}, against R2_full's stable "
+              f"runs at L = {rules.DESIGN_CELL.L}, lr = {rules.DESIGN_CELL.lr:g}: {mse_text(full_mse)}; the "
               f"constant-velocity baseline on the same test split: {baseline:.4g}.", ""]
     lines += ["Rules M1-M4, P1 and P2 judged on these trials are the verdict table's rows marked *re-run*: "
               + "; ".join(f"{v.rule} {v.verdict}" for v in verdicts) + ".", ""]
@@ -667,8 +692,7 @@ def _verdict_rows(result) -> list[tuple[str, list[str]]]:
     the median critical rung with its interval and, against its preset, the median paired shift with its
     interval, up/down, Holm p and the verdict (blank for the presets themselves)."""
     from painn_ablate.core.config import experiment_name
-    from painn_ablate.reporting.text import _fmt
-    from painn_ablate.reporting.text import _interval as median_text
+    from painn_ablate.reporting.text import fmt_value
 
     v, t = result.variants, result.verdicts.set_index(["preset", "ablate"])
     rows = []
@@ -677,7 +701,7 @@ def _verdict_rows(result) -> list[tuple[str, list[str]]]:
         if (p, a) in t.index:
             r = t.loc[(p, a)]
             shift = [median_text(r["shift"], r["shift_lo"], r["shift_hi"]), f"{r['up']}/{r['down']}",
-                     _fmt(r["p_holm"]), f"**{r['verdict']}**"]
+                     fmt_value(r["p_holm"]), f"**{r['verdict']}**"]
         rows.append((experiment_name(p, a), [median_text(m, lo, hi), *shift]))
     return rows
 
@@ -704,7 +728,6 @@ def singles_lines(results: str | Path) -> list[str]:
     """Section 7b: amendment 13, each member of the interaction_scale and bounds groups added to the original
     alone, judged against this run's original, with R2_full's interval from the main job (L = 5)."""
     from painn_ablate.analysis import frontier as fr
-    from painn_ablate.reporting.text import _interval as median_text
 
     paths = [Path(results) / FRONTIER / f"{stem}.parquet" for stem in SINGLES]
     main = Path(results) / FRONTIER / "stabilizers.parquet"
@@ -735,6 +758,46 @@ def singles_lines(results: str | Path) -> list[str]:
     return lines + [""]
 
 
+SINGLES_OUT = "singles_r2_full"  # amendment 15's sweep file, its table in results/<FRONTIER>/
+
+
+def singles_out_lines(results: str | Path) -> list[str]:
+    """Section 7c: amendment 15, each member of the interaction_scale and bounds groups left out of R2_full alone,
+    judged against this run's R2_full, with the main job's groups and its R2_full beside them (L = 5)."""
+    from painn_ablate.analysis import frontier as fr
+
+    path, main = Path(results) / FRONTIER / f"{SINGLES_OUT}.parquet", Path(results) / FRONTIER / "stabilizers.parquet"
+    if not path.exists():
+        return []
+    result = fr.frontier_result(pd.read_parquet(path), sweep_ladder(SINGLES_OUT))
+    lines = ["### 7c. Single toggles left out of R2_full (amendment 15, L = 5)", "",
+             f"Command: `painn-ablate sweep sweeps/{SINGLES_OUT}.yaml --workers 2`, then `painn-ablate export` "
+             f"`--out results/{FRONTIER}`. Each member of the interaction_scale and bounds groups set back to the "
+             "original's value in R2_full alone, against this run's R2_full (its row below; Holm over the single "
+             "toggles); *necessary* as in the main job.", ""]
+    walks = result.variants.set_index("ablate")
+    rows = [[name, f"{walks.loc[a, 'complete']}/{walks.loc[a, 'walks']}", *cells]
+            for (name, cells), a in zip(_verdict_rows(result), result.variants["ablate"])]
+    lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], rows) + [""]
+    if main.exists():
+        jobs = fr.frontier_result(pd.read_parquet(main), sweep_ladder("stabilizers"))
+        groups = jobs.variants[jobs.variants["preset"] == "r2_full"].set_index("ablate")
+        for group in ("none", "interaction_scale", "bounds"):
+            if group in groups.index:
+                g = groups.loc[group]
+                what = "R2_full itself" if group == "none" else f"R2_full without the whole {group} group"
+                lines.append(f"- {what} in the main job: median rung "
+                             f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
+        mine = fr.setting_rungs(result.critical, preset="r2_full", ablate="none").dropna()
+        theirs = fr.setting_rungs(jobs.critical, preset="r2_full", ablate="none").dropna()
+        both = mine.index.intersection(theirs.index)
+        if len(both):
+            same = int((mine[both] == theirs[both]).sum())
+            lines.append(f"- This run's R2_full walks against the main job's, seed by seed: the same critical rung in "
+                         f"{same} of {len(both)} seeds.")
+    return lines + [""]
+
+
 def frontier_lines(results: str | Path) -> list[str]:
     """Section 7: the main job's stability frontier (amendment 9) at L = 5, and at L = 8 (amendment 10), as
     `painn-ablate sweep` prints each, then one table of both depths."""
@@ -758,7 +821,7 @@ def frontier_lines(results: str | Path) -> list[str]:
     if missing:
         lines += [f"Not run to the end, so not reported: {'; '.join(missing)}; sweeps/DESIGN.md says why and "
                   "when it was stopped.", ""]
-    lines += singles_lines(results)
+    lines += singles_lines(results) + singles_out_lines(results)
     for stem, depth, amendment, trials, ladder in runs:
         lines += [f"### L = {depth} (amendment {amendment})", "",
                   f"Command: `painn-ablate sweep sweeps/{stem}.yaml --workers 2`, then `painn-ablate export "

@@ -367,12 +367,12 @@ def criteria_lines(v: dict) -> list[str]:
     return [f"- **{c['verdict']}** ({c['id']}) {c['claim']}: {c['observed']}." for c in v["criteria"]]
 
 
-def _fmt(x: Any, spec: str = ".3g") -> str:
+def fmt_value(x: Any, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
 def _profile(values: dict) -> str:
-    return " ".join(f"L{k}={_fmt(x) if x is not None else 'non-finite'}" for k, x in values.items())
+    return " ".join(f"L{k}={fmt_value(x) if x is not None else 'non-finite'}" for k, x in values.items())
 
 
 def verdict_text(result: dict) -> str:
@@ -380,7 +380,7 @@ def verdict_text(result: dict) -> str:
     v, b, budget, regime = result["verdict"], result["baselines"], result["budget"], result["regime"]
     lines = [f"# Reproduction verdict: {'REPRODUCED' if v['passed'] else 'NOT REPRODUCED'}", "",
              f"Command: `{result['command']}`  ",
-             f"Regime: L = {regime['L']}, lr = {_fmt(regime['lr'])}; rule: {regime['rule']}.  ",
+             f"Regime: L = {regime['L']}, lr = {fmt_value(regime['lr'])}; rule: {regime['rule']}.  ",
              f"Budget: {budget['steps']} steps per run, seeds {', '.join(map(str, budget['seeds']))} (paired across "
              f"presets), batch {budget['batch_size']}, F={budget['F']}, data {budget['data']}; {len(result['runs'])} "
              f"runs, {result['train_seconds'] / 60:.1f} min of training in all, {result['wall_seconds'] / 60:.1f} min "
@@ -395,10 +395,10 @@ def verdict_text(result: dict) -> str:
     for r in result["runs"]:
         o = r["origin"]
         where = ("stable" if o is None else
-                 f"{r['status']}: first blow-up at step {o['step']}, layer {_fmt(o['layer'])} {_fmt(o['block'])}, "
-                 f"{_fmt(o['stat'])} ({o['criterion']})")
+                 f"{r['status']}: first blow-up at step {o['step']}, layer {fmt_value(o['layer'])} {fmt_value(o['block'])}, "
+                 f"{fmt_value(o['stat'])} ({o['criterion']})")
         before = r["layers_before_blow_up"]
-        line = (f"- {r['experiment']} seed {r['seed']}: {where}; at step {_fmt(before['step'])}: ||mu|| "
+        line = (f"- {r['experiment']} seed {r['seed']}: {where}; at step {fmt_value(before['step'])}: ||mu|| "
                 f"{_profile(before['mu_norm_max'])}; |q| {_profile(before['q_absmax'])}")
         if r["status"] == Status.STABLE and r["test_pos_mse"] is not None:
             tail = r.get("test_pos_mse_tail") or {}
@@ -407,11 +407,11 @@ def verdict_text(result: dict) -> str:
                 f"{tail['pos_mse_max']:.3g})" if tail.get("pos_mse_q99") is not None else "")
         lines.append(line + ".")
     ev = next(c for c in v["criteria"] if c["id"] == "A1")["evidence"]
-    lines += ["", f"Test position MSE of r2_full's stable runs: mean {_fmt(ev['mean'], '.4g')}, sample sd "
-              f"{_fmt(ev['sd'], '.2g')}, t 95% interval [{_fmt(ev['lo'], '.4g')}, {_fmt(ev['hi'], '.4g')}], "
-              f"n = {ev['n']}; constant velocity {_fmt(b['constant_velocity_test_pos_mse'], '.4g')}; zero "
-              f"displacement {_fmt(b['zero_displacement_test_pos_mse'], '.4g')}; velocity with a fitted time "
-              f"c={_fmt(b['fitted_velocity_c'])} {_fmt(b['fitted_velocity_test_pos_mse'], '.4g')} (EGNN's 'Linear' "
+    lines += ["", f"Test position MSE of r2_full's stable runs: mean {fmt_value(ev['mean'], '.4g')}, sample sd "
+              f"{fmt_value(ev['sd'], '.2g')}, t 95% interval [{fmt_value(ev['lo'], '.4g')}, {fmt_value(ev['hi'], '.4g')}], "
+              f"n = {ev['n']}; constant velocity {fmt_value(b['constant_velocity_test_pos_mse'], '.4g')}; zero "
+              f"displacement {fmt_value(b['zero_displacement_test_pos_mse'], '.4g')}; velocity with a fitted time "
+              f"c={fmt_value(b['fitted_velocity_c'])} {fmt_value(b['fitted_velocity_test_pos_mse'], '.4g')} (EGNN's 'Linear' "
               f"baseline, published {b['linear_paper_test_pos_mse']}); EGNN paper {b['egnn_paper_test_pos_mse']} "
               f"(trained ~10^4 epochs; this budget is {budget['epochs']:.3g} epochs)."]
     return "\n".join(lines) + "\n"

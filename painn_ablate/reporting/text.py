@@ -54,7 +54,7 @@ def describe(summary: RunSummary) -> str:
     return " ".join(lines)
 
 
-def _fmt(value) -> str:
+def fmt_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -107,7 +107,7 @@ def experiment_table(frame):
         stable = pd.to_numeric(g.loc[g["status"] == Status.STABLE.value, "test_pos_mse"], errors="coerce").dropna()
         rows.append({"experiment": name, "blow-ups": f"{k}/{n}", "95% CI": f"{100 * lo:.0f}-{100 * hi:.0f}%",
                      **{str(o): int((g["status"] == o.value).sum()) for o in OUTCOMES if is_blow_up(o)},
-                     "median test_pos_mse (stable)": _fmt(float(stable.median())) if len(stable) else "-"})
+                     "median test_pos_mse (stable)": fmt_value(float(stable.median())) if len(stable) else "-"})
     return pd.DataFrame(rows)
 
 
@@ -139,15 +139,15 @@ def frontier_text(trials, param: str, ladder) -> str:
              "both completed."]
     s, verdict = result.fr1["shift"], result.fr1["verdict"]
     lines.append(f"FR1, R2_full's critical rung above the original's: n {s.n}, up {s.up}, down {s.down}, "
-                 f"sign test p {_fmt(s.p_sign)}: {verdict}")
+                 f"sign test p {fmt_value(s.p_sign)}: {verdict}")
     name = [experiment_name(p, a) for p, a in zip(result.variants.get("preset", []), result.variants.get("ablate", []))]
     v = result.variants
     if len(v):
         lines.append(pd.DataFrame({
             "variant": name, "walks done": [f"{c}/{w}" for c, w in zip(v["complete"], v["walks"])],
-            "median rung (95% CI)": [_interval(m, lo, hi) for m, lo, hi in zip(v["median_rung"], v["lo"], v["hi"])],
+            "median rung (95% CI)": [median_text(m, lo, hi) for m, lo, hi in zip(v["median_rung"], v["lo"], v["hi"])],
             "censored": v["censored"], "ended at init": v["ended_at_init"],
-            "init-phase blow-ups": v["init_phase_blow_ups"], "LR sensitivity (median)": v["lr_sensitivity"].map(_fmt),
+            "init-phase blow-ups": v["init_phase_blow_ups"], "LR sensitivity (median)": v["lr_sensitivity"].map(fmt_value),
         }).to_string(index=False))
     t = result.verdicts
     if len(t):
@@ -156,10 +156,10 @@ def frontier_text(trials, param: str, ladder) -> str:
                      f"in {param}; exact sign test one-sided, Holm over each preset's groups):")
         lines.append(pd.DataFrame({
             "variant": [experiment_name(p, a) for p, a in zip(t["preset"], t["ablate"])], "question": t["question"],
-            "n": t["n"], "median shift (95% CI)": [_interval(m, lo, hi) for m, lo, hi in
+            "n": t["n"], "median shift (95% CI)": [median_text(m, lo, hi) for m, lo, hi in
                                                     zip(t["shift"], t["shift_lo"], t["shift_hi"])],
-            "up/down": [f"{u}/{d}" for u, d in zip(t["up"], t["down"])], "p sign": t["p_sign"].map(_fmt),
-            "p Holm": t["p_holm"].map(_fmt), "p Wilcoxon": t["p_wilcoxon"].map(_fmt), "verdict": t["verdict"],
+            "up/down": [f"{u}/{d}" for u, d in zip(t["up"], t["down"])], "p sign": t["p_sign"].map(fmt_value),
+            "p Holm": t["p_holm"].map(fmt_value), "p Wilcoxon": t["p_wilcoxon"].map(fmt_value), "verdict": t["verdict"],
         }).to_string(index=False))
     r = result.rates
     if len(r):
@@ -204,7 +204,7 @@ def _settings_frontier_text(trials, param: str, ladder, varied: list[str]) -> st
              "sufficient verdicts compare ablate names against their preset; this sweep varies other settings, "
              "so none is printed: sweeps/DESIGN.md names its rules.)"]
     if len(table):
-        table["median rung (95% CI)"] = [_interval(m, lo, hi) for m, lo, hi in
+        table["median rung (95% CI)"] = [median_text(m, lo, hi) for m, lo, hi in
                                          zip(table["median_rung"], table["lo"], table["hi"])]
         lines.append(table.drop(columns=["median_rung", "lo", "hi"]).to_string(index=False))
     if len(rates):
@@ -215,14 +215,14 @@ def _settings_frontier_text(trials, param: str, ladder, varied: list[str]) -> st
     return "\n".join(lines)
 
 
-def _interval(median: float, lo: float, hi: float) -> str:
+def median_text(median: float, lo: float, hi: float) -> str:
     """`-2 (-3 to -1)`: a median with its interval, '-' when there is none."""
     if median is None or math.isnan(median):
         return "-"
     return f"{median:g} ({lo:g} to {hi:g})"
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -230,7 +230,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _first_divergence_cell(row) -> str:
+def first_divergence_cell(row) -> str:
     """A trials_frame row's first divergence as `where_diverged` prints it, '-' when there is none."""
     import pandas as pd
 

@@ -253,3 +253,41 @@ def test_not_done_names_each_variant_whose_designed_walks_a_deadline_left_incomp
     trials[trials["ablate"] != "bounds"].to_parquet(tmp_path / FRONTIER / "stabilizers_L8.parquet")
     [line] = _incomplete_walk_lines(tmp_path)  # variants with no trials at all
     assert line.endswith("Walks complete: r2_full - bounds 0 of 10, original + bounds 0 of 10.")
+
+
+def _family_table(critical: dict, seeds=range(10)) -> pd.DataFrame:
+    """A walked trial table of sweeps/family.yaml: preset -> its critical rung in every seed."""
+    from painn_ablate.reporting.findings import FAMILY, sweep_ladder
+
+    ladder, rows = sweep_ladder(FAMILY), []
+    for preset, crit in critical.items():
+        for seed in seeds:
+            for i in range(min(crit + 2, len(ladder))):
+                fails = i == crit + 1
+                rows.append({"preset": preset, "ablate": "none", "seed": seed, "lr": ladder[i],
+                             "status": "diverged" if fails else "stable", "blow_up_phase": "training" if fails else None,
+                             "training_blow_up": fails,
+                             "final_val_pos_mse": 1e3 if fails else 0.01 * (1 + i + seed) * (2 if preset == "fairchem" else 1),
+                             "initial_val_pos_mse": 1.0})
+    table = pd.DataFrame(rows)
+    return table.assign(test_pos_mse=1.1 * table["final_val_pos_mse"])
+
+
+def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_the_deadline(tmp_path):
+    from painn_ablate.reporting.findings import FAMILY, FRONTIER, _incomplete_walk_lines, family_lines
+
+    (tmp_path / FRONTIER).mkdir()
+    _family_table({"fairchem": 4, "r2_full": 2, "original": -1}).to_parquet(tmp_path / FRONTIER / f"{FAMILY}.parquet")
+    rows = {line.split("|")[1].strip(): line for line in family_lines(tmp_path) if line.startswith("| FC")}
+    assert "**PASS**" in rows["FC1"] and "up 10 / down 0 of n 10" in rows["FC1"]
+    assert "**PASS**" in rows["FC2"] and "median shift 2 rung" in rows["FC2"]
+    text = "\n".join(family_lines(tmp_path))
+    assert "at rung 2 (lr 0.00475), the highest where every seed" in text
+    assert "fairchem minus R2_full paired by seed 0.075 " in text  # validation, at rung 2
+    assert "fairchem at rung 0 (lr 0.00119)" in text and "paired by seed 0.0605 " in text  # test, at the best rungs
+    assert _incomplete_walk_lines(tmp_path) == []
+    _family_table({"fairchem": 4, "r2_full": 2}).to_parquet(tmp_path / FRONTIER / f"{FAMILY}.parquet")
+    [line] = _incomplete_walk_lines(tmp_path)
+    assert f"`sweeps/{FAMILY}.yaml`" in line and line.endswith("Walks complete: original 0 of 10.")
+    rows = {line.split("|")[1].strip(): line for line in family_lines(tmp_path) if line.startswith("| FC")}
+    assert "n < 10, not judged" in rows["FC1"] and "**PASS**" in rows["FC2"]

@@ -236,3 +236,32 @@ def test_a_sweep_varying_a_setting_within_a_preset_gets_its_frontier_per_setting
     lines = {round(float(line.split()[2]), 2): line for line in settings if line.startswith("original")}
     assert re.search(r"\b10\s+10\s+0\s+0\s+0\s+2 \(2 to 2\)$", lines[0.25])
     assert re.search(r"-1 \(-1 to -1\)$", lines[1.0])
+
+
+def test_the_fairchem_family_is_judged_one_sided_against_the_original_and_two_sided_against_r2_full():
+    trials = _trials({("fairchem", "none"): lambda s: 4, ("r2_full", "none"): lambda s: 5 if s == 0 else 3,
+                      ("original", "none"): lambda s: -1})
+    fairchem = trials["preset"] == "fairchem"
+    trials.loc[fairchem, "final_val_pos_mse"] *= np.where(trials.loc[fairchem, "seed"] == 1, 3, 2)  # R2_full's x 2 (x 3)
+    trials["test_pos_mse"] = 1.1 * trials["final_val_pos_mse"]
+    result = fr.family_result(trials, fr.LADDER)
+    fc1, fc2 = result.rules
+    assert fc1["verdict"] == "PASS" and fc1["shift"].up == 10 and fc1["shift"].p_sign == pytest.approx(0.5 ** 10)
+    assert fc2["verdict"] == "PASS" and (fc2["shift"].up, fc2["shift"].down) == (9, 1)
+    assert fc2["p"] == pytest.approx(2 * 11 / 1024)  # two-sided: P(X >= 9) twice, X ~ Bin(10, 1/2)
+    common, best = result.accuracy["common"], result.accuracy["best"]
+    assert common["rung"] == 3 and common["fairchem"]["n"] == 10 and common["r2_full"]["mean"] == pytest.approx(0.04)
+    assert common["paired"]["mean"] == pytest.approx((9 * 0.04 + 0.08) / 10)  # fairchem minus R2_full
+    # the loss grows with the rung, so each preset's best rate is its lowest rung; the test MSE is there
+    assert best["fairchem"]["rung"] == best["r2_full"]["rung"] == 0
+    assert best["r2_full"]["test"]["mean"] == pytest.approx(0.011)
+    assert best["paired"]["mean"] == pytest.approx(1.1 * (9 * 0.01 + 0.02) / 10)
+    assert result.fr1["verdict"] == "PASS"
+    # one R2_full seed fails at the first rung: no rung where every seed of both trained, nothing compared
+    worse = _trials({("fairchem", "none"): lambda s: 4, ("r2_full", "none"): lambda s: -1 if s == 0 else 3,
+                     ("original", "none"): lambda s: -1})
+    assert fr.family_result(worse, fr.LADDER).accuracy == {}
+    few = _trials({("fairchem", "none"): lambda s: 4, ("r2_full", "none"): lambda s: 3,
+                   ("original", "none"): lambda s: -1}, seeds=range(5))
+    few = fr.family_result(few.assign(test_pos_mse=few["final_val_pos_mse"]), fr.LADDER)
+    assert {r["verdict"] for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}

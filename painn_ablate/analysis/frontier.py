@@ -22,7 +22,8 @@ interval, the exact sign test and the Wilcoxon signed-rank test, one-sided in th
 `verdict_table` judges amendment 9's rules per stabilizer group (necessary / sufficient / raises / inert /
 not shown), `fr1` its rule FR1, `rung_rates` the blow-up rate at each rung; `frontier_result` computes all
 of them from a walked sweep's trial table on the sweep's own ladder (its frontier parameter's values, a
-sub-range of LADDER; rungs are indices of that ladder). The walk itself (`next_rung`, `critical_rung`) is
+sub-range of LADDER; rungs are indices of that ladder). `dose_result`, `degree_result` and `family_result` judge
+amendments 11, 12 and 16 the same way. The walk itself (`next_rung`, `critical_rung`) is
 the engine's, in painn_ablate.sweep.walk.
 """
 
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from painn_ablate.analysis.stats import bootstrap, holm, wilson
+from painn_ablate.analysis.stats import bootstrap, holm, mean_interval, paired_t, wilson
 from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, is_blow_up
 from painn_ablate.sweep.walk import critical_rung, failed_at_init, trains  # the engine's walk and rule of training
 
@@ -137,6 +138,13 @@ def shift(variant: pd.Series, reference: pd.Series, alternative: str, seed: int 
              if (d != 0).any() else math.nan)
     median, lo, hi = bootstrap(d, np.median, seed)
     return Shift(n, median, lo, hi, up, down, p_sign, p_wil, alternative)
+
+
+def two_sided(variant: pd.Series, reference: pd.Series, seed: int = 0) -> tuple[Shift, float]:
+    """`shift(variant, reference, "greater")` (its median, interval, up and down) and the two-sided exact sign
+    test's p of the same pairs (twice the smaller one-sided p, at most 1: the binomial at 0.5 is symmetric)."""
+    greater, less = shift(variant, reference, "greater", seed), shift(variant, reference, "less", seed)
+    return greater, min(1.0, 2 * min(greater.p_sign, less.p_sign))
 
 
 def median_interval(rungs: pd.Series, seed: int = 0) -> tuple[float, float, float]:
@@ -407,8 +415,7 @@ def degree_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr",
     critical = critical_table(trials, variant=DEGREE_VARIANT, lr=lr, ladder=ladder)
     mean = setting_rungs(critical, aggregation="mean", g=1.0)
     matched = setting_rungs(critical, aggregation="sum", g=DEGREE_MATCHED_G)
-    greater, less = shift(mean, matched, "greater", seed), shift(mean, matched, "less", seed)
-    p = min(1.0, 2 * min(greater.p_sign, less.p_sign))  # two-sided exact sign test
+    greater, p = two_sided(mean, matched, seed)
     verdict = NOT_JUDGED.format(min_pairs) if greater.n < min_pairs else "PASS" if p < ALPHA else "MISS"
     evidence = (f"mean (g = 1) minus sum (g = {DEGREE_MATCHED_G:g}): median shift {greater.median:g} rung "
                 f"[{greater.lo:g}, {greater.hi:g}], up {greater.up} / down {greater.down} of n {greater.n}, "
@@ -418,3 +425,93 @@ def degree_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr",
     scale = shift(matched, setting_rungs(critical, aggregation="sum", g=1.0), "greater", seed)
     return DegreeFrontier(ladder, critical, setting_table(critical, DEGREE_VARIANT, seed), rule, scale,
                           rung_rates(trials, variant=DEGREE_VARIANT, lr=lr, ladder=ladder))
+
+
+# ----------------------------------------------------------------------------- two families on one frontier
+
+FAMILY = ("fairchem", "r2_full", "original")  # amendment 16's presets, in its file's order
+
+
+@dataclass(frozen=True)
+class FamilyFrontier:
+    """Amendment 16's result (`family_result`): fairchem's, R2_full's and the original's critical rungs."""
+
+    ladder: tuple[float, ...]
+    critical: pd.DataFrame  # critical_table
+    presets: pd.DataFrame  # variant_table: walks, complete, median rung with its interval, LR sensitivity
+    rules: list[dict]  # FC1, FC2: rule, claim, verdict, evidence, shift (fairchem minus the other)
+    fr1: dict  # FR1 on this run's walks, described
+    accuracy: dict  # _accuracy: the val loss at the common rung and the test MSE at each one's best, described
+    rates: pd.DataFrame  # rung_rates
+
+
+def family_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", seed: int = 0,
+                  min_pairs: int = MIN_PAIRS, loss: str = "final_val_pos_mse") -> FamilyFrontier:
+    """Amendment 16's rules from its trial table (presets FAMILY, ablate none), on the seeds whose walks both
+    completed:
+
+        FC1  fairchem's critical rung is higher than the original's: one-sided exact sign test, p < 0.05
+        FC2  fairchem's and R2_full's critical rungs differ: two-sided exact sign test, p < 0.05 (the median
+             paired shift's sign says which is higher)
+    and, described, fairchem's and R2_full's accuracy (`_accuracy`)."""
+    ladder = tuple(float(x) for x in ladder)
+    critical = critical_table(trials, lr=lr, ladder=ladder)
+    fairchem, full = _reference(critical, "fairchem"), _reference(critical, "r2_full")
+    fc1 = shift(fairchem, _reference(critical, "original"), "greater", seed)
+    fc2, p2 = two_sided(fairchem, full, seed)
+
+    def verdict(s: Shift, p: float) -> str:
+        return NOT_JUDGED.format(min_pairs) if s.n < min_pairs else "PASS" if p < ALPHA else "MISS"
+
+    def words(s: Shift, what: str, p: float, sided: str) -> str:
+        return (f"{what}: median shift {s.median:g} rung [{s.lo:g}, {s.hi:g}], up {s.up} / down {s.down} of "
+                f"n {s.n}, {sided} sign test p {p:.3g}")
+
+    rules = [
+        {"rule": "FC1", "claim": "fairchem's family trains at higher rates than the original",
+         "verdict": verdict(fc1, fc1.p_sign), "shift": fc1,
+         "evidence": words(fc1, "fairchem minus original", fc1.p_sign, "one-sided")},
+        {"rule": "FC2", "claim": "fairchem's and R2_full's frontiers differ", "verdict": verdict(fc2, p2),
+         "shift": fc2, "p": p2, "evidence": words(fc2, "fairchem minus R2_full", p2, "two-sided")},
+    ]
+    return FamilyFrontier(ladder, critical, variant_table(critical, seed), rules, fr1(critical, seed, min_pairs),
+                          _accuracy(trials, critical, ("fairchem", "r2_full"), lr, ladder, val=loss),
+                          rung_rates(trials, lr=lr, ladder=ladder))
+
+
+def _trained_at(trials: pd.DataFrame, preset: str, at: int, ladder: Sequence[float], lr: str,
+                status: str = "status") -> pd.DataFrame:
+    """The runs of `preset` (ablate none) at rung `at` that trained there (walk.trains), indexed by seed."""
+    here = trials[(trials["preset"] == preset) & (trials["ablate"] == "none")
+                  & np.isclose(trials[lr].astype(float), ladder[at], rtol=1e-3, atol=0)]
+    ok = [trains({"status": r[status], PHASE_KEY: _opt(r.get(PHASE_KEY)),
+                  "training_blow_up": _opt_bool(r.get("training_blow_up"))}) for r in here.to_dict("records")]
+    return here[ok].set_index("seed")
+
+
+def _accuracy(trials: pd.DataFrame, critical: pd.DataFrame, presets: Sequence[str], lr: str,
+              ladder: Sequence[float], val: str = "final_val_pos_mse", test: str = "test_pos_mse") -> dict:
+    """Amendment 16's described accuracy of two presets, {} when a walk is incomplete or one failed at the
+    first rung (no rung where every seed trained):
+
+        common  at the highest rung every seed of both trained at (the lowest of their critical rungs): per preset
+                the mean_interval of `val` there, and `paired`, presets[0] minus presets[1] by seed (paired_t)
+        best    per preset its best rate, the rung with the lowest mean `val` among those where every seed of it
+                trained: rung, lr, the mean_interval of `test` there; and `paired`, presets[0] minus presets[1]
+                by seed, each at its own best rung
+    """
+    tops = {p: _reference(critical, p) for p in presets}
+    if any(r.isna().any() or not len(r) or r.min() < 0 for r in tops.values()):
+        return {}
+    at = int(min(r.min() for r in tops.values()))
+    common = {p: _trained_at(trials, p, at, ladder, lr)[val].astype(float) for p in presets}
+    best = {}
+    for p in presets:
+        runs = {i: _trained_at(trials, p, i, ladder, lr) for i in range(int(tops[p].min()) + 1)}
+        i = min(runs, key=lambda i: float(runs[i][val].astype(float).mean()))
+        best[p] = {"rung": i, "lr": ladder[i], "test": runs[i][test].astype(float)}
+    return {"common": {"rung": at, "lr": ladder[at], **{p: mean_interval(common[p]) for p in presets},
+                       "paired": paired_t(common[presets[1]], common[presets[0]])},
+            "best": {**{p: {**{k: b[k] for k in ("rung", "lr")}, "test": mean_interval(b["test"])}
+                        for p, b in best.items()},
+                     "paired": paired_t(best[presets[1]]["test"], best[presets[0]]["test"])}}

@@ -10,6 +10,7 @@ folders, writes another document, the registry: painn_ablate.reporting.registry.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 from pathlib import Path
@@ -52,6 +53,29 @@ DEGREE_STEMS = ("degree", "degree_mean")  # amendment 12's two sweep files, one 
 FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the frontier runs (painn-ablate export --out)
 # The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
 FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
+SINGLES = ("singles_interaction", "singles_bounds")  # amendment 13's sweep files, tables in results/<FRONTIER>/
+SINGLES_OUT = "singles_r2_full"  # amendment 15's sweep file, its table in results/<FRONTIER>/
+FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original), its table in results/<FRONTIER>/
+WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT, FAMILY)  # every walked table there
+
+
+def walked(results: str | Path, stem: str):
+    """(trials, analysis.frontier.Frontier) of a walked sweep's table, results/<FRONTIER>/<stem>.parquet, on its
+    sweep file's ladder; None where not exported. Computed once per version of the file (the report reads each
+    table in several sections), so the frames returned are shared: read them, do not modify them."""
+    path = Path(results) / FRONTIER / f"{stem}.parquet"
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return _walked(str(path.resolve()), stem, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _walked(path: str, stem: str, mtime_ns: int, size: int):
+    from painn_ablate.analysis import frontier as fr
+
+    trials = pd.read_parquet(path)
+    return trials, fr.frontier_result(trials, sweep_ladder(stem))
 
 
 def _rate(r: pd.Series) -> str:
@@ -371,8 +395,7 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
 
     runs = frontier_runs(results)
     lines = []
-    tables = [trials for *_, trials, _ in runs] + [pd.read_parquet(p) for stem in (*SINGLES, SINGLES_OUT)
-                                                   if (p := Path(results) / FRONTIER / f"{stem}.parquet").exists()]
+    tables = [found[0] for stem in WALKED if (found := walked(results, stem)) is not None]
     singles = {(preset, a) for t in tables for preset, a in zip(t["preset"], t["ablate"])
                if a not in GROUPS and a != "none"}
     for preset, how in (("r2_full", "left out of R2_full"), ("original", "added to the original")):
@@ -389,18 +412,15 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
 def _incomplete_walk_lines(results: str | Path) -> list[str]:
     """Per walked sweep in results/<FRONTIER>/ whose designed walks (its file's presets x ablations x seeds) did
     not all complete by its deadline: which variants and how many walks, which therefore have no critical rung."""
-    from painn_ablate.analysis import frontier as fr
     from painn_ablate.core.config import experiment_name
-    from painn_ablate.sweep.spec import load_sweep
 
     lines = []
-    for stem in (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT):
-        path = Path(results) / FRONTIER / f"{stem}.parquet"
-        if not path.exists():
+    for stem in WALKED:
+        found = walked(results, stem)
+        if found is None:
             continue
-        params = load_sweep(SWEEPS / f"{stem}.yaml").params
-        walks = fr.setting_table(fr.critical_table(pd.read_parquet(path), ladder=sweep_ladder(stem)),
-                                 ("preset", "ablate")).set_index(["preset", "ablate"])["complete"]
+        params = shipped_sweep(stem).params
+        walks = found[1].variants.set_index(["preset", "ablate"])["complete"]
         seeds = len(params["seed"].values)
         short = [(p, a, int(walks.get((p, a), 0))) for p in params["model"].values
                  for a in (params["ablate"].values if "ablate" in params else ("none",))
@@ -497,11 +517,18 @@ def dose_frontier_lines(results: str | Path) -> list[str]:
     return lines
 
 
-def sweep_ladder(stem: str) -> list[float]:
-    """The frontier ladder of a shipped sweep file (its frontier parameter's values)."""
+@functools.lru_cache(maxsize=None)
+def shipped_sweep(stem: str):
+    """The shipped sweep file sweeps/<stem>.yaml, loaded once per process: loading validates every grid point's
+    configuration (seconds for a few hundred), and the report reads each file's design in several sections."""
     from painn_ablate.sweep.spec import load_sweep
 
-    sweep = load_sweep(SWEEPS / f"{stem}.yaml")
+    return load_sweep(SWEEPS / f"{stem}.yaml")
+
+
+def sweep_ladder(stem: str) -> list[float]:
+    """The frontier ladder of a shipped sweep file (its frontier parameter's values)."""
+    sweep = shipped_sweep(stem)
     return list(sweep.swept[sweep.frontier].values)
 
 
@@ -677,14 +704,10 @@ def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[
     return lines
 
 
-def frontier_runs(results: str | Path) -> list[tuple[str, int, int, pd.DataFrame, list[float]]]:
-    """The frontier runs whose tables are in `results`: (stem, L, amendment, trials, the ladder)."""
-    runs = []
-    for stem, depth, amendment in FRONTIER_RUNS:
-        path = Path(results) / FRONTIER / f"{stem}.parquet"
-        if path.exists():
-            runs.append((stem, depth, amendment, pd.read_parquet(path), sweep_ladder(stem)))
-    return runs
+def frontier_runs(results: str | Path) -> list[tuple]:
+    """The frontier runs whose tables are in `results`: (stem, L, amendment, trials, analysis.frontier.Frontier)."""
+    return [(stem, depth, amendment, found[0], found[1]) for stem, depth, amendment in FRONTIER_RUNS
+            if (found := walked(results, stem)) is not None]
 
 
 def _verdict_rows(result) -> list[tuple[str, list[str]]]:
@@ -711,17 +734,12 @@ VERDICT_HEADER = ["median critical rung [95%]", "shift vs preset [95%]", "up/dow
 
 def _depth_table(runs) -> list[str]:
     """Per variant and depth, _verdict_rows' cells, the depths of one variant together."""
-    from painn_ablate.analysis import frontier as fr
-
     rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
-    for _, depth, _, trials, ladder in runs:
-        for name, cells in _verdict_rows(fr.frontier_result(trials, ladder, lr="lr")):
+    for _, depth, _, _, result in runs:
+        for name, cells in _verdict_rows(result):
             rows.setdefault(name, []).append([str(depth), *cells])
     out = [[name, *row] for name, per_depth in rows.items() for row in per_depth]
     return markdown_table(["variant", "L", *VERDICT_HEADER], out)
-
-
-SINGLES = ("singles_interaction", "singles_bounds")  # amendment 13's sweep files, tables in results/<FRONTIER>/
 
 
 def singles_lines(results: str | Path) -> list[str]:
@@ -729,15 +747,15 @@ def singles_lines(results: str | Path) -> list[str]:
     alone, judged against this run's original, with R2_full's interval from the main job (L = 5)."""
     from painn_ablate.analysis import frontier as fr
 
-    paths = [Path(results) / FRONTIER / f"{stem}.parquet" for stem in SINGLES]
-    main = Path(results) / FRONTIER / "stabilizers.parquet"
-    if not paths[0].exists() or not main.exists():
+    found = {stem: walked(results, stem) for stem in SINGLES}
+    main = walked(results, "stabilizers")
+    ran = [stem for stem in SINGLES if found[stem] is not None]
+    if found[SINGLES[0]] is None or main is None:
         return []
-    singles = pd.concat([pd.read_parquet(p) for p in paths if p.exists()], ignore_index=True)
-    jobs = pd.read_parquet(main)
+    jobs, main_result = main
     reference = jobs[(jobs["preset"] == "r2_full") & (jobs["ablate"] == "none")]
-    result = fr.frontier_result(pd.concat([reference, singles], ignore_index=True), sweep_ladder(SINGLES[0]))
-    ran = [stem for stem, p in zip(SINGLES, paths) if p.exists()]
+    result = fr.frontier_result(pd.concat([reference, *(found[stem][0] for stem in ran)], ignore_index=True),
+                                sweep_ladder(SINGLES[0]))
     lines = ["### 7b. Single toggles added to the original (amendment 13, L = 5)", "",
              "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in ran)
              + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the interaction_scale "
@@ -746,7 +764,7 @@ def singles_lines(results: str | Path) -> list[str]:
              "below).", ""]
     rows = [[name, *cells] for name, cells in _verdict_rows(result)]
     lines += markdown_table(["variant", *VERDICT_HEADER], rows) + [""]
-    groups = fr.frontier_result(jobs, sweep_ladder("stabilizers")).variants.set_index("ablate")
+    groups = main_result.variants.set_index("ablate")
     groups = groups[groups["preset"] == "original"]
     for group in ("interaction_scale", "bounds"):
         if group in groups.index:
@@ -758,18 +776,15 @@ def singles_lines(results: str | Path) -> list[str]:
     return lines + [""]
 
 
-SINGLES_OUT = "singles_r2_full"  # amendment 15's sweep file, its table in results/<FRONTIER>/
-
-
 def singles_out_lines(results: str | Path) -> list[str]:
     """Section 7c: amendment 15, each member of the interaction_scale and bounds groups left out of R2_full alone,
     judged against this run's R2_full, with the main job's groups and its R2_full beside them (L = 5)."""
     from painn_ablate.analysis import frontier as fr
 
-    path, main = Path(results) / FRONTIER / f"{SINGLES_OUT}.parquet", Path(results) / FRONTIER / "stabilizers.parquet"
-    if not path.exists():
+    found, main = walked(results, SINGLES_OUT), walked(results, "stabilizers")
+    if found is None:
         return []
-    result = fr.frontier_result(pd.read_parquet(path), sweep_ladder(SINGLES_OUT))
+    result = found[1]
     lines = ["### 7c. Single toggles left out of R2_full (amendment 15, L = 5)", "",
              f"Command: `painn-ablate sweep sweeps/{SINGLES_OUT}.yaml --workers 2`, then `painn-ablate export` "
              f"`--out results/{FRONTIER}`. Each member of the interaction_scale and bounds groups set back to the "
@@ -779,8 +794,8 @@ def singles_out_lines(results: str | Path) -> list[str]:
     rows = [[name, f"{walks.loc[a, 'complete']}/{walks.loc[a, 'walks']}", *cells]
             for (name, cells), a in zip(_verdict_rows(result), result.variants["ablate"])]
     lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], rows) + [""]
-    if main.exists():
-        jobs = fr.frontier_result(pd.read_parquet(main), sweep_ladder("stabilizers"))
+    if main is not None:
+        jobs = main[1]
         groups = jobs.variants[jobs.variants["preset"] == "r2_full"].set_index("ablate")
         for group in ("none", "interaction_scale", "bounds"):
             if group in groups.index:
@@ -796,6 +811,58 @@ def singles_out_lines(results: str | Path) -> list[str]:
             lines.append(f"- This run's R2_full walks against the main job's, seed by seed: the same critical rung in "
                          f"{same} of {len(both)} seeds.")
     return lines + [""]
+
+
+def family_lines(results: str | Path) -> list[str]:
+    """Section 7d: amendment 16, fairchem's family beside R2_full's and the original on one frontier (L = 5):
+    rules FC1 and FC2, each preset's critical rungs, and the validation loss where both families trained."""
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.reporting.text import fmt_value, frontier_text
+
+    found = walked(results, FAMILY)
+    if found is None:
+        return []
+    trials, ladder = found[0], sweep_ladder(FAMILY)
+    result = fr.family_result(trials, ladder)
+    lines = ["### 7d. Two families on one frontier: fairchem's and R2_full's (amendment 16, L = 5)", "",
+             f"Command: `painn-ablate sweep sweeps/{FAMILY}.yaml --workers 2`, then `painn-ablate export` `--out "
+             f"results/{FRONTIER}`. fairchem's normalisation and fixed scales (`model=fairchem`, README), R2_full "
+             "and the original, each walking the main job's ladder over seeds 0-9 in one run, paired by seed. "
+             "Rules as registered (sweeps/DESIGN.md amendment 16), each on the seeds whose two walks completed:", ""]
+    lines += markdown_table(["rule", "claim", "verdict", "evidence"],
+                            [[r["rule"], r["claim"], f"**{r['verdict']}**", r["evidence"]] for r in result.rules])
+    v = result.presets
+    lines += ["", *markdown_table(
+        ["preset", "walks done", "median critical rung [95%]", "censored", "ended at init", "LR sensitivity (median)"],
+        [[p, f"{c}/{w}", median_text(m, lo, hi), str(cens), str(init), fmt_value(sens)] for p, c, w, m, lo, hi, cens,
+         init, sens in zip(v["preset"], v["complete"], v["walks"], v["median_rung"], v["lo"], v["hi"], v["censored"],
+                           v["ended_at_init"], v["lr_sensitivity"])]), ""]
+    acc = result.accuracy
+
+    def paired(d: dict) -> str:
+        return (f"fairchem minus R2_full paired by seed {fmt_value(d['mean'])} [{fmt_value(d['lo'])}, "
+                f"{fmt_value(d['hi'])}] (t 95%, n {d['n']}, two-sided p {fmt_value(d['p'])})")
+
+    if acc:
+        common, best = acc["common"], acc["best"]
+        lines += [
+            "- Accuracy, described, not judged (after 200 steps: not a trained model's accuracy):",
+            f"  - validation pos MSE at rung {common['rung']} (lr {common['lr']:g}), the highest where every seed of "
+            f"both trained: " + "; ".join(f"{p} {mse_text(common[p])}" for p in ("fairchem", "r2_full"))
+            + f"; {paired(common['paired'])}.",
+            "  - test pos MSE at each one's best rate (the rung with the lowest mean validation MSE among those where "
+            "every seed of it trained): " + "; ".join(f"{p} at rung {best[p]['rung']} (lr {best[p]['lr']:g}) "
+                                                       f"{mse_text(best[p]['test'])}" for p in ("fairchem", "r2_full"))
+            + f"; {paired(best['paired'])}. The intervals carry the seed-to-seed spread only: the tables keep "
+            "per-run quantiles, not per-system errors, so the test set's own sampling error is not in them."]
+    else:
+        lines.append("- Accuracy: no rung where every seed of both families trained (a walk incomplete, or one that "
+                     "failed at the first rung), so none is compared.")
+    s = result.fr1["shift"]
+    lines += [f"- FR1 on this run's walks (described): R2_full above the original in {s.up} of {s.n} seeds, "
+              f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",
+              "```", frontier_text(trials, "lr", ladder, found[1]), "```", ""]
+    return lines
 
 
 def frontier_lines(results: str | Path) -> list[str]:
@@ -821,12 +888,12 @@ def frontier_lines(results: str | Path) -> list[str]:
     if missing:
         lines += [f"Not run to the end, so not reported: {'; '.join(missing)}; sweeps/DESIGN.md says why and "
                   "when it was stopped.", ""]
-    lines += singles_lines(results) + singles_out_lines(results)
-    for stem, depth, amendment, trials, ladder in runs:
+    lines += singles_lines(results) + singles_out_lines(results) + family_lines(results)
+    for stem, depth, amendment, trials, result in runs:
         lines += [f"### L = {depth} (amendment {amendment})", "",
                   f"Command: `painn-ablate sweep sweeps/{stem}.yaml --workers 2`, then `painn-ablate export "
                   f"sweeps_out/{stem} --out results/{FRONTIER}`.", "",
-                  "```", frontier_text(trials, "lr", ladder), "```", ""]
+                  "```", frontier_text(trials, "lr", result.ladder, result), "```", ""]
     return lines
 
 

@@ -111,11 +111,12 @@ def experiment_table(frame):
     return pd.DataFrame(rows)
 
 
-def frontier_text(trials, param: str, ladder) -> str:
+def frontier_text(trials, param: str, ladder, result=None) -> str:
     """What a frontier sweep's trials say so far (sweeps/DESIGN.md amendment 9; analysis.frontier computes it):
     the ladder, rule FR1, per variant its critical rungs, the verdict per stabilizer group with n, and the
     blow-up rate at each rung with its Wilson 95% interval. `trials`: a trial table (studies.trial_rows' columns);
-    `param`: the frontier parameter, `ladder`: its values in the sweep file."""
+    `param`: the frontier parameter, `ladder`: its values in the sweep file; `result`: their
+    analysis.frontier.Frontier where the caller has it already (computed here otherwise)."""
     import pandas as pd
 
     from painn_ablate.analysis import frontier as fr
@@ -128,7 +129,7 @@ def frontier_text(trials, param: str, ladder) -> str:
     if varied:
         return _settings_frontier_text(trials, param, ladder, varied)
     try:
-        result = fr.frontier_result(trials, ladder, lr=param)
+        result = result if result is not None else fr.frontier_result(trials, ladder, lr=param)
     except ValueError as exc:  # a trial off the ladder (an override of the frontier parameter)
         return f"Stability frontier: not computed: {exc}"
     crit, rungs = result.critical, ", ".join(f"{i} {x:g}" for i, x in enumerate(result.ladder))

@@ -264,7 +264,7 @@ def _family_table(critical: dict, seeds=range(10)) -> pd.DataFrame:
         for seed in seeds:
             for i in range(min(crit + 2, len(ladder))):
                 fails = i == crit + 1
-                rows.append({"preset": preset, "ablate": "none", "seed": seed, "lr": ladder[i],
+                rows.append({"preset": preset, "ablate": "none", "L": 5, "seed": seed, "lr": ladder[i],
                              "status": "diverged" if fails else "stable", "blow_up_phase": "training" if fails else None,
                              "training_blow_up": fails,
                              "final_val_pos_mse": 1e3 if fails else 0.01 * (1 + i + seed) * (2 if preset == "fairchem" else 1),
@@ -274,9 +274,11 @@ def _family_table(critical: dict, seeds=range(10)) -> pd.DataFrame:
 
 
 def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_the_deadline(tmp_path):
-    from painn_ablate.reporting.findings import FAMILY, FRONTIER, _incomplete_walk_lines, family_lines
+    from painn_ablate.reporting.findings import FAMILY, FRONTIER, _family_not_done_lines, _incomplete_walk_lines, family_lines
 
     (tmp_path / FRONTIER).mkdir()
+    [line] = _family_not_done_lines(tmp_path)
+    assert f"`sweeps/{FAMILY}.yaml`, amendment 16) is not in results/{FRONTIER}" in line
     _family_table({"fairchem": 4, "r2_full": 2, "original": -1}).to_parquet(tmp_path / FRONTIER / f"{FAMILY}.parquet")
     rows = {line.split("|")[1].strip(): line for line in family_lines(tmp_path) if line.startswith("| FC")}
     assert "**PASS**" in rows["FC1"] and "up 10 / down 0 of n 10" in rows["FC1"]
@@ -286,6 +288,8 @@ def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_
     assert "fairchem minus R2_full paired by seed 0.075 " in text  # validation, at rung 2
     assert "fairchem at rung 0 (lr 0.00119)" in text and "paired by seed 0.0605 " in text  # test, at the best rungs
     assert _incomplete_walk_lines(tmp_path) == []
+    parts, depth = _family_not_done_lines(tmp_path)
+    assert "`model=fairchem ablate=<part>`" in parts and "at L = 8 is not run" in depth and depth.endswith("L = 5.")
     _family_table({"fairchem": 4, "r2_full": 2}).to_parquet(tmp_path / FRONTIER / f"{FAMILY}.parquet")
     [line] = _incomplete_walk_lines(tmp_path)
     assert f"`sweeps/{FAMILY}.yaml`" in line and line.endswith("Walks complete: original 0 of 10.")

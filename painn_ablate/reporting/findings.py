@@ -406,7 +406,25 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
     if not {depth for _, depth, *_ in runs} >= {depth for _, depth, _ in FRONTIER_RUNS}:
         lines.append("- The frontier at L = 8 (`sweeps/stabilizers_L8.yaml`) is not in results/frontier: amendment 11 "
                      "stopped it after 12 trials, amendment 14 ran it.")
-    return lines + _incomplete_walk_lines(results)
+    return lines + _family_not_done_lines(results) + _incomplete_walk_lines(results)
+
+
+def _family_not_done_lines(results: str | Path) -> list[str]:
+    """What issue 24 asked of fairchem's family on the frontier that the walked tables do not hold."""
+    tables = [found[0] for stem in WALKED if (found := walked(results, stem)) is not None]
+    fairchem = pd.concat([t[t["preset"] == "fairchem"] for t in tables]) if tables else pd.DataFrame()
+    if fairchem.empty:
+        return [f"- fairchem's family on the frontier (`sweeps/{FAMILY}.yaml`, amendment 16) is not in "
+                f"results/{FRONTIER}."]
+    lines = []
+    if (fairchem["ablate"] == "none").all():
+        lines.append("- fairchem's parts left out one at a time (`model=fairchem ablate=<part>`) are not on the "
+                     "frontier: amendment 16 cut them for compute; only the whole preset is (section 7d).")
+    depths = sorted(set(fairchem["L"].astype(int)))
+    if 8 not in depths:
+        lines.append(f"- fairchem's family at L = 8 is not run (amendment 16 cut it); section 7d is L = "
+                     f"{', '.join(map(str, depths))}.")
+    return lines
 
 
 def _incomplete_walk_lines(results: str | Path) -> list[str]:

@@ -265,3 +265,12 @@ def test_the_fairchem_family_is_judged_one_sided_against_the_original_and_two_si
                    ("original", "none"): lambda s: -1}, seeds=range(5))
     few = fr.family_result(few.assign(test_pos_mse=few["final_val_pos_mse"]), fr.LADDER)
     assert {r["verdict"] for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}
+
+
+def test_a_part_left_out_of_fairchem_is_judged_against_fairchem_in_its_own_holm_family():
+    trials = _trials({("r2_full", "none"): lambda s: 3, ("fairchem", "none"): lambda s: 5,
+                      ("fairchem", "q_layernorm"): lambda s: 2, ("fairchem", "scaled_silu"): lambda s: 5})
+    table = fr.verdict_table(fr.critical_table(trials)).set_index("ablate")
+    assert set(table["preset"]) == {"fairchem"} and table.loc["q_layernorm", "verdict"] == "necessary"
+    assert table.loc["q_layernorm", "shift"] == -3 and table.loc["scaled_silu", "verdict"] == "inert"
+    assert table.loc["q_layernorm", "p_holm"] == pytest.approx(2 * 0.5 ** 10)  # Holm over fairchem's two parts

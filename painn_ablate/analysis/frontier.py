@@ -155,6 +155,7 @@ def median_interval(rungs: pd.Series, seed: int = 0) -> tuple[float, float, floa
 DESIGNS = {  # preset -> (the question, the direction a stabilizer moves the frontier when it matters)
     "r2_full": ("necessary", "less"),  # leaving it out of R2_full lowers the critical rate
     "original": ("sufficient", "greater"),  # adding it to the original raises the critical rate
+    "fairchem": ("necessary", "less"),  # leaving a part out of fairchem's preset lowers its critical rate
 }
 
 
@@ -169,7 +170,7 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PA
     preset's family on the sign test) and the verdict (amendment 9), on the seeds whose walks both completed
     (`n`):
 
-        necessary      (on r2_full) Holm-adjusted sign-test p < 0.05 that leaving it out lowers the rung
+        necessary      (on r2_full or fairchem) Holm-adjusted sign-test p < 0.05 that leaving it out lowers the rung
         sufficient     (on original) Holm-adjusted sign-test p < 0.05 that adding it raises the rung, and
                        its median rung lies in R2_full's bootstrap 95% interval
         raises         (on original) the first part of sufficient without the second

@@ -282,6 +282,8 @@ def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_
     _family_table({"fairchem": 4, "r2_full": 2, "original": -1}).to_parquet(tmp_path / FRONTIER / f"{FAMILY}.parquet")
     rows = {line.split("|")[1].strip(): line for line in family_lines(tmp_path) if line.startswith("| FC")}
     assert "**PASS**" in rows["FC1"] and "up 10 / down 0 of n 10" in rows["FC1"]
+    assert "FC2, fairchem's and R2_full's frontiers differ: fairchem minus R2_full: median shift 2 rung" in \
+        "\n".join(family_lines(tmp_path))  # as `painn-ablate sweep` and `status` print it too
     assert "**PASS**" in rows["FC2"] and "median shift 2 rung" in rows["FC2"]
     text = "\n".join(family_lines(tmp_path))
     assert "at rung 2 (lr 0.00475), the highest where every seed" in text

@@ -153,7 +153,7 @@ def test_a_verdict_on_fewer_than_ten_pairs_is_not_judged():
 def test_fr1_passes_when_r2_fulls_frontier_is_higher_in_enough_seeds(original, seeds, verdict):
     crit = fr.critical_table(_trials({("r2_full", "none"): lambda s: 6, ("original", "none"): original}, seeds=seeds))
     result = fr.fr1(crit)
-    assert result["verdict"] == verdict and result["shift"].n == len(seeds)
+    assert result.verdict == verdict and result.numbers["shift"].n == len(seeds)
 
 
 def test_the_blow_up_rate_per_rung_counts_transient_runs_and_only_finished_ones():
@@ -193,7 +193,7 @@ def test_the_dose_rules_read_scale_and_the_coupling_from_the_paired_walks():
     scale_only = _dose_trials({(1.0, True): lambda s: -1, (1.0, False): lambda s: 1,
                                (0.25, True): lambda s: 3, (0.25, False): lambda s: 3 + (s == 0)})
     result = fr.dose_result(scale_only, fr.LADDER)
-    verdicts = {r["rule"]: r["verdict"] for r in result.rules}
+    verdicts = {r.rule: r.verdict for r in result.rules}
     assert verdicts == {"DF1": "PASS", "DF2": "MISS", "DF3": "PASS"}
     row = result.settings[(result.settings["g"] == 0.25) & result.settings["coupling"]].iloc[0]
     assert row["median_rung"] == 3 and row["complete"] == 10
@@ -202,12 +202,12 @@ def test_the_dose_rules_read_scale_and_the_coupling_from_the_paired_walks():
     # the coupling moves the frontier by two rungs at matched scale: DF2 PASS, DF3 MISS
     coupling = _dose_trials({(1.0, True): lambda s: -1, (1.0, False): lambda s: 1,
                              (0.25, True): lambda s: 1, (0.25, False): lambda s: 3})
-    verdicts = {r["rule"]: r["verdict"] for r in fr.dose_result(coupling, fr.LADDER).rules}
+    verdicts = {r.rule: r.verdict for r in fr.dose_result(coupling, fr.LADDER).rules}
     assert verdicts == {"DF1": "PASS", "DF2": "PASS", "DF3": "MISS"}
     # five seeds: nothing is judged
     few = fr.dose_result(_dose_trials({(1.0, True): lambda s: -1, (0.25, True): lambda s: 3,
                                        (0.25, False): lambda s: 3}, seeds=range(5)), fr.LADDER)
-    assert {r["verdict"] for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}
+    assert {r.verdict for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}
 
 
 def test_degree_normalisation_is_judged_between_mean_and_sum_at_the_matched_scale():
@@ -215,12 +215,13 @@ def test_degree_normalisation_is_judged_between_mean_and_sum_at_the_matched_scal
             ("sum", 1.0): lambda s: -1}
     frame = _trials(arms).rename(columns={"preset": "aggregation", "ablate": "g"}).assign(preset="original")
     result = fr.degree_result(frame, fr.LADDER)
-    assert result.rule["verdict"] == "PASS" and result.rule["shift"].up == 9 and result.rule["shift"].down == 0
-    assert result.rule["p"] == pytest.approx(2 * 0.5 ** 9)  # two-sided
+    s = result.rule.numbers["shift"]
+    assert result.rule.verdict == "PASS" and s.up == 9 and s.down == 0
+    assert result.rule.numbers["p"] == pytest.approx(2 * 0.5 ** 9)  # two-sided
     assert result.scale.median == 3 and result.scale.up == 10
     same = {("mean", 1.0): lambda s: 2 + (s % 2), ("sum", fr.DEGREE_MATCHED_G): lambda s: 2 + ((s + 1) % 2)}
     frame = _trials(same).rename(columns={"preset": "aggregation", "ablate": "g"}).assign(preset="original")
-    assert fr.degree_result(frame, fr.LADDER).rule["verdict"] == "MISS"
+    assert fr.degree_result(frame, fr.LADDER).rule.verdict == "MISS"
 
 
 def test_a_sweep_varying_a_setting_within_a_preset_gets_its_frontier_per_setting_and_no_verdicts():
@@ -246,9 +247,10 @@ def test_the_fairchem_family_is_judged_one_sided_against_the_original_and_two_si
     trials["test_pos_mse"] = 1.1 * trials["final_val_pos_mse"]
     result = fr.family_result(trials, fr.LADDER)
     fc1, fc2 = result.rules
-    assert fc1["verdict"] == "PASS" and fc1["shift"].up == 10 and fc1["shift"].p_sign == pytest.approx(0.5 ** 10)
-    assert fc2["verdict"] == "PASS" and (fc2["shift"].up, fc2["shift"].down) == (9, 1)
-    assert fc2["p"] == pytest.approx(2 * 11 / 1024)  # two-sided: P(X >= 9) twice, X ~ Bin(10, 1/2)
+    up = fc1.numbers["shift"]
+    assert fc1.verdict == "PASS" and up.up == 10 and up.p_sign == pytest.approx(0.5 ** 10)
+    assert fc2.verdict == "PASS" and (fc2.numbers["shift"].up, fc2.numbers["shift"].down) == (9, 1)
+    assert fc2.numbers["p"] == pytest.approx(2 * 11 / 1024)  # two-sided: P(X >= 9) twice, X ~ Bin(10, 1/2)
     common, best = result.accuracy["common"], result.accuracy["best"]
     assert common["rung"] == 3 and common["fairchem"]["n"] == 10 and common["r2_full"]["mean"] == pytest.approx(0.04)
     assert common["paired"]["mean"] == pytest.approx((9 * 0.04 + 0.08) / 10)  # fairchem minus R2_full
@@ -256,7 +258,7 @@ def test_the_fairchem_family_is_judged_one_sided_against_the_original_and_two_si
     assert best["fairchem"]["rung"] == best["r2_full"]["rung"] == 0
     assert best["r2_full"]["test"]["mean"] == pytest.approx(0.011)
     assert best["paired"]["mean"] == pytest.approx(1.1 * (9 * 0.01 + 0.02) / 10)
-    assert result.fr1["verdict"] == "PASS"
+    assert result.fr1.verdict == "PASS"
     # one R2_full seed fails at the first rung: no rung where every seed of both trained, nothing compared
     worse = _trials({("fairchem", "none"): lambda s: 4, ("r2_full", "none"): lambda s: -1 if s == 0 else 3,
                      ("original", "none"): lambda s: -1})
@@ -264,7 +266,7 @@ def test_the_fairchem_family_is_judged_one_sided_against_the_original_and_two_si
     few = _trials({("fairchem", "none"): lambda s: 4, ("r2_full", "none"): lambda s: 3,
                    ("original", "none"): lambda s: -1}, seeds=range(5))
     few = fr.family_result(few.assign(test_pos_mse=few["final_val_pos_mse"]), fr.LADDER)
-    assert {r["verdict"] for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}
+    assert {r.verdict for r in few.rules} == {fr.NOT_JUDGED.format(fr.MIN_PAIRS)}
 
 
 def test_a_part_left_out_of_fairchem_is_judged_against_fairchem_in_its_own_holm_family():

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from painn_ablate.analysis.rules import Verdict  # one result type for every rule, cell or frontier
 from painn_ablate.analysis.stats import bootstrap, holm, mean_interval, paired_t, wilson
 from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, is_blow_up
 from painn_ablate.sweep.walk import critical_rung, failed_at_init, trains  # the engine's walk and rule of training
@@ -147,6 +148,18 @@ def two_sided(variant: pd.Series, reference: pd.Series, seed: int = 0) -> tuple[
     return greater, min(1.0, 2 * min(greater.p_sign, less.p_sign))
 
 
+def judge_shift(s: Shift, p: float, min_pairs: int = MIN_PAIRS) -> str:
+    """A frontier rule's verdict on a paired shift and its test's p: fewer than `min_pairs` pairs: not judged;
+    else PASS where p < 0.05, MISS otherwise."""
+    return NOT_JUDGED.format(min_pairs) if s.n < min_pairs else "PASS" if p < ALPHA else "MISS"
+
+
+def shift_words(s: Shift, what: str, p: float, sided: str = "") -> str:
+    """A paired shift as a rule's evidence: `what`, the median shift with its interval, up / down of n, the p."""
+    return (f"{what}: median shift {s.median:g} rung [{s.lo:g}, {s.hi:g}], up {s.up} / down {s.down} of n {s.n}, "
+            f"{sided + ' ' if sided else ''}sign test p {p:.3g}")
+
+
 def median_interval(rungs: pd.Series, seed: int = 0) -> tuple[float, float, float]:
     """Median critical rung of one variant with a bootstrap 95% interval."""
     return bootstrap(rungs.dropna().to_numpy(dtype=float), np.median, seed)
@@ -228,13 +241,13 @@ def _in_design_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)].reset_index(drop=True)  # stable: keeps the rest
 
 
-def fr1(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> dict:
+def fr1(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> Verdict:
     """Rule FR1 (amendment 9): R2_full's critical rung is higher than the original's, one-sided exact sign test
-    over the paired seeds, p < 0.05: PASS, else MISS; fewer than `min_pairs` pairs: not judged."""
+    over the paired seeds, p < 0.05: PASS, else MISS; fewer than `min_pairs` pairs: not judged.
+    numbers: {"shift": the Shift}."""
     s = shift(_reference(critical, "r2_full"), _reference(critical, "original"), "greater", seed)
-    verdict = (NOT_JUDGED.format(min_pairs) if s.n < min_pairs
-               else "PASS" if s.p_sign < ALPHA else "MISS")
-    return {"rule": "FR1", "shift": s, "verdict": verdict}
+    return Verdict("FR1", "R2_full's critical rung is higher than the original's", judge_shift(s, s.p_sign, min_pairs),
+                   shift_words(s, "R2_full minus original", s.p_sign, "one-sided"), {"shift": s})
 
 
 def rung_rates(trials: pd.DataFrame, variant: Sequence[str] = ("preset", "ablate"), lr: str = "lr",
@@ -263,7 +276,7 @@ class Frontier:
     critical: pd.DataFrame  # critical_table
     variants: pd.DataFrame  # variant_table
     verdicts: pd.DataFrame  # verdict_table
-    fr1: dict  # fr1
+    fr1: Verdict  # fr1
     rates: pd.DataFrame  # rung_rates
 
 
@@ -330,7 +343,7 @@ class DoseFrontier:
     critical: pd.DataFrame  # critical_table over DOSE_VARIANT
     settings: pd.DataFrame  # per (g, coupling): walks, complete, median rung with its interval, ended at init
     coupling: pd.DataFrame  # per g: the paired shift of dropping the coupling term (dropped minus kept)
-    rules: list[dict]  # DF1-DF3: rule, claim, verdict, evidence
+    rules: list[Verdict]  # DF1-DF3 (numbers: the shift each reads)
     rates: pd.DataFrame  # rung_rates over DOSE_VARIANT
 
 
@@ -357,30 +370,24 @@ def dose_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", s
     coupling = pd.DataFrame([{"g": g, **vars(shift(rungs(g, False), rungs(g, True), "greater", seed))}
                              for g in gains])
 
-    def judged(s: Shift) -> str:
-        return NOT_JUDGED.format(min_pairs) if s.n < min_pairs else "PASS" if s.p_sign < ALPHA else "MISS"
-
-    def words(s: Shift, what: str) -> str:
-        return (f"{what}: median shift {s.median:g} rung [{s.lo:g}, {s.hi:g}], up {s.up} / down {s.down} of "
-                f"n {s.n}, sign test p {s.p_sign:.3g}")
-
     scale = shift(rungs(DOSE_SCALE, True), rungs(DOSE_REFERENCE, True), "greater", seed)
     matched = shift(rungs(DOSE_SCALE, False), rungs(DOSE_SCALE, True), "greater", seed)
-    df1, df2 = judged(scale), judged(matched)
+    df1, df2 = judge_shift(scale, scale.p_sign, min_pairs), judge_shift(matched, matched.p_sign, min_pairs)
     within = -1 <= matched.lo and matched.hi <= 1  # the coupling's effect at matched scale: at most a rung
     if min(scale.n, matched.n) < min_pairs:
         df3 = NOT_JUDGED.format(min_pairs)
     else:
         df3 = "PASS" if df1 == "PASS" and within else "MISS"
     rules = [
-        {"rule": "DF1", "claim": "scale raises the frontier", "verdict": df1,
-         "evidence": words(scale, f"g = {DOSE_SCALE:g} vs g = {DOSE_REFERENCE:g}, coupling kept")},
-        {"rule": "DF2", "claim": "the coupling matters apart from scale in training", "verdict": df2,
-         "evidence": words(matched, f"at g = {DOSE_SCALE:g}, coupling dropped vs kept")},
-        {"rule": "DF3", "claim": "scale explains the frontier at this resolution", "verdict": df3,
-         "evidence": (f"DF1 {df1}; the coupling's shift at g = {DOSE_SCALE:g} has the interval "
-                      f"[{matched.lo:g}, {matched.hi:g}], {'within' if within else 'not within'} "
-                      "[-1, 1] rung")},
+        Verdict("DF1", "scale raises the frontier", df1,
+                shift_words(scale, f"g = {DOSE_SCALE:g} vs g = {DOSE_REFERENCE:g}, coupling kept", scale.p_sign),
+                {"shift": scale}),
+        Verdict("DF2", "the coupling matters apart from scale in training", df2,
+                shift_words(matched, f"at g = {DOSE_SCALE:g}, coupling dropped vs kept", matched.p_sign),
+                {"shift": matched}),
+        Verdict("DF3", "scale explains the frontier at this resolution", df3,
+                f"DF1 {df1}; the coupling's shift at g = {DOSE_SCALE:g} has the interval [{matched.lo:g}, "
+                f"{matched.hi:g}], {'within' if within else 'not within'} [-1, 1] rung", {"shift": matched}),
     ]
     return DoseFrontier(ladder, critical, settings, coupling, rules,
                         rung_rates(trials, variant=DOSE_VARIANT, lr=lr, ladder=ladder))
@@ -399,7 +406,7 @@ class DegreeFrontier:
     ladder: tuple[float, ...]
     critical: pd.DataFrame  # critical_table over DEGREE_VARIANT
     arms: pd.DataFrame  # setting_table over DEGREE_VARIANT
-    rule: dict  # DN1: rule, claim, verdict, evidence, shift (mean minus sum at the matched scale)
+    rule: Verdict  # DN1 (numbers: shift, mean minus sum at the matched scale, and its two-sided p)
     scale: Shift  # sum at the matched scale minus sum at g = 1, described
     rates: pd.DataFrame  # rung_rates over DEGREE_VARIANT
 
@@ -417,12 +424,9 @@ def degree_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr",
     mean = setting_rungs(critical, aggregation="mean", g=1.0)
     matched = setting_rungs(critical, aggregation="sum", g=DEGREE_MATCHED_G)
     greater, p = two_sided(mean, matched, seed)
-    verdict = NOT_JUDGED.format(min_pairs) if greater.n < min_pairs else "PASS" if p < ALPHA else "MISS"
-    evidence = (f"mean (g = 1) minus sum (g = {DEGREE_MATCHED_G:g}): median shift {greater.median:g} rung "
-                f"[{greater.lo:g}, {greater.hi:g}], up {greater.up} / down {greater.down} of n {greater.n}, "
-                f"two-sided sign test p {p:.3g}")
-    rule = {"rule": "DN1", "claim": "degree normalisation matters apart from scale", "verdict": verdict,
-            "evidence": evidence, "shift": greater, "p": p}
+    rule = Verdict("DN1", "degree normalisation matters apart from scale", judge_shift(greater, p, min_pairs),
+                   shift_words(greater, f"mean (g = 1) minus sum (g = {DEGREE_MATCHED_G:g})", p, "two-sided"),
+                   {"shift": greater, "p": p})
     scale = shift(matched, setting_rungs(critical, aggregation="sum", g=1.0), "greater", seed)
     return DegreeFrontier(ladder, critical, setting_table(critical, DEGREE_VARIANT, seed), rule, scale,
                           rung_rates(trials, variant=DEGREE_VARIANT, lr=lr, ladder=ladder))
@@ -440,8 +444,8 @@ class FamilyFrontier:
     ladder: tuple[float, ...]
     critical: pd.DataFrame  # critical_table
     presets: pd.DataFrame  # variant_table: walks, complete, median rung with its interval, LR sensitivity
-    rules: list[dict]  # FC1, FC2: rule, claim, verdict, evidence, shift (fairchem minus the other)
-    fr1: dict  # FR1 on this run's walks, described
+    rules: list[Verdict]  # FC1, FC2 (numbers: shift, fairchem minus the other; FC2's two-sided p)
+    fr1: Verdict  # FR1 on this run's walks, described
     accuracy: dict  # _accuracy: the val loss at the common rung and the test MSE at each one's best, described
     rates: pd.DataFrame  # rung_rates
 
@@ -461,19 +465,12 @@ def family_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr",
     fc1 = shift(fairchem, _reference(critical, "original"), "greater", seed)
     fc2, p2 = two_sided(fairchem, full, seed)
 
-    def verdict(s: Shift, p: float) -> str:
-        return NOT_JUDGED.format(min_pairs) if s.n < min_pairs else "PASS" if p < ALPHA else "MISS"
-
-    def words(s: Shift, what: str, p: float, sided: str) -> str:
-        return (f"{what}: median shift {s.median:g} rung [{s.lo:g}, {s.hi:g}], up {s.up} / down {s.down} of "
-                f"n {s.n}, {sided} sign test p {p:.3g}")
-
     rules = [
-        {"rule": "FC1", "claim": "fairchem's family trains at higher rates than the original",
-         "verdict": verdict(fc1, fc1.p_sign), "shift": fc1,
-         "evidence": words(fc1, "fairchem minus original", fc1.p_sign, "one-sided")},
-        {"rule": "FC2", "claim": "fairchem's and R2_full's frontiers differ", "verdict": verdict(fc2, p2),
-         "shift": fc2, "p": p2, "evidence": words(fc2, "fairchem minus R2_full", p2, "two-sided")},
+        Verdict("FC1", "fairchem's family trains at higher rates than the original",
+                judge_shift(fc1, fc1.p_sign, min_pairs),
+                shift_words(fc1, "fairchem minus original", fc1.p_sign, "one-sided"), {"shift": fc1}),
+        Verdict("FC2", "fairchem's and R2_full's frontiers differ", judge_shift(fc2, p2, min_pairs),
+                shift_words(fc2, "fairchem minus R2_full", p2, "two-sided"), {"shift": fc2, "p": p2}),
     ]
     return FamilyFrontier(ladder, critical, variant_table(critical, seed), rules, fr1(critical, seed, min_pairs),
                           _accuracy(trials, critical, ("fairchem", "r2_full"), lr, ladder, val=loss),

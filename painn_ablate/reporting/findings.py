@@ -513,15 +513,15 @@ def dose_frontier_lines(results: str | Path) -> list[str]:
                             [[f"{r['g']:g}", str(r["n"]), median_text(r["median"], r["lo"], r["hi"]),
                               f"{r['up']}/{r['down']}", f"{r['p_sign']:.3g}"] for _, r in result.coupling.iterrows()])
     lines += ["", "Rules (judged as written):", ""]
-    lines += [f"- **{r['rule']} ({r['claim']}): {r['verdict']}.** {r['evidence']}." for r in result.rules] + [""]
-    df = {r["rule"]: r for r in result.rules}
-    if df["DF3"]["verdict"] in ("PASS", "MISS"):
+    lines += [f"- **{r.rule} ({r.claim}): {r.verdict}.** {r.evidence}." for r in result.rules] + [""]
+    df = {r.rule: r for r in result.rules}
+    if df["DF3"].verdict in ("PASS", "MISS"):
         answer = ("explained by the interaction's scale at this resolution as well: at matched scale the coupling "
-                  "term moves the frontier by at most a rung" if df["DF3"]["verdict"] == "PASS" else
+                  "term moves the frontier by at most a rung" if df["DF3"].verdict == "PASS" else
                   "not explained by the interaction's scale alone: " + (
-                      "lowering g does not raise the critical learning rate" if df["DF1"]["verdict"] != "PASS" else
-                      f"lowering g raises the critical learning rate ({df['DF1']['evidence']}), and at the mean aggregation's scale dropping "
-                      f"the coupling term raises it further ({df['DF2']['evidence']})"))
+                      "lowering g does not raise the critical learning rate" if df["DF1"].verdict != "PASS" else
+                      f"lowering g raises the critical learning rate ({df['DF1'].evidence}), and at the mean aggregation's scale dropping "
+                      f"the coupling term raises it further ({df['DF2'].evidence})"))
         lines += [f"**Is the original's explosion explained by the interaction's scale?** At initialisation, section "
                   f"6's D4 answers; in training, by the critical rung over 200 steps, it is {answer}.", ""]
     rates = result.rates.assign(setting=[f"g {g:g}, coupling {'kept' if c else 'dropped'}"
@@ -592,14 +592,14 @@ def degree_lines(results: str | Path) -> list[str]:
                              "init-phase blow-ups"], rows) + [""]
     rule = result.rule
     reading = []
-    if rule["verdict"] == "PASS":
-        lower = rule["shift"].median < 0
+    if rule.verdict == "PASS":
+        lower = rule.numbers["shift"].median < 0
         reading = [f"On this graph the degree-mean's frontier lies {'below' if lower else 'above'} that of sum at the "
                   "same overall scale: dividing each node's messages by its own in-degree "
                   f"{'hurts' if lower else 'helps'} stability beyond what its average scale does"
                   + (" (a node with one neighbour takes that message at full weight, 7x the matched sum's; a "
                      "reading, not tested here)." if lower else "."), ""]
-    lines += [f"- **{rule['rule']} ({rule['claim']}): {rule['verdict']}.** {rule['evidence']}.",
+    lines += [f"- **{rule.rule} ({rule.claim}): {rule.verdict}.** {rule.evidence}.",
               f"- Described: sum at g = {fr.DEGREE_MATCHED_G:g} minus sum at g = 1: median shift "
               f"{result.scale.median:g} rung [{result.scale.lo:g}, {result.scale.hi:g}], up {result.scale.up} / "
               f"down {result.scale.down} of n {result.scale.n}.", ""] + reading
@@ -848,7 +848,7 @@ def family_lines(results: str | Path) -> list[str]:
              "and the original, each walking the main job's ladder over seeds 0-9 in one run, paired by seed. "
              "Rules as registered (sweeps/DESIGN.md amendment 16), each on the seeds whose two walks completed:", ""]
     lines += markdown_table(["rule", "claim", "verdict", "evidence"],
-                            [[r["rule"], r["claim"], f"**{r['verdict']}**", r["evidence"]] for r in result.rules])
+                            [[r.rule, r.claim, f"**{r.verdict}**", r.evidence] for r in result.rules])
     v = result.presets
     lines += ["", *markdown_table(
         ["preset", "walks done", "median critical rung [95%]", "censored", "ended at init", "LR sensitivity (median)"],
@@ -876,7 +876,7 @@ def family_lines(results: str | Path) -> list[str]:
     else:
         lines.append("- Accuracy: no rung where every seed of both families trained (a walk incomplete, or one that "
                      "failed at the first rung), so none is compared.")
-    s = result.fr1["shift"]
+    s = result.fr1.numbers["shift"]
     lines += [f"- FR1 on this run's walks (described): R2_full above the original in {s.up} of {s.n} seeds, "
               f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",
               "```", frontier_text(trials, "lr", ladder, found[1]), "```", ""]

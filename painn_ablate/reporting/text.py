@@ -138,13 +138,13 @@ def frontier_text(trials, param: str, ladder, result=None) -> str:
              "Critical rung: the highest rung a seed trained at before the first it did not (-1: not even the "
              f"first; {len(result.ladder) - 1}: every rung, censored); paired comparisons use the seeds whose walks "
              "both completed."]
-    s, verdict = result.fr1["shift"], result.fr1["verdict"]
+    s, verdict = result.fr1.numbers["shift"], result.fr1.verdict
     lines.append(f"FR1, R2_full's critical rung above the original's: n {s.n}, up {s.up}, down {s.down}, "
                  f"sign test p {fmt_value(s.p_sign)}: {verdict}")
     presets = set(crit.loc[crit["ablate"] == "none", "preset"])
     if set(fr.FAMILY) <= presets:  # the two families on one frontier (amendment 16): its rules too
         for rule in fr.family_result(trials, ladder, lr=param).rules:
-            lines.append(f"{rule['rule']}, {rule['claim']}: {rule['evidence']}: {rule['verdict']}")
+            lines.append(f"{rule.rule}, {rule.claim}: {rule.evidence}: {rule.verdict}")
     name = [experiment_name(p, a) for p, a in zip(result.variants.get("preset", []), result.variants.get("ablate", []))]
     v = result.variants
     if len(v):

@@ -286,6 +286,8 @@ def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_
         "\n".join(family_lines(tmp_path))  # as `painn-ablate sweep` and `status` print it too
     assert "**PASS**" in rows["FC2"] and "median shift 2 rung" in rows["FC2"]
     text = "\n".join(family_lines(tmp_path))
+    assert "at L = 5, fairchem's family is more stable: fairchem's frontier lies 2 rung(s) above R2_full's" in text
+    assert "neither is shown more accurate" not in text and "R2_full is more accurate" in text  # fairchem's 2x loss
     assert "at rung 2 (lr 0.00475), the highest where every seed" in text
     assert "fairchem minus R2_full paired by seed 0.075 " in text  # validation, at rung 2
     assert "fairchem at rung 0 (lr 0.00119)" in text and "paired by seed 0.0605 " in text  # test, at the best rungs

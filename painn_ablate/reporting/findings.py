@@ -849,8 +849,9 @@ def family_lines(results: str | Path) -> list[str]:
              "Rules as registered (sweeps/DESIGN.md amendment 16), each on the seeds whose two walks completed:", ""]
     lines += markdown_table(["rule", "claim", "verdict", "evidence"],
                             [[r.rule, r.claim, f"**{r.verdict}**", r.evidence] for r in result.rules])
+    lines += ["", family_answer(result), ""]
     v = result.presets
-    lines += ["", *markdown_table(
+    lines += [*markdown_table(
         ["preset", "walks done", "median critical rung [95%]", "censored", "ended at init", "LR sensitivity (median)"],
         [[p, f"{c}/{w}", median_text(m, lo, hi), str(cens), str(init), fmt_value(sens)] for p, c, w, m, lo, hi, cens,
          init, sens in zip(v["preset"], v["complete"], v["walks"], v["median_rung"], v["lo"], v["hi"], v["censored"],
@@ -881,6 +882,36 @@ def family_lines(results: str | Path) -> list[str]:
               f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",
               "```", frontier_text(trials, "lr", ladder, found[1]), "```", ""]
     return lines
+
+
+def family_answer(result) -> str:
+    """Issue 24's sentence, derived from an analysis.frontier.FamilyFrontier: which family is more stable (FC2 as
+    judged) and which more accurate (the test MSE at each one's best rate, described), with the numbers."""
+    from painn_ablate.reporting.text import fmt_value
+
+    fc2 = result.rules[1]
+    s = fc2.numbers["shift"]
+    if fc2.verdict == "PASS":
+        more, where = ("fairchem's", "above") if s.median > 0 else ("R2_full's", "below")
+        stable = (f"{more} family is more stable: fairchem's frontier lies {abs(s.median):g} rung(s) {where} R2_full's (median paired shift "
+                  f"{s.median:g} [{s.lo:g}, {s.hi:g}], {s.up} seeds up and {s.down} down of {s.n}, FC2 PASS, two-sided "
+                  f"p {fmt_value(fc2.numbers['p'])}; one rung is x2 in learning rate)")
+    else:
+        stable = f"neither family is shown more stable (FC2 {fc2.verdict}: {fc2.evidence})"
+    best = result.accuracy.get("best")
+    if best is None:
+        accurate = "accuracy is not compared (no rung where every seed of both trained)"
+    else:
+        d = best["paired"]
+        differ = d["lo"] > 0 or d["hi"] < 0
+        accurate = ((f"{'R2_full' if d['mean'] > 0 else 'fairchem'} is more accurate" if differ else
+                     "neither is shown more accurate")
+                    + f": at each one's best rate the test pos MSE of fairchem minus R2_full is {fmt_value(d['mean'])} "
+                    f"[{fmt_value(d['lo'])}, {fmt_value(d['hi'])}] (paired t 95%, n {d['n']}; described, not judged, "
+                    "the seed-to-seed spread only)")
+    return (f"**Which family is more stable, and which more accurate?** By the critical rung over 200 steps at L = 5, "
+            f"{stable}; {accurate}. A claim about this depth, these 200-step runs and this preset of fairchem's parts "
+            "(README lists its deviations from fairchem's model).")
 
 
 def frontier_lines(results: str | Path) -> list[str]:

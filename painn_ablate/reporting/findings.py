@@ -59,22 +59,27 @@ FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original)
 WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT, FAMILY)  # every walked table there
 
 
+def _version(paths: Sequence[Path]) -> Optional[tuple]:
+    """What identifies the tables' contents for a cache: each path with its modification time and size; None where
+    one is missing."""
+    if not all(p.exists() for p in paths):
+        return None
+    return tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+
+
 def walked(results: str | Path, stem: str):
     """(trials, analysis.frontier.Frontier) of a walked sweep's table, results/<FRONTIER>/<stem>.parquet, on its
     sweep file's ladder; None where not exported. Computed once per version of the file (the report reads each
     table in several sections), so the frames returned are shared: read them, do not modify them."""
-    path = Path(results) / FRONTIER / f"{stem}.parquet"
-    if not path.exists():
-        return None
-    stat = path.stat()
-    return _walked(str(path.resolve()), stem, stat.st_mtime_ns, stat.st_size)
+    version = _version([Path(results) / FRONTIER / f"{stem}.parquet"])
+    return None if version is None else _walked(version, stem)
 
 
 @functools.lru_cache(maxsize=16)
-def _walked(path: str, stem: str, mtime_ns: int, size: int):
+def _walked(version: tuple, stem: str):
     from painn_ablate.analysis import frontier as fr
 
-    trials = pd.read_parquet(path)
+    trials = pd.read_parquet(version[0][0])
     return trials, fr.frontier_result(trials, sweep_ladder(stem))
 
 
@@ -554,19 +559,27 @@ def dose_frontier(results: str | Path):
     """Amendment 11's result (analysis.frontier.DoseFrontier) from results/<DOSE>/, None where not exported."""
     from painn_ablate.analysis import frontier as fr
 
-    path = Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"
-    return fr.dose_result(pd.read_parquet(path), sweep_ladder(DOSE_FRONTIER)) if path.exists() else None
+    version = _version([Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"])
+    return None if version is None else _computed(version, fr.dose_result, DOSE_FRONTIER)
+
+
+@functools.lru_cache(maxsize=16)
+def _computed(version: tuple, result, stem: str):
+    """`result(trials, the ladder of sweeps/<stem>.yaml)` of the tables `version` names, concatenated; computed once
+    per version of the files (walked's cache, for the results of amendments 11, 12 and 16)."""
+    trials = pd.concat([pd.read_parquet(path) for path, *_ in version], ignore_index=True)
+    return result(trials, sweep_ladder(stem))
 
 
 def degree_frontier(results: str | Path):
     """(trials, analysis.frontier.DegreeFrontier) of amendment 12 from results/<DEGREE>/, None where not exported."""
     from painn_ablate.analysis import frontier as fr
 
-    paths = [Path(results) / DEGREE / f"{stem}.parquet" for stem in DEGREE_STEMS]
-    if not all(p.exists() for p in paths):
+    version = _version([Path(results) / DEGREE / f"{stem}.parquet" for stem in DEGREE_STEMS])
+    if version is None:
         return None
-    trials = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    return trials, fr.degree_result(trials, sweep_ladder(DEGREE_STEMS[0]))
+    result = _computed(version, fr.degree_result, DEGREE_STEMS[0])
+    return pd.concat([pd.read_parquet(path) for path, *_ in version], ignore_index=True), result
 
 
 def degree_lines(results: str | Path) -> list[str]:
@@ -834,14 +847,12 @@ def singles_out_lines(results: str | Path) -> list[str]:
 def family_lines(results: str | Path) -> list[str]:
     """Section 7d: amendment 16, fairchem's family beside R2_full's and the original on one frontier (L = 5):
     rules FC1 and FC2, each preset's critical rungs, and the validation loss where both families trained."""
-    from painn_ablate.analysis import frontier as fr
     from painn_ablate.reporting.text import fmt_value, frontier_text
 
-    found = walked(results, FAMILY)
+    found, result = walked(results, FAMILY), family_frontier(results)
     if found is None:
         return []
     trials, ladder = found[0], sweep_ladder(FAMILY)
-    result = fr.family_result(trials, ladder)
     lines = ["### 7d. Two families on one frontier: fairchem's and R2_full's (amendment 16, L = 5)", "",
              f"Command: `painn-ablate sweep sweeps/{FAMILY}.yaml --workers 2`, then `painn-ablate export` `--out "
              f"results/{FRONTIER}`. fairchem's normalisation and fixed scales (`model=fairchem`, README), R2_full "
@@ -882,6 +893,27 @@ def family_lines(results: str | Path) -> list[str]:
               f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",
               "```", frontier_text(trials, "lr", ladder, found[1]), "```", ""]
     return lines
+
+
+def family_frontier(results: str | Path):
+    """Amendment 16's result (analysis.frontier.FamilyFrontier) from results/<FRONTIER>/, None where not exported."""
+    from painn_ablate.analysis import frontier as fr
+
+    version = _version([Path(results) / FRONTIER / f"{FAMILY}.parquet"])
+    return None if version is None else _computed(version, fr.family_result, FAMILY)
+
+
+def frontier_verdicts(results: str | Path) -> list[tuple[str, rules.Verdict]]:
+    """The frontier's rules as judged, for runs.md's verdict table, (label, verdict): FR1 per depth of the main
+    job (amendments 9, 10), DF1-DF3 (11), DN1 (12), FC1 and FC2 (16), each where its tables are exported."""
+    shown = [(f"FR1, L = {depth}", result.fr1) for _, depth, _, _, result in frontier_runs(results)]
+    if (dose := dose_frontier(results)) is not None:
+        shown += [(v.rule, v) for v in dose.rules]
+    if (degree := degree_frontier(results)) is not None:
+        shown.append((degree[1].rule.rule, degree[1].rule))
+    if (family := family_frontier(results)) is not None:
+        shown += [(v.rule, v) for v in family.rules]
+    return shown
 
 
 def family_answer(result) -> str:
@@ -980,12 +1012,16 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
     if not trials.empty:
         lines += ["## Verdicts", ""]
         verdicts = rules.judge(every, rules.DESIGN_RULES + (rules.DOSE_RULES if dose is not None else ()), dose=dose)
-        shown = [(v.rule, v) for v in verdicts] + [(f"{v.rule}, re-run", v) for v in rerun]
+        frontier = frontier_verdicts(results)
+        shown = [(v.rule, v) for v in verdicts] + [(f"{v.rule}, re-run", v) for v in rerun] + frontier
         lines += markdown_table(["rule", "claim (sweeps/DESIGN.md)", "verdict", "evidence"],
                                 [[rule, v.claim, f"**{v.verdict}**", v.evidence] for rule, v in shown]) + [""]
         if rerun:
             lines += [f"Rows marked *re-run* are judged on amendment 8's re-run of the map (section 1b, "
                       f"`results/{OUTCOMES}/`); the others on the tables the rules were first judged on.", ""]
+        if frontier:
+            lines += [f"The rows from {frontier[0][1].rule} on are the stability frontier's rules (sections 6b, "
+                      "6c, 7 and 7d), judged on the critical rungs of their walked sweeps.", ""]
         lines += ["## 1. Explosion map", "",
                   "Commands: `painn-ablate sweep sweeps/map_original.yaml --workers 2`, "
                   "`painn-ablate sweep sweeps/map_r2_full.yaml --workers 2`, `painn-ablate sweep sweeps/map_r2_full_L8.yaml`, then "

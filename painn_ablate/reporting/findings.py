@@ -810,7 +810,6 @@ def singles_lines(results: str | Path) -> list[str]:
 def singles_out_lines(results: str | Path) -> list[str]:
     """Section 7c: amendment 15, each member of the interaction_scale and bounds groups left out of R2_full alone,
     judged against this run's R2_full, with the main job's groups and its R2_full beside them (L = 5)."""
-    from painn_ablate.analysis import frontier as fr
 
     found, main = walked(results, SINGLES_OUT), walked(results, "stabilizers")
     if found is None:
@@ -834,14 +833,23 @@ def singles_out_lines(results: str | Path) -> list[str]:
                 what = "R2_full itself" if group == "none" else f"R2_full without the whole {group} group"
                 lines.append(f"- {what} in the main job: median rung "
                              f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
-        mine = fr.setting_rungs(result.critical, preset="r2_full", ablate="none").dropna()
-        theirs = fr.setting_rungs(jobs.critical, preset="r2_full", ablate="none").dropna()
-        both = mine.index.intersection(theirs.index)
-        if len(both):
-            same = int((mine[both] == theirs[both]).sum())
-            lines.append(f"- This run's R2_full walks against the main job's, seed by seed: the same critical rung in "
-                         f"{same} of {len(both)} seeds.")
+        lines += same_rung_lines(result.critical, jobs.critical)
     return lines + [""]
+
+
+def same_rung_lines(mine: pd.DataFrame, main: pd.DataFrame) -> list[str]:
+    """A run's R2_full walks against the main job's (two critical tables), seed by seed: how often the critical
+    rung is the same (the same seeds, ladder and code path; a rung at the boundary can move between runs)."""
+    from painn_ablate.analysis import frontier as fr
+
+    ours = fr.setting_rungs(mine, preset="r2_full", ablate="none").dropna()
+    theirs = fr.setting_rungs(main, preset="r2_full", ablate="none").dropna()
+    both = ours.index.intersection(theirs.index)
+    if not len(both):
+        return []
+    same, apart = int((ours[both] == theirs[both]).sum()), int((ours[both] - theirs[both]).abs().max())
+    return [f"- This run's R2_full walks against the main job's, seed by seed: the same critical rung in {same} of "
+            f"{len(both)} seeds" + (f" (at most {apart} rung apart)." if same < len(both) else ".")]
 
 
 def family_lines(results: str | Path) -> list[str]:
@@ -888,6 +896,8 @@ def family_lines(results: str | Path) -> list[str]:
     else:
         lines.append("- Accuracy: no rung where every seed of both families trained (a walk incomplete, or one that "
                      "failed at the first rung), so none is compared.")
+    if (main := walked(results, "stabilizers")) is not None:
+        lines += same_rung_lines(result.critical, main[1].critical)
     s = result.fr1.numbers["shift"]
     lines += [f"- FR1 on this run's walks (described): R2_full above the original in {s.up} of {s.n} seeds, "
               f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",

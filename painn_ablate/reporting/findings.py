@@ -560,15 +560,15 @@ def dose_frontier(results: str | Path):
     from painn_ablate.analysis import frontier as fr
 
     version = _version([Path(results) / DOSE / f"{DOSE_FRONTIER}.parquet"])
-    return None if version is None else _computed(version, fr.dose_result, DOSE_FRONTIER)
+    return None if version is None else _computed(version, fr.dose_result, DOSE_FRONTIER)[1]
 
 
 @functools.lru_cache(maxsize=16)
 def _computed(version: tuple, result, stem: str):
-    """`result(trials, the ladder of sweeps/<stem>.yaml)` of the tables `version` names, concatenated; computed once
-    per version of the files (walked's cache, for the results of amendments 11, 12 and 16)."""
+    """(trials, `result(trials, the ladder of sweeps/<stem>.yaml)`) of the tables `version` names, concatenated;
+    read and computed once per version of the files (walked's cache, for the results of amendments 11, 12 and 16)."""
     trials = pd.concat([pd.read_parquet(path) for path, *_ in version], ignore_index=True)
-    return result(trials, sweep_ladder(stem))
+    return trials, result(trials, sweep_ladder(stem))
 
 
 def degree_frontier(results: str | Path):
@@ -578,8 +578,7 @@ def degree_frontier(results: str | Path):
     version = _version([Path(results) / DEGREE / f"{stem}.parquet" for stem in DEGREE_STEMS])
     if version is None:
         return None
-    result = _computed(version, fr.degree_result, DEGREE_STEMS[0])
-    return pd.concat([pd.read_parquet(path) for path, *_ in version], ignore_index=True), result
+    return _computed(version, fr.degree_result, DEGREE_STEMS[0])
 
 
 def degree_lines(results: str | Path) -> list[str]:
@@ -910,7 +909,7 @@ def family_frontier(results: str | Path):
     from painn_ablate.analysis import frontier as fr
 
     version = _version([Path(results) / FRONTIER / f"{FAMILY}.parquet"])
-    return None if version is None else _computed(version, fr.family_result, FAMILY)
+    return None if version is None else _computed(version, fr.family_result, FAMILY)[1]
 
 
 def frontier_verdicts(results: str | Path) -> list[tuple[str, rules.Verdict]]:

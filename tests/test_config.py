@@ -131,7 +131,9 @@ def test_every_schema_key_is_overridable_with_its_own_value():
 
 @pytest.mark.parametrize("preset,ablate,name,slug", [("r2_full", "none", "r2_full", "r2_full"),
                                                      ("r2_full", "s_msg", "r2_full - s_msg", "r2_full-s_msg"),
-                                                     ("original", "alpha+g", "original + alpha+g", "original+alpha+g")])
+                                                     ("original", "alpha+g", "original + alpha+g", "original+alpha+g"),
+                                                     ("fairchem", "q_layernorm", "fairchem - q_layernorm",
+                                                      "fairchem-q_layernorm")])
 def test_one_experiment_name_and_every_spelling_reads_back(preset, ablate, name, slug):
     from painn_ablate.core.config import experiment_name, experiment_slug, parse_experiment
 

@@ -369,11 +369,12 @@ ABLATIONS.update({name: tuple(k for member in members for k in ABLATIONS[member]
 
 
 def experiment_name(preset: Any, ablate: Any = "none") -> str:
-    """`r2_full`, `r2_full - s_msg` (leave-one-out: without it), `original + alpha` (add-one-in: with it)."""
+    """`r2_full`, `r2_full - s_msg` (leave-one-out: without it), `original + alpha` (add-one-in: with it).
+    A preset that switches stabilizers on (r2_full, fairchem) is leave-one-out's base; the original, add-one-in's."""
     preset = str(preset)
     if ablate in (None, "", "none") or (isinstance(ablate, float) and math.isnan(ablate)):
         return preset
-    sign = "-" if preset == "r2_full" else "+"
+    sign = "-" if PRESETS.get(preset) else "+"
     return f"{preset} {sign} {ablate}"
 
 

@@ -255,22 +255,29 @@ def test_not_done_names_each_variant_whose_designed_walks_a_deadline_left_incomp
     assert line.endswith("Walks complete: r2_full - bounds 0 of 10, original + bounds 0 of 10.")
 
 
-def _family_table(critical: dict, seeds=range(10)) -> pd.DataFrame:
-    """A walked trial table of sweeps/family.yaml: preset -> its critical rung in every seed."""
-    from painn_ablate.reporting.findings import FAMILY, sweep_ladder
+def _walked_table(critical: dict, stem: str, seeds=range(10)) -> pd.DataFrame:
+    """A walked trial table of sweeps/<stem>.yaml: (preset, ablate) -> its critical rung in every seed."""
+    from painn_ablate.reporting.findings import sweep_ladder
 
-    ladder, rows = sweep_ladder(FAMILY), []
-    for preset, crit in critical.items():
+    ladder, rows = sweep_ladder(stem), []
+    for (preset, ablate), crit in critical.items():
         for seed in seeds:
             for i in range(min(crit + 2, len(ladder))):
                 fails = i == crit + 1
-                rows.append({"preset": preset, "ablate": "none", "L": 5, "seed": seed, "lr": ladder[i],
+                rows.append({"preset": preset, "ablate": ablate, "L": 5, "seed": seed, "lr": ladder[i],
                              "status": "diverged" if fails else "stable", "blow_up_phase": "training" if fails else None,
                              "training_blow_up": fails,
                              "final_val_pos_mse": 1e3 if fails else 0.01 * (1 + i + seed) * (2 if preset == "fairchem" else 1),
                              "initial_val_pos_mse": 1.0})
     table = pd.DataFrame(rows)
     return table.assign(test_pos_mse=1.1 * table["final_val_pos_mse"])
+
+
+def _family_table(critical: dict, seeds=range(10)) -> pd.DataFrame:
+    """A walked trial table of sweeps/family.yaml: preset -> its critical rung in every seed."""
+    from painn_ablate.reporting.findings import FAMILY
+
+    return _walked_table({(preset, "none"): crit for preset, crit in critical.items()}, FAMILY, seeds)
 
 
 def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_the_deadline(tmp_path):
@@ -299,3 +306,27 @@ def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_
     assert f"`sweeps/{FAMILY}.yaml`" in line and line.endswith("Walks complete: original 0 of 10.")
     rows = {line.split("|")[1].strip(): line for line in family_lines(tmp_path) if line.startswith("| FC")}
     assert "n < 10, not judged" in rows["FC1"] and "**PASS**" in rows["FC2"]
+
+
+def test_the_fairchem_parts_section_judges_each_part_against_its_own_fairchem_and_names_a_cut_part(tmp_path):
+    from painn_ablate.reporting.findings import FAIRCHEM_PARTS, FAMILY, FRONTIER, fairchem_parts_lines
+
+    (tmp_path / FRONTIER).mkdir()
+    assert fairchem_parts_lines(tmp_path) == []
+    parts = {("fairchem", "none"): 2, ("fairchem", "dot_inv_sqrt_f"): 0, ("fairchem", "q_layernorm"): 2,
+             ("fairchem", "scaled_silu"): 3}
+    table = pd.concat([_walked_table(parts, FAIRCHEM_PARTS),
+                       _walked_table({("fairchem", "vgate_scale"): 1}, FAIRCHEM_PARTS, seeds=range(6))])
+    table.to_parquet(tmp_path / FRONTIER / f"{FAIRCHEM_PARTS}.parquet")
+    _family_table({"fairchem": 2, "r2_full": 3, "original": -1}, seeds=range(9)).to_parquet(
+        tmp_path / FRONTIER / f"{FAMILY}.parquet")
+    lines = fairchem_parts_lines(tmp_path)
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| fairchem")}
+    assert "**necessary**" in rows["fairchem - dot_inv_sqrt_f"] and "| 0/10 |" in rows["fairchem - dot_inv_sqrt_f"]
+    assert "**inert**" in rows["fairchem - q_layernorm"] and "**not shown**" in rows["fairchem - scaled_silu"]
+    assert "| 6/10 |" in rows["fairchem - vgate_scale"] and "n < 10" in rows["fairchem - vgate_scale"]
+    text = "\n".join(lines)
+    assert "- Necessary by this measure: dot_inv_sqrt_f of the 3 parts judged (vgate_scale: n < 10, not judged)." in text
+    assert "- Leaving out scaled_silu (+1) raises the median critical rung (described, not tested)." in text
+    assert "This run's fairchem walks against amendment 16's, seed by seed: the same critical rung in 9 of 9" in text
+    assert "FR1" not in text  # no R2_full and no original in this run

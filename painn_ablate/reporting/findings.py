@@ -56,7 +56,8 @@ FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
 SINGLES = ("singles_interaction", "singles_bounds")  # amendment 13's sweep files, tables in results/<FRONTIER>/
 SINGLES_OUT = "singles_r2_full"  # amendment 15's sweep file, its table in results/<FRONTIER>/
 FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original), its table in results/<FRONTIER>/
-WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT, FAMILY)  # every walked table there
+FAIRCHEM_PARTS = "fairchem_parts"  # amendment 17's sweep file (fairchem's parts left out), its table there too
+WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT, FAMILY, FAIRCHEM_PARTS)  # every walked table
 
 
 def _version(paths: Sequence[Path]) -> Optional[tuple]:
@@ -806,6 +807,13 @@ def singles_lines(results: str | Path) -> list[str]:
     return lines + [""]
 
 
+def _walks_done_rows(result, stem: str) -> list[list[str]]:
+    """_verdict_rows with, after each variant's name, its complete walks out of the walks its sweep file designs."""
+    seeds = len(shipped_sweep(stem).params["seed"].values)
+    done = result.variants.set_index("ablate")["complete"]
+    return [[name, f"{done[a]}/{seeds}", *cells] for (name, cells), a in zip(_verdict_rows(result), result.variants["ablate"])]
+
+
 def singles_out_lines(results: str | Path) -> list[str]:
     """Section 7c: amendment 15, each member of the interaction_scale and bounds groups left out of R2_full alone,
     judged against this run's R2_full, with the main job's groups and its R2_full beside them (L = 5)."""
@@ -819,10 +827,7 @@ def singles_out_lines(results: str | Path) -> list[str]:
              f"`--out results/{FRONTIER}`. Each member of the interaction_scale and bounds groups set back to the "
              "original's value in R2_full alone, against this run's R2_full (its row below; Holm over the single "
              "toggles); *necessary* as in the main job.", ""]
-    walks = result.variants.set_index("ablate")
-    rows = [[name, f"{walks.loc[a, 'complete']}/{walks.loc[a, 'walks']}", *cells]
-            for (name, cells), a in zip(_verdict_rows(result), result.variants["ablate"])]
-    lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], rows) + [""]
+    lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], _walks_done_rows(result, SINGLES_OUT)) + [""]
     if main is not None:
         jobs = main[1]
         groups = jobs.variants[jobs.variants["preset"] == "r2_full"].set_index("ablate")
@@ -836,18 +841,20 @@ def singles_out_lines(results: str | Path) -> list[str]:
     return lines + [""]
 
 
-def same_rung_lines(mine: pd.DataFrame, main: pd.DataFrame) -> list[str]:
-    """A run's R2_full walks against the main job's (two critical tables), seed by seed: how often the critical
-    rung is the same (the same seeds, ladder and code path; a rung at the boundary can move between runs)."""
+def same_rung_lines(mine: pd.DataFrame, main: pd.DataFrame, preset: str = "r2_full",
+                    theirs_name: str = "the main job's") -> list[str]:
+    """A run's walks of `preset` against an earlier run's (two critical tables), seed by seed: how often the
+    critical rung is the same (the same seeds, ladder and code path; a rung at the boundary can move between runs)."""
     from painn_ablate.analysis import frontier as fr
 
-    ours = fr.setting_rungs(mine, preset="r2_full", ablate="none").dropna()
-    theirs = fr.setting_rungs(main, preset="r2_full", ablate="none").dropna()
+    ours = fr.setting_rungs(mine, preset=preset, ablate="none").dropna()
+    theirs = fr.setting_rungs(main, preset=preset, ablate="none").dropna()
     both = ours.index.intersection(theirs.index)
     if not len(both):
         return []
     same, apart = int((ours[both] == theirs[both]).sum()), int((ours[both] - theirs[both]).abs().max())
-    return [f"- This run's R2_full walks against the main job's, seed by seed: the same critical rung in {same} of "
+    label = "R2_full" if preset == "r2_full" else preset
+    return [f"- This run's {label} walks against {theirs_name}, seed by seed: the same critical rung in {same} of "
             f"{len(both)} seeds" + (f" (at most {apart} rung apart)." if same < len(both) else ".")]
 
 
@@ -900,8 +907,38 @@ def family_lines(results: str | Path) -> list[str]:
     s = result.fr1.numbers["shift"]
     lines += [f"- FR1 on this run's walks (described): R2_full above the original in {s.up} of {s.n} seeds, "
               f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",
-              "```", frontier_text(trials, "lr", ladder, found[1]), "```", ""]
+              "```", frontier_text(trials, "lr", ladder, found[1], family=result), "```", ""]
     return lines
+
+
+def fairchem_parts_lines(results: str | Path) -> list[str]:
+    """Section 7e: amendment 17, each of fairchem's parts set back to PaiNN's value in fairchem's preset alone,
+    judged against this run's fairchem, with amendment 16's fairchem beside it (L = 5)."""
+    from painn_ablate.reporting.text import frontier_text
+
+    found = walked(results, FAIRCHEM_PARTS)
+    if found is None:
+        return []
+    trials, result = found
+    lines = ["### 7e. fairchem's parts left out one at a time (amendment 17, L = 5)", "",
+             f"Command: `painn-ablate sweep sweeps/{FAIRCHEM_PARTS}.yaml --workers 2`, then `painn-ablate export` "
+             f"`--out results/{FRONTIER}`. Each of fairchem's parts (README) set back to PaiNN's value in fairchem's "
+             "preset alone, against this run's fairchem (its row below; one-sided sign test that leaving the part "
+             "out lowers the critical rung, Holm over the parts whose walks completed); a part whose removal raises "
+             "the rung is described by its shift, not tested.", ""]
+    lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], _walks_done_rows(result, FAIRCHEM_PARTS)) + [""]
+    t = result.verdicts
+    necessary = [a for a, v in zip(t["ablate"], t["verdict"]) if v == "necessary"]
+    judged = [a for a, v in zip(t["ablate"], t["verdict"]) if not v.startswith("n <")]
+    lines.append(f"- Necessary by this measure: {', '.join(necessary) if necessary else 'none'} of the "
+                 f"{len(judged)} parts judged" + (f" ({', '.join(a for a in t['ablate'] if a not in judged)}: "
+                                                 "n < 10, not judged)." if len(judged) < len(t) else "."))
+    raised = [f"{a} (+{m:g})" for a, m in zip(t["ablate"], t["shift"]) if m > 0]
+    if raised:
+        lines.append(f"- Leaving out {', '.join(raised)} raises the median critical rung (described, not tested).")
+    if (family := walked(results, FAMILY)) is not None:
+        lines += same_rung_lines(result.critical, family[1].critical, "fairchem", "amendment 16's")
+    return lines + ["", "```", frontier_text(trials, "lr", result.ladder, result), "```", ""]
 
 
 def family_frontier(results: str | Path):
@@ -978,7 +1015,7 @@ def frontier_lines(results: str | Path) -> list[str]:
     if missing:
         lines += [f"Not run to the end, so not reported: {'; '.join(missing)}; sweeps/DESIGN.md says why and "
                   "when it was stopped.", ""]
-    lines += singles_lines(results) + singles_out_lines(results) + family_lines(results)
+    lines += singles_lines(results) + singles_out_lines(results) + family_lines(results) + fairchem_parts_lines(results)
     for stem, depth, amendment, trials, result in runs:
         lines += [f"### L = {depth} (amendment {amendment})", "",
                   f"Command: `painn-ablate sweep sweeps/{stem}.yaml --workers 2`, then `painn-ablate export "

@@ -111,12 +111,13 @@ def experiment_table(frame):
     return pd.DataFrame(rows)
 
 
-def frontier_text(trials, param: str, ladder, result=None) -> str:
+def frontier_text(trials, param: str, ladder, result=None, family=None) -> str:
     """What a frontier sweep's trials say so far (sweeps/DESIGN.md amendment 9; analysis.frontier computes it):
     the ladder, rule FR1, per variant its critical rungs, the verdict per stabilizer group with n, and the
     blow-up rate at each rung with its Wilson 95% interval. `trials`: a trial table (studies.trial_rows' columns);
     `param`: the frontier parameter, `ladder`: its values in the sweep file; `result`: their
-    analysis.frontier.Frontier where the caller has it already (computed here otherwise)."""
+    analysis.frontier.Frontier where the caller has it already (computed here otherwise); `family`: likewise their
+    analysis.frontier.FamilyFrontier, where the trials walk fairchem's, R2_full's and the original's presets."""
     import pandas as pd
 
     from painn_ablate.analysis import frontier as fr
@@ -138,12 +139,14 @@ def frontier_text(trials, param: str, ladder, result=None) -> str:
              "Critical rung: the highest rung a seed trained at before the first it did not (-1: not even the "
              f"first; {len(result.ladder) - 1}: every rung, censored); paired comparisons use the seeds whose walks "
              "both completed."]
-    s, verdict = result.fr1.numbers["shift"], result.fr1.verdict
-    lines.append(f"FR1, R2_full's critical rung above the original's: n {s.n}, up {s.up}, down {s.down}, "
-                 f"sign test p {fmt_value(s.p_sign)}: {verdict}")
     presets = set(crit.loc[crit["ablate"] == "none", "preset"])
+    if {"r2_full", "original"} <= presets:
+        s, verdict = result.fr1.numbers["shift"], result.fr1.verdict
+        lines.append(f"FR1, R2_full's critical rung above the original's: n {s.n}, up {s.up}, down {s.down}, "
+                     f"sign test p {fmt_value(s.p_sign)}: {verdict}")
     if set(fr.FAMILY) <= presets:  # the two families on one frontier (amendment 16): its rules too
-        for rule in fr.family_result(trials, ladder, lr=param).rules:
+        family = family if family is not None else fr.family_result(trials, ladder, lr=param)
+        for rule in family.rules:
             lines.append(f"{rule.rule}, {rule.claim}: {rule.evidence}: {rule.verdict}")
     name = [experiment_name(p, a) for p, a in zip(result.variants.get("preset", []), result.variants.get("ablate", []))]
     v = result.variants

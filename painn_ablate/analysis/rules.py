@@ -24,10 +24,10 @@ import pandas as pd
 
 from painn_ablate.analysis.anchors import BY_MODEL
 from painn_ablate.analysis.stats import bootstrap, holm, mcnemar_exact, mean_interval, paired_t, wilson
-from painn_ablate.analysis.tables import default_setting, histogram, value_label
+from painn_ablate.analysis.tables import blow_up_phases, default_setting, histogram, value_label
 from painn_ablate.core import names
 from painn_ablate.core.config import ABLATIONS, ACTING, R2_FULL_STABILIZERS, acted_stat
-from painn_ablate.core.outcome import PHASE_KEY, Phase, Status
+from painn_ablate.core.outcome import Phase, Status
 
 # Published numbers on the charged N-body protocol (EGNN, Satorras et al. 2021, Table 2).
 EGNN_PAPER_MSE = BY_MODEL["EGNN"].pos_mse
@@ -308,9 +308,7 @@ P2_MIN_BLOW_UPS = 5  # P2 is undecided below this many blow-ups at its depth (am
 def phase_share(trials: pd.DataFrame, L: int, phase: Phase) -> list:
     """[k, n, lo, hi]: of the original's blow-ups at L (every lr), k whose first blow-up is of `phase`, with the
     Wilson 95% interval; n counts the blow-ups whose phase is recorded."""
-    blown = at_cell(trials, "original", "none", L, None)
-    blown = blown[blown["blew_up"].astype(bool)] if len(blown) else blown
-    phases = blown[PHASE_KEY].dropna() if PHASE_KEY in blown else pd.Series(dtype=object)
+    phases = blow_up_phases(at_cell(trials, "original", "none", L, None)).dropna()
     k, n = int((phases == phase).sum()), len(phases)
     return [k, n, *wilson(k, n)]
 

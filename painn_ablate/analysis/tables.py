@@ -375,6 +375,13 @@ def value_label(value) -> str:
     return str(value)
 
 
+def blow_up_phases(trials: pd.DataFrame) -> pd.Series:
+    """The phase of the first blow-up of each trial that blew up (outcome.Phase values; NA where it was recorded
+    before phases existed), indexed like `trials`."""
+    blown = trials[trials["blew_up"].astype(bool)] if len(trials) else trials
+    return blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index, dtype=object)
+
+
 def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
     """Per condition: n, blow-ups (transient + diverged + exploded, outcome.BLOW_UPS) with the Wilson
     interval, the sustained ones (diverged + exploded) with theirs, initialisation events (step 0), the
@@ -391,7 +398,7 @@ def cell_table(trials: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
         recovered = mean_interval(g.loc[transient, "test_pos_mse"])
         sustained = int(g["status"].map(is_sustained).sum())
         s_lo, s_hi = wilson(sustained, n)
-        phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
+        phases = blow_up_phases(g)
         rows.append({**dict(zip(by, key)), "n": n, "blew_up": k, "rate": k / n if n else math.nan,
                      "rate_lo": lo, "rate_hi": hi, "sustained": sustained, "sustained_lo": s_lo,
                      "sustained_hi": s_hi, "transient": int(transient.sum()),
@@ -420,11 +427,10 @@ def phase_depth_table(trials: pd.DataFrame, preset: str = "original", ablate: st
     g = g[default_setting(g)]
     rows = []
     for L, d in g.groupby("L", sort=True):
-        blown = d[d["blew_up"].astype(bool)]
-        phases = blown[PHASE_KEY] if PHASE_KEY in blown else pd.Series(pd.NA, index=blown.index)
+        phases = blow_up_phases(d)
         n = len(d)
         row = {"preset": preset, "ablate": ablate, "L": int(L), "lrs": ", ".join(f"{x:g}" for x in sorted(set(d["lr"]))),
-               "n": n, "blew_up": len(blown)}
+               "n": n, "blew_up": len(phases)}
         for phase in (Phase.INIT, Phase.TRAINING):
             k = int((phases == phase).sum())
             lo, hi = wilson(k, n)

@@ -189,7 +189,8 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PA
         raises         (on original) the first part of sufficient without the second
         inert          every paired shift is 0
         not shown      none of these
-        n < 10, not judged   fewer than `min_pairs` paired seeds (a sweep cut short, or still running)
+        n < 10, not judged   fewer than `min_pairs` paired seeds (a sweep cut short, or still running); outside
+                             the Holm family, which holds the variants judged
     """
     full_ci = median_interval(_reference(critical, "r2_full"), seed)
     rows = []
@@ -198,7 +199,8 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PA
         mine = critical[critical["preset"] == preset]
         family = {a: g.set_index("seed") for a, g in mine[mine["ablate"] != "none"].groupby("ablate", sort=False)}
         shifts = {a: shift(g["critical_rung"], ref, alternative, seed) for a, g in family.items()}
-        adjusted = dict(zip(family, holm([s.p_sign for s in shifts.values()])))
+        judged = [a for a in family if shifts[a].n >= min_pairs]  # Holm over the variants judged, as registered
+        adjusted = {a: math.nan for a in family} | dict(zip(judged, holm([shifts[a].p_sign for a in judged])))
         for a, g in family.items():
             s = shifts[a]
             med = median_interval(g["critical_rung"], seed)

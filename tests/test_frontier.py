@@ -147,6 +147,15 @@ def test_a_verdict_on_fewer_than_ten_pairs_is_not_judged():
     assert judged.loc["bounds", "verdict"] == "necessary" and judged.loc["bounds", "p_sign"] == pytest.approx(1 / 32)
 
 
+def test_the_holm_family_holds_only_the_variants_judged():
+    ten = _trials({("r2_full", "none"): lambda s: 6, ("r2_full", "s_msg"): lambda s: 6 - (s < 8)})
+    short = _trials({("r2_full", "bounds"): lambda s: 3}, seeds=range(5))
+    table = fr.verdict_table(fr.critical_table(pd.concat([ten, short], ignore_index=True))).set_index("ablate")
+    assert table.loc["bounds", "verdict"] == "n < 10, not judged" and math.isnan(table.loc["bounds", "p_holm"])
+    # a family of one: s_msg's Holm p is its own sign-test p (8 of 10 lower, 2 ties: 1/256), not doubled
+    assert table.loc["s_msg", "p_holm"] == pytest.approx(table.loc["s_msg", "p_sign"]) == pytest.approx(1 / 256)
+
+
 @pytest.mark.parametrize("original,seeds,verdict", [(lambda s: 1, range(10), "PASS"),
                                                     (lambda s: 6 - (s < 2), range(10), "MISS"),
                                                     (lambda s: 1, range(9), "n < 10, not judged")])

@@ -140,6 +140,12 @@ def map_lines(trials: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     return markdown_table(header, rows)
 
 
+def _probed_over_depth(depths: pd.DataFrame) -> str:
+    """'`model=r2_full`, `model=fairchem`': the presets besides the original probed at several depths."""
+    swept = depths[depths.groupby("variant")["L"].transform("nunique") > 1]
+    return ", ".join(f"`model={v}`" for v in sorted(set(swept["variant"]) - {"original"}))
+
+
 def probe_lines(depths: pd.DataFrame) -> list[str]:
     header = ["variant", "L", "seeds", "blown up at init k/n [Wilson 95%]", "non-finite", "median L/1 max ||mu||"]
     rows = [[r["variant"], str(r["L"]), str(r["seeds"]), _rate(r.rename({"seeds": "n"})),
@@ -1103,7 +1109,7 @@ def build_findings(results: str | Path = DEFAULT_RESULTS, out: str | Path = DEFA
                   "The fraction of seeds whose first forward pass (before any update; the batch of training step "
                   "0, so probe seed s is training seed s) crosses a blow-up criterion or is non-finite. Command: "
                   "`painn-ablate probe model=original --depths 2,3,4,5,6,7,8 --seeds 100 --out probe/original` "
-                  "(and `model=r2_full`, and `model=original ablate=<toggle>` at L = 5).", ""]
+                  f"(and {_probed_over_depth(depths)}, and `model=original ablate=<toggle>` at L = 5).", ""]
         lines += probe_lines(depths) + [""]
         if figures is not None:
             lines += [_fig(plot_probe_depths(depths), figures, "probe_depths", base), ""]

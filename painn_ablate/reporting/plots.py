@@ -356,7 +356,8 @@ def plot_probe_depths(depths: pd.DataFrame):
     """Fraction of seeds blown up in the first forward pass, per depth, with Wilson intervals."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for variant, g in depths[depths["variant"].isin(["original", "r2_full"])].groupby("variant"):
+    swept = depths[depths.groupby("variant")["L"].transform("nunique") > 1]  # the variants probed over depth
+    for variant, g in swept.groupby("variant"):
         yerr = [(g["rate"] - g["rate_lo"]).clip(lower=0), (g["rate_hi"] - g["rate"]).clip(lower=0)]
         ax.errorbar(g["L"], g["rate"], yerr=yerr, marker="o",
                     capsize=3, label=variant)

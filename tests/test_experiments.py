@@ -330,3 +330,33 @@ def test_the_fairchem_parts_section_judges_each_part_against_its_own_fairchem_an
     assert "- Leaving out scaled_silu (+1) raises the median critical rung (described, not tested)." in text
     assert "This run's fairchem walks against amendment 16's, seed by seed: the same critical rung in 9 of 9" in text
     assert "FR1" not in text  # no R2_full and no original in this run
+
+
+def test_the_family_section_adds_the_test_sets_sampling_error_where_per_system_errors_are_exported(tmp_path):
+    from painn_ablate.analysis import frontier as fr
+    from painn_ablate.analysis.tables import TEST_ERRORS
+    from painn_ablate.reporting.findings import FAMILY, FRONTIER, family_lines, sweep_ladder
+
+    (tmp_path / FRONTIER).mkdir()
+    trials = _family_table({"fairchem": 4, "r2_full": 2, "original": -1}).reset_index(names="number")
+    trials.to_parquet(tmp_path / FRONTIER / f"{FAMILY}.parquet")
+    assert any("has no family_test_errors.parquet" in line for line in family_lines(tmp_path))
+    rng = np.random.default_rng(0)
+    stable = trials[trials["status"] == "stable"]  # each run's 50 systems scattered around its test MSE
+    errors = pd.DataFrame([{"study": FAMILY, "number": n, "system": k, "pos_mse": m * rng.uniform(0.5, 1.5)}
+                           for n, m in zip(stable["number"], stable["test_pos_mse"]) for k in range(50)])
+    result = fr.family_result(trials, sweep_ladder(FAMILY))
+    sampled = fr.best_rate_sampling(result, trials, errors)
+    best = result.accuracy["best"]
+    for preset in ("fairchem", "r2_full"):
+        runs = stable[(stable["preset"] == preset) & np.isclose(stable["lr"], best[preset]["lr"])]
+        mine = errors[errors["number"].isin(runs["number"])]["pos_mse"]
+        assert sampled[preset]["mean"] == pytest.approx(mine.mean())
+        assert sampled[preset]["lo"] < mine.mean() < sampled[preset]["hi"] and sampled[preset]["systems"] == 50
+    d = sampled["paired"]
+    assert d["mean"] == pytest.approx(sampled["fairchem"]["mean"] - sampled["r2_full"]["mean"]) and d["n"] == 10
+    errors.to_parquet(tmp_path / FRONTIER / f"{FAMILY}{TEST_ERRORS}")
+    text = "\n".join(family_lines(tmp_path))
+    assert "over the 10 seeds and the 50 test systems" in text and "has no family_test_errors" not in text
+    # a best-rate run without its per-system errors: nothing is claimed
+    assert fr.best_rate_sampling(result, trials, errors[errors["number"] != runs["number"].iloc[0]]) == {}

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from painn_ablate.analysis.rules import Verdict  # one result type for every rule, cell or frontier
-from painn_ablate.analysis.stats import bootstrap, holm, mean_interval, paired_t, wilson
+from painn_ablate.analysis.stats import bootstrap, holm, mean_interval, paired_t, seed_and_sample_interval, wilson
 from painn_ablate.core.outcome import OUTCOMES, PHASE_KEY, Phase, Status, is_blow_up
 from painn_ablate.sweep.walk import critical_rung, failed_at_init, trains  # the engine's walk and rule of training
 
@@ -450,6 +450,36 @@ class FamilyFrontier:
     fr1: Verdict  # FR1 on this run's walks, described
     accuracy: dict  # _accuracy: the val loss at the common rung and the test MSE at each one's best, described
     rates: pd.DataFrame  # rung_rates
+
+
+def best_rate_sampling(result: FamilyFrontier, trials: pd.DataFrame, errors: pd.DataFrame, lr: str = "lr",
+                       seed: int = 0) -> dict:
+    """Amendment 17's addition to the family's described accuracy, {} where there is no best rate or a run at it has
+    no per-system errors: at each preset's best rate (result.accuracy's `best`), its runs' errors per test system
+    (`errors`: tables.system_errors_table of the same study) as a (seeds, systems) matrix, and
+
+        <preset>  mean test pos MSE over seeds and systems with stats.seed_and_sample_interval (the seed-to-seed
+                  spread and the test set's own sampling error), n seeds, systems
+        paired    fairchem minus R2_full, the same seed and the same test system, bootstrapped alike
+    """
+    best = result.accuracy.get("best")
+    if not best or errors.empty:
+        return {}
+    per_run = errors.pivot_table(index="number", columns="system", values="pos_mse", aggfunc="first")
+    matrices = {}
+    for preset in ("fairchem", "r2_full"):
+        runs = _trained_at(trials, preset, best[preset]["rung"], result.ladder, lr)
+        if not len(runs) or not set(runs["number"]) <= set(per_run.index):
+            return {}
+        matrices[preset] = per_run.loc[runs["number"].to_numpy()].set_axis(runs.index).sort_index()
+
+    def interval(m: pd.DataFrame) -> dict:
+        mean, lo, hi = seed_and_sample_interval(m.to_numpy(dtype=float), seed)
+        return {"mean": mean, "lo": lo, "hi": hi, "n": len(m), "systems": m.shape[1]}
+
+    both = matrices["fairchem"].index.intersection(matrices["r2_full"].index)
+    return {**{p: interval(m) for p, m in matrices.items()},
+            "paired": interval(matrices["fairchem"].loc[both] - matrices["r2_full"].loc[both])}
 
 
 def family_result(trials: pd.DataFrame, ladder: Sequence[float], lr: str = "lr", seed: int = 0,

@@ -915,8 +915,19 @@ def family_lines(results: str | Path) -> list[str]:
             "  - test pos MSE at each one's best rate (the rung with the lowest mean validation MSE among those where "
             "every seed of it trained): " + "; ".join(f"{p} at rung {best[p]['rung']} (lr {best[p]['lr']:g}) "
                                                        f"{mse_text(best[p]['test'])}" for p in ("fairchem", "r2_full"))
-            + f"; {paired(best['paired'])}. The intervals carry the seed-to-seed spread only: the tables keep "
-            "per-run quantiles, not per-system errors, so the test set's own sampling error is not in them."]
+            + f"; {paired(best['paired'])}. These intervals carry the seed-to-seed spread only."]
+        if sampled := family_sampling(results):
+            def boot(d: dict) -> str:
+                return f"{fmt_value(d['mean'])} [{fmt_value(d['lo'])}, {fmt_value(d['hi'])}]"
+
+            lines.append(
+                f"  - the same with the test set's own sampling error (amendment 17; a two-level bootstrap 95% interval "
+                f"over the {sampled['paired']['n']} seeds and the {sampled['paired']['systems']} test systems, "
+                f"`painn-ablate export --test-errors`): " + "; ".join(f"{p} {boot(sampled[p])}" for p in ("fairchem", "r2_full"))
+                + f"; fairchem minus R2_full, the same seed and test system, {boot(sampled['paired'])}.")
+        else:
+            lines.append("  - the test set's own sampling error is not in them: results/frontier has no "
+                         f"{FAMILY}{ex.TEST_ERRORS} (`painn-ablate export --test-errors` of the run's folders).")
     else:
         lines.append("- Accuracy: no rung where every seed of both families trained (a walk incomplete, or one that "
                      "failed at the first rung), so none is compared.")
@@ -957,6 +968,21 @@ def fairchem_parts_lines(results: str | Path) -> list[str]:
     if (family := walked(results, FAMILY)) is not None:
         lines += same_rung_lines(result.critical, family[1].critical, "fairchem", "amendment 16's")
     return lines + ["", "```", frontier_text(trials, "lr", result.ladder, result), "```", ""]
+
+
+def family_sampling(results: str | Path) -> dict:
+    """Amendment 17's test-set sampling error of the family's best rates (analysis.frontier.best_rate_sampling) from
+    results/<FRONTIER>/family_test_errors.parquet (`painn-ablate export --test-errors`); {} where not exported."""
+    version = _version([Path(results) / FRONTIER / f"{FAMILY}{ex.TEST_ERRORS}"])
+    return {} if version is None or family_frontier(results) is None else _sampling(version, str(results))
+
+
+@functools.lru_cache(maxsize=4)
+def _sampling(version: tuple, results: str) -> dict:
+    from painn_ablate.analysis import frontier as fr
+
+    trials = walked(results, FAMILY)[0]
+    return fr.best_rate_sampling(family_frontier(results), trials, pd.read_parquet(version[0][0]))
 
 
 def family_frontier(results: str | Path):

@@ -496,7 +496,7 @@ def not_done_lines(trials: pd.DataFrame) -> list[str]:
                      "across it (issue 12, section 1): where a sufficient stabilizer stops being sufficient along "
                      "depth and learning rate is not measured.")
     egnn = trials[~ex.default_setting(trials)] if not trials.empty else trials
-    if 0 < egnn["seed"].nunique() < 10:
+    if len(egnn) and egnn["seed"].nunique() < 10:
         lines.append(f"- E1 rests on {egnn['seed'].nunique()} seeds, and its interval carries the seed-to-seed spread "
                      "only: issue 24 asks for 10 seeds with the test set's sampling error (a bootstrap over test "
                      "systems: `painn-ablate export --test-errors`, analysis.stats.seed_and_sample_interval); a "
@@ -973,16 +973,17 @@ def fairchem_parts_lines(results: str | Path) -> list[str]:
 def family_sampling(results: str | Path) -> dict:
     """Amendment 17's test-set sampling error of the family's best rates (analysis.frontier.best_rate_sampling) from
     results/<FRONTIER>/family_test_errors.parquet (`painn-ablate export --test-errors`); {} where not exported."""
-    version = _version([Path(results) / FRONTIER / f"{FAMILY}{ex.TEST_ERRORS}"])
-    return {} if version is None or family_frontier(results) is None else _sampling(version, str(results))
+    version = _version([Path(results) / FRONTIER / f"{FAMILY}{suffix}" for suffix in (".parquet", ex.TEST_ERRORS)])
+    return {} if version is None else _sampling(version, str(results))
 
 
 @functools.lru_cache(maxsize=4)
 def _sampling(version: tuple, results: str) -> dict:
+    """family_sampling's result, computed once per version of the two tables (`version` names both)."""
     from painn_ablate.analysis import frontier as fr
 
     trials = walked(results, FAMILY)[0]
-    return fr.best_rate_sampling(family_frontier(results), trials, pd.read_parquet(version[0][0]))
+    return fr.best_rate_sampling(family_frontier(results), trials, pd.read_parquet(version[1][0]))
 
 
 def family_frontier(results: str | Path):

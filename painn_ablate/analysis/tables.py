@@ -441,6 +441,11 @@ def phase_depth_table(trials: pd.DataFrame, preset: str = "original", ablate: st
     return pd.DataFrame(rows)
 
 
+def probed_over_depth(depths: pd.DataFrame) -> pd.DataFrame:
+    """The rows of probe_depth_table whose variant was probed at more than one depth."""
+    return depths[depths.groupby("variant")["L"].transform("nunique") > 1]
+
+
 def probe_depth_table(seeds: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     """Per probe variant and depth: seeds, fraction blown up at initialisation (Wilson), non-finite,
     and the median last/first-layer max ||mu|| ratio after mixing."""

@@ -142,8 +142,7 @@ def map_lines(trials: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
 
 def _probed_over_depth(depths: pd.DataFrame) -> str:
     """'`model=r2_full`, `model=fairchem`': the presets besides the original probed at several depths."""
-    swept = depths[depths.groupby("variant")["L"].transform("nunique") > 1]
-    return ", ".join(f"`model={v}`" for v in sorted(set(swept["variant"]) - {"original"}))
+    return ", ".join(f"`model={v}`" for v in sorted(set(ex.probed_over_depth(depths)["variant"]) - {"original"}))
 
 
 def probe_lines(depths: pd.DataFrame) -> list[str]:
@@ -956,9 +955,11 @@ def fairchem_parts_lines(results: str | Path) -> list[str]:
              "out lowers the critical rung, Holm over the parts whose walks completed); a part whose removal raises "
              "the rung is described by its shift, not tested.", ""]
     lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], _walks_done_rows(result, FAIRCHEM_PARTS)) + [""]
+    from painn_ablate.analysis.frontier import MIN_PAIRS
+
     t = result.verdicts
     necessary = [a for a, v in zip(t["ablate"], t["verdict"]) if v == "necessary"]
-    judged = [a for a, v in zip(t["ablate"], t["verdict"]) if not v.startswith("n <")]
+    judged = [a for a, n in zip(t["ablate"], t["n"]) if n >= MIN_PAIRS]  # as verdict_table judges
     lines.append(f"- Necessary by this measure: {', '.join(necessary) if necessary else 'none'} of the "
                  f"{len(judged)} parts judged" + (f" ({', '.join(a for a in t['ablate'] if a not in judged)}: "
                                                  "n < 10, not judged)." if len(judged) < len(t) else "."))

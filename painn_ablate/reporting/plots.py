@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from painn_ablate.analysis.stats import wilson
-from painn_ablate.analysis.tables import PROFILE_STATS
+from painn_ablate.analysis.tables import PROFILE_STATS, probed_over_depth
 from painn_ablate.core import files, names
 from painn_ablate.core.config import MonitorConfig
 
@@ -356,8 +356,7 @@ def plot_probe_depths(depths: pd.DataFrame):
     """Fraction of seeds blown up in the first forward pass, per depth, with Wilson intervals."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    swept = depths[depths.groupby("variant")["L"].transform("nunique") > 1]  # the variants probed over depth
-    for variant, g in swept.groupby("variant"):
+    for variant, g in probed_over_depth(depths).groupby("variant"):
         yerr = [(g["rate"] - g["rate_lo"]).clip(lower=0), (g["rate_hi"] - g["rate"]).clip(lower=0)]
         ax.errorbar(g["L"], g["rate"], yerr=yerr, marker="o",
                     capsize=3, label=variant)

@@ -255,8 +255,8 @@ def test_not_done_names_each_variant_whose_designed_walks_a_deadline_left_incomp
     assert line.endswith("Walks complete: r2_full - bounds 0 of 10, original + bounds 0 of 10.")
 
 
-def _walked_table(critical: dict, stem: str, seeds=range(10)) -> pd.DataFrame:
-    """A walked trial table of sweeps/<stem>.yaml: (preset, ablate) -> its critical rung in every seed."""
+def _walked_table(critical: dict, stem: str, seeds=range(10), L: int = 5) -> pd.DataFrame:
+    """A walked trial table of sweeps/<stem>.yaml at depth L: (preset, ablate) -> its critical rung in every seed."""
     from painn_ablate.reporting.findings import sweep_ladder
 
     ladder, rows = sweep_ladder(stem), []
@@ -264,7 +264,7 @@ def _walked_table(critical: dict, stem: str, seeds=range(10)) -> pd.DataFrame:
         for seed in seeds:
             for i in range(min(crit + 2, len(ladder))):
                 fails = i == crit + 1
-                rows.append({"preset": preset, "ablate": ablate, "L": 5, "seed": seed, "lr": ladder[i],
+                rows.append({"preset": preset, "ablate": ablate, "L": L, "seed": seed, "lr": ladder[i],
                              "status": "diverged" if fails else "stable", "blow_up_phase": "training" if fails else None,
                              "training_blow_up": fails,
                              "final_val_pos_mse": 1e3 if fails else 0.01 * (1 + i + seed) * (2 if preset == "fairchem" else 1),
@@ -306,6 +306,43 @@ def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_
     assert f"`sweeps/{FAMILY}.yaml`" in line and line.endswith("Walks complete: original 0 of 10.")
     rows = {line.split("|")[1].strip(): line for line in family_lines(tmp_path) if line.startswith("| FC")}
     assert "n < 10, not judged" in rows["FC1"] and "**PASS**" in rows["FC2"]
+
+
+def test_the_singles_section_puts_each_members_depths_together_each_judged_in_its_own_run(tmp_path):
+    from painn_ablate.reporting.findings import FRONTIER, _incomplete_walk_lines, frontier_not_done_lines, singles_out_lines
+
+    (tmp_path / FRONTIER).mkdir()
+    assert singles_out_lines(tmp_path) == []
+    for stem, L in (("stabilizers", 5), ("stabilizers_L8", 8)):
+        main = {("r2_full", "none"): 3, ("r2_full", "bounds"): 2, ("original", "none"): -1}
+        _walked_table(main, stem, L=L).to_parquet(tmp_path / FRONTIER / f"{stem}.parquet")
+    _walked_table({("r2_full", "none"): 3, ("r2_full", "s_mix"): 2, ("r2_full", "C_s"): 3}, "singles_r2_full").to_parquet(
+        tmp_path / FRONTIER / "singles_r2_full.parquet")
+    deep = pd.concat([_walked_table({("r2_full", "none"): 3, ("r2_full", "s_mix"): 1}, "singles_r2_full_L8", L=8),
+                      _walked_table({("r2_full", "C_mu"): 2}, "singles_r2_full_L8", seeds=range(4), L=8)])
+    deep.to_parquet(tmp_path / FRONTIER / "singles_r2_full_L8.parquet")
+    lines = singles_out_lines(tmp_path)
+    assert lines[0] == "### 7c. Single toggles left out of R2_full (amendment 15 at L = 5, amendment 18 at L = 8)"
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines if line.startswith("| r2_full")]
+    s_mix = [row for row in rows if row[0] == "r2_full - s_mix"]
+    assert [row[1] for row in s_mix] == ["5", "8"]  # one member's depths together
+    assert all(row[-1] == "**necessary**" and row[2] == "10/10" for row in s_mix)
+    assert s_mix[1][3].startswith("1 ") and s_mix[1][5] == "0/10"  # L = 8 against that run's R2_full (rung 3)
+    [c_s] = [row for row in rows if row[0] == "r2_full - C_s"]
+    assert c_s[1] == "5" and c_s[-1] == "**inert**"
+    [c_mu] = [row for row in rows if row[0] == "r2_full - C_mu"]
+    assert c_mu[1:3] == ["8", "4/10"] and c_mu[-1] == "**n < 10, not judged**"
+    text = "\n".join(lines)
+    assert "- L = 8: R2_full without the whole bounds group in the main job: median rung 2" in text
+    assert "- L = 8: This run's R2_full walks against the main job's, seed by seed: the same critical rung in 10 of " \
+           "10 seeds." in text
+    assert not any("Single toggles were walked, but not at L = 8" in line for line in frontier_not_done_lines(tmp_path))
+    _walked_table({("original", "none"): -1, ("original", "g"): 0}, "singles_interaction").to_parquet(
+        tmp_path / FRONTIER / "singles_interaction.parquet")
+    [shallow] = [line for line in frontier_not_done_lines(tmp_path) if "but not at L = 8" in line]
+    assert "added to the original (section 7b) at L = 5." in shallow and "left out of R2_full" not in shallow
+    [cut] = [line for line in _incomplete_walk_lines(tmp_path) if "singles_r2_full_L8" in line]
+    assert "r2_full - C_mu 4 of 10" in cut and "r2_full - s_mix" not in cut and "r2_full - aggregation 0 of 10" in cut
 
 
 def test_the_fairchem_parts_section_judges_each_part_against_its_own_fairchem_and_names_a_cut_part(tmp_path):

@@ -54,10 +54,12 @@ FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the front
 # The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
 FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
 SINGLES = ("singles_interaction", "singles_bounds")  # amendment 13's sweep files, tables in results/<FRONTIER>/
-SINGLES_OUT = "singles_r2_full"  # amendment 15's sweep file, its table in results/<FRONTIER>/
+# Single toggles left out of R2_full, one run per depth: (the sweep file's stem, its L, the amendment that registered it)
+SINGLES_OUT = (("singles_r2_full", 5, 15), ("singles_r2_full_L8", 8, 18))
 FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original), its table in results/<FRONTIER>/
 FAIRCHEM_PARTS = "fairchem_parts"  # amendment 17's sweep file (fairchem's parts left out), its table there too
-WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, SINGLES_OUT, FAMILY, FAIRCHEM_PARTS)  # every walked table
+WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, *(stem for stem, *_ in SINGLES_OUT), FAMILY,
+          FAIRCHEM_PARTS)  # every walked table
 
 
 def _version(paths: Sequence[Path]) -> Optional[tuple]:
@@ -414,11 +416,16 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
             lines.append(f"- The frontier of the single toggles within the groups {how} (g, alpha_inter, aggregation; "
                          "s_msg, s_mix and each clamp) is not measured: the main job flips whole groups (sweeps/"
                          "DESIGN.md says which amendments cut the singles for compute); `ablate=<toggle>` runs one.")
-    single_depths = {int(L) for t in tables for L, a in zip(t["L"], t["ablate"]) if a not in GROUPS and a != "none"}
-    if single_depths and max(single_depths) < 8 and any(depth == 8 for _, depth, *_ in runs):
-        lines.append(f"- Single toggles were walked at L = {', '.join(map(str, sorted(single_depths)))} only (sections "
-                     "7b, 7c, 7e); at L = 8 the frontier holds whole groups (the main job), not their members: about "
-                     "2 h at this machine's speed, cut (sweeps/DESIGN.md, amendments 15-17).")
+    shallow = []  # the kinds of single toggle walked, but not at L = 8 (fairchem's: _family_not_done_lines)
+    for preset, how, section in (("original", "added to the original", "7b"), ("r2_full", "left out of R2_full", "7c")):
+        depths = {int(L) for t in tables for p, L, a in zip(t["preset"], t["L"], t["ablate"])
+                  if p == preset and a not in GROUPS and a != "none"}
+        if depths and max(depths) < 8:
+            shallow.append(f"{how} (section {section}) at L = {', '.join(map(str, sorted(depths)))}")
+    if shallow and any(depth == 8 for _, depth, *_ in runs):
+        lines.append(f"- Single toggles were walked, but not at L = 8: {'; '.join(shallow)}. At L = 8 the frontier "
+                     "holds those as whole groups only (the main job); cut for compute (sweeps/DESIGN.md, amendments "
+                     "15-18).")
     if not {depth for _, depth, *_ in runs} >= {depth for _, depth, _ in FRONTIER_RUNS}:
         lines.append("- The frontier at L = 8 (`sweeps/stabilizers_L8.yaml`) is not in results/frontier: amendment 11 "
                      "stopped it after 12 trials, amendment 14 ran it.")
@@ -832,29 +839,40 @@ def _walks_done_rows(result, stem: str) -> list[list[str]]:
 
 
 def singles_out_lines(results: str | Path) -> list[str]:
-    """Section 7c: amendment 15, each member of the interaction_scale and bounds groups left out of R2_full alone,
-    judged against this run's R2_full, with the main job's groups and its R2_full beside them (L = 5)."""
-
-    found, main = walked(results, SINGLES_OUT), walked(results, "stabilizers")
-    if found is None:
+    """Section 7c: each member of the interaction_scale and bounds groups left out of R2_full alone, one run per
+    depth (amendment 15 at L = 5, amendment 18 at L = 8), each judged against its own run's R2_full; one table with
+    a member's depths together, then per depth the main job's groups and its R2_full beside them."""
+    runs = [(stem, depth, amendment, *found) for stem, depth, amendment in SINGLES_OUT
+            if (found := walked(results, stem)) is not None]
+    if not runs:
         return []
-    result = found[1]
-    lines = ["### 7c. Single toggles left out of R2_full (amendment 15, L = 5)", "",
-             f"Command: `painn-ablate sweep sweeps/{SINGLES_OUT}.yaml --workers 2`, then `painn-ablate export` "
-             f"`--out results/{FRONTIER}`. Each member of the interaction_scale and bounds groups set back to the "
-             "original's value in R2_full alone, against this run's R2_full (its row below; Holm over the single "
-             "toggles); *necessary* as in the main job.", ""]
-    lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], _walks_done_rows(result, SINGLES_OUT)) + [""]
-    if main is not None:
+    ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment, *_ in runs)
+    lines = [f"### 7c. Single toggles left out of R2_full ({ran})", "",
+             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem, *_ in runs)
+             + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the "
+             "interaction_scale and bounds groups set back to the original's value in R2_full alone, against the "
+             "same run's R2_full (its rows below; Holm over the single toggles of that run); *necessary* as in the "
+             "main job. The two depths are two runs: a member's rows are compared by their verdicts, not paired.", ""]
+    rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
+    for stem, depth, _, _, result in runs:
+        for name, *cells in _walks_done_rows(result, stem):
+            rows.setdefault(name, []).append([str(depth), *cells])
+    lines += markdown_table(["variant", "L", "walks done", *VERDICT_HEADER],
+                            [[name, *row] for name, per_depth in rows.items() for row in per_depth]) + [""]
+    mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
+    for stem, depth, amendment, _, result in runs:
+        main = walked(results, mains[depth]) if depth in mains else None
+        if main is None:
+            continue
         jobs = main[1]
         groups = jobs.variants[jobs.variants["preset"] == "r2_full"].set_index("ablate")
         for group in ("none", "interaction_scale", "bounds"):
             if group in groups.index:
                 g = groups.loc[group]
                 what = "R2_full itself" if group == "none" else f"R2_full without the whole {group} group"
-                lines.append(f"- {what} in the main job: median rung "
+                lines.append(f"- L = {depth}: {what} in the main job: median rung "
                              f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
-        lines += same_rung_lines(result.critical, jobs.critical)
+        lines += [f"- L = {depth}: " + line[2:] for line in same_rung_lines(result.critical, jobs.critical)]
     return lines + [""]
 
 

@@ -13,8 +13,15 @@ rest is per-trial start-up (process spawn, imports, data, W&B) and the sweep's b
 
 --compile runs the working tree once per model.compile setting (auto, the default, compiles these
 1000-step trials). Compiled trials use the project's inductor cache (core.process.use_inductor_cache):
-the first sweep on a machine compiles each configuration cold (~90 s), later ones warm (~6 s); run it
-twice to time the warm case, or point PAINN_ABLATE_CACHE at an empty folder to time the cold one.
+the first sweep on a machine compiles each configuration cold (~90-280 s), later ones warm (~6 s);
+--warm runs every timed sweep once beforehand, untimed, so that each is timed with a warm cache (a
+sweep's steady state), or point PAINN_ABLATE_CACHE at an empty folder to time the cold one.
+
+Trials per hour compare only where the trials do the same work: a trial that blows up ends early, and
+two versions may classify the same seed differently (a spike that ended a trial before may now be a
+transient that trains on). So steps per hour (the trials' completed steps over the wall time) are
+printed beside them, with each version's outcomes: read trials per hour where the outcomes agree,
+steps per hour where they do not.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ def run(tree: Path, workers: int, seeds: list[int], steps: int, overrides: tuple
         summaries = [json.loads(p.read_text()) for p in (tmp / "out").rglob("summary.json")]
     training = sum(s.get("wall_seconds") or 0.0 for s in summaries)
     return {"trials": len(summaries), "wall": wall, "training": training,
+            "steps": sum(s.get("steps_completed") or 0 for s in summaries),
             "statuses": sorted(s["status"] for s in summaries)}
 
 
@@ -71,6 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--compile", default="auto", help="model.compile settings to run the working tree with,"
                                                       " comma-separated (default auto; e.g. false,auto)")
+    ap.add_argument("--warm", action="store_true", help="run each sweep once untimed first (a warm inductor cache)")
     args = ap.parse_args()
     settings = args.compile.split(",")
     # version label -> (tree, overrides); the before tree runs as it was (its own model.compile default)
@@ -80,14 +89,21 @@ def main() -> None:
         trees = {"before": (extract_package(args.before), ()), **trees}
     print(f"sweep throughput: slice of sweeps/stabilizers.yaml (original and r2_full, no ablation), "
           f"train.steps={args.steps}, {os.cpu_count()} cores; load average at start: {os.getloadavg()[0]:.2f}")
+    if args.warm:
+        for version, (tree, overrides) in trees.items():
+            t0 = time.perf_counter()
+            run(tree, 2, [0, 1], args.steps, overrides)
+            print(f"  warmed {version} ({time.perf_counter() - t0:.0f} s, untimed)", flush=True)
     rows = []
     for workers, seeds in ((1, [0]), (2, [0, 1])):
         for version, (tree, overrides) in trees.items():
             r = run(tree, workers, seeds, args.steps, overrides)
             rows.append([version, workers, r["trials"], f"{r['wall']:.0f}", f"{3600 * r['trials'] / r['wall']:.0f}",
+                         r["steps"], f"{3600 * r['steps'] / r['wall']:.0f}",
                          f"{100 * r['training'] / (r['wall'] * workers):.0f}%", ", ".join(r["statuses"])])
             print("  " + " | ".join(map(str, rows[-1])), flush=True)
-    header = ["version", "workers", "trials", "wall s", "trials/hour", "training share", "outcomes"]
+    header = ["version", "workers", "trials", "wall s", "trials/hour", "steps", "steps/hour", "training share",
+              "outcomes"]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for k, r in enumerate([header] + rows):
         print("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)))

@@ -78,6 +78,11 @@ def walked(results: str | Path, stem: str):
     return None if version is None else _walked(version, stem)
 
 
+def walked_tables(results: str | Path) -> list[pd.DataFrame]:
+    """The trial tables of every walked sweep exported to `results` (WALKED's order; shared frames, as walked's)."""
+    return [found[0] for stem in WALKED if (found := walked(results, stem)) is not None]
+
+
 @functools.lru_cache(maxsize=16)
 def _walked(version: tuple, stem: str):
     from painn_ablate.analysis import frontier as fr
@@ -408,7 +413,7 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
 
     runs = frontier_runs(results)
     lines = []
-    tables = [found[0] for stem in WALKED if (found := walked(results, stem)) is not None]
+    tables = walked_tables(results)
     singles = {(preset, a) for t in tables for preset, a in zip(t["preset"], t["ablate"])
                if a not in GROUPS and a != "none"}
     for preset, how in (("r2_full", "left out of R2_full"), ("original", "added to the original")):
@@ -434,7 +439,7 @@ def frontier_not_done_lines(results: str | Path) -> list[str]:
 
 def _family_not_done_lines(results: str | Path) -> list[str]:
     """What issue 24 asked of fairchem's family on the frontier that the walked tables do not hold."""
-    tables = [found[0] for stem in WALKED if (found := walked(results, stem)) is not None]
+    tables = walked_tables(results)
     fairchem = pd.concat([t[t["preset"] == "fairchem"] for t in tables]) if tables else pd.DataFrame()
     if fairchem.empty:
         return [f"- fairchem's family on the frontier (`sweeps/{FAMILY}.yaml`, amendment 16) is not in "

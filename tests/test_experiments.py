@@ -318,6 +318,11 @@ def test_the_singles_section_puts_each_members_depths_together_each_judged_in_it
         _walked_table(main, stem, L=L).to_parquet(tmp_path / FRONTIER / f"{stem}.parquet")
     _walked_table({("r2_full", "none"): 3, ("r2_full", "s_mix"): 2, ("r2_full", "C_s"): 3}, "singles_r2_full").to_parquet(
         tmp_path / FRONTIER / "singles_r2_full.parquet")
+    # a run whose first variant, the reference, is all it has walked yet (exported mid-run): its row, no verdict
+    _walked_table({("r2_full", "none"): 3}, "singles_r2_full_L8", L=8).to_parquet(
+        tmp_path / FRONTIER / "singles_r2_full_L8.parquet")
+    early = [line for line in singles_out_lines(tmp_path) if line.startswith("| r2_full |")]
+    assert [line.split("|")[2].strip() for line in early] == ["5", "8"] and "| 10/10 | 3 (" in early[1]
     deep = pd.concat([_walked_table({("r2_full", "none"): 3, ("r2_full", "s_mix"): 1}, "singles_r2_full_L8", L=8),
                       _walked_table({("r2_full", "C_mu"): 2}, "singles_r2_full_L8", seeds=range(4), L=8)])
     deep.to_parquet(tmp_path / FRONTIER / "singles_r2_full_L8.parquet")

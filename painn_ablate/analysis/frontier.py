@@ -177,6 +177,10 @@ def _reference(critical: pd.DataFrame, preset: str) -> pd.Series:
     return critical[(critical["preset"] == preset) & (critical["ablate"] == "none")].set_index("seed")["critical_rung"]
 
 
+VERDICT_COLUMNS = ("preset", "ablate", "question", "n", "median_rung", "shift", "shift_lo", "shift_hi", "up", "down",
+                   "p_sign", "p_holm", "p_wilcoxon", "verdict")  # verdict_table's, also where no variant has walked
+
+
 def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> pd.DataFrame:
     """Per (preset, ablate) other than the presets themselves: the paired shift of the critical rung against
     its own preset (median, bootstrap 95% interval, seeds up/down, sign and Wilcoxon p, Holm over the
@@ -219,7 +223,7 @@ def verdict_table(critical: pd.DataFrame, seed: int = 0, min_pairs: int = MIN_PA
             rows.append({"preset": preset, "ablate": a, "question": question, "n": s.n, "median_rung": med[0],
                          "shift": s.median, "shift_lo": s.lo, "shift_hi": s.hi, "up": s.up, "down": s.down,
                          "p_sign": s.p_sign, "p_holm": adjusted[a], "p_wilcoxon": s.p_wilcoxon, "verdict": verdict})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
 
 
 def variant_table(critical: pd.DataFrame, seed: int = 0) -> pd.DataFrame:

@@ -792,14 +792,16 @@ def _verdict_rows(result) -> list[tuple[str, list[str]]]:
 VERDICT_HEADER = ["median critical rung [95%]", "shift vs preset [95%]", "up/down", "Holm p", "verdict"]
 
 
-def _depth_table(runs) -> list[str]:
-    """Per variant and depth, _verdict_rows' cells, the depths of one variant together."""
+def _depth_table(runs, walks_done: bool = False) -> list[str]:
+    """Per variant and depth, _verdict_rows' cells (after its walks done out of its sweep file's, with
+    `walks_done`), the depths of one variant together; `runs` as frontier_runs gives them."""
     rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
-    for _, depth, _, _, result in runs:
-        for name, cells in _verdict_rows(result):
+    for stem, depth, _, _, result in runs:
+        named = _walks_done_rows(result, stem) if walks_done else [[name, *cells] for name, cells in _verdict_rows(result)]
+        for name, *cells in named:
             rows.setdefault(name, []).append([str(depth), *cells])
     out = [[name, *row] for name, per_depth in rows.items() for row in per_depth]
-    return markdown_table(["variant", "L", *VERDICT_HEADER], out)
+    return markdown_table(["variant", "L", *(["walks done"] if walks_done else []), *VERDICT_HEADER], out)
 
 
 def singles_lines(results: str | Path) -> list[str]:
@@ -858,14 +860,9 @@ def singles_out_lines(results: str | Path) -> list[str]:
              "interaction_scale and bounds groups set back to the original's value in R2_full alone, against the "
              "same run's R2_full (its rows below; Holm over the single toggles of that run); *necessary* as in the "
              "main job. The two depths are two runs: a member's rows are compared by their verdicts, not paired.", ""]
-    rows: dict[str, list[list[str]]] = {}  # variant -> its rows, one per depth, in the design's order
-    for stem, depth, _, _, result in runs:
-        for name, *cells in _walks_done_rows(result, stem):
-            rows.setdefault(name, []).append([str(depth), *cells])
-    lines += markdown_table(["variant", "L", "walks done", *VERDICT_HEADER],
-                            [[name, *row] for name, per_depth in rows.items() for row in per_depth]) + [""]
+    lines += _depth_table(runs, walks_done=True) + [""]
     mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
-    for stem, depth, amendment, _, result in runs:
+    for _, depth, _, _, result in runs:
         main = walked(results, mains[depth]) if depth in mains else None
         if main is None:
             continue

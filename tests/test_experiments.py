@@ -350,6 +350,39 @@ def test_the_singles_section_puts_each_members_depths_together_each_judged_in_it
     assert "r2_full - C_mu 4 of 10" in cut and "r2_full - s_mix" not in cut and "r2_full - aggregation 0 of 10" in cut
 
 
+def test_the_added_singles_section_judges_each_depth_against_that_depths_r2_full_and_names_a_file_not_run(tmp_path):
+    from painn_ablate.reporting.findings import FRONTIER, frontier_not_done_lines, singles_lines
+
+    (tmp_path / FRONTIER).mkdir()
+    for stem, L, r2_full in (("stabilizers", 5, 3), ("stabilizers_L8", 8, 2)):
+        main = {("r2_full", "none"): r2_full, ("original", "none"): -1, ("original", "bounds"): 4}
+        _walked_table(main, stem, L=L).to_parquet(tmp_path / FRONTIER / f"{stem}.parquet")
+    assert singles_lines(tmp_path) == []
+    _walked_table({("original", "none"): -1, ("original", "g"): 0}, "singles_interaction").to_parquet(
+        tmp_path / FRONTIER / "singles_interaction.parquet")
+    shallow = singles_lines(tmp_path)  # amendment 13's second file not exported: said, and L = 8 not yet run
+    assert shallow[0] == "### 7b. Single toggles added to the original (amendment 13 at L = 5)"
+    assert "- L = 5: not run by amendment 13's deadline: singles_bounds." in shallow
+    deep = pd.concat([_walked_table({("original", "none"): -1, ("original", "s_mix"): 2, ("original", "g"): 0,
+                                     ("original", "C_s"): -1}, "singles_original_L8", L=8),
+                      _walked_table({("original", "C_v"): 1}, "singles_original_L8", seeds=range(4), L=8)])
+    deep.to_parquet(tmp_path / FRONTIER / "singles_original_L8.parquet")
+    lines = singles_lines(tmp_path)
+    assert lines[0] == "### 7b. Single toggles added to the original (amendment 13 at L = 5, amendment 19 at L = 8)"
+    rows = {(cells[0], cells[1]): cells[2:] for line in lines if line.startswith("| r2_full") or
+            line.startswith("| original") for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    assert rows[("r2_full", "5")][1].startswith("3 (") and rows[("r2_full", "8")][1].startswith("2 (")  # each depth's
+    assert rows[("original + g", "5")][-1] == rows[("original + g", "8")][-1] == "**raises**"
+    assert rows[("original + s_mix", "8")][-1] == "**sufficient**"  # rung 2: inside L = 8's R2_full interval
+    assert rows[("original + C_s", "8")][-1] == "**inert**"
+    assert rows[("original + C_v", "8")][0] == "4/10" and rows[("original + C_v", "8")][-1] == "**n < 10, not judged**"
+    assert ("original + s_mix", "5") not in rows
+    assert "- L = 8: the whole bounds group on the original (the main job): median rung 4 (4 to 4)." in lines
+    assert "- L = 8: This run's original walks against the main job's, seed by seed: the same critical rung in 10 " \
+           "of 10 seeds." in lines
+    assert not any("added to the original (section 7b)" in line for line in frontier_not_done_lines(tmp_path))
+
+
 def test_the_fairchem_parts_section_judges_each_part_against_its_own_fairchem_and_names_a_cut_part(tmp_path):
     from painn_ablate.reporting.findings import FAIRCHEM_PARTS, FAMILY, FRONTIER, fairchem_parts_lines
 

@@ -53,13 +53,15 @@ DEGREE_STEMS = ("degree", "degree_mean")  # amendment 12's two sweep files, one 
 FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the frontier runs (painn-ablate export --out)
 # The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
 FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
-SINGLES = ("singles_interaction", "singles_bounds")  # amendment 13's sweep files, tables in results/<FRONTIER>/
+# Single toggles added to the original, one run per depth: (its sweep files' stems, its L, the amendment that
+# registered it); amendment 13's run is two files, each a table in results/<FRONTIER>/
+SINGLES_IN = ((("singles_interaction", "singles_bounds"), 5, 13), (("singles_original_L8",), 8, 19))
 # Single toggles left out of R2_full, one run per depth: (the sweep file's stem, its L, the amendment that registered it)
 SINGLES_OUT = (("singles_r2_full", 5, 15), ("singles_r2_full_L8", 8, 18))
 FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original), its table in results/<FRONTIER>/
 FAIRCHEM_PARTS = "fairchem_parts"  # amendment 17's sweep file (fairchem's parts left out), its table there too
-WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *SINGLES, *(stem for stem, *_ in SINGLES_OUT), FAMILY,
-          FAIRCHEM_PARTS)  # every walked table
+WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *(stem for stems, *_ in SINGLES_IN for stem in stems),
+          *(stem for stem, *_ in SINGLES_OUT), FAMILY, FAIRCHEM_PARTS)  # every walked table
 
 
 def _version(paths: Sequence[Path]) -> Optional[tuple]:
@@ -764,10 +766,36 @@ def outcome_lines(trials: pd.DataFrame, cells: pd.DataFrame, verdicts: Sequence[
     return lines
 
 
+def walked_runs(results: str | Path, specs: Sequence[tuple]) -> list[tuple]:
+    """Of runs given as (stem, L, amendment), those whose tables are in `results`: (stem, L, amendment, trials,
+    analysis.frontier.Frontier)."""
+    return [(stem, depth, amendment, *found) for stem, depth, amendment in specs
+            if (found := walked(results, stem)) is not None]
+
+
 def frontier_runs(results: str | Path) -> list[tuple]:
     """The frontier runs whose tables are in `results`: (stem, L, amendment, trials, analysis.frontier.Frontier)."""
-    return [(stem, depth, amendment, found[0], found[1]) for stem, depth, amendment in FRONTIER_RUNS
-            if (found := walked(results, stem)) is not None]
+    return walked_runs(results, FRONTIER_RUNS)
+
+
+def singles_in_runs(results: str | Path) -> list[tuple]:
+    """The runs of single toggles added to the original whose first table is in `results`, one per depth, as
+    frontier_runs gives them (stem: the run's first file): each run's tables with the main job's R2_full at that
+    depth beside them (sufficiency reads R2_full's interval from there), on the run's ladder."""
+    from painn_ablate.analysis import frontier as fr
+
+    mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
+    runs = []
+    for stems, depth, amendment in SINGLES_IN:
+        found = [f[0] for stem in stems if (f := walked(results, stem)) is not None]
+        main = walked(results, mains[depth]) if depth in mains else None
+        if walked(results, stems[0]) is None or main is None:
+            continue
+        jobs = main[0]
+        reference = jobs[(jobs["preset"] == "r2_full") & (jobs["ablate"] == "none")]
+        trials = pd.concat([reference, *found], ignore_index=True)
+        runs.append((stems[0], depth, amendment, trials, fr.frontier_result(trials, sweep_ladder(stems[0]))))
+    return runs
 
 
 def _verdict_rows(result) -> list[tuple[str, list[str]]]:
@@ -805,52 +833,54 @@ def _depth_table(runs, walks_done: bool = False) -> list[str]:
 
 
 def singles_lines(results: str | Path) -> list[str]:
-    """Section 7b: amendment 13, each member of the interaction_scale and bounds groups added to the original
-    alone, judged against this run's original, with R2_full's interval from the main job (L = 5)."""
-    from painn_ablate.analysis import frontier as fr
-
-    found = {stem: walked(results, stem) for stem in SINGLES}
-    main = walked(results, "stabilizers")
-    ran = [stem for stem in SINGLES if found[stem] is not None]
-    if found[SINGLES[0]] is None or main is None:
+    """Section 7b: each member of the interaction_scale and bounds groups added to the original alone, one run per
+    depth (amendment 13 at L = 5, amendment 19 at L = 8), each judged against its own run's original, with R2_full's
+    interval from the main job at that depth; one table with a member's depths together, then per depth the main
+    job's groups and its original beside them."""
+    runs = singles_in_runs(results)
+    if not runs:
         return []
-    jobs, main_result = main
-    reference = jobs[(jobs["preset"] == "r2_full") & (jobs["ablate"] == "none")]
-    result = fr.frontier_result(pd.concat([reference, *(found[stem][0] for stem in ran)], ignore_index=True),
-                                sweep_ladder(SINGLES[0]))
-    lines = ["### 7b. Single toggles added to the original (amendment 13, L = 5)", "",
-             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in ran)
+    ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment, *_ in runs)
+    files = [stem for stems, depth, _ in SINGLES_IN for stem in stems
+             if any(d == depth for _, d, *_ in runs) and walked(results, stem) is not None]
+    lines = [f"### 7b. Single toggles added to the original ({ran})", "",
+             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in files)
              + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the interaction_scale "
-             "and bounds groups added to the original alone, against this run's original (Holm over the single "
-             "toggles); *sufficient* needs the median inside R2_full's interval from the main job's walks (its row "
-             "below).", ""]
-    rows = [[name, *cells] for name, cells in _verdict_rows(result)]
-    lines += markdown_table(["variant", *VERDICT_HEADER], rows) + [""]
-    groups = main_result.variants.set_index("ablate")
-    groups = groups[groups["preset"] == "original"]
-    for group in ("interaction_scale", "bounds"):
-        if group in groups.index:
-            g = groups.loc[group]
-            lines.append(f"- The whole {group} group on the original (the main job): median rung "
-                         f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
-    if len(ran) < len(SINGLES):
-        lines.append(f"- Not run by amendment 13's deadline: {', '.join(set(SINGLES) - set(ran))}.")
+             "and bounds groups added to the original alone, against the same run's original (Holm over the single "
+             "toggles of that run); *sufficient* needs the median inside R2_full's interval from the main job's walks "
+             "at that depth (its rows below). The depths are separate runs: a member's rows are compared by their "
+             "verdicts, not paired.", ""]
+    lines += _depth_table(runs, walks_done=True) + [""]
+    mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
+    for _, depth, amendment, _, result in runs:
+        jobs = walked(results, mains[depth])[1]
+        groups = jobs.variants[jobs.variants["preset"] == "original"].set_index("ablate")
+        for group in ("interaction_scale", "bounds"):
+            if group in groups.index:
+                g = groups.loc[group]
+                lines.append(f"- L = {depth}: the whole {group} group on the original (the main job): median rung "
+                             f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
+        lines += [f"- L = {depth}: " + line[2:]
+                  for line in same_rung_lines(result.critical, jobs.critical, preset="original")]
+    for stems, depth, amendment in SINGLES_IN:
+        missing = [stem for stem in stems if walked(results, stem) is None]
+        if any(d == depth for _, d, *_ in runs) and missing:
+            lines.append(f"- L = {depth}: not run by amendment {amendment}'s deadline: {', '.join(missing)}.")
     return lines + [""]
 
 
 def _walks_done_rows(result, stem: str) -> list[list[str]]:
     """_verdict_rows with, after each variant's name, its complete walks out of the walks its sweep file designs."""
     seeds = len(shipped_sweep(stem).params["seed"].values)
-    done = result.variants.set_index("ablate")["complete"]
-    return [[name, f"{done[a]}/{seeds}", *cells] for (name, cells), a in zip(_verdict_rows(result), result.variants["ablate"])]
+    v = result.variants
+    return [[name, f"{done}/{seeds}", *cells] for (name, cells), done in zip(_verdict_rows(result), v["complete"])]
 
 
 def singles_out_lines(results: str | Path) -> list[str]:
     """Section 7c: each member of the interaction_scale and bounds groups left out of R2_full alone, one run per
     depth (amendment 15 at L = 5, amendment 18 at L = 8), each judged against its own run's R2_full; one table with
     a member's depths together, then per depth the main job's groups and its R2_full beside them."""
-    runs = [(stem, depth, amendment, *found) for stem, depth, amendment in SINGLES_OUT
-            if (found := walked(results, stem)) is not None]
+    runs = walked_runs(results, SINGLES_OUT)
     if not runs:
         return []
     ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment, *_ in runs)

@@ -337,6 +337,7 @@ def test_the_singles_section_puts_each_members_depths_together_each_judged_in_it
     assert c_s[1] == "5" and c_s[-1] == "**inert**"
     [c_mu] = [row for row in rows if row[0] == "r2_full - C_mu"]
     assert c_mu[1:3] == ["8", "4/10"] and c_mu[-1] == "**n < 10, not judged**"
+    assert "- L = 8: necessary by this measure: s_mix of the 1 single toggles judged (C_mu: n < 10, not judged)." in lines
     text = "\n".join(lines)
     assert "- L = 8: R2_full without the whole bounds group in the main job: median rung 2" in text
     assert "- L = 8: This run's R2_full walks against the main job's, seed by seed: the same critical rung in 10 of " \
@@ -377,6 +378,8 @@ def test_the_added_singles_section_judges_each_depth_against_that_depths_r2_full
     assert rows[("original + C_s", "8")][-1] == "**inert**"
     assert rows[("original + C_v", "8")][0] == "4/10" and rows[("original + C_v", "8")][-1] == "**n < 10, not judged**"
     assert ("original + s_mix", "5") not in rows
+    assert "- L = 8: sufficient by this measure: s_mix of the 3 single toggles judged; raises: g (C_v: n < 10, not " \
+           "judged)." in lines and "- L = 5: sufficient by this measure: none of the 1 single toggles judged; raises: g." in lines
     assert "- L = 8: the whole bounds group on the original (the main job): median rung 4 (4 to 4)." in lines
     assert "- L = 8: This run's original walks against the main job's, seed by seed: the same critical rung in 10 " \
            "of 10 seeds." in lines

@@ -860,6 +860,7 @@ def singles_lines(results: str | Path) -> list[str]:
                 g = groups.loc[group]
                 lines.append(f"- L = {depth}: the whole {group} group on the original (the main job): median rung "
                              f"{median_text(g['median_rung'], g['lo'], g['hi'])}.")
+        lines.append(f"- L = {depth}: {judged_text(result, 'sufficient', 'single toggles', also=['raises'])}")
         lines += [f"- L = {depth}: " + line[2:]
                   for line in same_rung_lines(result.critical, jobs.critical, preset="original")]
     for stems, depth, amendment in SINGLES_IN:
@@ -867,6 +868,24 @@ def singles_lines(results: str | Path) -> list[str]:
         if any(d == depth for _, d, *_ in runs) and missing:
             lines.append(f"- L = {depth}: not run by amendment {amendment}'s deadline: {', '.join(missing)}.")
     return lines + [""]
+
+
+def judged_text(result, verdict: str, what: str, also: Sequence[str] = ()) -> str:
+    """What a frontier result's verdict table says in one sentence: "<verdict> by this measure: <those> of the N
+    <what> judged", then each verdict in `also` with its toggles where any has it, then those not judged (fewer than
+    MIN_PAIRS pairs, as verdict_table judges)."""
+    from painn_ablate.analysis.frontier import MIN_PAIRS
+
+    t = result.verdicts
+
+    def given(v: str) -> list[str]:
+        return [a for a, w in zip(t["ablate"], t["verdict"]) if w == v]
+
+    judged = [a for a, n in zip(t["ablate"], t["n"]) if n >= MIN_PAIRS]
+    text = f"{verdict} by this measure: {', '.join(given(verdict)) or 'none'} of the {len(judged)} {what} judged"
+    text += "".join(f"; {v}: {', '.join(given(v))}" for v in also if given(v))
+    skipped = [a for a in t["ablate"] if a not in judged]
+    return text + (f" ({', '.join(skipped)}: n < 10, not judged)." if skipped else ".")
 
 
 def _walks_done_rows(result, stem: str) -> list[list[str]]:
@@ -893,6 +912,7 @@ def singles_out_lines(results: str | Path) -> list[str]:
     lines += _depth_table(runs, walks_done=True) + [""]
     mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
     for _, depth, _, _, result in runs:
+        lines.append(f"- L = {depth}: {judged_text(result, 'necessary', 'single toggles')}")
         main = walked(results, mains[depth]) if depth in mains else None
         if main is None:
             continue
@@ -1005,14 +1025,9 @@ def fairchem_parts_lines(results: str | Path) -> list[str]:
              "out lowers the critical rung, Holm over the parts whose walks completed); a part whose removal raises "
              "the rung is described by its shift, not tested.", ""]
     lines += markdown_table(["variant", "walks done", *VERDICT_HEADER], _walks_done_rows(result, FAIRCHEM_PARTS)) + [""]
-    from painn_ablate.analysis.frontier import MIN_PAIRS
-
     t = result.verdicts
-    necessary = [a for a, v in zip(t["ablate"], t["verdict"]) if v == "necessary"]
-    judged = [a for a, n in zip(t["ablate"], t["n"]) if n >= MIN_PAIRS]  # as verdict_table judges
-    lines.append(f"- Necessary by this measure: {', '.join(necessary) if necessary else 'none'} of the "
-                 f"{len(judged)} parts judged" + (f" ({', '.join(a for a in t['ablate'] if a not in judged)}: "
-                                                 "n < 10, not judged)." if len(judged) < len(t) else "."))
+    judged = judged_text(result, "necessary", "parts")
+    lines.append(f"- {judged[0].upper()}{judged[1:]}")
     raised = [f"{a} (+{m:g})" for a, m in zip(t["ablate"], t["shift"]) if m > 0]
     if raised:
         lines.append(f"- Leaving out {', '.join(raised)} raises the median critical rung (described, not tested).")

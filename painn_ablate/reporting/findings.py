@@ -53,6 +53,7 @@ DEGREE_STEMS = ("degree", "degree_mean")  # amendment 12's two sweep files, one 
 FRONTIER = "frontier"  # results/<FRONTIER>/<sweep file stem>.parquet: the frontier runs (painn-ablate export --out)
 # The frontier runs, one design at two depths: (the sweep file's stem, its L, the amendment that registered it)
 FRONTIER_RUNS = (("stabilizers", 5, 9), ("stabilizers_L8", 8, 10))
+MAIN_AT = {depth: stem for stem, depth, _ in FRONTIER_RUNS}  # L -> the main job's run at that depth
 # Single toggles added to the original, one run per depth: (its sweep files' stems, its L, the amendment that
 # registered it); amendment 13's run is two files, each a table in results/<FRONTIER>/
 SINGLES_IN = ((("singles_interaction", "singles_bounds"), 5, 13), (("singles_original_L8",), 8, 19))
@@ -784,11 +785,10 @@ def singles_in_runs(results: str | Path) -> list[tuple]:
     depth beside them (sufficiency reads R2_full's interval from there), on the run's ladder."""
     from painn_ablate.analysis import frontier as fr
 
-    mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
     runs = []
     for stems, depth, amendment in SINGLES_IN:
         found = [f[0] for stem in stems if (f := walked(results, stem)) is not None]
-        main = walked(results, mains[depth]) if depth in mains else None
+        main = walked(results, MAIN_AT[depth]) if depth in MAIN_AT else None
         if walked(results, stems[0]) is None or main is None:
             continue
         jobs = main[0]
@@ -851,9 +851,8 @@ def singles_lines(results: str | Path) -> list[str]:
              "at that depth (its rows below). The depths are separate runs: a member's rows are compared by their "
              "verdicts, not paired.", ""]
     lines += _depth_table(runs, walks_done=True) + [""]
-    mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
-    for _, depth, amendment, _, result in runs:
-        jobs = walked(results, mains[depth])[1]
+    for _, depth, _, _, result in runs:
+        jobs = walked(results, MAIN_AT[depth])[1]
         groups = jobs.variants[jobs.variants["preset"] == "original"].set_index("ablate")
         for group in ("interaction_scale", "bounds"):
             if group in groups.index:
@@ -885,7 +884,7 @@ def judged_text(result, verdict: str, what: str, also: Sequence[str] = ()) -> st
     text = f"{verdict} by this measure: {', '.join(given(verdict)) or 'none'} of the {len(judged)} {what} judged"
     text += "".join(f"; {v}: {', '.join(given(v))}" for v in also if given(v))
     skipped = [a for a in t["ablate"] if a not in judged]
-    return text + (f" ({', '.join(skipped)}: n < 10, not judged)." if skipped else ".")
+    return text + (f" ({', '.join(skipped)}: n < {MIN_PAIRS}, not judged)." if skipped else ".")
 
 
 def _walks_done_rows(result, stem: str) -> list[list[str]]:
@@ -910,10 +909,9 @@ def singles_out_lines(results: str | Path) -> list[str]:
              "same run's R2_full (its rows below; Holm over the single toggles of that run); *necessary* as in the "
              "main job. The two depths are two runs: a member's rows are compared by their verdicts, not paired.", ""]
     lines += _depth_table(runs, walks_done=True) + [""]
-    mains = {depth: stem for stem, depth, _ in FRONTIER_RUNS}
     for _, depth, _, _, result in runs:
         lines.append(f"- L = {depth}: {judged_text(result, 'necessary', 'single toggles')}")
-        main = walked(results, mains[depth]) if depth in mains else None
+        main = walked(results, MAIN_AT[depth]) if depth in MAIN_AT else None
         if main is None:
             continue
         jobs = main[1]

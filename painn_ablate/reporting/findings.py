@@ -841,8 +841,9 @@ def singles_lines(results: str | Path) -> list[str]:
     if not runs:
         return []
     ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment, *_ in runs)
-    files = [stem for stems, depth, _ in SINGLES_IN for stem in stems
-             if any(d == depth for _, d, *_ in runs) and walked(results, stem) is not None]
+    depths = {depth for _, depth, *_ in runs}
+    files = [stem for stems, depth, _ in SINGLES_IN if depth in depths for stem in stems
+             if walked(results, stem) is not None]
     lines = [f"### 7b. Single toggles added to the original ({ran})", "",
              "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in files)
              + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the interaction_scale "
@@ -864,7 +865,7 @@ def singles_lines(results: str | Path) -> list[str]:
                   for line in same_rung_lines(result.critical, jobs.critical, preset="original")]
     for stems, depth, amendment in SINGLES_IN:
         missing = [stem for stem in stems if walked(results, stem) is None]
-        if any(d == depth for _, d, *_ in runs) and missing:
+        if depth in depths and missing:
             lines.append(f"- L = {depth}: not run by amendment {amendment}'s deadline: {', '.join(missing)}.")
     return lines + [""]
 
@@ -890,8 +891,8 @@ def judged_text(result, verdict: str, what: str, also: Sequence[str] = ()) -> st
 def _walks_done_rows(result, stem: str) -> list[list[str]]:
     """_verdict_rows with, after each variant's name, its complete walks out of the walks its sweep file designs."""
     seeds = len(shipped_sweep(stem).params["seed"].values)
-    v = result.variants
-    return [[name, f"{done}/{seeds}", *cells] for (name, cells), done in zip(_verdict_rows(result), v["complete"])]
+    return [[name, f"{done}/{seeds}", *cells]
+            for (name, cells), done in zip(_verdict_rows(result), result.variants["complete"])]
 
 
 def singles_out_lines(results: str | Path) -> list[str]:

@@ -386,6 +386,38 @@ def test_the_added_singles_section_judges_each_depth_against_that_depths_r2_full
     assert not any("added to the original (section 7b)" in line for line in frontier_not_done_lines(tmp_path))
 
 
+def test_a_group_rerun_is_judged_against_its_own_original_beside_the_main_jobs_short_row(tmp_path):
+    from painn_ablate.reporting.findings import FRONTIER, GROUP_RERUNS, _incomplete_walk_lines, group_rerun_lines
+
+    [(stem, L, amendment)] = GROUP_RERUNS
+    (tmp_path / FRONTIER).mkdir()
+    main = pd.concat([_walked_table({("r2_full", "none"): 2, ("original", "none"): -1}, "stabilizers_L8", L=L),
+                      _walked_table({("original", "bounds"): 4}, "stabilizers_L8", seeds=range(9), L=L)])
+    main.to_parquet(tmp_path / FRONTIER / "stabilizers_L8.parquet")
+    assert group_rerun_lines(tmp_path) == []
+    [short] = [line for line in _incomplete_walk_lines(tmp_path) if "stabilizers_L8" in line]
+    assert "original + bounds 9 of 10," in short
+    rerun = pd.concat([_walked_table({("original", "none"): -1}, stem, L=L),
+                       _walked_table({("original", "bounds"): 3}, stem, seeds=[0], L=L),
+                       _walked_table({("original", "bounds"): 4}, stem, seeds=range(1, 10), L=L)])
+    rerun.to_parquet(tmp_path / FRONTIER / f"{stem}.parquet")
+    lines = group_rerun_lines(tmp_path)
+    assert lines[0] == f"### 7a, re-run at L = {L} (amendment {amendment})"
+    assert f"The main job at L = {L} completed 9 walks of original + bounds" in lines[2]
+    rows = {cells[0]: cells[1:] for line in lines if line.startswith("| r2_full") or line.startswith("| original")
+            for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    assert rows["r2_full"][2].startswith("2 (")  # the main job's R2_full: the sufficiency interval
+    assert rows["original + bounds"][1] == "10/10" and rows["original + bounds"][-1] == "**raises**"  # 4: above [2, 2]
+    assert rows["original + bounds"][-3] == "10/0" and rows["original + bounds"][-2] == "0.0009766"  # one group: unadjusted
+    assert f"- L = {L}: sufficient by this measure: none of the 1 groups judged; raises: bounds." in lines
+    assert f"- L = {L}: This run's original walks against the main job's, seed by seed: the same critical rung in 10 " \
+           "of 10 seeds." in lines
+    assert f"- L = {L}: This run's original + bounds walks against the main job's, seed by seed: the same critical " \
+           "rung in 8 of 9 seeds (at most 1 rung apart)." in lines
+    [short] = [line for line in _incomplete_walk_lines(tmp_path) if "stabilizers_L8" in line]
+    assert f"original + bounds 9 of 10 (re-run whole in section 7a, amendment {amendment}: 10 of 10)," in short
+
+
 def test_the_fairchem_parts_section_judges_each_part_against_its_own_fairchem_and_names_a_cut_part(tmp_path):
     from painn_ablate.reporting.findings import FAIRCHEM_PARTS, FAMILY, FRONTIER, fairchem_parts_lines
 

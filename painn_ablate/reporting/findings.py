@@ -59,10 +59,14 @@ MAIN_AT = {depth: stem for stem, depth, _ in FRONTIER_RUNS}  # L -> the main job
 SINGLES_IN = ((("singles_interaction", "singles_bounds"), 5, 13), (("singles_original_L8",), 8, 19))
 # Single toggles left out of R2_full, one run per depth: (the sweep file's stem, its L, the amendment that registered it)
 SINGLES_OUT = (("singles_r2_full", 5, 15), ("singles_r2_full_L8", 8, 18))
+# A main job's group re-run whole where the main job left its walks short, with its own preset beside it: (the sweep
+# file's stem, its L, the amendment that registered it); section 7a shows it under the main job's rows
+GROUP_RERUNS = (("bounds_original_L8", 8, 20),)
 FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original), its table in results/<FRONTIER>/
 FAIRCHEM_PARTS = "fairchem_parts"  # amendment 17's sweep file (fairchem's parts left out), its table there too
 WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *(stem for stems, *_ in SINGLES_IN for stem in stems),
-          *(stem for stem, *_ in SINGLES_OUT), FAMILY, FAIRCHEM_PARTS)  # every walked table
+          *(stem for stem, *_ in SINGLES_OUT), *(stem for stem, *_ in GROUP_RERUNS), FAMILY,
+          FAIRCHEM_PARTS)  # every walked table
 
 
 def _version(paths: Sequence[Path]) -> Optional[tuple]:
@@ -463,6 +467,9 @@ def _incomplete_walk_lines(results: str | Path) -> list[str]:
     not all complete by its deadline: which variants and how many walks, which therefore have no critical rung."""
     from painn_ablate.core.config import experiment_name
 
+    depth_of = {stem: depth for stem, depth, _ in FRONTIER_RUNS}
+    rerun = {(depth, p, a): (amendment, int(done)) for _, depth, amendment, _, r in group_reruns(results)
+             for p, a, done in zip(r.variants["preset"], r.variants["ablate"], r.variants["complete"]) if a != "none"}
     lines = []
     for stem in WALKED:
         found = walked(results, stem)
@@ -475,7 +482,10 @@ def _incomplete_walk_lines(results: str | Path) -> list[str]:
                  for a in (params["ablate"].values if "ablate" in params else ("none",))
                  if walks.get((p, a), 0) < seeds]
         if short:
-            cut = ", ".join(f"{experiment_name(p, a)} {done} of {seeds}" for p, a, done in short)
+            again = {(p, a): rerun[key] for p, a, _ in short if (key := (depth_of.get(stem), p, a)) in rerun}
+            cut = ", ".join(f"{experiment_name(p, a)} {done} of {seeds}"
+                            + (f" (re-run whole in section 7a, amendment {again[p, a][0]}: {again[p, a][1]} of "
+                               f"{seeds})" if (p, a) in again else "") for p, a, done in short)
             lines.append(f"- `sweeps/{stem}.yaml` was stopped at its deadline (sweeps/DESIGN.md) before every walk "
                          f"completed; an incomplete walk has no critical rung. Walks complete: {cut}.")
     return lines
@@ -779,14 +789,14 @@ def frontier_runs(results: str | Path) -> list[tuple]:
     return walked_runs(results, FRONTIER_RUNS)
 
 
-def singles_in_runs(results: str | Path) -> list[tuple]:
-    """The runs of single toggles added to the original whose first table is in `results`, one per depth, as
-    frontier_runs gives them (stem: the run's first file): each run's tables with the main job's R2_full at that
+def beside_main_r2_full(results: str | Path, specs: Sequence[tuple]) -> list[tuple]:
+    """Of runs of the original's variants given as (stems, L, amendment), those whose first table is in `results`,
+    as frontier_runs gives them (stem: the run's first file): each run's tables with the main job's R2_full at that
     depth beside them (sufficiency reads R2_full's interval from there), on the run's ladder."""
     from painn_ablate.analysis import frontier as fr
 
     runs = []
-    for stems, depth, amendment in SINGLES_IN:
+    for stems, depth, amendment in specs:
         found = [f[0] for stem in stems if (f := walked(results, stem)) is not None]
         main = walked(results, MAIN_AT[depth]) if depth in MAIN_AT else None
         if walked(results, stems[0]) is None or main is None:
@@ -796,6 +806,17 @@ def singles_in_runs(results: str | Path) -> list[tuple]:
         trials = pd.concat([reference, *found], ignore_index=True)
         runs.append((stems[0], depth, amendment, trials, fr.frontier_result(trials, sweep_ladder(stems[0]))))
     return runs
+
+
+def singles_in_runs(results: str | Path) -> list[tuple]:
+    """The runs of single toggles added to the original, one per depth (SINGLES_IN), as beside_main_r2_full gives
+    them."""
+    return beside_main_r2_full(results, SINGLES_IN)
+
+
+def group_reruns(results: str | Path) -> list[tuple]:
+    """The main job's groups re-run whole (GROUP_RERUNS), as beside_main_r2_full gives them."""
+    return beside_main_r2_full(results, [((stem,), depth, amendment) for stem, depth, amendment in GROUP_RERUNS])
 
 
 def _verdict_rows(result) -> list[tuple[str, list[str]]]:
@@ -870,6 +891,31 @@ def singles_lines(results: str | Path) -> list[str]:
     return lines + [""]
 
 
+def group_rerun_lines(results: str | Path) -> list[str]:
+    """Section 7a's re-runs: each group of the original's that a main job left short, re-run whole with its own
+    original (GROUP_RERUNS), judged by the main job's rule against that original, with R2_full's interval from the
+    main job at that depth; then seed by seed against the main job's walks."""
+    lines = []
+    for stem, depth, amendment, _, result in group_reruns(results):
+        jobs = walked(results, MAIN_AT[depth])[1]
+        groups = result.verdicts[result.verdicts["preset"] == "original"]["ablate"]
+        done = jobs.variants.set_index(["preset", "ablate"])["complete"]
+        short = ", ".join(f"{done.get(('original', g), 0)} walks of original + {g}" for g in groups)
+        lines += [f"### 7a, re-run at L = {depth} (amendment {amendment})", "",
+                  f"Command: `painn-ablate sweep sweeps/{stem}.yaml --workers 2`, then `painn-ablate export "
+                  f"sweeps_out/{stem} --out results/{FRONTIER}`. The main job at L = {depth} completed {short} "
+                  "(its rows above); this run walks the group whole with its own original as the reference, paired "
+                  "by seed within the run (Holm over this run's groups), R2_full's row and interval from the main "
+                  f"job at L = {depth}. The main job's rows stay as they were.", ""]
+        lines += _depth_table([(stem, depth, amendment, None, result)], walks_done=True) + [""]
+        lines.append(f"- L = {depth}: {judged_text(result, 'sufficient', 'groups', also=['raises'])}")
+        for ablate in ("none", *groups):
+            lines += [f"- L = {depth}: " + line[2:] for line in
+                      same_rung_lines(result.critical, jobs.critical, preset="original", ablate=ablate)]
+        lines.append("")
+    return lines
+
+
 def judged_text(result, verdict: str, what: str, also: Sequence[str] = ()) -> str:
     """What a frontier result's verdict table says in one sentence: "<verdict> by this measure: <those> of the N
     <what> judged", then each verdict in `also` with its toggles where any has it, then those not judged (fewer than
@@ -928,18 +974,20 @@ def singles_out_lines(results: str | Path) -> list[str]:
 
 
 def same_rung_lines(mine: pd.DataFrame, main: pd.DataFrame, preset: str = "r2_full",
-                    theirs_name: str = "the main job's") -> list[str]:
-    """A run's walks of `preset` against an earlier run's (two critical tables), seed by seed: how often the
-    critical rung is the same (the same seeds, ladder and code path; a rung at the boundary can move between runs)."""
+                    theirs_name: str = "the main job's", ablate: str = "none") -> list[str]:
+    """A run's walks of `preset` with `ablate` against an earlier run's (two critical tables), seed by seed: how
+    often the critical rung is the same (the same seeds, ladder and code path; a rung at the boundary can move
+    between runs)."""
     from painn_ablate.analysis import frontier as fr
+    from painn_ablate.core.config import experiment_name
 
-    ours = fr.setting_rungs(mine, preset=preset, ablate="none").dropna()
-    theirs = fr.setting_rungs(main, preset=preset, ablate="none").dropna()
+    ours = fr.setting_rungs(mine, preset=preset, ablate=ablate).dropna()
+    theirs = fr.setting_rungs(main, preset=preset, ablate=ablate).dropna()
     both = ours.index.intersection(theirs.index)
     if not len(both):
         return []
     same, apart = int((ours[both] == theirs[both]).sum()), int((ours[both] - theirs[both]).abs().max())
-    label = "R2_full" if preset == "r2_full" else preset
+    label = "R2_full" if (preset, ablate) == ("r2_full", "none") else experiment_name(preset, ablate)
     return [f"- This run's {label} walks against {theirs_name}, seed by seed: the same critical rung in {same} of "
             f"{len(both)} seeds" + (f" (at most {apart} rung apart)." if same < len(both) else ".")]
 
@@ -1117,9 +1165,10 @@ def frontier_lines(results: str | Path) -> list[str]:
              "too, counted apart as *ended at init*). One rung is x2 in learning rate. *necessary*: leaving the group "
              "out of R2_full lowers the critical rung (one-sided exact sign test, Holm over the 4 groups, p < 0.05); "
              "*sufficient*: adding it to the original raises the rung into R2_full's interval; *raises*: higher, "
-             "not that high. A claim about 200 steps at the depth named.", ""]
+             "its median outside that interval (below it or above it). A claim about 200 steps at the depth named.", ""]
     if len(runs) > 1:
         lines += ["### Both depths", ""] + _depth_table(runs) + [""]
+    lines += group_rerun_lines(results)
     missing = [f"L = {depth} (amendment {amendment}, `sweeps/{stem}.yaml`)" for stem, depth, amendment in FRONTIER_RUNS
                if stem not in {run[0] for run in runs}]
     if missing:

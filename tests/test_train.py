@@ -293,6 +293,36 @@ def test_compiled_run_locates_the_nonfinite_origin_as_eager(eager_and_compiled):
     np.testing.assert_allclose(b["value"], a["value"], rtol=1e-2, atol=1e-4, equal_nan=True)
 
 
+@pytest.mark.slow  # compiles a bare and a watched graph pair: minutes cold; .ci/run's slow stage runs it
+def test_a_bare_compiled_forward_does_not_silence_a_later_monitor_in_the_process(inductor_cache):
+    """dynamo does not guard on module hooks: a graph traced without a Monitor would pass a hooked forward's
+    guards, and once cached first it would serve every later monitored step (no flags, no statistics, no
+    forward NaN origin). PaiNN keeps the two apart."""
+    import torch
+    from support import random_system
+
+    from painn_ablate.model.painn import PaiNN
+    from painn_ablate.training.monitor import Monitor
+
+    cfg = compose(COMPILED)
+    pos, vel, charge, edges = (t.float() if t.is_floating_point() else t for t in random_system(full=False))
+    torch.manual_seed(0)
+    bare = PaiNN(cfg.model, compile=True)
+    sum(o.sum() for o in bare(pos, vel, charge, edges)).backward()  # the bare graphs, compiled first
+    watched = PaiNN(cfg.model, compile=True)
+    with Monitor(watched, cfg.monitor) as mon:
+        for full in (True, False):
+            mon.begin_step(full)
+            sum(o.sum() for o in watched(pos, vel, charge, edges)).backward()
+            flags = mon.read_flags()
+            assert {(layer, block) for (layer, block, tensor), *_ in flags if tensor == "q"} == {(0, "input")} | {
+                (layer, block) for layer in range(1, cfg.model.L + 1) for block in ("interaction", "mixing")}
+            assert bool(mon.collect()) is full
+    bare.zero_grad()
+    outs = bare(pos, vel, charge, edges)  # and back: the bare model's graphs again, no hooks to call
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
 def test_compiled_graphs_are_kept_across_configurations_of_one_shape_and_not_across_shapes():
     """Trainer.keep_or_reset_graphs' key: seed, lr and stabilizer settings keep a worker's graphs (the guards
     tell those configurations apart); width, depth and batch size change the graphs' shapes."""

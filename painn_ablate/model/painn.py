@@ -329,7 +329,12 @@ class PaiNN(nn.Module):
         self.compile = getattr(cfg, "compile", False) is True if compile is None else bool(compile)
         # dynamic=None: full and kNN batches keep one shape (one graph); radius graphs, whose edge count
         # varies, get one shape-generic graph at the second shape instead of a recompile per batch.
-        self._compiled_forward = torch.compile(self._forward, dynamic=None) if self.compile else None
+        # Two entry points, one graph cache each (dynamo keys its cache by the code object): a graph traced
+        # without hooks passes the guards of a hooked forward (dynamo does not guard on module hooks), so in
+        # one process a bare forward compiled first would silence every later monitor.
+        self._compiled_forward = ({False: torch.compile(self._bare_forward, dynamic=None),
+                                   True: torch.compile(self._watched_forward, dynamic=None)}
+                                  if self.compile else None)
 
     def filters(self, r_ij: Tensor, cc_ij: Optional[Tensor] = None) -> list[Tensor]:
         """W_ij = g * MLP_f(phi(r_ij) [, c_i c_j]) * f_cut(r_ij), one (E, 3F) tensor per layer.
@@ -352,8 +357,17 @@ class PaiNN(nn.Module):
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         if self._compiled_forward is not None and self.training and torch.is_grad_enabled():
-            return self._compiled_forward(pos, vel, charge, edge_index)
+            watched = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+            return self._compiled_forward[watched](pos, vel, charge, edge_index)
         return self._forward(pos, vel, charge, edge_index)
+
+    def _bare_forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """_forward without hooks, under torch.compile: its own code object, so its own graphs."""
+        return self._forward(*inputs)
+
+    def _watched_forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """_forward with hooks (a Monitor), under torch.compile: its own code object, so its own graphs."""
+        return self._forward(*inputs)
 
     def _forward(self, pos: Tensor, vel: Tensor, charge: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         n = pos.shape[0]

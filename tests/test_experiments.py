@@ -308,6 +308,38 @@ def test_the_family_section_judges_its_rules_and_not_done_names_a_preset_cut_by_
     assert "n < 10, not judged" in rows["FC1"] and "**PASS**" in rows["FC2"]
 
 
+def test_the_family_section_judges_each_depth_in_its_own_run(tmp_path):
+    from painn_ablate.reporting.findings import (
+        FAIRCHEM_PARTS,
+        FAMILIES,
+        FRONTIER,
+        _family_not_done_lines,
+        family_lines,
+        frontier_verdicts,
+    )
+
+    [(shallow, _, first), (deep, L, amendment)] = FAMILIES
+    (tmp_path / FRONTIER).mkdir()
+    _family_table({"fairchem": 4, "r2_full": 2, "original": -1}).to_parquet(tmp_path / FRONTIER / f"{shallow}.parquet")
+    _walked_table({("fairchem", "none"): 2, ("fairchem", "q_layernorm"): 2}, FAIRCHEM_PARTS).to_parquet(
+        tmp_path / FRONTIER / f"{FAIRCHEM_PARTS}.parquet")
+    assert [line for line in _family_not_done_lines(tmp_path) if f"at L = {L} is not run" in line]
+    assert not [line for line in family_lines(tmp_path) if line.startswith(f"#### L = {L}")]
+    _walked_table({(p, "none"): c for p, c in {"fairchem": 1, "r2_full": 1, "original": -1}.items()}, deep, L=L
+                  ).to_parquet(tmp_path / FRONTIER / f"{deep}.parquet")
+    lines = family_lines(tmp_path)
+    assert lines[0] == f"### 7d. Two families on one frontier: fairchem's and R2_full's (amendment {first} at L = 5, " \
+                       f"amendment {amendment} at L = {L})"
+    at = lines.index(f"#### L = {L} (amendment {amendment}, `sweeps/{deep}.yaml`)")
+    rows = {line.split("|")[1].strip(): line for line in lines[at:] if line.startswith("| FC")}
+    assert "**PASS**" in rows["FC1"] and "**MISS**" in rows["FC2"]  # 1 above -1 in every seed; 1 = 1
+    assert f"By the critical rung over 200 steps at L = {L}, neither family is shown more stable" in "\n".join(lines[at:])
+    labels = {label: v.verdict for label, v in frontier_verdicts(tmp_path)}
+    assert labels["FC2"] == "PASS" and labels[f"FC2, L = {L}"] == "MISS"
+    [line] = [line for line in _family_not_done_lines(tmp_path) if "L = 8" in line]
+    assert line.startswith("- fairchem's parts left out one at a time are not run at L = 8")
+
+
 def test_the_singles_section_puts_each_members_depths_together_each_judged_in_its_own_run(tmp_path):
     from painn_ablate.reporting.findings import FRONTIER, _incomplete_walk_lines, frontier_not_done_lines, singles_out_lines
 

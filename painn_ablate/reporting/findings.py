@@ -63,10 +63,12 @@ SINGLES_OUT = (("singles_r2_full", 5, 15), ("singles_r2_full_L8", 8, 18))
 # file's stem, its L, the amendment that registered it); section 7a shows it under the main job's rows
 GROUP_RERUNS = (("bounds_original_L8", 8, 20),)
 FAMILY = "family"  # amendment 16's sweep file (fairchem, R2_full, the original), its table in results/<FRONTIER>/
+# The two families on one frontier, one run per depth: (the sweep file's stem, its L, the amendment that registered it)
+FAMILIES = ((FAMILY, 5, 16), ("family_L8", 8, 21))
 FAIRCHEM_PARTS = "fairchem_parts"  # amendment 17's sweep file (fairchem's parts left out), its table there too
 WALKED = (*(stem for stem, *_ in FRONTIER_RUNS), *(stem for stems, *_ in SINGLES_IN for stem in stems),
-          *(stem for stem, *_ in SINGLES_OUT), *(stem for stem, *_ in GROUP_RERUNS), FAMILY,
-          FAIRCHEM_PARTS)  # every walked table
+          *(stem for stem, *_ in SINGLES_OUT), *(stem for stem, *_ in GROUP_RERUNS),
+          *(stem for stem, *_ in FAMILIES), FAIRCHEM_PARTS)  # every walked table
 
 
 def _version(paths: Sequence[Path]) -> Optional[tuple]:
@@ -452,9 +454,13 @@ def _family_not_done_lines(results: str | Path) -> list[str]:
         return [f"- fairchem's family on the frontier (`sweeps/{FAMILY}.yaml`, amendment 16) is not in "
                 f"results/{FRONTIER}."]
     lines = []
-    if (fairchem["ablate"] == "none").all():
+    parts = sorted(set(fairchem.loc[fairchem["ablate"] != "none", "L"].astype(int)))
+    if not parts:
         lines.append("- fairchem's parts left out one at a time (`model=fairchem ablate=<part>`) are not on the "
                      "frontier: amendment 16 cut them for compute; only the whole preset is (section 7d).")
+    elif 8 not in parts:
+        lines.append(f"- fairchem's parts left out one at a time are not run at L = 8 (amendments 17 and 21 cut them); "
+                     f"section 7e is L = {', '.join(map(str, parts))}.")
     depths = sorted(set(fairchem["L"].astype(int)))
     if 8 not in depths:
         lines.append(f"- fairchem's family at L = 8 is not run (amendment 16 cut it); section 7d is L = "
@@ -993,22 +999,34 @@ def same_rung_lines(mine: pd.DataFrame, main: pd.DataFrame, preset: str = "r2_fu
 
 
 def family_lines(results: str | Path) -> list[str]:
-    """Section 7d: amendment 16, fairchem's family beside R2_full's and the original on one frontier (L = 5):
-    rules FC1 and FC2, each preset's critical rungs, and the validation loss where both families trained."""
+    """Section 7d: fairchem's family beside R2_full's and the original on one frontier, one run per depth
+    (FAMILIES: amendment 16 at L = 5, amendment 21 at L = 8), each with its own rules FC1 and FC2."""
+    runs = [(stem, depth, amendment) for stem, depth, amendment in FAMILIES if walked(results, stem) is not None]
+    if not runs:
+        return []
+    ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment in runs)
+    lines = [f"### 7d. Two families on one frontier: fairchem's and R2_full's ({ran})", "",
+             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem, *_ in runs)
+             + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. fairchem's normalisation and fixed "
+             "scales (`model=fairchem`, README), R2_full and the original, each walking the main job's ladder over "
+             "seeds 0-9 in one run per depth, paired by seed within the run. Rules as registered (sweeps/DESIGN.md "
+             "amendment 16, at L = 8 amendment 21), each on the seeds whose two walks completed.", ""]
+    for stem, depth, amendment in runs:
+        lines += _family_depth_lines(results, stem, depth, amendment)
+    return lines
+
+
+def _family_depth_lines(results: str | Path, stem: str, depth: int, amendment: int) -> list[str]:
+    """7d at one depth: the run's rules FC1 and FC2, the answer, each preset's critical rungs, the validation and
+    test loss where both families trained, its walks against the main job's, and the run as `sweep` prints it."""
     from painn_ablate.reporting.text import fmt_value, frontier_text
 
-    found, result = walked(results, FAMILY), family_frontier(results)
-    if found is None:
-        return []
-    trials, ladder = found[0], sweep_ladder(FAMILY)
-    lines = ["### 7d. Two families on one frontier: fairchem's and R2_full's (amendment 16, L = 5)", "",
-             f"Command: `painn-ablate sweep sweeps/{FAMILY}.yaml --workers 2`, then `painn-ablate export` `--out "
-             f"results/{FRONTIER}`. fairchem's normalisation and fixed scales (`model=fairchem`, README), R2_full "
-             "and the original, each walking the main job's ladder over seeds 0-9 in one run, paired by seed. "
-             "Rules as registered (sweeps/DESIGN.md amendment 16), each on the seeds whose two walks completed:", ""]
+    found, result = walked(results, stem), family_frontier(results, stem)
+    trials, ladder = found[0], sweep_ladder(stem)
+    lines = [f"#### L = {depth} (amendment {amendment}, `sweeps/{stem}.yaml`)", ""]
     lines += markdown_table(["rule", "claim", "verdict", "evidence"],
                             [[r.rule, r.claim, f"**{r.verdict}**", r.evidence] for r in result.rules])
-    lines += ["", family_answer(result), ""]
+    lines += ["", family_answer(result, depth), ""]
     v = result.presets
     lines += [*markdown_table(
         ["preset", "walks done", "median critical rung [95%]", "censored", "ended at init", "LR sensitivity (median)"],
@@ -1032,7 +1050,7 @@ def family_lines(results: str | Path) -> list[str]:
             "every seed of it trained): " + "; ".join(f"{p} at rung {best[p]['rung']} (lr {best[p]['lr']:g}) "
                                                        f"{mse_text(best[p]['test'])}" for p in ("fairchem", "r2_full"))
             + f"; {paired(best['paired'])}. These intervals carry the seed-to-seed spread only."]
-        if sampled := family_sampling(results):
+        if sampled := family_sampling(results, stem):
             def boot(d: dict) -> str:
                 return f"{fmt_value(d['mean'])} [{fmt_value(d['lo'])}, {fmt_value(d['hi'])}]"
 
@@ -1043,12 +1061,13 @@ def family_lines(results: str | Path) -> list[str]:
                 + f"; fairchem minus R2_full, the same seed and test system, {boot(sampled['paired'])}.")
         else:
             lines.append("  - the test set's own sampling error is not in them: results/frontier has no "
-                         f"{FAMILY}{ex.TEST_ERRORS} (`painn-ablate export --test-errors` of the run's folders).")
+                         f"{stem}{ex.TEST_ERRORS} (`painn-ablate export --test-errors` of the run's folders).")
     else:
         lines.append("- Accuracy: no rung where every seed of both families trained (a walk incomplete, or one that "
                      "failed at the first rung), so none is compared.")
-    if (main := walked(results, "stabilizers")) is not None:
-        lines += same_rung_lines(result.critical, main[1].critical)
+    if depth in MAIN_AT and (main := walked(results, MAIN_AT[depth])) is not None:
+        for preset in ("r2_full", "original"):
+            lines += same_rung_lines(result.critical, main[1].critical, preset)
     s = result.fr1.numbers["shift"]
     lines += [f"- FR1 on this run's walks (described): R2_full above the original in {s.up} of {s.n} seeds, "
               f"below in {s.down}, one-sided sign test p {fmt_value(s.p_sign)}.", "",
@@ -1083,28 +1102,29 @@ def fairchem_parts_lines(results: str | Path) -> list[str]:
     return lines + ["", "```", frontier_text(trials, "lr", result.ladder, result), "```", ""]
 
 
-def family_sampling(results: str | Path) -> dict:
-    """Amendment 17's test-set sampling error of the family's best rates (analysis.frontier.best_rate_sampling) from
-    results/<FRONTIER>/family_test_errors.parquet (`painn-ablate export --test-errors`); {} where not exported."""
-    version = _version([Path(results) / FRONTIER / f"{FAMILY}{suffix}" for suffix in (".parquet", ex.TEST_ERRORS)])
-    return {} if version is None else _sampling(version, str(results))
+def family_sampling(results: str | Path, stem: str = FAMILY) -> dict:
+    """Amendment 17's test-set sampling error of a family run's best rates (analysis.frontier.best_rate_sampling)
+    from results/<FRONTIER>/<stem>_test_errors.parquet (`painn-ablate export --test-errors`); {} where not exported."""
+    version = _version([Path(results) / FRONTIER / f"{stem}{suffix}" for suffix in (".parquet", ex.TEST_ERRORS)])
+    return {} if version is None else _sampling(version, str(results), stem)
 
 
 @functools.lru_cache(maxsize=4)
-def _sampling(version: tuple, results: str) -> dict:
+def _sampling(version: tuple, results: str, stem: str) -> dict:
     """family_sampling's result, computed once per version of the two tables (`version` names both)."""
     from painn_ablate.analysis import frontier as fr
 
-    trials = walked(results, FAMILY)[0]
-    return fr.best_rate_sampling(family_frontier(results), trials, pd.read_parquet(version[1][0]))
+    trials = walked(results, stem)[0]
+    return fr.best_rate_sampling(family_frontier(results, stem), trials, pd.read_parquet(version[1][0]))
 
 
-def family_frontier(results: str | Path):
-    """Amendment 16's result (analysis.frontier.FamilyFrontier) from results/<FRONTIER>/, None where not exported."""
+def family_frontier(results: str | Path, stem: str = FAMILY):
+    """A family run's result (analysis.frontier.FamilyFrontier) from results/<FRONTIER>/<stem>.parquet, None where
+    not exported."""
     from painn_ablate.analysis import frontier as fr
 
-    version = _version([Path(results) / FRONTIER / f"{FAMILY}.parquet"])
-    return None if version is None else _computed(version, fr.family_result, FAMILY)[1]
+    version = _version([Path(results) / FRONTIER / f"{stem}.parquet"])
+    return None if version is None else _computed(version, fr.family_result, stem)[1]
 
 
 def frontier_verdicts(results: str | Path) -> list[tuple[str, rules.Verdict]]:
@@ -1115,12 +1135,13 @@ def frontier_verdicts(results: str | Path) -> list[tuple[str, rules.Verdict]]:
         shown += [(v.rule, v) for v in dose.rules]
     if (degree := degree_frontier(results)) is not None:
         shown.append((degree[1].rule.rule, degree[1].rule))
-    if (family := family_frontier(results)) is not None:
-        shown += [(v.rule, v) for v in family.rules]
+    for stem, depth, _ in FAMILIES:
+        if (family := family_frontier(results, stem)) is not None:
+            shown += [(v.rule if stem == FAMILY else f"{v.rule}, L = {depth}", v) for v in family.rules]
     return shown
 
 
-def family_answer(result) -> str:
+def family_answer(result, depth: int) -> str:
     """Issue 24's sentence, derived from an analysis.frontier.FamilyFrontier: which family is more stable (FC2 as
     judged) and which more accurate (the test MSE at each one's best rate, described), with the numbers."""
     from painn_ablate.reporting.text import fmt_value
@@ -1145,7 +1166,7 @@ def family_answer(result) -> str:
                     + f": at each one's best rate the test pos MSE of fairchem minus R2_full is {fmt_value(d['mean'])} "
                     f"[{fmt_value(d['lo'])}, {fmt_value(d['hi'])}] (paired t 95%, n {d['n']}; described, not judged, "
                     "the seed-to-seed spread only)")
-    return (f"**Which family is more stable, and which more accurate?** By the critical rung over 200 steps at L = 5, "
+    return (f"**Which family is more stable, and which more accurate?** By the critical rung over 200 steps at L = {depth}, "
             f"{stable}; {accurate}. A claim about this depth, these 200-step runs and this preset of fairchem's parts "
             "(README lists its deviations from fairchem's model).")
 

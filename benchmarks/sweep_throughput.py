@@ -2,6 +2,7 @@
 
     bash scripts/in-venv python benchmarks/sweep_throughput.py --before GIT_REF   # ~10 min on 2 cores
     bash scripts/in-venv python benchmarks/sweep_throughput.py --before GIT_REF --compile false,auto   # eager and compiled
+    bash scripts/in-venv python benchmarks/sweep_throughput.py --before GIT_REF --workers 2 --warm   # 2 workers, warm
 
 The slice is both presets with no ablation (original and R2_full, the cheapest and the dearest
 step), seeds 0-1, at train.steps=1000 (issue 13's setting): 2 trials with 1 worker (seed 0) and
@@ -79,7 +80,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--compile", default="auto", help="model.compile settings to run the working tree with,"
                                                       " comma-separated (default auto; e.g. false,auto)")
-    ap.add_argument("--warm", action="store_true", help="run each sweep once untimed first (a warm inductor cache)")
+    ap.add_argument("--warm", action="store_true", help="run each compiling version's sweep once untimed first (a warm"
+                                                        " inductor cache; an eager version has nothing to warm)")
+    ap.add_argument("--workers", default="1,2", help="worker counts to time, comma-separated (default 1,2; seeds 0 to"
+                                                     " workers - 1, one trial per preset and seed)")
     args = ap.parse_args()
     settings = args.compile.split(",")
     # version label -> (tree, overrides); the before tree runs as it was (its own model.compile default)
@@ -91,11 +95,13 @@ def main() -> None:
           f"train.steps={args.steps}, {os.cpu_count()} cores; load average at start: {os.getloadavg()[0]:.2f}")
     if args.warm:
         for version, (tree, overrides) in trees.items():
+            if not any(o.startswith("model.compile=") and o != "model.compile=false" for o in overrides):
+                continue
             t0 = time.perf_counter()
             run(tree, 2, [0, 1], args.steps, overrides)
             print(f"  warmed {version} ({time.perf_counter() - t0:.0f} s, untimed)", flush=True)
     rows = []
-    for workers, seeds in ((1, [0]), (2, [0, 1])):
+    for workers, seeds in ((w, list(range(w))) for w in map(int, args.workers.split(","))):
         for version, (tree, overrides) in trees.items():
             r = run(tree, workers, seeds, args.steps, overrides)
             rows.append([version, workers, r["trials"], f"{r['wall']:.0f}", f"{3600 * r['trials'] / r['wall']:.0f}",

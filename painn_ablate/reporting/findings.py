@@ -859,6 +859,15 @@ def _depth_table(runs, walks_done: bool = False) -> list[str]:
     return markdown_table(["variant", "L", *(["walks done"] if walks_done else []), *VERDICT_HEADER], out)
 
 
+def _runs_head(title: str, ran: Sequence[tuple[int, int]], stems: Sequence[str], what: str) -> list[str]:
+    """A section's heading over runs, one per depth, `ran` as (L, amendment), then the commands that make their
+    tables (`stems`: the sweep files) and `what` the section holds."""
+    at = ", ".join(f"amendment {amendment} at L = {depth}" for depth, amendment in ran)
+    return [f"### {title} ({at})", "",
+            "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in stems)
+            + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. {what}", ""]
+
+
 def singles_lines(results: str | Path) -> list[str]:
     """Section 7b: each member of the interaction_scale and bounds groups added to the original alone, one run per
     depth (amendment 13 at L = 5, amendment 19 at L = 8), each judged against its own run's original, with R2_full's
@@ -867,17 +876,14 @@ def singles_lines(results: str | Path) -> list[str]:
     runs = singles_in_runs(results)
     if not runs:
         return []
-    ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment, *_ in runs)
     depths = {depth for _, depth, *_ in runs}
     files = [stem for stems, depth, _ in SINGLES_IN if depth in depths for stem in stems
              if walked(results, stem) is not None]
-    lines = [f"### 7b. Single toggles added to the original ({ran})", "",
-             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem in files)
-             + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the interaction_scale "
-             "and bounds groups added to the original alone, against the same run's original (Holm over the single "
-             "toggles of that run); *sufficient* needs the median inside R2_full's interval from the main job's walks "
-             "at that depth (its rows below). The depths are separate runs: a member's rows are compared by their "
-             "verdicts, not paired.", ""]
+    lines = _runs_head("7b. Single toggles added to the original", [(depth, amendment) for _, depth, amendment, *_ in runs],
+                       files, "Each member of the interaction_scale and bounds groups added to the original alone, "
+                       "against the same run's original (Holm over the single toggles of that run); *sufficient* needs "
+                       "the median inside R2_full's interval from the main job's walks at that depth (its rows below). "
+                       "The depths are separate runs: a member's rows are compared by their verdicts, not paired.")
     lines += _depth_table(runs, walks_done=True) + [""]
     for _, depth, _, _, result in runs:
         jobs = walked(results, MAIN_AT[depth])[1]
@@ -954,13 +960,12 @@ def singles_out_lines(results: str | Path) -> list[str]:
     runs = walked_runs(results, SINGLES_OUT)
     if not runs:
         return []
-    ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment, *_ in runs)
-    lines = [f"### 7c. Single toggles left out of R2_full ({ran})", "",
-             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem, *_ in runs)
-             + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. Each member of the "
-             "interaction_scale and bounds groups set back to the original's value in R2_full alone, against the "
-             "same run's R2_full (its rows below; Holm over the single toggles of that run); *necessary* as in the "
-             "main job. The two depths are two runs: a member's rows are compared by their verdicts, not paired.", ""]
+    lines = _runs_head("7c. Single toggles left out of R2_full", [(depth, amendment) for _, depth, amendment, *_ in runs],
+                       [stem for stem, *_ in runs],
+                       "Each member of the interaction_scale and bounds groups set back to the original's value in "
+                       "R2_full alone, against the same run's R2_full (its rows below; Holm over the single toggles of "
+                       "that run); *necessary* as in the main job. The two depths are two runs: a member's rows are "
+                       "compared by their verdicts, not paired.")
     lines += _depth_table(runs, walks_done=True) + [""]
     for _, depth, _, _, result in runs:
         lines.append(f"- L = {depth}: {judged_text(result, 'necessary', 'single toggles')}")
@@ -1004,13 +1009,12 @@ def family_lines(results: str | Path) -> list[str]:
     runs = [(stem, depth, amendment) for stem, depth, amendment in FAMILIES if walked(results, stem) is not None]
     if not runs:
         return []
-    ran = ", ".join(f"amendment {amendment} at L = {depth}" for _, depth, amendment in runs)
-    lines = [f"### 7d. Two families on one frontier: fairchem's and R2_full's ({ran})", "",
-             "Commands: " + ", ".join(f"`painn-ablate sweep sweeps/{stem}.yaml --workers 2`" for stem, *_ in runs)
-             + f", then `painn-ablate export` of each `--out results/{FRONTIER}`. fairchem's normalisation and fixed "
-             "scales (`model=fairchem`, README), R2_full and the original, each walking the main job's ladder over "
-             "seeds 0-9 in one run per depth, paired by seed within the run. Rules as registered (sweeps/DESIGN.md "
-             "amendment 16, at L = 8 amendment 21), each on the seeds whose two walks completed.", ""]
+    lines = _runs_head("7d. Two families on one frontier: fairchem's and R2_full's",
+                       [(depth, amendment) for _, depth, amendment in runs], [stem for stem, *_ in runs],
+                       "fairchem's normalisation and fixed scales (`model=fairchem`, README), R2_full and the original, "
+                       "each walking the main job's ladder over seeds 0-9 in one run per depth, paired by seed within "
+                       "the run. Rules as registered (sweeps/DESIGN.md amendment 16, at L = 8 amendment 21), each on the "
+                       "seeds whose two walks completed.")
     for stem, depth, amendment in runs:
         lines += _family_depth_lines(results, stem, depth, amendment)
     return lines

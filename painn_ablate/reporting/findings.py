@@ -798,20 +798,28 @@ def frontier_runs(results: str | Path) -> list[tuple]:
 def beside_main_r2_full(results: str | Path, specs: Sequence[tuple]) -> list[tuple]:
     """Of runs of the original's variants given as (stems, L, amendment), those whose first table is in `results`,
     as frontier_runs gives them (stem: the run's first file): each run's tables with the main job's R2_full at that
-    depth beside them (sufficiency reads R2_full's interval from there), on the run's ladder."""
-    from painn_ablate.analysis import frontier as fr
-
+    depth beside them (sufficiency reads R2_full's interval from there), on the run's ladder. Computed once per
+    version of the files (7a's re-runs are read by two sections)."""
     runs = []
     for stems, depth, amendment in specs:
-        found = [f[0] for stem in stems if (f := walked(results, stem)) is not None]
-        main = walked(results, MAIN_AT[depth]) if depth in MAIN_AT else None
-        if walked(results, stems[0]) is None or main is None:
+        if walked(results, stems[0]) is None or depth not in MAIN_AT or walked(results, MAIN_AT[depth]) is None:
             continue
-        jobs = main[0]
-        reference = jobs[(jobs["preset"] == "r2_full") & (jobs["ablate"] == "none")]
-        trials = pd.concat([reference, *found], ignore_index=True)
-        runs.append((stems[0], depth, amendment, trials, fr.frontier_result(trials, sweep_ladder(stems[0]))))
+        version = _version([Path(results) / FRONTIER / f"{stem}.parquet" for stem in (MAIN_AT[depth], *stems)
+                            if walked(results, stem) is not None])
+        runs.append((stems[0], depth, amendment, *_beside_main(version, stems[0])))
     return runs
+
+
+@functools.lru_cache(maxsize=8)
+def _beside_main(version: tuple, stem: str):
+    """beside_main_r2_full's (trials, analysis.frontier.Frontier) of one run: the main job's R2_full walks from the
+    first table `version` names, the run's tables after it, on the ladder of sweeps/<stem>.yaml."""
+    from painn_ablate.analysis import frontier as fr
+
+    jobs = pd.read_parquet(version[0][0])
+    reference = jobs[(jobs["preset"] == "r2_full") & (jobs["ablate"] == "none")]
+    trials = pd.concat([reference, *(pd.read_parquet(path) for path, *_ in version[1:])], ignore_index=True)
+    return trials, fr.frontier_result(trials, sweep_ladder(stem))
 
 
 def singles_in_runs(results: str | Path) -> list[tuple]:
